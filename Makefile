@@ -1,0 +1,104 @@
+# libmla build. `make run` builds and runs the CLI check (GPU when present, CPU otherwise);
+# `make test` builds and runs every test. CUDA sources build when nvcc is found.
+CC       ?= cc
+PREFIX   ?= /usr/local
+BUILD    := build
+OPT      ?= -O2
+CFLAGS_BASE := -std=c11 $(OPT) -g -Wall -Wextra -Werror -fPIC -pthread \
+               -D_POSIX_C_SOURCE=200809L -Iinclude -Isrc/core
+SAN      ?=
+CFLAGS   := $(CFLAGS_BASE) $(SAN) $(EXTRA_CFLAGS)
+LDLIBS   := -lm -pthread
+
+NVCC ?= $(shell command -v nvcc 2>/dev/null)
+ifneq ($(NVCC),)
+  CUDA_HOME  ?= $(patsubst %/bin/nvcc,%,$(realpath $(NVCC)))
+  NVCCFLAGS  ?= -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Xcompiler -fPIC \
+                -Iinclude -Isrc/core -Isrc/cuda --expt-relaxed-constexpr -lineinfo \
+                -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings
+  CUDA_C_SRC := src/cuda/hopper_backend.c
+  CU_SRC     := $(sort $(wildcard src/cuda/*.cu src/cuda/*/*.cu))
+  CFLAGS     += -DMLA_HAVE_CUDA -I$(CUDA_HOME)/include
+  LDLIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart
+  BUILD_KIND := CPU + CUDA (sm_90a)
+else
+  CUDA_C_SRC := src/cuda/hopper_stub.c
+  CU_SRC     :=
+  BUILD_KIND := CPU only (nvcc not found: the hopper backend reports itself unavailable)
+endif
+
+LIB_C_SRC := $(sort $(wildcard src/core/*.c src/cpu/*.c)) src/cuda/hopper_caps.c $(CUDA_C_SRC)
+LIB_OBJ   := $(LIB_C_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
+CLI_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(sort $(wildcard cli/*.c)))
+TEST_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(sort $(wildcard tests/*.c)))
+BENCH_SRC := $(sort $(wildcard bench/*.c))
+BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
+
+.PHONY: all lib run test test-c sanitize install clean bench gpu-tests
+all: lib $(BUILD)/mla $(BUILD)/mla_tests
+	@echo "libmla built: $(BUILD_KIND)"
+
+lib: $(BUILD)/libmla.a $(BUILD)/libmla.so
+
+$(BUILD)/%.o: %.c $(wildcard include/*.h src/core/*.h src/cpu/*.h src/cuda/*.h tests/*.h cli/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/%.cu.o: %.cu $(wildcard include/*.h src/core/*.h src/cuda/*.h src/cuda/*/*.cuh)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(BUILD)/libmla.a: $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/libmla.so: $(LIB_OBJ)
+	$(CC) $(CFLAGS) -shared -o $@ $^ $(LDLIBS)
+
+$(BUILD)/mla: $(CLI_OBJ) $(BUILD)/libmla.a
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libmla.a $(LDLIBS)
+
+$(BUILD)/mla_tests: $(TEST_OBJ) $(BUILD)/libmla.a
+	$(CC) $(CFLAGS) -o $@ $(TEST_OBJ) $(BUILD)/libmla.a $(LDLIBS)
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libmla.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libmla.a $(LDLIBS)
+
+bench: $(BENCH_BIN)
+
+# GPU tests (device machine only): every GPU operation against the CPU reference backend.
+GPU_TEST_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(sort $(wildcard tests/gpu/*.c))) \
+                $(BUILD)/tests/test_main.o $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/oracle.c))
+$(BUILD)/mla_gpu_tests: $(GPU_TEST_OBJ) $(BUILD)/libmla.a
+	$(CC) $(CFLAGS) -o $@ $(GPU_TEST_OBJ) $(BUILD)/libmla.a $(LDLIBS)
+gpu-tests: $(BUILD)/mla_gpu_tests
+
+# The main job: device check of a DeepSeek-V3-like problem (GPU if present, else CPU).
+run: all
+	./$(BUILD)/mla info
+	./$(BUILD)/mla check --backend auto
+
+# Every test: C tests (+ Python tests when python3 with numpy and pytest is present),
+# then one summary line "N passed, N failed".
+test: all lib
+	@scripts/run-tests $(BUILD)
+
+test-c: $(BUILD)/mla_tests
+	./$(BUILD)/mla_tests
+
+# ASan + UBSan build of the library and the C tests in a separate folder.
+sanitize:
+	$(MAKE) BUILD=build-san OPT=-O1 NVCC= SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" build-san/mla_tests
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./build-san/mla_tests
+
+install: lib
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
+	install -m 644 include/mla.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(BUILD)/libmla.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BUILD)/libmla.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BUILD)/mla $(DESTDIR)$(PREFIX)/bin/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBS@|$(LDLIBS)|g' mla.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/mla.pc
+
+clean:
+	rm -rf build build-san

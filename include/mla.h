@@ -1,0 +1,313 @@
+/*
+ * libmla — paged Multi-head Latent Attention (MLA) for serving DeepSeek-style models.
+ *
+ * One public header. Sections, simple to advanced:
+ *   1. status codes and messages
+ *   2. dtypes, devices, tensor descriptors, scalar conversions
+ *   3. configuration and backends (registry, capabilities, config check)
+ *   4. operations: decode, prefill, merge_state, kv_cache_write, quantize_fp8, kv_pack
+ *
+ * Every function validates its arguments and returns an mla_status; the library never
+ * aborts or exits. On failure, mla_last_error() returns a per-thread message that names
+ * the offending argument and value.
+ *
+ * Layouts, scales and FP8 rules follow DESIGN.md (see README.md for a summary):
+ *   KV cache   [num_pages, page_size, kv_lora_rank + qk_rope_head_dim]  (row = c_kv || k_pe)
+ *   decode q   [batch, q_len, heads, kv_lora_rank + qk_rope_head_dim]   bf16 or fp8_e4m3
+ *   decode out [batch, q_len, heads, kv_lora_rank]                      bf16
+ *   prefill q/k [total, heads, qk_nope_head_dim + qk_rope_head_dim], v [total, heads, v_head_dim]
+ */
+#ifndef MLA_H
+#define MLA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MLA_VERSION_MAJOR 0
+#define MLA_VERSION_MINOR 1
+#define MLA_VERSION_PATCH 0
+
+/* "0.1.0" */
+const char *mla_version_string(void);
+
+/* ---------------------------------------------------------------------------------------
+ * 1. Status
+ * ------------------------------------------------------------------------------------- */
+typedef enum mla_status {
+    MLA_OK = 0,
+    MLA_ERR_INVALID_ARGUMENT = 1, /* a value outside its allowed set (message names both) */
+    MLA_ERR_NULL_POINTER = 2,     /* a required pointer was NULL */
+    MLA_ERR_SHAPE_MISMATCH = 3,   /* tensor shapes/dtypes disagree with the config or each other */
+    MLA_ERR_UNSUPPORTED = 4,      /* valid request this backend does not implement */
+    MLA_ERR_OUT_OF_RANGE = 5,     /* index data (page, slot, seq_len, cu_seqlens) out of range */
+    MLA_ERR_WORKSPACE_TOO_SMALL = 6,
+    MLA_ERR_NONFINITE = 7,        /* NaN/Inf where finite data is required */
+    MLA_ERR_BACKEND_UNAVAILABLE = 8,
+    MLA_ERR_NOT_FOUND = 9,        /* unknown backend name */
+    MLA_ERR_OUT_OF_MEMORY = 10,
+    MLA_ERR_DEVICE = 11,          /* CUDA runtime/driver error (message has the CUDA text) */
+    MLA_ERR_INTERNAL = 12
+} mla_status;
+
+/* Short fixed description of a status ("invalid argument"); never NULL. */
+const char *mla_status_string(mla_status status);
+
+/* Detail message of the last failing call on this thread ("" if none). Valid until the
+ * next libmla call on the same thread. */
+const char *mla_last_error(void);
+
+/* Log sink for notices (page-size adjustment, ignored k_scale, ...). Default: stderr with a
+ * "libmla: " prefix. Pass NULL to restore the default. level: 0 info, 1 warning. */
+typedef void (*mla_log_fn)(int level, const char *message, void *user);
+void mla_set_log_callback(mla_log_fn fn, void *user);
+
+/* ---------------------------------------------------------------------------------------
+ * 2. Dtypes, devices, tensors
+ * ------------------------------------------------------------------------------------- */
+typedef enum mla_dtype {
+    MLA_DTYPE_BF16 = 0,
+    MLA_DTYPE_FP16 = 1,
+    MLA_DTYPE_FP8_E4M3 = 2,
+    MLA_DTYPE_F32 = 3,
+    MLA_DTYPE_I32 = 4,
+    MLA_DTYPE_I64 = 5
+} mla_dtype;
+
+size_t mla_dtype_size(mla_dtype dtype);      /* 0 for an unknown dtype */
+const char *mla_dtype_name(mla_dtype dtype); /* "bf16", "fp16", "fp8_e4m3", "f32", "i32", "i64" */
+
+typedef enum mla_device_type { MLA_DEVICE_CPU = 0, MLA_DEVICE_CUDA = 1 } mla_device_type;
+
+typedef struct mla_device {
+    mla_device_type type;
+    int index; /* CUDA ordinal; 0 for the CPU */
+} mla_device;
+
+#define MLA_MAX_DIMS 4
+
+/* A view of memory. Strides are in elements. A tensor whose data is NULL is "absent"
+ * (allowed only where an argument is documented optional). Unless documented otherwise an
+ * operation requires its tensors to be contiguous (row-major). */
+typedef struct mla_tensor {
+    void *data;
+    mla_dtype dtype;
+    int ndim;
+    int64_t shape[MLA_MAX_DIMS];
+    int64_t strides[MLA_MAX_DIMS];
+    mla_device device;
+} mla_tensor;
+
+/* A contiguous tensor descriptor over `data` (ndim 1..4). */
+mla_tensor mla_tensor_contiguous(void *data, mla_dtype dtype, mla_device device, int ndim,
+                                 const int64_t *shape);
+int64_t mla_tensor_numel(const mla_tensor *t);
+int mla_tensor_is_contiguous(const mla_tensor *t);
+
+/* Scalar conversions, bit-exact with the kernels (DESIGN.md "FP8 e4m3 rules"):
+ * round to nearest even, finite values beyond +-448 saturate to +-448, +-inf saturates
+ * to +-448, NaN stays NaN (0x7f / 0xff). */
+uint8_t mla_float_to_fp8_e4m3(float x);
+float mla_fp8_e4m3_to_float(uint8_t v);
+uint16_t mla_float_to_bf16(float x); /* round to nearest even; NaN stays a quiet NaN */
+float mla_bf16_to_float(uint16_t v);
+uint16_t mla_float_to_fp16(float x);
+float mla_fp16_to_float(uint16_t v);
+
+/* ---------------------------------------------------------------------------------------
+ * 3. Configuration and backends
+ * ------------------------------------------------------------------------------------- */
+
+/* Per-layer scales. bmm1 = q_scale * k_scale * softmax_scale (k_scale only with an fp8
+ * cache), bmm2 = v_scale * o_scale (v_scale = k_scale: V shares the cache rows). */
+typedef struct mla_scales {
+    float softmax_scale;
+    float q_scale; /* dequant scale of an fp8 query (1 for bf16) */
+    float k_scale; /* dequant scale of the fp8 cache / fp8 prefill K */
+    float v_scale; /* dequant scale of V (decode: ignored, k_scale is used) */
+    float o_scale; /* multiplies the output */
+} mla_scales;
+
+typedef struct mla_config {
+    size_t struct_size; /* sizeof(mla_config): set by mla_config_init, lets the struct grow */
+    int num_heads;         /* H: 1..128 */
+    int kv_lora_rank;      /* 512 */
+    int qk_rope_head_dim;  /* 64 */
+    int qk_nope_head_dim;  /* 128 (prefill) */
+    int v_head_dim;        /* 128 (prefill) */
+    int page_size;         /* tokens per page; adjusted into the backend's set by the check */
+    mla_dtype kv_cache_dtype;
+    mla_scales scales;     /* defaults for calls that pass no scales */
+    int has_k_scale;       /* the checkpoint supplied k_scale (warned about with a bf16 cache) */
+    int max_q_len;         /* largest decode q_len to be used: 1..8 (sizes the workspace) */
+    int max_batch;         /* largest decode batch (sizes the workspace); 0 = grow on demand */
+    mla_device device;
+    /* 1: skip the host-side check of index contents (block tables, seq_lens, cu_seqlens,
+     * slots) that live in device memory. Kernels still never read or write out of bounds
+     * (bad pages are skipped and flagged, see mla_backend_device_errors). Checks are skipped
+     * automatically while a CUDA stream is being captured. */
+    int skip_index_check;
+} mla_config;
+
+/* DeepSeek-V3 defaults: H=128, 512/64/128/128, page 64, fp8_e4m3 cache, softmax scale
+ * 1/sqrt(192) * (0.1 ln 40 + 1)^2, unit q/k/v/o scales, max_q_len 1, CPU device. */
+void mla_config_init(mla_config *cfg);
+
+typedef struct mla_capabilities {
+    int min_heads, max_heads;
+    int page_sizes[4];
+    int num_page_sizes;
+    uint32_t kv_cache_dtypes; /* bitmask of (1u << mla_dtype) */
+    uint32_t query_dtypes;    /* decode query dtypes */
+    uint32_t prefill_dtypes;  /* prefill q/k/v dtypes */
+    int kv_lora_rank;         /* required value; 0 = any in 1..max_head_dim */
+    int qk_rope_head_dim;
+    int qk_nope_head_dim;
+    int v_head_dim;
+    int max_head_dim;         /* bound on any dim when the above are 0 */
+    int max_q_len;
+    int min_sm_arch;          /* e.g. 90 for sm_90a; 0 for the CPU */
+    mla_device_type device_type;
+} mla_capabilities;
+
+typedef struct mla_backend_info {
+    const char *name;
+    const char *description;
+    int available;          /* usable on this machine */
+    char reason[256];       /* why not, when !available */
+    mla_capabilities caps;
+} mla_backend_info;
+
+/* Registered backends: "cpu" always, "hopper" (sm_90a) when built with CUDA. */
+int mla_backend_count(void);
+mla_status mla_backend_get_info(int index, mla_backend_info *info);
+mla_status mla_backend_find(const char *name, mla_backend_info *info);
+
+/* Checks cfg against backend `name` before anything is allocated: architecture, page_size
+ * (auto-adjusted into the supported set, with a notice through the log sink), kv_cache_dtype,
+ * heads and dims, max_q_len. Warns once per process if has_k_scale is set with a
+ * non-fp8 cache (the k_scale is then ignored). */
+mla_status mla_config_check(const char *backend_name, mla_config *cfg);
+
+typedef struct mla_backend mla_backend;
+
+/* Runs mla_config_check, then creates the backend (allocates state, warms up kernels). */
+mla_status mla_backend_create(const char *name, const mla_config *cfg, mla_backend **out);
+void mla_backend_destroy(mla_backend *backend); /* NULL is a no-op */
+const char *mla_backend_name(const mla_backend *backend);
+/* The config as adjusted by the check. */
+const mla_config *mla_backend_config(const mla_backend *backend);
+
+/* Sticky flags set by device kernels that met bad index data they could not report
+ * synchronously (bit 0: page index out of range, bit 1: seq_len beyond block table,
+ * bit 2: slot out of range). Synchronizes the device, returns and clears the flags. Always
+ * 0 on the CPU backend (which reports such errors as the call's status). */
+mla_status mla_backend_device_errors(mla_backend *backend, uint32_t *flags);
+#define MLA_DEVERR_PAGE_INDEX 1u
+#define MLA_DEVERR_SEQ_LEN 2u
+#define MLA_DEVERR_SLOT 4u
+
+/* ---------------------------------------------------------------------------------------
+ * 4. Operations. All tensors live on the backend's device. `stream` is a cudaStream_t for
+ * CUDA backends (NULL = legacy default stream) and ignored on the CPU. A NULL `scales`
+ * means the backend config's scales.
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct mla_decode_args {
+    mla_tensor q;           /* [batch, q_len, H, kv_lora_rank+rope] bf16, or fp8_e4m3 (q_scale) */
+    mla_tensor kv_cache;    /* [num_pages, page_size, kv_lora_rank+rope], cfg.kv_cache_dtype */
+    mla_tensor block_table; /* i32 [batch, max_pages_per_seq] */
+    mla_tensor seq_lens;    /* i32 [batch]: KV length including the q_len new tokens, >= 0 */
+    mla_tensor out;         /* bf16 [batch, q_len, H, kv_lora_rank] */
+    mla_tensor lse;         /* optional f32 [batch, q_len, H], natural log, -inf if no key */
+    void *workspace;        /* optional: NULL uses the backend's cached per-device workspace */
+    size_t workspace_bytes; /* must be >= mla_decode_workspace_size(...) when workspace given */
+    int max_seq_len;        /* optional upper bound on seq_lens (0 = unknown) */
+    int no_causal_mask;     /* 1: every query token sees all seq_len keys (default causal) */
+    const mla_scales *scales;
+    void *stream;
+} mla_decode_args;
+
+/* Rows whose causal window holds no key (seq_len < q_len - i) get zero output and -inf LSE. */
+mla_status mla_decode(mla_backend *backend, const mla_decode_args *args);
+
+/* Workspace bytes a caller-supplied buffer needs for decode of up to `batch` requests of
+ * `q_len` tokens (the backend's cached workspace is sized by the same rule). At least
+ * num_sms * H * q_len * (kv_lora_rank + 1) * 4 on GPU backends; 0 on the CPU. */
+mla_status mla_decode_workspace_size(const mla_backend *backend, int batch, int q_len,
+                                     size_t *bytes);
+
+typedef struct mla_prefill_args {
+    mla_tensor q;            /* [total_q, H, qk_nope+rope] bf16 or fp8_e4m3 (q_scale) */
+    mla_tensor k;            /* [total_kv, H, qk_nope+rope] same dtype as q (k_scale) */
+    mla_tensor v;            /* [total_kv, H, v_head_dim] same dtype as q (v_scale) */
+    mla_tensor cu_seqlens_q; /* i32 [batch+1], non-decreasing, starts at 0 */
+    mla_tensor cu_seqlens_kv;/* i32 [batch+1] */
+    int max_seqlen_q;        /* optional upper bounds (0 = unknown) */
+    int max_seqlen_kv;
+    int causal;              /* bottom-right aligned: q row i of a request with lq, lkv sees
+                              * keys [0, lkv - lq + i] */
+    mla_tensor out;          /* bf16 [total_q, H, v_head_dim] */
+    mla_tensor lse;          /* optional f32 [total_q, H] */
+    const mla_scales *scales;
+    void *stream;
+} mla_prefill_args;
+
+mla_status mla_prefill(mla_backend *backend, const mla_prefill_args *args);
+
+typedef struct mla_merge_state_args {
+    mla_tensor o_a, lse_a;  /* [tokens, H, dim] bf16 or f32; lse f32 [tokens, H] */
+    mla_tensor o_b, lse_b;
+    mla_tensor o;           /* [tokens, H, dim] bf16 or f32; may alias o_a or o_b */
+    mla_tensor lse;         /* optional f32 [tokens, H]; may alias lse_a or lse_b */
+    void *stream;
+} mla_merge_state_args;
+
+/* (o_a, lse_a) ⊕ (o_b, lse_b): attention over the union of two disjoint key sets. A side with
+ * lse = -inf contributes nothing; both -inf gives zero output and -inf lse. */
+mla_status mla_merge_state(mla_backend *backend, const mla_merge_state_args *args);
+
+typedef struct mla_kv_cache_write_args {
+    mla_tensor c_kv;     /* [n, kv_lora_rank] bf16 or f32 */
+    mla_tensor k_pe;     /* [n, qk_rope_head_dim] bf16 or f32 */
+    mla_tensor slots;    /* i32 or i64 [n]: slot = page * page_size + offset; < 0 = skip */
+    mla_tensor kv_cache; /* [num_pages, page_size, kv_lora_rank+rope] cfg.kv_cache_dtype */
+    const mla_scales *scales; /* fp8 cache: stored value = round_e4m3(x / k_scale) */
+    void *stream;
+} mla_kv_cache_write_args;
+
+/* Slots out of range or written twice are refused (MLA_ERR_OUT_OF_RANGE / INVALID_ARGUMENT)
+ * before anything is written. Non-finite input rows are refused (MLA_ERR_NONFINITE) before
+ * anything is written on the CPU; on CUDA (where checking would mean reading device data
+ * back) they are stored by the FP8 rules: +-inf -> +-448, NaN -> NaN. */
+mla_status mla_kv_cache_write(mla_backend *backend, const mla_kv_cache_write_args *args);
+
+typedef struct mla_quantize_fp8_args {
+    mla_tensor input;  /* any shape, bf16/fp16/f32, contiguous */
+    mla_tensor output; /* fp8_e4m3, same number of elements, contiguous */
+    float scale;       /* output = round_e4m3(input / scale); scale > 0 and finite */
+    void *stream;
+} mla_quantize_fp8_args;
+
+mla_status mla_quantize_fp8(mla_backend *backend, const mla_quantize_fp8_args *args);
+
+typedef struct mla_kv_pack_args {
+    mla_tensor k_nope; /* [N, H, qk_nope] bf16, last dim contiguous, other strides free */
+    mla_tensor k_pe;   /* [N, 1, rope] or [N, rope] bf16, broadcast over heads */
+    mla_tensor v;      /* [N, H, v_head_dim] bf16, last dim contiguous */
+    mla_tensor k_out;  /* [N, H, qk_nope+rope] bf16 or fp8_e4m3, contiguous */
+    mla_tensor v_out;  /* [N, H, v_head_dim] same dtype as k_out, contiguous */
+    float k_scale, v_scale; /* fp8 outputs: round_e4m3(x / scale); ignored for bf16 */
+    void *stream;
+} mla_kv_pack_args;
+
+/* k_out = concat(k_nope, broadcast k_pe) and v_out = v, cast/quantized in one pass. */
+mla_status mla_kv_pack(mla_backend *backend, const mla_kv_pack_args *args);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MLA_H */

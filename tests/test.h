@@ -1,0 +1,48 @@
+/* Minimal test framework: TEST(name) registers itself at load time, CHECK* record failures
+ * (with file:line) and let the test continue. The runner prints one line per test and
+ * "N passed, N failed" at the end. */
+#ifndef MLA_TEST_H
+#define MLA_TEST_H
+
+#include "mla.h"
+
+#include <stdio.h>
+
+typedef void (*mla_test_fn)(void);
+void mla_test_register(const char *name, mla_test_fn fn);
+void mla_test_fail(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Deterministic per-test random numbers (xorshift), reseeded per test from MLA_TEST_SEED. */
+uint64_t mla_test_rand_u64(void);
+float mla_test_rand_uniform(float lo, float hi);
+int mla_test_rand_int(int lo, int hi_inclusive);
+
+#define TEST(name)                                                                     \
+    static void test_##name(void);                                                     \
+    __attribute__((constructor)) static void register_##name(void)                     \
+    {                                                                                  \
+        mla_test_register(#name, test_##name);                                         \
+    }                                                                                  \
+    static void test_##name(void)
+
+#define CHECK(cond)                                                                    \
+    do {                                                                               \
+        if (!(cond)) mla_test_fail(__FILE__, __LINE__, "CHECK(%s)", #cond);            \
+    } while (0)
+
+#define CHECK_MSG(cond, ...)                                                           \
+    do {                                                                               \
+        if (!(cond)) mla_test_fail(__FILE__, __LINE__, __VA_ARGS__);                   \
+    } while (0)
+
+/* Checks a call's status; on mismatch prints both statuses and the library's message. */
+#define CHECK_STATUS(expr, expected)                                                   \
+    do {                                                                               \
+        mla_status st_ = (expr);                                                       \
+        if (st_ != (expected))                                                         \
+            mla_test_fail(__FILE__, __LINE__, "%s returned %s (%s), expected %s", #expr, \
+                          mla_status_string(st_), mla_last_error(),                    \
+                          mla_status_string(expected));                                \
+    } while (0)
+
+#endif
