@@ -19,7 +19,8 @@ ifneq ($(NVCC),)
   CUDA_C_SRC := src/cuda/hopper_backend.c
   CU_SRC     := $(sort $(wildcard src/cuda/*.cu src/cuda/*/*.cu))
   CFLAGS     += -DMLA_HAVE_CUDA -I$(CUDA_HOME)/include
-  LDLIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart
+  # nvcc-generated host code needs the C++ runtime (static-init guards).
+  LDLIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lstdc++
   BUILD_KIND := CPU + CUDA (sm_90a)
 else
   CUDA_C_SRC := src/cuda/hopper_stub.c
