@@ -21,6 +21,8 @@ ifneq ($(NVCC),)
   CFLAGS     += -DMLA_HAVE_CUDA -I$(CUDA_HOME)/include
   # nvcc-generated host code needs the C++ runtime (static-init guards).
   LDLIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lstdc++
+  # Benchmarks measure the tensor-core ceiling with a cuBLASLt GEMM in the same run.
+  BENCH_LDLIBS := -lcublasLt
   BUILD_KIND := CPU + CUDA (sm_90a)
 else
   CUDA_C_SRC := src/cuda/hopper_stub.c
@@ -64,7 +66,7 @@ $(BUILD)/mla_tests: $(TEST_OBJ) $(BUILD)/libmla.a
 
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libmla.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libmla.a $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libmla.a $(LDLIBS) $(BENCH_LDLIBS)
 
 bench: $(BENCH_BIN)
 
@@ -73,7 +75,10 @@ GPU_TEST_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(sort $(wildcard tests/gpu/*.c))) \
                 $(BUILD)/tests/test_main.o $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/oracle.c))
 $(BUILD)/mla_gpu_tests: $(GPU_TEST_OBJ) $(BUILD)/libmla.a
 	$(CC) $(CFLAGS) -o $@ $(GPU_TEST_OBJ) $(BUILD)/libmla.a $(LDLIBS)
-gpu-tests: $(BUILD)/mla_gpu_tests
+# Every float32 through Hopper's cvt instructions vs the CPU conversions (bit-exact).
+$(BUILD)/gpu_convert_check: tests/gpu/convert_exhaustive.cu $(BUILD)/libmla.a
+	$(NVCC) $(NVCCFLAGS) -Xcompiler -fopenmp -o $@ $< $(BUILD)/libmla.a -lgomp
+gpu-tests: $(BUILD)/mla_gpu_tests $(BUILD)/gpu_convert_check
 
 # The main job: device check of a DeepSeek-V3-like problem (GPU if present, else CPU).
 run: all

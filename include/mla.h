@@ -109,10 +109,12 @@ int mla_tensor_is_contiguous(const mla_tensor *t);
 
 /* Scalar conversions, bit-exact with the kernels (DESIGN.md "FP8 e4m3 rules"):
  * round to nearest even, finite values beyond +-448 saturate to +-448, +-inf saturates
- * to +-448, NaN stays NaN (0x7f / 0xff). */
+ * to +-448, NaN stays NaN. Like Hopper's cvt instructions, every NaN becomes one canonical
+ * code with the sign dropped: fp8 0x7f, bf16 0x7fff, fp16 0x7fff (checked over all 2^32
+ * floats on the device by tests/gpu/convert_exhaustive.cu). */
 uint8_t mla_float_to_fp8_e4m3(float x);
 float mla_fp8_e4m3_to_float(uint8_t v);
-uint16_t mla_float_to_bf16(float x); /* round to nearest even; NaN stays a quiet NaN */
+uint16_t mla_float_to_bf16(float x); /* round to nearest even */
 float mla_bf16_to_float(uint16_t v);
 uint16_t mla_float_to_fp16(float x);
 float mla_fp16_to_float(uint16_t v);
@@ -306,6 +308,216 @@ typedef struct mla_kv_pack_args {
 
 /* k_out = concat(k_nope, broadcast k_pe) and v_out = v, cast/quantized in one pass. */
 mla_status mla_kv_pack(mla_backend *backend, const mla_kv_pack_args *args);
+
+/* ---------------------------------------------------------------------------------------
+ * 5. Serving layer
+ *
+ * What an inference engine's attention backend does around the kernels, done once here so
+ * every kernel set inherits it: batch metadata from a req_to_token map, the forward modes
+ * (decode, target_verify, draft_extend, extend with a chunked prefix), the write of the new
+ * tokens into the KV cache, fp8 quantization of the query, a multi-step draft helper and
+ * CUDA-graph capture/replay. Everything below is built from the operations of section 4, so
+ * it works on every backend (the CPU backend included, which runs it on the host).
+ *
+ * Terms. A *request pool* row r of req_to_token holds the cache slots of request r's tokens:
+ * req_to_token[r][t] = page * page_size + offset is where token t lives. Tokens of one page
+ * must be consecutive in it (slot % page_size == t % page_size, one page per page_size-aligned
+ * run of tokens): that is what lets a block table describe the request. A forward batch names
+ * its requests by pool row (req_pool_indices) and gives each one's KV length *after* this
+ * forward (seq_lens: cached prefix + the new tokens). New tokens are always the last ones:
+ * request b's new tokens are at positions [seq_lens[b] - new_b, seq_lens[b]).
+ *
+ * Token-major tensors. Forward calls take queries and outputs as [tokens, H, dim] with the
+ * new tokens of request 0 first, then request 1, ...: decode has batch rows, target_verify
+ * batch * q_len, draft_extend and extend sum(extend_lens).
+ * ------------------------------------------------------------------------------------- */
+
+typedef enum mla_forward_mode {
+    MLA_FORWARD_DECODE = 0,        /* one new token per request */
+    MLA_FORWARD_TARGET_VERIFY = 1, /* q_len = draft tokens + 1 per request (2..max_q_len of the
+                                    * backend's capabilities), causal among them, full prefix */
+    MLA_FORWARD_DRAFT_EXTEND = 2,  /* 1..max_q_len new tokens per request (ragged), causal */
+    MLA_FORWARD_EXTEND = 3         /* prefill: any number of new tokens over a cached prefix */
+} mla_forward_mode;
+
+/* "decode", "target_verify", "draft_extend", "extend"; "unknown" otherwise. */
+const char *mla_forward_mode_name(mla_forward_mode mode);
+
+/* Batch metadata: block tables, KV lengths, cumulative lengths and the cache slots of the new
+ * tokens, in fixed-size buffers on the backend's device (allocated once, at creation, for
+ * `max_batch` requests), so a CUDA graph that reads them can be replayed after a rebuild.
+ * One object describes one batch at a time; use one per concurrently prepared batch. */
+typedef struct mla_batch_metadata mla_batch_metadata;
+
+/* max_batch: 1..2^20 requests per forward. max_context: 1..2^30 tokens, the largest KV length
+ * of a request (sizes the block table: ceil(max_context / page_size) pages per request).
+ * The backend must outlive the metadata. */
+mla_status mla_metadata_create(mla_backend *backend, int max_batch, int max_context,
+                               mla_batch_metadata **out);
+void mla_metadata_destroy(mla_batch_metadata *metadata); /* NULL is a no-op */
+
+typedef struct mla_metadata_args {
+    mla_forward_mode mode;
+    mla_tensor req_to_token;     /* i32 [max_reqs, req_capacity] on the backend's device */
+    mla_tensor req_pool_indices; /* i32 [batch] rows of req_to_token, 0 <= . < max_reqs */
+    mla_tensor seq_lens;         /* i32 [batch] KV length after this forward (prefix + new) */
+    mla_tensor extend_lens;      /* i32 [batch] new tokens per request: required for
+                                  * draft_extend (1..max_q_len) and extend (0..seq_len);
+                                  * must be absent for decode and target_verify */
+    int q_len;                   /* decode: 1 (0 means 1); target_verify: draft tokens + 1;
+                                  * ignored by the ragged modes */
+    /* Optional host copies of seq_lens / extend_lens (int32 [batch]). CUDA backends need them
+     * for draft_extend and extend, and use them for exact maximum lengths without reading
+     * device memory; the CPU backend reads the tensors directly. Must equal the tensors. */
+    const int32_t *host_seq_lens;
+    const int32_t *host_extend_lens;
+    void *stream;
+} mla_metadata_args;
+
+/* Builds the metadata of one batch (1..max_batch requests; 0 is allowed and gives an empty
+ * batch). Rows batch..max_batch-1 are marked inactive (KV length 0, no cache slots), so a
+ * graph captured for max_batch computes nothing for them. Checks, whenever the index data
+ * can be read on the host (always on the CPU; on CUDA unless cfg.skip_index_check is set or
+ * the stream is capturing): pool indices in range, seq_lens in [new tokens, min(max_context,
+ * req_capacity)], extend_lens in their range, and every slot of every used req_to_token row
+ * non-negative and page-aligned (message names request, token, slot and page_size). CUDA
+ * backends build on the device with a kernel; a misaligned or negative page there becomes a
+ * -1 block-table entry that the attention kernels skip and flag (mla_backend_device_errors). */
+mla_status mla_metadata_build(mla_batch_metadata *metadata, const mla_metadata_args *args);
+
+/* Views of the built metadata (valid until the next build or destroy), for callers that run
+ * mla_decode / mla_prefill themselves. Tensors live on the backend's device. */
+typedef struct mla_metadata_view {
+    mla_forward_mode mode;
+    int batch;              /* requests of the last build */
+    int max_batch;          /* rows of block_table / seq_lens (rows >= batch are inactive) */
+    int q_len;              /* decode modes: new tokens per request; ragged modes: longest */
+    int num_new_tokens;     /* rows of the token-major tensors of this batch */
+    int max_seq_len;        /* longest seq_len, or the block-table capacity when unknown */
+    int max_pages_per_seq;
+    mla_tensor block_table; /* i32 [max_batch, max_pages_per_seq] (page-aligned) */
+    mla_tensor seq_lens;    /* i32 [max_batch] */
+    mla_tensor cu_seqlens_q;  /* i32 [batch + 1] new tokens */
+    mla_tensor cu_seqlens_kv; /* i32 [batch + 1] seq_lens */
+    mla_tensor new_slots;   /* i32 [num_new_tokens] cache slot of each new token */
+} mla_metadata_view;
+mla_status mla_metadata_get(const mla_batch_metadata *metadata, mla_metadata_view *view);
+
+/* Up-projection of prefix rows for extend (the latent -> per-head GEMM is the model's): the
+ * library gathers a chunk of cached prefix rows (dequantized: value * k_scale, rounded to
+ * bf16) into `latent`, the callback writes their K and V. Return MLA_OK, or a status that
+ * the extend call then returns. */
+typedef struct mla_prefix_chunk {
+    int chunk_index;            /* 0, 1, ...: prefix positions [index * chunk_size, ...) */
+    int batch;
+    int num_rows;               /* rows of latent / k / v */
+    const int32_t *host_cu_rows;      /* [batch + 1] request b owns rows [cu[b], cu[b+1]) */
+    const int32_t *host_token_start;  /* [batch] position of request b's first row */
+    mla_tensor latent;          /* bf16 [num_rows, kv_lora_rank + rope]: c_kv || k_pe */
+    mla_tensor k;               /* bf16 [num_rows, H, qk_nope + rope]: to be written */
+    mla_tensor v;               /* bf16 [num_rows, H, v_head_dim]: to be written */
+    void *stream;
+} mla_prefix_chunk;
+typedef mla_status (*mla_prefix_kv_fn)(void *user, const mla_prefix_chunk *chunk);
+
+/* Arguments of the forward calls. Absent tensors have data == NULL. */
+typedef struct mla_forward_args {
+    /* decode modes: q [tokens, H, kv_lora_rank + rope] bf16 or fp8_e4m3 (q_scale), out bf16
+     * [tokens, H, kv_lora_rank]. extend: q bf16 [tokens, H, qk_nope + rope], out bf16
+     * [tokens, H, v_head_dim]. lse: optional f32 [tokens, H], natural log. */
+    mla_tensor q;
+    mla_tensor out;
+    mla_tensor lse;
+    /* Optional: the new tokens' latent, written into kv_cache at their slots before the
+     * attention (fp8 cache: round_e4m3(x / k_scale)). c_kv bf16/f32 [tokens, kv_lora_rank],
+     * k_pe same dtype [tokens, rope]. Both or neither. */
+    mla_tensor c_kv;
+    mla_tensor k_pe;
+    mla_tensor kv_cache;        /* [num_pages, page_size, kv_lora_rank + rope] */
+    /* decode modes: 1 quantizes a bf16 q to fp8 (scale q_scale) before attention; 0 does so
+     * only when the kernel set takes no bf16 query. */
+    int quantize_q;
+    /* extend only: the new tokens' K bf16 [tokens, H, qk_nope + rope] and V bf16 [tokens, H,
+     * v_head_dim], and the prefix K/V, from exactly one of
+     *   prefix_kv (callback, called once per chunk of prefix_chunk_size positions per request,
+     *   0 = 4096), or
+     *   prefix_k / prefix_v: bf16 [sum of prefix lengths, H, ...], request-major,
+     * or neither when no request of the batch has a prefix. */
+    mla_tensor k;
+    mla_tensor v;
+    mla_prefix_kv_fn prefix_kv;
+    void *prefix_kv_user;
+    int prefix_chunk_size;
+    mla_tensor prefix_k;
+    mla_tensor prefix_v;
+    const mla_scales *scales;   /* NULL: the backend config's */
+    void *stream;
+} mla_forward_args;
+
+/* Each forward call checks that `metadata` was last built for its mode, validates the
+ * tensors against it, writes the new tokens into the cache (when c_kv/k_pe are given) and
+ * attends. Decode: mla_decode with q_len 1. Target verify: q_len new tokens per request,
+ * token i of request b sees keys [0, seq_lens[b] - q_len + i]. Draft extend: ragged new
+ * tokens, each sees its prefix and the new tokens up to itself (run as a decode over
+ * front-padded q_len = longest, then unpadded). Extend: causal attention of the new tokens
+ * among themselves + non-causal attention over the prefix (in chunks, each with LSE), merged
+ * with mla_merge_state; needs bf16 q/k/v. */
+mla_status mla_forward_decode(mla_backend *backend, mla_batch_metadata *metadata,
+                              const mla_forward_args *args);
+mla_status mla_forward_target_verify(mla_backend *backend, mla_batch_metadata *metadata,
+                                     const mla_forward_args *args);
+mla_status mla_forward_draft_extend(mla_backend *backend, mla_batch_metadata *metadata,
+                                    const mla_forward_args *args);
+mla_status mla_forward_extend(mla_backend *backend, mla_batch_metadata *metadata,
+                              const mla_forward_args *args);
+
+/* Gathers tokens [token_start[b], token_start[b] + cu_rows[b+1] - cu_rows[b]) of each request
+ * from the paged cache through its block table into contiguous rows, dequantized (fp8:
+ * value * k_scale) and rounded to bf16. Used by extend; public for engines that project the
+ * prefix themselves. */
+typedef struct mla_gather_cache_args {
+    mla_tensor kv_cache;    /* [num_pages, page_size, kv_lora_rank + rope] */
+    mla_tensor block_table; /* i32 [batch, max_pages_per_seq] */
+    mla_tensor token_start; /* i32 [batch], >= 0 */
+    mla_tensor cu_rows;     /* i32 [batch + 1], non-decreasing, cu_rows[0] = 0 */
+    mla_tensor out;         /* bf16 [cu_rows[batch], kv_lora_rank + rope] */
+    const mla_scales *scales;
+    void *stream;
+} mla_gather_cache_args;
+mla_status mla_gather_cache(mla_backend *backend, const mla_gather_cache_args *args);
+
+/* Multi-step draft (EAGLE/MTP with one token per step): num_steps decode steps that share
+ * the backend (cache, workspace) and are prepared together. Step s decodes the s-th draft
+ * token, so its KV lengths are seq_lens + s; req_to_token must already hold slots for every
+ * draft position. Each step has its own metadata (so each can have its own CUDA graph). */
+typedef struct mla_multistep_draft mla_multistep_draft;
+mla_status mla_multistep_draft_create(mla_backend *backend, int num_steps, int max_batch,
+                                      int max_context, mla_multistep_draft **out);
+void mla_multistep_draft_destroy(mla_multistep_draft *draft); /* NULL is a no-op */
+/* args->mode must be MLA_FORWARD_DECODE and args->seq_lens the lengths of step 0. */
+mla_status mla_multistep_draft_build(mla_multistep_draft *draft, const mla_metadata_args *args);
+/* The metadata of step `step` (0..num_steps-1), for mla_forward_decode; NULL when out of
+ * range. Owned by the draft object. */
+mla_batch_metadata *mla_multistep_draft_metadata(mla_multistep_draft *draft, int step);
+
+/* CUDA graphs for decode and target_verify. Capture records one forward call for
+ * metadata's max_batch requests of q_len tokens on `args->stream` (which must be a
+ * non-default stream on CUDA backends); every tensor of args must be sized for max_batch
+ * (tokens = max_batch * q_len) and stays in use by the graph. Replay rebuilds the metadata
+ * for a batch of 1..max_batch requests (or, with args NULL, uses the metadata as last built,
+ * e.g. by mla_multistep_draft_build) and launches the graph; the caller first writes the new
+ * q (and c_kv / k_pe) into the captured buffers. Rows < batch of out/lse are bit-identical
+ * to the eager forward call on the same inputs; rows >= batch are unspecified (but inside the
+ * captured buffers). On a backend without graphs (the CPU) capture records the call and
+ * replay runs it for max_batch rows with the inactive rows masked, the same semantics. */
+typedef struct mla_graph mla_graph;
+mla_status mla_graph_capture(mla_backend *backend, mla_batch_metadata *metadata,
+                             mla_forward_mode mode, int q_len, const mla_forward_args *args,
+                             mla_graph **out);
+/* args->mode and q_len must match the capture; `stream`: where to launch (NULL = the
+ * capture stream). */
+mla_status mla_graph_replay(mla_graph *graph, const mla_metadata_args *args, void *stream);
+void mla_graph_destroy(mla_graph *graph); /* NULL is a no-op */
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,351 @@
+/* Double-precision test oracle. Written from the definitions (DESIGN.md, mla.h), not from the
+ * library: conversions via ldexp/frexp/rint, attention as the textbook two-pass softmax. */
+#include "oracle.h"
+
+#include "test.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------------------------
+ * Conversions
+ * ---------------------------------------------------------------------------------------- */
+double oracle_fp8_value(uint8_t code)
+{
+    int neg = code >> 7, e = (code >> 3) & 15, m = code & 7;
+    if (e == 15 && m == 7) return NAN;
+    double mag = e == 0 ? ldexp((double)m, -9) : ldexp(8.0 + m, e - 10);
+    return neg ? -mag : mag;
+}
+
+double oracle_bf16_value(uint16_t bits)
+{
+    int neg = bits >> 15, e = (bits >> 7) & 0xff, m = bits & 0x7f;
+    double mag;
+    if (e == 0xff) mag = m ? NAN : INFINITY;
+    else if (e == 0) mag = ldexp((double)m, -133);
+    else mag = ldexp(128.0 + m, e - 134);
+    return neg ? -mag : mag;
+}
+
+double oracle_fp16_value(uint16_t bits)
+{
+    int neg = bits >> 15, e = (bits >> 10) & 0x1f, m = bits & 0x3ff;
+    double mag;
+    if (e == 0x1f) mag = m ? NAN : INFINITY;
+    else if (e == 0) mag = ldexp((double)m, -24);
+    else mag = ldexp(1024.0 + m, e - 25);
+    return neg ? -mag : mag;
+}
+
+/* The 127 non-negative finite e4m3 values, ascending with the code (0x00..0x7e). */
+uint8_t oracle_fp8_from_double(double x)
+{
+    if (isnan(x)) return 0x7f;
+    uint8_t sign = signbit(x) ? 0x80 : 0x00;
+    double a = fabs(x);
+    if (a >= 448.0) return sign | 0x7e;
+    int lo = 0, hi = 0x7e; /* largest code with value <= a */
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (oracle_fp8_value((uint8_t)mid) <= a) lo = mid;
+        else hi = mid - 1;
+    }
+    int code = lo;
+    if (code < 0x7e) {
+        double below = oracle_fp8_value((uint8_t)code), above = oracle_fp8_value((uint8_t)(code + 1));
+        double dl = a - below, du = above - a;
+        if (du < dl || (du == dl && (code & 1))) code++;
+    }
+    return (uint8_t)(sign | code);
+}
+
+/* Rounds |x| to `bits` significant bits (ties to even via rint in the default rounding mode),
+ * with the smallest exponent step 2^min_exp (subnormals). */
+static double round_significand(double a, int bits, int min_exp)
+{
+    int e;
+    frexp(a, &e); /* a = f * 2^e, f in [0.5, 1) */
+    int q = e - bits;
+    if (q < min_exp) q = min_exp;
+    return ldexp(rint(ldexp(a, -q)), q);
+}
+
+uint16_t oracle_bf16_from_double(double x)
+{
+    if (isnan(x)) return 0x7fff;
+    uint16_t sign = signbit(x) ? 0x8000 : 0;
+    double a = fabs(x);
+    if (a == 0.0) return sign;
+    double r = isinf(a) ? INFINITY : round_significand(a, 8, -133);
+    if (r >= ldexp(1.0, 128)) return sign | 0x7f80;
+    if (r < ldexp(1.0, -126)) return (uint16_t)(sign | (uint16_t)ldexp(r, 133));
+    int e;
+    double f = frexp(r, &e); /* r = f 2^e, value = (1 + m/128) 2^(e-1) */
+    int m = (int)(ldexp(f, 8) - 128.0);
+    return (uint16_t)(sign | ((e - 1 + 127) << 7) | m);
+}
+
+uint16_t oracle_fp16_from_double(double x)
+{
+    if (isnan(x)) return 0x7fff;
+    uint16_t sign = signbit(x) ? 0x8000 : 0;
+    double a = fabs(x);
+    if (a == 0.0) return sign;
+    double r = isinf(a) ? INFINITY : round_significand(a, 11, -24);
+    if (r > 65504.0) return sign | 0x7c00;
+    if (r < ldexp(1.0, -14)) return (uint16_t)(sign | (uint16_t)ldexp(r, 24));
+    int e;
+    double f = frexp(r, &e);
+    int m = (int)(ldexp(f, 11) - 1024.0);
+    return (uint16_t)(sign | ((e - 1 + 15) << 10) | m);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Fills
+ * ---------------------------------------------------------------------------------------- */
+void oracle_fill_bf16(uint16_t *buf, float *deq, int64_t n, float lo, float hi)
+{
+    for (int64_t i = 0; i < n; i++) {
+        buf[i] = oracle_bf16_from_double(mla_test_rand_uniform(lo, hi));
+        if (deq) deq[i] = (float)oracle_bf16_value(buf[i]);
+    }
+}
+
+void oracle_fill_fp8(uint8_t *buf, float *deq, int64_t n, float lo, float hi)
+{
+    for (int64_t i = 0; i < n; i++) {
+        buf[i] = oracle_fp8_from_double(mla_test_rand_uniform(lo, hi));
+        if (deq) deq[i] = (float)oracle_fp8_value(buf[i]);
+    }
+}
+
+void oracle_fill_f32(float *buf, int64_t n, float lo, float hi)
+{
+    for (int64_t i = 0; i < n; i++) buf[i] = mla_test_rand_uniform(lo, hi);
+}
+
+void oracle_fill(mla_dtype dtype, void *buf, float *deq, int64_t n, float lo, float hi)
+{
+    switch (dtype) {
+    case MLA_DTYPE_BF16: oracle_fill_bf16((uint16_t *)buf, deq, n, lo, hi); break;
+    case MLA_DTYPE_FP8_E4M3: oracle_fill_fp8((uint8_t *)buf, deq, n, lo, hi); break;
+    case MLA_DTYPE_F32:
+        oracle_fill_f32((float *)buf, n, lo, hi);
+        if (deq) memcpy(deq, buf, (size_t)n * sizeof(float));
+        break;
+    default:
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h = oracle_fp16_from_double(mla_test_rand_uniform(lo, hi));
+            ((uint16_t *)buf)[i] = h;
+            if (deq) deq[i] = (float)oracle_fp16_value(h);
+        }
+        break;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Attention
+ * ---------------------------------------------------------------------------------------- */
+/* Softmax-weighted sum over n keys given their logits (NAN-free callers): out[dv], *lse. */
+static void softmax_rows(int n, const double *s, const float *const *v, int dv, double bmm2,
+                         double *out, double *lse)
+{
+    if (n == 0) {
+        for (int d = 0; d < dv; d++) out[d] = 0.0;
+        *lse = -INFINITY;
+        return;
+    }
+    double mx = -INFINITY;
+    for (int j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+    double sum = 0.0;
+    for (int d = 0; d < dv; d++) out[d] = 0.0;
+    for (int j = 0; j < n; j++) {
+        double p = exp(s[j] - mx);
+        sum += p;
+        for (int d = 0; d < dv; d++) out[d] += p * (double)v[j][d];
+    }
+    for (int d = 0; d < dv; d++) out[d] = out[d] / sum * bmm2;
+    *lse = log(sum) + mx;
+}
+
+static double dot_double(const float *a, const float *b, int n)
+{
+    double s = 0.0;
+    for (int d = 0; d < n; d++) s += (double)a[d] * (double)b[d];
+    return s;
+}
+
+void oracle_decode(const oracle_decode_args *a)
+{
+    int64_t max_keys = (int64_t)a->max_pages * a->page_size;
+    double *s = malloc((size_t)(max_keys + 1) * sizeof *s);
+    const float **rows = malloc((size_t)(max_keys + 1) * sizeof *rows);
+    for (int b = 0; b < a->batch; b++) {
+        int64_t L = a->seq_lens[b];
+        for (int i = 0; i < a->q_len; i++) {
+            int64_t vis = a->causal ? L - a->q_len + i + 1 : L;
+            if (vis < 0) vis = 0;
+            if (vis > L) vis = L;
+            /* Gather the visible key rows through the block table; keys on a page outside
+             * [0, num_pages) are skipped (mla.h: kernels skip bad pages). */
+            int64_t n = 0;
+            for (int64_t j = 0; j < vis; j++) {
+                int32_t page = a->block_table[(int64_t)b * a->max_pages + j / a->page_size];
+                if (page < 0 || page >= a->num_pages) continue;
+                rows[n++] = a->kv + ((int64_t)page * a->page_size + j % a->page_size) * a->dqk;
+            }
+            for (int h = 0; h < a->heads; h++) {
+                int64_t row = ((int64_t)b * a->q_len + i) * a->heads + h;
+                const float *q = a->q + row * a->dqk;
+                for (int64_t j = 0; j < n; j++) s[j] = a->bmm1 * dot_double(q, rows[j], a->dqk);
+                softmax_rows((int)n, s, rows, a->dv, a->bmm2, a->out + row * a->dv, a->lse + row);
+            }
+        }
+    }
+    free(s);
+    free(rows);
+}
+
+void oracle_prefill(const oracle_prefill_args *a)
+{
+    int64_t max_kv = 0;
+    for (int b = 0; b < a->batch; b++)
+        if (a->cu_kv[b + 1] - a->cu_kv[b] > max_kv) max_kv = a->cu_kv[b + 1] - a->cu_kv[b];
+    double *s = malloc((size_t)(max_kv + 1) * sizeof *s);
+    const float **vrows = malloc((size_t)(max_kv + 1) * sizeof *vrows);
+    for (int b = 0; b < a->batch; b++) {
+        int64_t q0 = a->cu_q[b], lq = a->cu_q[b + 1] - q0;
+        int64_t k0 = a->cu_kv[b], lkv = a->cu_kv[b + 1] - k0;
+        for (int64_t i = 0; i < lq; i++) {
+            int64_t vis = a->causal ? lkv - lq + i + 1 : lkv;
+            if (vis < 0) vis = 0;
+            if (vis > lkv) vis = lkv;
+            for (int h = 0; h < a->heads; h++) {
+                int64_t row = (q0 + i) * a->heads + h;
+                for (int64_t j = 0; j < vis; j++) {
+                    int64_t kr = (k0 + j) * a->heads + h;
+                    s[j] = a->bmm1 * dot_double(a->q + row * a->dqk, a->k + kr * a->dqk, a->dqk);
+                    vrows[j] = a->v + kr * a->dv;
+                }
+                softmax_rows((int)vis, s, vrows, a->dv, a->bmm2, a->out + row * a->dv, a->lse + row);
+            }
+        }
+    }
+    free(s);
+    free(vrows);
+}
+
+void oracle_merge(int64_t rows, int dim, const float *o_a, const float *lse_a, const float *o_b,
+                  const float *lse_b, double *o, double *lse)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        double la = lse_a[r], lb = lse_b[r];
+        /* exp(la) and exp(lb) are the softmax denominators of the two key sets. */
+        double mx = la > lb ? la : lb;
+        if (mx == -INFINITY) {
+            for (int d = 0; d < dim; d++) o[r * dim + d] = 0.0;
+            lse[r] = -INFINITY;
+            continue;
+        }
+        double wa = la == -INFINITY ? 0.0 : exp(la - mx);
+        double wb = lb == -INFINITY ? 0.0 : exp(lb - mx);
+        for (int d = 0; d < dim; d++) {
+            double xa = wa > 0.0 ? (double)o_a[r * dim + d] * wa : 0.0;
+            double xb = wb > 0.0 ? (double)o_b[r * dim + d] * wb : 0.0;
+            o[r * dim + d] = (xa + xb) / (wa + wb);
+        }
+        lse[r] = mx + log(wa + wb);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Comparison
+ * ---------------------------------------------------------------------------------------- */
+static oracle_report compare_values(const double *outv, const int *poisoned, const double *ref,
+                                    int64_t n, oracle_tolerance tol)
+{
+    oracle_report r;
+    memset(&r, 0, sizeof r);
+    r.n = n;
+    r.first_bad = -1;
+    for (int64_t i = 0; i < n; i++)
+        if (isfinite(ref[i]) && fabs(ref[i]) > r.max_ref) r.max_ref = fabs(ref[i]);
+    double err2 = 0.0, ref2 = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double x = outv[i], y = ref[i];
+        int bad;
+        if (poisoned[i]) r.poison_count++;
+        if (isnan(x) && !isnan(y)) r.nan_count++;
+        if (isnan(y)) {
+            bad = !isnan(x);
+        } else if (isinf(y)) {
+            bad = x != y; /* -inf lse must be exactly -inf */
+        } else {
+            double e = fabs(x - y);
+            bad = !(e <= tol.elem_rel * fabs(y) + tol.abs_frac * r.max_ref + tol.abs);
+            if (!isnan(e) && e > r.max_abs_err) r.max_abs_err = e;
+            err2 += isnan(e) ? INFINITY : e * e;
+            ref2 += y * y;
+        }
+        if (poisoned[i]) bad = 1;
+        if (bad) {
+            if (r.first_bad < 0) {
+                r.first_bad = i;
+                r.first_bad_out = x;
+                r.first_bad_ref = y;
+            }
+            r.bad_count++;
+        }
+    }
+    r.rel_l2 = ref2 > 0.0 ? sqrt(err2 / ref2) : sqrt(err2);
+    r.ok = r.bad_count == 0 && r.rel_l2 < tol.rel_l2;
+    return r;
+}
+
+oracle_report oracle_compare_bf16(const uint16_t *out, const double *ref, int64_t n,
+                                  oracle_tolerance tol)
+{
+    double *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
+    int *poisoned = malloc((size_t)(n > 0 ? n : 1) * sizeof *poisoned);
+    for (int64_t i = 0; i < n; i++) {
+        v[i] = oracle_bf16_value(out[i]);
+        poisoned[i] = out[i] == 0xffff;
+    }
+    oracle_report r = compare_values(v, poisoned, ref, n, tol);
+    free(v);
+    free(poisoned);
+    return r;
+}
+
+oracle_report oracle_compare_f32(const float *out, const double *ref, int64_t n,
+                                 oracle_tolerance tol)
+{
+    double *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
+    int *poisoned = malloc((size_t)(n > 0 ? n : 1) * sizeof *poisoned);
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &out[i], sizeof bits);
+        v[i] = out[i];
+        poisoned[i] = bits == 0xffffffffu;
+    }
+    oracle_report r = compare_values(v, poisoned, ref, n, tol);
+    free(v);
+    free(poisoned);
+    return r;
+}
+
+void oracle_print_report(const char *label, const oracle_report *r)
+{
+    fprintf(stderr,
+            "    %s: n=%lld max_abs_err=%.3g max_ref=%.3g rel_l2=%.3g bad=%lld nan=%lld "
+            "poison=%lld",
+            label, (long long)r->n, r->max_abs_err, r->max_ref, r->rel_l2, (long long)r->bad_count,
+            (long long)r->nan_count, (long long)r->poison_count);
+    if (r->first_bad >= 0)
+        fprintf(stderr, " first_bad[%lld] out=%.6g ref=%.6g", (long long)r->first_bad,
+                r->first_bad_out, r->first_bad_ref);
+    fputc('\n', stderr);
+}
