@@ -219,5 +219,6 @@ double cli_fp8_e4m3_to_double(uint8_t v);
 int cli_cmd_info(int argc, char **argv);
 int cli_cmd_check(int argc, char **argv);
 int cli_cmd_bench(int argc, char **argv);
+int cli_cmd_serve_sim(int argc, char **argv); /* cmd_serve_sim.c */
 
 #endif

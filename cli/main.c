@@ -14,6 +14,8 @@ static void print_usage(FILE *f)
             "  check    run decode and prefill on a backend and compare every output element\n"
             "           with the CPU reference (exit status 1 on FAIL)\n"
             "  bench    time decode and prefill (median ms, GB/s, TFLOP/s)\n"
+            "  serve-sim  end-to-end serving run (continuous batching, chunked prefill, speculative\n"
+            "           decode, page pool) checked against an oracle every step (PASS/FAIL)\n"
             "  help     this text\n"
             "\n"
             "Run 'mla <command> --help' for the options of a command.\n");
@@ -56,6 +58,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "info") == 0) return cli_cmd_info(argc, argv);
     if (strcmp(cmd, "check") == 0) return cli_cmd_check(argc, argv);
     if (strcmp(cmd, "bench") == 0) return cli_cmd_bench(argc, argv);
+    if (strcmp(cmd, "serve-sim") == 0) return cli_cmd_serve_sim(argc, argv);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         print_usage(stdout);
         return CLI_EXIT_OK;
@@ -64,7 +67,7 @@ int main(int argc, char **argv)
         printf("mla %s\n", mla_version_string());
         return CLI_EXIT_OK;
     }
-    fprintf(stderr, "mla: unknown command '%s' (allowed: info, check, bench, help)\n", cmd);
+    fprintf(stderr, "mla: unknown command '%s' (allowed: info, check, bench, serve-sim, help)\n", cmd);
     print_usage(stderr);
     return CLI_EXIT_USAGE;
 }

@@ -334,7 +334,7 @@ mla_status mla_kv_pack(mla_backend *backend, const mla_kv_pack_args *args);
 
 typedef enum mla_forward_mode {
     MLA_FORWARD_DECODE = 0,        /* one new token per request */
-    MLA_FORWARD_TARGET_VERIFY = 1, /* q_len = draft tokens + 1 per request (2..max_q_len of the
+    MLA_FORWARD_TARGET_VERIFY = 1, /* q_len = draft tokens + 1 per request (1..max_q_len of the
                                     * backend's capabilities), causal among them, full prefix */
     MLA_FORWARD_DRAFT_EXTEND = 2,  /* 1..max_q_len new tokens per request (ragged), causal */
     MLA_FORWARD_EXTEND = 3         /* prefill: any number of new tokens over a cached prefix */
@@ -366,9 +366,11 @@ typedef struct mla_metadata_args {
                                   * must be absent for decode and target_verify */
     int q_len;                   /* decode: 1 (0 means 1); target_verify: draft tokens + 1;
                                   * ignored by the ragged modes */
-    /* Optional host copies of seq_lens / extend_lens (int32 [batch]). CUDA backends need them
-     * for draft_extend and extend, and use them for exact maximum lengths without reading
-     * device memory; the CPU backend reads the tensors directly. Must equal the tensors. */
+    /* Optional host copies of seq_lens / extend_lens (int32 [batch]), equal to the tensors.
+     * CUDA backends use them for exact maximum lengths and for the ragged modes' host-side
+     * bookkeeping; without them they copy the tensors back (a synchronizing read), and when
+     * they may not (cfg.skip_index_check, stream capture) draft_extend and extend fail. The
+     * CPU backend reads the tensors directly. */
     const int32_t *host_seq_lens;
     const int32_t *host_extend_lens;
     void *stream;
@@ -405,8 +407,9 @@ mla_status mla_metadata_get(const mla_batch_metadata *metadata, mla_metadata_vie
 
 /* Up-projection of prefix rows for extend (the latent -> per-head GEMM is the model's): the
  * library gathers a chunk of cached prefix rows (dequantized: value * k_scale, rounded to
- * bf16) into `latent`, the callback writes their K and V. Return MLA_OK, or a status that
- * the extend call then returns. */
+ * bf16) into `latent`, the callback writes their K and V. All three are library buffers on
+ * the backend's device, valid during the call; device work must be ordered on `stream`.
+ * Return MLA_OK, or a status that the extend call then returns (message naming the chunk). */
 typedef struct mla_prefix_chunk {
     int chunk_index;            /* 0, 1, ...: prefix positions [index * chunk_size, ...) */
     int batch;
@@ -508,8 +511,14 @@ mla_batch_metadata *mla_multistep_draft_metadata(mla_multistep_draft *draft, int
  * e.g. by mla_multistep_draft_build) and launches the graph; the caller first writes the new
  * q (and c_kv / k_pe) into the captured buffers. Rows < batch of out/lse are bit-identical
  * to the eager forward call on the same inputs; rows >= batch are unspecified (but inside the
- * captured buffers). On a backend without graphs (the CPU) capture records the call and
- * replay runs it for max_batch rows with the inactive rows masked, the same semantics. */
+ * captured buffers). While a graph exists over a metadata object, eager decode and
+ * target_verify calls on it run with the graph's shape too (max_batch rows, inactive ones
+ * masked, through internal scratch), since split-KV kernels may divide work by the whole
+ * batch; that is what makes them agree bit for bit. On a backend without graphs (the CPU)
+ * capture records the call (running it once over the all-inactive batch: zeros in out, -inf
+ * in lse) and replay runs it for max_batch rows with the inactive rows masked, the same
+ * semantics. Capture leaves the metadata unbuilt. The metadata must outlive its graphs; use
+ * one stream per metadata object (none of these objects is safe to share between threads). */
 typedef struct mla_graph mla_graph;
 mla_status mla_graph_capture(mla_backend *backend, mla_batch_metadata *metadata,
                              mla_forward_mode mode, int q_len, const mla_forward_args *args,

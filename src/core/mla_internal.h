@@ -102,6 +102,34 @@ typedef struct mla_kv_pack_problem {
     void *stream;
 } mla_kv_pack_problem;
 
+/* Serving layer (src/core/serving*.c): metadata built from a req_to_token map. Rows
+ * batch..capacity-1 are inactive (seq_len 0); slots past the batch's new tokens are -1. */
+typedef struct mla_metadata_problem {
+    int batch, capacity;        /* requests; rows of block_table / seq_lens_out */
+    int q_len;                  /* uniform new tokens per request, or 0: extend_lens */
+    int seq_len_offset;         /* added to every seq_len (multi-step draft step s) */
+    int page_size, max_pages_per_seq;
+    int req_capacity;           /* columns of req_to_token */
+    const int32_t *req_to_token, *req_pool_indices, *seq_lens, *extend_lens;
+    int32_t *block_table;       /* [capacity, max_pages_per_seq]; -1 for a bad page */
+    int32_t *seq_lens_out;      /* [capacity] */
+    int32_t *cu_seqlens_q, *cu_seqlens_kv; /* [batch + 1] */
+    int32_t *slots;             /* [slot_capacity] */
+    int slot_capacity;
+    void *stream;
+} mla_metadata_problem;
+
+/* Paged rows -> contiguous bf16 rows (value * k_scale for fp8), see mla_gather_cache. */
+typedef struct mla_gather_problem {
+    int batch, rows, row_dim, page_size, num_pages, max_pages_per_seq;
+    mla_dtype kv_dtype;
+    float k_scale;              /* 1 for a bf16 cache */
+    const void *kv_cache;
+    const int32_t *block_table, *token_start, *cu_rows;
+    uint16_t *out;              /* bf16 [rows, row_dim] */
+    void *stream;
+} mla_gather_problem;
+
 /* ---- the hooks a kernel set supplies ---- */
 typedef struct mla_kernel_set {
     int api_version; /* MLA_KERNEL_SET_API_VERSION */
@@ -142,6 +170,19 @@ typedef struct mla_kernel_set {
     mla_status (*run_kv_cache_write)(void *state, const mla_cache_write_problem *p);
     mla_status (*run_quantize_fp8)(void *state, const mla_quantize_problem *p);
     mla_status (*run_kv_pack)(void *state, const mla_kv_pack_problem *p);
+
+    /* (optional) Serving layer, device kernel sets only (host memory needs none of these).
+     * copy_async: any direction (host<->device, device<->device), ordered on `stream`.
+     * graph_*: capture the work queued on `stream` into an executable graph, launch it,
+     * destroy it. Without graph hooks, capture is emulated (see mla_graph_capture). */
+    mla_status (*copy_async)(const mla_config *cfg, void *dst, const void *src, size_t bytes,
+                             void *stream);
+    mla_status (*run_build_metadata)(const mla_config *cfg, const mla_metadata_problem *p);
+    mla_status (*run_gather_cache)(const mla_config *cfg, const mla_gather_problem *p);
+    mla_status (*graph_begin)(const mla_config *cfg, void *stream);
+    mla_status (*graph_end)(const mla_config *cfg, void *stream, void **graph);
+    mla_status (*graph_launch)(const mla_config *cfg, void *graph, void *stream);
+    void (*graph_destroy)(const mla_config *cfg, void *graph);
 } mla_kernel_set;
 
 /* Kernel sets known to the registry (registry.c lists them). */

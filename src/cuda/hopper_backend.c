@@ -234,6 +234,71 @@ static mla_status hopper_run_kv_pack(void *state, const mla_kv_pack_problem *p)
     HOPPER_RUN("mla_kv_pack", mla_cuda_kv_pack(p));
 }
 
+/* ---- serving-layer hooks (src/core/serving*.c, graph.c): copies, metadata, gather, graphs.
+ * They take the config (not the state) and make its device current like the hooks above. ---- */
+static mla_status hopper_copy_async(const mla_config *cfg, void *dst, const void *src, size_t bytes,
+                                    void *stream)
+{
+    int prev = device_enter(cfg->device.index);
+    cudaError_t err = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, (cudaStream_t)stream);
+    device_leave(cfg->device.index, prev);
+    return cuda_status("serving: cudaMemcpyAsync", err);
+}
+
+static mla_status hopper_run_build_metadata(const mla_config *cfg, const mla_metadata_problem *p)
+{
+    int prev = device_enter(cfg->device.index);
+    int rc = mla_cuda_build_metadata(p);
+    device_leave(cfg->device.index, prev);
+    return cuda_status("mla_metadata_build", rc);
+}
+
+static mla_status hopper_run_gather_cache(const mla_config *cfg, const mla_gather_problem *p)
+{
+    int prev = device_enter(cfg->device.index);
+    int rc = mla_cuda_gather_cache(p);
+    device_leave(cfg->device.index, prev);
+    return cuda_status("mla_gather_cache", rc);
+}
+
+static mla_status hopper_graph_begin(const mla_config *cfg, void *stream)
+{
+    int prev = device_enter(cfg->device.index);
+    /* Thread-local: other threads may keep using CUDA while this one captures. */
+    cudaError_t err = cudaStreamBeginCapture((cudaStream_t)stream, cudaStreamCaptureModeThreadLocal);
+    device_leave(cfg->device.index, prev);
+    return cuda_status("mla_graph_capture: cudaStreamBeginCapture", err);
+}
+
+static mla_status hopper_graph_end(const mla_config *cfg, void *stream, void **exec)
+{
+    int prev = device_enter(cfg->device.index);
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t instance = NULL;
+    *exec = NULL;
+    cudaError_t err = cudaStreamEndCapture((cudaStream_t)stream, &graph);
+    if (err == cudaSuccess) err = cudaGraphInstantiate(&instance, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    device_leave(cfg->device.index, prev);
+    if (err == cudaSuccess) *exec = instance;
+    return cuda_status("mla_graph_capture: end capture / instantiate", err);
+}
+
+static mla_status hopper_graph_launch(const mla_config *cfg, void *exec, void *stream)
+{
+    int prev = device_enter(cfg->device.index);
+    cudaError_t err = cudaGraphLaunch((cudaGraphExec_t)exec, (cudaStream_t)stream);
+    device_leave(cfg->device.index, prev);
+    return cuda_status("mla_graph_replay: cudaGraphLaunch", err);
+}
+
+static void hopper_graph_destroy(const mla_config *cfg, void *exec)
+{
+    int prev = device_enter(cfg->device.index);
+    cudaGraphExecDestroy((cudaGraphExec_t)exec);
+    device_leave(cfg->device.index, prev);
+}
+
 const mla_kernel_set mla_hopper_kernel_set = {
     .api_version = MLA_KERNEL_SET_API_VERSION,
     .name = "hopper",
@@ -256,4 +321,11 @@ const mla_kernel_set mla_hopper_kernel_set = {
     .run_kv_cache_write = hopper_run_kv_cache_write,
     .run_quantize_fp8 = hopper_run_quantize_fp8,
     .run_kv_pack = hopper_run_kv_pack,
+    .copy_async = hopper_copy_async,
+    .run_build_metadata = hopper_run_build_metadata,
+    .run_gather_cache = hopper_run_gather_cache,
+    .graph_begin = hopper_graph_begin,
+    .graph_end = hopper_graph_end,
+    .graph_launch = hopper_graph_launch,
+    .graph_destroy = hopper_graph_destroy,
 };

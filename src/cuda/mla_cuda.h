@@ -35,6 +35,10 @@ int mla_cuda_kv_cache_write(const mla_cache_write_problem *p, uint32_t *device_e
 int mla_cuda_quantize_fp8(const mla_quantize_problem *p);
 int mla_cuda_kv_pack(const mla_kv_pack_problem *p);
 
+/* Serving layer (src/cuda/common/metadata.cu): metadata from req_to_token, cache gather. */
+int mla_cuda_build_metadata(const mla_metadata_problem *p);
+int mla_cuda_gather_cache(const mla_gather_problem *p);
+
 /* Loads every kernel variant (sets smem attributes, forces module load) so the first real
  * call does not pay for it. */
 int mla_cuda_decode_warmup(const mla_cuda_device_info *dev);
