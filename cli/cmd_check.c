@@ -11,6 +11,10 @@
 #define OUT_REL_TOL 1e-2 /* ||out - ref|| / ||ref|| for bf16 outputs */
 #define ROW_REL_TOL 5e-2 /* the same per output row: catches a wrong head or token */
 #define LSE_ABS_TOL 1e-2 /* natural-log units; LSE is float in every backend */
+/* fp8 prefill on tensor cores rounds P to e4m3 (3 mantissa bits) before P·V: ~2e-2 relative
+ * error against the float reference is the format's, not a bug (bench/NOTES.md, Prefill). */
+#define FP8_PREFILL_REL_TOL 3e-2
+#define FP8_PREFILL_ROW_REL_TOL 1e-1
 
 typedef struct check_ctx {
     const char *backend;
@@ -31,7 +35,8 @@ static void print_help(void)
            "DeepSeek-V3-like problem and compares every output element with the CPU reference\n"
            "backend (or, for --backend cpu, with a double-precision computation in the tool).\n"
            "PASS needs rel err ||out-ref||/||ref|| < %.0e (< %.0e for every row of one head\n"
-           "and token), LSE abs err < %.0e, no NaN, and a byte-exact cache. Exit status:\n"
+           "and token), LSE abs err < %.0e, no NaN, and a byte-exact cache (fp8 prefill on\n"
+           "the GPU: < 3e-2 and < 1e-1 per row, since P is rounded to e4m3). Exit status:\n"
            "0 all PASS, 1 a FAIL or library error, 2 usage.\n"
            "CPU defaults: decode H=16 batch 4 seq 1000..4000 q_len 1 fp8 page 64;\n"
            "prefill H=16 q 256,192 kv 256,256 causal. GPU defaults: H=128, batch 32,\n"
@@ -110,8 +115,11 @@ static void report_op(check_ctx *c, const char *op, const reference_outputs *r,
     char what[32];
     cli_values got = {out, CLI_VALUES_BF16};
     cli_error_stats s = cli_compare(got, r->out_values, out_elems, row_len);
+    int fp8_pv = c->on_gpu && c->q_dtype == MLA_DTYPE_FP8_E4M3 && strcmp(op, "prefill") == 0;
+    double rel_tol = fp8_pv ? FP8_PREFILL_REL_TOL : OUT_REL_TOL;
+    double row_tol = fp8_pv ? FP8_PREFILL_ROW_REL_TOL : ROW_REL_TOL;
     snprintf(what, sizeof what, "%s out", op);
-    record(c, cli_report_values(what, &s, OUT_REL_TOL, ROW_REL_TOL));
+    record(c, cli_report_values(what, &s, rel_tol, row_tol));
     s = cli_compare((cli_values){lse, CLI_VALUES_F32}, r->lse_values, lse_elems, 1);
     snprintf(what, sizeof what, "%s lse", op);
     record(c, cli_report_lse(what, &s, LSE_ABS_TOL));
@@ -119,7 +127,7 @@ static void report_op(check_ctx *c, const char *op, const reference_outputs *r,
         s = cli_compare((cli_values){out_nolse, CLI_VALUES_BF16}, r->out_values, out_elems,
                         row_len);
         snprintf(what, sizeof what, "%s no-lse", op);
-        record(c, cli_report_values(what, &s, OUT_REL_TOL, ROW_REL_TOL));
+        record(c, cli_report_values(what, &s, rel_tol, row_tol));
     }
 }
 

@@ -3,6 +3,7 @@
  * current and restores the caller's device afterwards, so a backend on device 1 never touches
  * device 0. */
 #include "mla_cuda.h"
+#include "tensor_check.h"
 
 #include <cuda_runtime_api.h>
 #include <stdio.h>
@@ -204,13 +205,32 @@ static size_t hopper_decode_workspace_size(void *state, const mla_config *cfg, i
         return cuda_status(what, rc_);                                                 \
     } while (0)
 
+/* The kernels load tiles with TMA and 16-byte vectors: base pointers must be 16-byte aligned
+ * (a caller's sliced view may not be; say so instead of failing on the device). */
+static mla_status check_aligned(const char *op, const char *name, const void *ptr)
+{
+    if (ptr && ((uintptr_t)ptr & 15u))
+        return mla_set_error(MLA_ERR_UNSUPPORTED,
+                             "%s: tensor '%s' at %p is not 16-byte aligned (the hopper kernels "
+                             "need it); pass a copy or an aligned view",
+                             op, name, ptr);
+    return MLA_OK;
+}
+
 static mla_status hopper_run_decode(void *state, const mla_decode_problem *p)
 {
+    MLA_TRY(check_aligned("mla_decode", "q", p->q));
+    MLA_TRY(check_aligned("mla_decode", "kv_cache", p->kv_cache));
+    MLA_TRY(check_aligned("mla_decode", "out", p->out));
     HOPPER_RUN("mla_decode", mla_cuda_decode(&s_->dev, p, s_->device_error_flags));
 }
 
 static mla_status hopper_run_prefill(void *state, const mla_prefill_problem *p)
 {
+    MLA_TRY(check_aligned("mla_prefill", "q", p->q));
+    MLA_TRY(check_aligned("mla_prefill", "k", p->k));
+    MLA_TRY(check_aligned("mla_prefill", "v", p->v));
+    MLA_TRY(check_aligned("mla_prefill", "out", p->out));
     HOPPER_RUN("mla_prefill", mla_cuda_prefill(&s_->dev, p));
 }
 
