@@ -1,0 +1,427 @@
+/* Decode benchmark of the "hopper" backend through the public API.
+ *
+ * Each case: random inputs (never zeros), one CUDA graph per input set (the decode call is
+ * captured, so launch gaps stay out), several input sets whose caches together exceed L2,
+ * rotated every call; warm-up, then `reps` replays each between two CUDA events; median
+ * ("ms1"). The headline time ("ms") is per call of a graph of 16 back-to-back calls (how the
+ * layers of a model run in a serving loop), median of reps/4 replays.
+ * Reported: time, effective GB/s (cache bytes read + q + out), TFLOP/s (2 * (576 + 512) per
+ * head per key per query token), and the roofline fraction t_floor / t with
+ * t_floor = max(bytes / copy bandwidth, flops / 16-bit MMA peak), both ceilings measured in the
+ * same run (cudaMemcpy D2D counting read + write; 8192^3 cuBLASLt GEMMs). "fp8roof" uses the
+ * fp8 GEMM peak instead (the floor a kernel with fp8 tensor-core math would have).
+ *
+ * Usage: decode [--reps N] [--quick] */
+#include "mla.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef MLA_HAVE_CUDA
+int main(void)
+{
+    printf("decode bench: built without CUDA, nothing to measure\n");
+    return 0;
+}
+#else
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#define DQK 576
+#define DV 512
+#define FILL_CHUNK (64u << 20)
+
+#define CUDA_OK(x)                                                                          \
+    do {                                                                                    \
+        cudaError_t e_ = (x);                                                               \
+        if (e_ != cudaSuccess) {                                                            \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+            return -1;                                                                      \
+        }                                                                                   \
+    } while (0)
+
+static uint64_t rng = 0x9E3779B97F4A7C15ULL;
+static uint32_t rand_u32(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)(rng >> 32);
+}
+static float rand_uniform(float lo, float hi)
+{
+    return lo + (hi - lo) * (float)((rand_u32() >> 8) * (1.0 / 16777216.0));
+}
+
+/* Random bf16 / fp8 values in [-amp, amp]: one random host chunk, then doubled on the device. */
+static int fill_device(void *dst, size_t bytes, mla_dtype dt, float amp)
+{
+    size_t chunk = bytes < FILL_CHUNK ? bytes : FILL_CHUNK;
+    uint8_t *h = calloc(chunk, 1);
+    if (!h) return -1;
+    if (dt == MLA_DTYPE_FP8_E4M3) {
+        for (size_t i = 0; i < chunk; i++) h[i] = mla_float_to_fp8_e4m3(rand_uniform(-amp, amp));
+    } else {
+        for (size_t i = 0; i + 1 < chunk; i += 2) {
+            uint16_t b = mla_float_to_bf16(rand_uniform(-amp, amp));
+            memcpy(h + i, &b, 2);
+        }
+    }
+    cudaError_t e = cudaMemcpy(dst, h, chunk, cudaMemcpyHostToDevice);
+    free(h);
+    CUDA_OK(e);
+    for (size_t done = chunk; done < bytes;) {
+        size_t n = done < bytes - done ? done : bytes - done;
+        CUDA_OK(cudaMemcpy((uint8_t *)dst + done, dst, n, cudaMemcpyDeviceToDevice));
+        done += n;
+    }
+    return 0;
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Device-to-device copy bandwidth (bytes read + written) over a 2 GiB buffer. */
+static double copy_gbps(void)
+{
+    const size_t n = (size_t)1 << 30;
+    void *a = NULL, *b = NULL;
+    if (cudaMalloc(&a, n) != cudaSuccess || cudaMalloc(&b, n) != cudaSuccess) return -1;
+    cudaMemset(a, 1, n);
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    float t[15];
+    for (int i = 0; i < 18; i++) {
+        cudaEventRecord(e0, 0);
+        cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, 0);
+        cudaEventRecord(e1, 0);
+        cudaEventSynchronize(e1);
+        if (i >= 3) cudaEventElapsedTime(&t[i - 3], e0, e1);
+    }
+    qsort(t, 15, sizeof(float), cmp_float);
+    cudaFree(a);
+    cudaFree(b);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return 2.0 * n / (t[7] * 1e-3) / 1e9;
+}
+
+/* 8192^3 GEMM through cuBLASLt, TN form, fp32 accumulate, bf16 out; -1 when unavailable. */
+static double gemm_tflops(int fp8)
+{
+    const int m = 8192, n = 8192, k = 8192, reps = 10;
+    const size_t es = fp8 ? 1 : 2, ws_bytes = 64u << 20;
+    double result = -1;
+    cublasLtHandle_t lt = NULL;
+    void *A = NULL, *B = NULL, *D = NULL, *ws = NULL;
+    cublasLtMatmulDesc_t op = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    if (cublasLtCreate(&lt) != CUBLAS_STATUS_SUCCESS) goto done;
+    if (cudaMalloc(&A, (size_t)m * k * es) || cudaMalloc(&B, (size_t)k * n * es) ||
+        cudaMalloc(&D, (size_t)m * n * 2) || cudaMalloc(&ws, ws_bytes))
+        goto done;
+    if (fill_device(A, (size_t)m * k * es, fp8 ? MLA_DTYPE_FP8_E4M3 : MLA_DTYPE_BF16, 1.0f) ||
+        fill_device(B, (size_t)k * n * es, fp8 ? MLA_DTYPE_FP8_E4M3 : MLA_DTYPE_BF16, 1.0f))
+        goto done;
+    cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    cudaDataType_t at = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+    cublasLtMatrixLayoutCreate(&la, at, k, m, k);
+    cublasLtMatrixLayoutCreate(&lb, at, k, n, k);
+    cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, m, n, m);
+    cublasLtMatmulPreferenceCreate(&pref);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
+                                         sizeof ws_bytes);
+    cublasLtMatmulHeuristicResult_t res;
+    int nres = 0;
+    if (cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &res, &nres) !=
+            CUBLAS_STATUS_SUCCESS || nres == 0)
+        goto done;
+    float alpha = 1.0f, beta = 0.0f, t[10];
+    for (int i = 0; i < 3 + reps; i++) {
+        cudaEventRecord(e0, 0);
+        if (cublasLtMatmul(lt, op, &alpha, A, la, B, lb, &beta, D, lc, D, lc, &res.algo, ws,
+                           ws_bytes, 0) != CUBLAS_STATUS_SUCCESS)
+            goto done;
+        cudaEventRecord(e1, 0);
+        cudaEventSynchronize(e1);
+        if (i >= 3) cudaEventElapsedTime(&t[i - 3], e0, e1);
+    }
+    qsort(t, (size_t)reps, sizeof(float), cmp_float);
+    result = 2.0 * m * n * (double)k / (t[reps / 2] * 1e-3) / 1e12;
+done:
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (la) cublasLtMatrixLayoutDestroy(la);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (lc) cublasLtMatrixLayoutDestroy(lc);
+    if (op) cublasLtMatmulDescDestroy(op);
+    if (lt) cublasLtDestroy(lt);
+    cudaFree(A);
+    cudaFree(B);
+    cudaFree(D);
+    cudaFree(ws);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaGetLastError();
+    return result;
+}
+
+typedef struct bench_case {
+    int batch, q_len, heads, seq, page;
+    mla_dtype kv;
+    const char *note;
+} bench_case;
+
+static double g_copy_gbps, g_bf16_tflops, g_fp8_tflops;
+
+static int run_case(const bench_case *c, int reps)
+{
+    const int B = c->batch, L = c->q_len, H = c->heads, P = c->page;
+    const size_t esz = mla_dtype_size(c->kv);
+    const int pages_per_seq = (c->seq + P - 1) / P;
+    const size_t set_pages = (size_t)B * pages_per_seq;
+    const size_t set_bytes = set_pages * P * DQK * esz;
+    /* enough sets that one rotation touches > 4x the 50 MB L2, at most 8 */
+    int nsets = (int)((200u << 20) / set_bytes) + 1;
+    if (nsets < 2) nsets = 2;
+    if (nsets > 8) nsets = 8;
+    mla_config cfg;
+    mla_config_init(&cfg);
+    cfg.num_heads = H;
+    cfg.page_size = P;
+    cfg.kv_cache_dtype = c->kv;
+    cfg.max_q_len = L;
+    cfg.max_batch = B;
+    cfg.skip_index_check = 1;
+    cfg.device = (mla_device){MLA_DEVICE_CUDA, 0};
+    mla_backend *be = NULL;
+    if (mla_backend_create("hopper", &cfg, &be) != MLA_OK) {
+        fprintf(stderr, "backend: %s\n", mla_last_error());
+        return -1;
+    }
+    const size_t total_pages = set_pages * nsets;
+    void *cache = NULL, *q = NULL, *out = NULL, *ws = NULL, *tables = NULL, *seqs = NULL;
+    const size_t q_bytes = (size_t)B * L * H * DQK * 2, out_bytes = (size_t)B * L * H * DV * 2;
+    size_t ws_bytes = 0;
+    mla_decode_workspace_size(be, B, L, &ws_bytes);
+    CUDA_OK(cudaMalloc(&cache, total_pages * P * DQK * esz));
+    CUDA_OK(cudaMalloc(&q, q_bytes));
+    CUDA_OK(cudaMalloc(&out, out_bytes));
+    CUDA_OK(cudaMalloc(&ws, ws_bytes));
+    CUDA_OK(cudaMalloc(&tables, (size_t)nsets * B * pages_per_seq * 4));
+    CUDA_OK(cudaMalloc(&seqs, (size_t)B * 4));
+    if (fill_device(cache, total_pages * P * DQK * esz, c->kv, 1.0f) ||
+        fill_device(q, q_bytes, MLA_DTYPE_BF16, 2.0f))
+        return -1;
+    /* each set owns its own pages, shuffled */
+    int32_t *ht = malloc((size_t)nsets * B * pages_per_seq * 4), *hs = malloc((size_t)B * 4);
+    for (size_t i = 0; i < total_pages; i++) ht[i] = (int32_t)i;
+    for (int s = 0; s < nsets; s++) {
+        int32_t *t = ht + (size_t)s * set_pages;
+        for (size_t i = set_pages - 1; i > 0; i--) {
+            size_t j = rand_u32() % (i + 1);
+            int32_t x = t[i];
+            t[i] = t[j];
+            t[j] = x;
+        }
+    }
+    for (int b = 0; b < B; b++) hs[b] = c->seq;
+    CUDA_OK(cudaMemcpy(tables, ht, (size_t)nsets * B * pages_per_seq * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(seqs, hs, (size_t)B * 4, cudaMemcpyHostToDevice));
+    free(ht);
+    free(hs);
+
+    cudaStream_t st;
+    CUDA_OK(cudaStreamCreate(&st));
+    cudaGraphExec_t *exec = calloc((size_t)nsets, sizeof *exec);
+    mla_decode_args *args = calloc((size_t)nsets, sizeof *args);
+    mla_device dev = {MLA_DEVICE_CUDA, 0};
+    for (int s = 0; s < nsets; s++) {
+        mla_decode_args a;
+        memset(&a, 0, sizeof a);
+        a.q = mla_tensor_contiguous(q, MLA_DTYPE_BF16, dev, 4, (int64_t[]){B, L, H, DQK});
+        a.kv_cache = mla_tensor_contiguous(cache, c->kv, dev, 3, (int64_t[]){(int64_t)total_pages, P, DQK});
+        a.block_table = mla_tensor_contiguous((int32_t *)tables + (size_t)s * set_pages, MLA_DTYPE_I32,
+                                              dev, 2, (int64_t[]){B, pages_per_seq});
+        a.seq_lens = mla_tensor_contiguous(seqs, MLA_DTYPE_I32, dev, 1, (int64_t[]){B});
+        a.out = mla_tensor_contiguous(out, MLA_DTYPE_BF16, dev, 4, (int64_t[]){B, L, H, DV});
+        a.workspace = ws;
+        a.workspace_bytes = ws_bytes;
+        a.max_seq_len = c->seq;
+        a.stream = st;
+        /* one plain call first: surfaces errors outside capture */
+        if (mla_decode(be, &a) != MLA_OK) {
+            fprintf(stderr, "decode: %s\n", mla_last_error());
+            return -1;
+        }
+        CUDA_OK(cudaStreamSynchronize(st));
+        cudaGraph_t g;
+        CUDA_OK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+        mla_status ms = mla_decode(be, &a);
+        CUDA_OK(cudaStreamEndCapture(st, &g));
+        if (ms != MLA_OK) {
+            fprintf(stderr, "decode (capture): %s\n", mla_last_error());
+            return -1;
+        }
+        CUDA_OK(cudaGraphInstantiate(&exec[s], g, 0));
+        cudaGraphDestroy(g);
+        args[s] = a;
+    }
+    /* A chain of kChain calls (rotating the sets) in one graph, as a model's layers run in a
+     * serving loop: no gaps between graph launches in the per-call time. */
+    enum { kChain = 16 };
+    cudaGraphExec_t chain = NULL;
+    {
+        cudaGraph_t g;
+        CUDA_OK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+        mla_status ms = MLA_OK;
+        for (int i = 0; i < kChain && ms == MLA_OK; i++) ms = mla_decode(be, &args[i % nsets]);
+        CUDA_OK(cudaStreamEndCapture(st, &g));
+        if (ms != MLA_OK) {
+            fprintf(stderr, "decode (chain capture): %s\n", mla_last_error());
+            return -1;
+        }
+        CUDA_OK(cudaGraphInstantiate(&chain, g, 0));
+        cudaGraphDestroy(g);
+    }
+    cudaEvent_t *ev = malloc(sizeof(cudaEvent_t) * (size_t)(reps + 1));
+    for (int i = 0; i <= reps; i++) cudaEventCreate(&ev[i]);
+    for (int i = 0; i < 2 * nsets; i++) CUDA_OK(cudaGraphLaunch(exec[i % nsets], st));
+    for (int i = 0; i < reps; i++) {
+        CUDA_OK(cudaEventRecord(ev[i], st));
+        CUDA_OK(cudaGraphLaunch(exec[i % nsets], st));
+        if (i == reps - 1) CUDA_OK(cudaEventRecord(ev[reps], st));
+    }
+    CUDA_OK(cudaStreamSynchronize(st));
+    float *t = malloc(sizeof(float) * (size_t)reps);
+    for (int i = 0; i < reps; i++) cudaEventElapsedTime(&t[i], ev[i], ev[i + 1 < reps ? i + 1 : reps]);
+    qsort(t, (size_t)reps, sizeof(float), cmp_float);
+    const double ms_single = t[reps / 2];
+    const int chain_reps = reps / 4 > 5 ? reps / 4 : 5;
+    float *tc = malloc(sizeof(float) * (size_t)chain_reps);
+    cudaEvent_t c0, c1;
+    cudaEventCreate(&c0);
+    cudaEventCreate(&c1);
+    CUDA_OK(cudaGraphLaunch(chain, st));
+    for (int i = 0; i < chain_reps; i++) {
+        CUDA_OK(cudaEventRecord(c0, st));
+        CUDA_OK(cudaGraphLaunch(chain, st));
+        CUDA_OK(cudaEventRecord(c1, st));
+        CUDA_OK(cudaEventSynchronize(c1));
+        cudaEventElapsedTime(&tc[i], c0, c1);
+    }
+    qsort(tc, (size_t)chain_reps, sizeof(float), cmp_float);
+    const double ms = tc[chain_reps / 2] / kChain;
+    cudaEventDestroy(c0);
+    cudaEventDestroy(c1);
+    free(tc);
+    cudaGraphExecDestroy(chain);
+    free(args);
+    uint32_t flags = 0;
+    mla_backend_device_errors(be, &flags);
+
+    const double keys = (double)B * c->seq;
+    const double bytes = keys * DQK * esz + (double)q_bytes + (double)out_bytes;
+    const double flops = 2.0 * H * L * keys * (DQK + DV);
+    const double t_mem = bytes / (g_copy_gbps * 1e9);
+    const double t_mma = flops / (g_bf16_tflops * 1e12), t_fp8 = flops / (g_fp8_tflops * 1e12);
+    const double sec = ms * 1e-3;
+    printf("| %-4s | %3d | %d | %3d | %6d | %2d | %8.4f | %8.4f | %6.0f | %6.1f | %5.1f%% | %5.1f%% | %s%s |\n",
+           c->kv == MLA_DTYPE_FP8_E4M3 ? "fp8" : "bf16", B, L, H, c->seq, P, ms, ms_single,
+           bytes / sec / 1e9, flops / sec / 1e12,
+           100.0 * (t_mem > t_mma ? t_mem : t_mma) / sec,
+           100.0 * (t_mem > t_fp8 ? t_mem : t_fp8) / sec, t_mem > t_mma ? "mem" : "mma",
+           flags ? " FLAGS!" : "");
+    fflush(stdout);
+
+    for (int i = 0; i <= reps; i++) cudaEventDestroy(ev[i]);
+    for (int s = 0; s < nsets; s++) cudaGraphExecDestroy(exec[s]);
+    free(ev);
+    free(exec);
+    free(t);
+    cudaStreamDestroy(st);
+    cudaFree(cache);
+    cudaFree(q);
+    cudaFree(out);
+    cudaFree(ws);
+    cudaFree(tables);
+    cudaFree(seqs);
+    mla_backend_destroy(be);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int reps = 50, quick = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--quick")) quick = 1;
+    }
+    if (reps < 3) reps = 3;
+    struct cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) {
+        printf("decode bench: no CUDA device\n");
+        return 1;
+    }
+    g_copy_gbps = copy_gbps();
+    g_bf16_tflops = gemm_tflops(0);
+    g_fp8_tflops = gemm_tflops(1);
+    const char *peak_src = "measured (cuBLASLt 8192^3)";
+    if (g_bf16_tflops <= 0 || g_fp8_tflops <= 0) {
+        g_bf16_tflops = 748;
+        g_fp8_tflops = 1344;
+        peak_src = "KERNEL_NOTES.md (cuBLASLt unavailable)";
+    }
+    printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    printf("copy D2D %.0f GB/s; bf16 GEMM %.0f TFLOP/s, fp8 GEMM %.0f TFLOP/s (%s)\n",
+           g_copy_gbps, g_bf16_tflops, g_fp8_tflops, peak_src);
+    printf("roof = max(bytes/copy_bw, flops/bf16_peak)/t (the kernel's MMAs are 16-bit); "
+           "fp8roof uses the fp8 peak\n\n");
+    printf("ms: per call inside a graph of %d back-to-back calls; ms1: a graph of one call "
+           "(includes the gap between graph launches); rates and roof use ms\n\n", 16);
+    printf("| kv | B | q | H | seq | pg | ms | ms1 | GB/s | TFLOP/s | roof | fp8roof | bound |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    const mla_dtype F = MLA_DTYPE_FP8_E4M3, W = MLA_DTYPE_BF16;
+    static bench_case cases[64];
+    int n = 0;
+    const int bs16[] = {32, 64, 128}, seqs16[] = {4096, 16384, 32768};
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++)
+            if (!quick || (bs16[i] == 64 && seqs16[j] != 16384))
+                cases[n++] = (bench_case){bs16[i], 1, 16, seqs16[j], 64, F, ""};
+    const int bs128[] = {64, 128}, seqs128[] = {4096, 8192, 16384};
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 3; j++)
+            if (!quick || (bs128[i] == 64 && seqs128[j] == 4096))
+                cases[n++] = (bench_case){bs128[i], 1, 128, seqs128[j], 64, F, ""};
+    cases[n++] = (bench_case){1, 1, 16, 65536, 64, F, ""};
+    cases[n++] = (bench_case){1, 1, 128, 65536, 64, F, ""};
+    cases[n++] = (bench_case){64, 1, 16, 4096, 64, W, ""};
+    if (!quick) {
+        cases[n++] = (bench_case){128, 1, 16, 32768, 64, W, ""};
+        cases[n++] = (bench_case){64, 1, 128, 4096, 64, W, ""};
+        cases[n++] = (bench_case){128, 1, 128, 8192, 64, W, ""};
+        cases[n++] = (bench_case){1, 1, 16, 65536, 64, W, ""};
+        cases[n++] = (bench_case){1, 1, 128, 65536, 64, W, ""};
+        cases[n++] = (bench_case){64, 4, 16, 8192, 64, F, ""};
+        cases[n++] = (bench_case){4, 4, 16, 81920, 64, F, ""};
+        cases[n++] = (bench_case){4, 4, 32, 81920, 64, F, ""};
+        cases[n++] = (bench_case){64, 1, 16, 16384, 32, F, ""};
+    }
+    int rc = 0;
+    for (int i = 0; i < n; i++)
+        if (run_case(&cases[i], reps)) rc = 1;
+    return rc;
+}
+#endif

@@ -1,0 +1,88 @@
+// Split-KV decode: the workspace layout and the scheduler/combine launchers shared by the
+// decode kernels (src/cuda/sm90/decode*.cu), the scheduler (decode_schedule.cu) and the
+// combine kernel (combine.cu).
+//
+// Work model. A request b with n_b key blocks (block_n keys each, at least one) costs
+// n_b + overhead units. The units of all requests, laid end to end, are cut into num_parts
+// equal spans of tau units; part p owns the key blocks whose units fall in its span. So part
+// p processes a run of consecutive requests, the first and last possibly in part. A request
+// covered by one part is written straight to the output; one covered by several parts
+// ("splits") writes one partial (O / l in float32, LSE) per part into a workspace slot and
+// the combine kernel merges them. Everything is computed on the GPU from seq_lens; launch
+// shapes depend only on (batch, q_len, heads, SM count).
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+#include <cuda_runtime.h>
+
+#define MLA_DECODE_OVERHEAD 2    // per-request cost in blocks (Q load, epilogue, combine)
+#define MLA_DECODE_MAX_PARTS 1024
+
+// Device pointers into the workspace (all int32 except the float partials).
+typedef struct mla_decode_sched {
+    int *tau;         // [1] units per part
+    int *req_start;   // [batch] first unit of request b
+    int *num_blocks;  // [batch] key blocks of request b (>= 1)
+    int *seq_eff;     // [batch] seq_len clamped into [0, max_pages_per_seq * page_size]
+    int *first_part;  // [batch] first part touching request b
+    int *num_splits;  // [batch] parts touching request b
+    int *slot_base;   // [batch] first partial slot of request b (when num_splits > 1)
+    int *part_begin;  // [num_parts] first request of part p (batch when the part is empty)
+    float *part_lse;  // [max_slots, rows]
+    float *part_o;    // [max_slots, rows, dv]
+} mla_decode_sched;
+
+typedef struct mla_decode_split_layout {
+    int batch, rows, dv, num_parts, max_slots;
+    size_t off_lse, off_o, total_bytes;
+} mla_decode_split_layout;
+
+static inline size_t mla_align256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+// rows = q_len * heads (query rows of one request).
+static inline mla_decode_split_layout mla_decode_split_layout_make(int batch, int rows, int dv,
+                                                                   int num_parts)
+{
+    mla_decode_split_layout L;
+    L.batch = batch;
+    L.rows = rows;
+    L.dv = dv;
+    L.num_parts = num_parts;
+    // Each part holds at most two split pieces (its first and last request), and there are
+    // at most batch + num_parts - 1 pieces in all.
+    L.max_slots = num_parts + (batch < num_parts ? batch : num_parts);
+    size_t ints = 1 + 6 * (size_t)batch + (size_t)num_parts;
+    L.off_lse = mla_align256(ints * 4);
+    L.off_o = mla_align256(L.off_lse + (size_t)L.max_slots * rows * 4);
+    L.total_bytes = L.off_o + (size_t)L.max_slots * rows * dv * 4;
+    return L;
+}
+
+static inline mla_decode_sched mla_decode_sched_from(void *ws, const mla_decode_split_layout *L)
+{
+    mla_decode_sched s;
+    int *w = (int *)ws;
+    s.tau = w;
+    s.req_start = w + 1;
+    s.num_blocks = s.req_start + L->batch;
+    s.seq_eff = s.num_blocks + L->batch;
+    s.first_part = s.seq_eff + L->batch;
+    s.num_splits = s.first_part + L->batch;
+    s.slot_base = s.num_splits + L->batch;
+    s.part_begin = s.slot_base + L->batch;
+    s.part_lse = (float *)((char *)ws + L->off_lse);
+    s.part_o = (float *)((char *)ws + L->off_o);
+    return s;
+}
+
+// Fills the schedule from seq_lens (one CTA). Flags MLA_DEVERR_SEQ_LEN for seq_len < 0 or
+// beyond max_keys (then clamps).
+cudaError_t mla_launch_decode_schedule(const int32_t *seq_lens, int batch, int max_keys,
+                                       int block_n, int num_parts,
+                                       uint32_t *device_error_flags, const mla_decode_sched *s,
+                                       cudaStream_t stream);
+
+// Merges the partials of split requests into out (bf16, scaled by bmm2_scale) and lse.
+cudaError_t mla_launch_decode_combine(const mla_decode_sched *s, int batch, int rows, int dv,
+                                      int num_parts, float bmm2_scale, void *out, float *lse,
+                                      cudaStream_t stream);

@@ -1,0 +1,301 @@
+// Hopper MLA decode launcher: scheduler -> split-KV decode kernel -> combine, all on the
+// caller's stream and workspace. Launch shapes depend only on (batch, q_len, heads, SM
+// count); nothing reads device data on the host, so the sequence is CUDA-graph safe.
+#include "mla_cuda.h"
+#include "decode_v1_mma.cuh"
+#include "decode_v2_fp8reg.cuh"
+
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+namespace {
+
+using mla_decode_v1::Cfg;
+using mla_decode_v1::Params;
+
+// Kernel variants (MLA_DECODE_VARIANT selects one for comparison; default "v2"):
+//   "v2"  : rows <= 16 with an fp8 cache: decode_v2_fp8reg.cuh (MLA_DECODE_V2_BN=32|64 keys per
+//           block, default 64; MLA_DECODE_V2_CONV=alu for the integer conversion); other
+//           rows <= 32: decode_v1_mma.cuh "narrow" (32-key blocks, 128 threads, two CTAs per
+//           SM); rows > 32: decode_v1_mma.cuh with M = 64 (64-key blocks, 256 threads, one CTA
+//           per SM), measured faster than two-per-SM M = 32 tiles at H = 128.
+//   "v1"  : as "v2" without decode_v2_fp8reg.cuh.
+//   "wide": decode_v1_mma.cuh as first written for every shape: M = 16, 32 or 64, 64-key
+//           blocks, 256 threads, one CTA per SM.
+struct Plan {
+    int rows, m, head_blocks, num_parts, bn, ctas_per_sm;
+};
+
+enum Variant { kVariantV2 = 0, kVariantV1 = 1, kVariantWide = 2 };
+
+int env_choice(const char *name, const char *const *values, int count, int fallback)
+{
+    const char *v = getenv(name);
+    if (v)
+        for (int i = 0; i < count; i++)
+            if (strcmp(v, values[i]) == 0) return i;
+    return fallback;
+}
+
+Variant selected_variant()
+{
+    static const char *const names[] = {"v2", "v1", "wide"};
+    static int cached = -1;
+    if (cached < 0) cached = env_choice("MLA_DECODE_VARIANT", names, 3, 0);
+    return (Variant)cached;
+}
+
+int v2_block_n()
+{
+    static const char *const names[] = {"32", "64"};
+    static int cached = -1;
+    if (cached < 0) cached = env_choice("MLA_DECODE_V2_BN", names, 2, 1);
+    return cached ? 64 : 32;
+}
+
+bool v2_alu_conversion()
+{
+    static const char *const names[] = {"cvt", "alu"};
+    static int cached = -1;
+    if (cached < 0) cached = env_choice("MLA_DECODE_V2_CONV", names, 2, 0);
+    return cached == 1;
+}
+
+Plan make_plan(int num_sms, int q_len, int heads, Variant variant, bool fp8)
+{
+    Plan pl;
+    pl.rows = q_len * heads;
+    if (variant == kVariantWide) {
+        pl.m = pl.rows <= 16 ? 16 : pl.rows <= 32 ? 32 : 64;
+        pl.bn = 64;
+        pl.ctas_per_sm = 1;
+    } else if (pl.rows <= 32) {
+        pl.m = pl.rows <= 16 ? 16 : 32;
+        pl.bn = fp8 && pl.m == 16 && variant == kVariantV2 ? v2_block_n() : 32;
+        pl.ctas_per_sm = 2;
+    } else {
+        pl.m = 64;
+        pl.bn = 64;
+        pl.ctas_per_sm = 1;
+    }
+    pl.head_blocks = (pl.rows + pl.m - 1) / pl.m;
+    pl.num_parts = num_sms * pl.ctas_per_sm / pl.head_blocks;
+    if (pl.num_parts < 1) pl.num_parts = 1;
+    if (pl.num_parts > MLA_DECODE_MAX_PARTS) pl.num_parts = MLA_DECODE_MAX_PARTS;
+    return pl;
+}
+
+size_t bytes_for(const mla_cuda_device_info *dev, int batch, int q_len, int heads, int dv)
+{
+    // Sized for every variant, so that switching variants never needs a larger buffer.
+    size_t need = 0;
+    for (int v = 0; v < 3; v++)
+        for (int fp8 = 0; fp8 < 2; fp8++) {
+            const Plan pl = make_plan(dev->num_sms, q_len, heads, (Variant)v, fp8);
+            const mla_decode_split_layout L =
+                mla_decode_split_layout_make(batch, pl.rows, dv, pl.num_parts);
+            if (L.total_bytes > need) need = L.total_bytes;
+        }
+    return need;
+}
+
+template <bool FP8, int M, int BN, int NT> cudaError_t set_smem_attr()
+{
+    auto kernel = mla_decode_v1::decode_kernel<FP8, M, BN, NT>;
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         Cfg<FP8, M, BN, NT>::kSmem);
+    // All of the unified L1/shared storage as shared memory, so that the two-CTA variants
+    // really get two CTAs per SM.
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                 (int)cudaSharedmemCarveoutMaxShared);
+    if (e == cudaSuccess && getenv("MLA_DECODE_DEBUG")) {
+        int blocks = 0;
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, NT, Cfg<FP8, M, BN, NT>::kSmem);
+        fprintf(stderr, "libmla decode: fp8=%d M=%d BN=%d NT=%d smem=%d: %d CTAs/SM\n", (int)FP8, M,
+                BN, NT, Cfg<FP8, M, BN, NT>::kSmem, blocks);
+    }
+    return e;
+}
+
+cudaError_t set_all_smem_attrs()
+{
+    cudaError_t e = cudaSuccess;
+    if (e == cudaSuccess) {
+        for (int i = 0; i < 3 && e == cudaSuccess; i++) {
+            auto k = i == 0 ? mla_decode_v2::decode_fp8_m16_kernel<true, 64>
+                   : i == 1 ? mla_decode_v2::decode_fp8_m16_kernel<true, 32>
+                            : mla_decode_v2::decode_fp8_m16_kernel<false, 32>;
+            const int bytes = i == 0 ? mla_decode_v2::V2Cfg<64>::kSmem : mla_decode_v2::V2Cfg<32>::kSmem;
+            e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+            if (e == cudaSuccess)
+                e = cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                         (int)cudaSharedmemCarveoutMaxShared);
+            if (e == cudaSuccess && getenv("MLA_DECODE_DEBUG")) {
+                int blocks = 0;
+                cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, k, mla_decode_v2::kNT, bytes);
+                fprintf(stderr, "libmla decode: v2 kernel %d smem=%d: %d CTAs/SM\n", i, bytes, blocks);
+            }
+        }
+    }
+    if (e == cudaSuccess) e = set_smem_attr<true, 16, 32, 128>();
+    if (e == cudaSuccess) e = set_smem_attr<true, 32, 32, 128>();
+    if (e == cudaSuccess) e = set_smem_attr<true, 16, 64, 256>();
+    if (e == cudaSuccess) e = set_smem_attr<true, 32, 64, 256>();
+    if (e == cudaSuccess) e = set_smem_attr<true, 64, 64, 256>();
+    if (e == cudaSuccess) e = set_smem_attr<false, 16, 32, 128>();
+    if (e == cudaSuccess) e = set_smem_attr<false, 32, 32, 128>();
+    if (e == cudaSuccess) e = set_smem_attr<false, 16, 64, 256>();
+    if (e == cudaSuccess) e = set_smem_attr<false, 32, 64, 256>();
+    if (e == cudaSuccess) e = set_smem_attr<false, 64, 64, 256>();
+    return e;
+}
+
+// Attributes are per device; remember which devices have them (benign race: setting twice
+// is harmless).
+cudaError_t ensure_smem_attrs(int device)
+{
+    static unsigned long long done_mask = 0;
+    const unsigned long long bit = device >= 0 && device < 64 ? 1ull << device : 0;
+    if (bit && (done_mask & bit)) return cudaSuccess;
+    cudaError_t e = set_all_smem_attrs();
+    if (e == cudaSuccess) done_mask |= bit;
+    return e;
+}
+
+template <bool FP8, int M, int BN, int NT>
+cudaError_t launch_kernel(const Params &prm, const Plan &pl, cudaStream_t stream)
+{
+    // Programmatic dependent launch: the CTAs start while the scheduler finishes and wait
+    // for its results in griddepcontrol.wait.
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)pl.num_parts, (unsigned)pl.head_blocks);
+    cfg.blockDim = dim3(NT);
+    cfg.dynamicSmemBytes = Cfg<FP8, M, BN, NT>::kSmem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, mla_decode_v1::decode_kernel<FP8, M, BN, NT>, prm);
+}
+
+cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, cudaStream_t stream)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)pl.num_parts, 1);
+    cfg.blockDim = dim3(mla_decode_v2::kNT);
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    if (pl.bn == 64) {
+        cfg.dynamicSmemBytes = mla_decode_v2::V2Cfg<64>::kSmem;
+        return cudaLaunchKernelEx(&cfg, mla_decode_v2::decode_fp8_m16_kernel<true, 64>, prm);
+    }
+    cfg.dynamicSmemBytes = mla_decode_v2::V2Cfg<32>::kSmem;
+    return v2_alu_conversion()
+               ? cudaLaunchKernelEx(&cfg, mla_decode_v2::decode_fp8_m16_kernel<false, 32>, prm)
+               : cudaLaunchKernelEx(&cfg, mla_decode_v2::decode_fp8_m16_kernel<true, 32>, prm);
+}
+
+template <bool FP8> cudaError_t launch_variant(const Params &prm, const Plan &pl, cudaStream_t stream)
+{
+    if (FP8 && pl.m == 16 && pl.ctas_per_sm == 2 && selected_variant() == kVariantV2)
+        return launch_v2_fp8_m16(prm, pl, stream);
+    if (pl.bn == 32) {
+        return pl.m == 16 ? launch_kernel<FP8, 16, 32, 128>(prm, pl, stream)
+                          : launch_kernel<FP8, 32, 32, 128>(prm, pl, stream);
+    }
+    if (pl.m == 16) return launch_kernel<FP8, 16, 64, 256>(prm, pl, stream);
+    if (pl.m == 32) return launch_kernel<FP8, 32, 64, 256>(prm, pl, stream);
+    return launch_kernel<FP8, 64, 64, 256>(prm, pl, stream);
+}
+
+} // namespace
+
+extern "C" size_t mla_cuda_decode_workspace_size(const mla_cuda_device_info *dev, int batch,
+                                                 int q_len, int num_heads, int kv_lora_rank)
+{
+    if (batch < 1) batch = 1;
+    if (q_len < 1) q_len = 1;
+    // The layout is not monotone in q_len (the part count changes with the head blocks), so
+    // size for every q_len up to the given one: a buffer sized for max_q_len fits them all.
+    size_t need = 0;
+    for (int q = 1; q <= q_len; q++) {
+        const size_t b = bytes_for(dev, batch, q, num_heads, kv_lora_rank);
+        if (b > need) need = b;
+    }
+    const size_t rule = (size_t)dev->num_sms * num_heads * q_len * (kv_lora_rank + 1) * 4;
+    return need > rule ? need : rule;
+}
+
+extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode_problem *p,
+                               uint32_t *device_error_flags)
+{
+    if (p->kv_lora_rank != mla_decode_v1::kDv || p->rope_dim != mla_decode_v1::kDqk - mla_decode_v1::kDv)
+        return (int)cudaErrorNotSupported;
+    if (p->page_size != 32 && p->page_size != 64) return (int)cudaErrorNotSupported;
+    if (p->kv_dtype != MLA_DTYPE_FP8_E4M3 && p->kv_dtype != MLA_DTYPE_BF16)
+        return (int)cudaErrorNotSupported;
+    if (p->q_dtype != MLA_DTYPE_FP8_E4M3 && p->q_dtype != MLA_DTYPE_BF16)
+        return (int)cudaErrorNotSupported;
+    if (p->num_heads < 1 || p->q_len < 1) return (int)cudaErrorInvalidValue;
+    if (p->batch < 1) return (int)cudaSuccess;
+
+    const Plan pl = make_plan(dev->num_sms, p->q_len, p->num_heads, selected_variant(),
+                              p->kv_dtype == MLA_DTYPE_FP8_E4M3);
+    const mla_decode_split_layout L =
+        mla_decode_split_layout_make(p->batch, pl.rows, mla_decode_v1::kDv, pl.num_parts);
+    if (!p->workspace || p->workspace_bytes < L.total_bytes) return (int)cudaErrorInvalidValue;
+    cudaError_t e = ensure_smem_attrs(dev->device);
+    if (e != cudaSuccess) return (int)e;
+
+    cudaStream_t stream = (cudaStream_t)p->stream;
+    const mla_decode_sched s = mla_decode_sched_from(p->workspace, &L);
+    const int max_keys = p->max_pages_per_seq * p->page_size;
+    e = mla_launch_decode_schedule(p->seq_lens, p->batch, max_keys, pl.bn, pl.num_parts,
+                                   device_error_flags, &s, stream);
+    if (e != cudaSuccess) return (int)e;
+
+    Params prm;
+    prm.q = p->q;
+    prm.kv = (const uint8_t *)p->kv_cache;
+    prm.block_table = p->block_table;
+    prm.seq_lens = p->seq_lens;
+    prm.out = (uint16_t *)p->out;
+    prm.lse = p->lse;
+    prm.err = device_error_flags;
+    prm.s = s;
+    prm.batch = p->batch;
+    prm.q_len = p->q_len;
+    prm.heads = p->num_heads;
+    prm.rows = pl.rows;
+    prm.page_size = p->page_size;
+    prm.page_shift = p->page_size == 64 ? 6 : 5;
+    prm.num_pages = p->num_pages;
+    prm.max_pages = p->max_pages_per_seq;
+    prm.causal = p->causal;
+    prm.q_fp8 = p->q_dtype == MLA_DTYPE_FP8_E4M3;
+    prm.scale_log2 = p->bmm1_scale * 1.4426950408889634f;
+    prm.bmm2 = p->bmm2_scale;
+
+    e = p->kv_dtype == MLA_DTYPE_FP8_E4M3 ? launch_variant<true>(prm, pl, stream)
+                                          : launch_variant<false>(prm, pl, stream);
+    if (e != cudaSuccess) return (int)e;
+    e = mla_launch_decode_combine(&s, p->batch, pl.rows, mla_decode_v1::kDv, pl.num_parts,
+                                  p->bmm2_scale, p->out, p->lse, stream);
+    return (int)e;
+}
+
+extern "C" int mla_cuda_decode_warmup(const mla_cuda_device_info *dev)
+{
+    // Setting the attributes loads the module and every variant.
+    return (int)ensure_smem_attrs(dev->device);
+}

@@ -1,0 +1,377 @@
+// Split-KV MLA decode, version 2: fp8 cache, M = 16 query rows (H * q_len <= 16), no fp16
+// tile. Same work model, scheduler and mma.sync math as version 1 (decode_v1_mma.cuh), but
+// shaped for shared-memory traffic, which bounded version 1 at ~100 cycles per key per SM
+// (Q re-read by every warp for every 8 keys: 2304 B/key; fp8 -> fp16 tile: 1728 B/key):
+//   * QK^T is split over the 576 dims: warp w owns dims [144w, 144w + 144) for all 32 keys of
+//     the block, its Q fragments stay in registers for the whole request, and the four
+//     partial score tiles are summed through shared memory (512 B/key).
+//   * K and V fragments are built in registers straight from the fp8 stage (integer
+//     e4m3 -> f16 bit moves, values x 2^-8). The k order inside an MMA is free, so a thread's
+//     k slots {2t, 2t+1, 2t+8, 2t+9} map to 4 consecutive dims: one 4-byte load per K
+//     fragment. For P V the k dim is keys: two key rows are interleaved with prmt, and the n
+//     order is permuted (n-tile j of a group of 4, lane group g <-> dim 4g + j) so that each
+//     4-byte load feeds 4 n-tiles and each thread ends with 8 consecutive output dims.
+//   * The stage is xor-swizzled by 16-byte chunk so that both access patterns are free of
+//     bank conflicts.
+// 128 threads, 32-key blocks, 4 stages, two CTAs per SM.
+#pragma once
+#include "decode_v1_mma.cuh"
+
+namespace mla_decode_v2 {
+
+using namespace mla_decode_v1;
+
+constexpr int kNT = 128, kM = 16;
+
+// BN keys per block (32: 4 stages; 64: 2 stages, half the per-key barrier and softmax cost).
+template <int BN> struct V2Cfg {
+    static constexpr int NS = BN == 32 ? 4 : 2;
+    static constexpr int SRow = BN + 8;   // floats per partial-score row (padding: 2-way at most)
+    static constexpr int NTK = BN / 8;    // n-tiles of a warp's partial S (all keys)
+    static constexpr int NTW = BN / 32;   // n-tiles a warp owns for the softmax
+    static constexpr int kStageBytes = BN * kRow8;
+    static constexpr int offStage = 0;
+    static constexpr int offS = offStage + NS * kStageBytes;
+    static constexpr int offP = offS + 4 * kM * SRow * 4;
+    static constexpr int offRedMax = offP + kM * BN * 2;
+    static constexpr int offRedSum = offRedMax + 4 * kM * 4;
+    static constexpr int offFlags = offRedSum + 4 * kM * 4;
+    static constexpr int kSmem = offFlags + 16;
+};
+
+// Byte offset of (row r, 16-byte chunk c) in a swizzled fp8 stage. Row r starts at bank
+// offset 64 (r & 1); the xor makes the effective 128-byte slot of chunk c equal to
+// c ^ (r & 7), so 8 consecutive rows at one chunk (K loads) and rows {2t + e} at two adjacent
+// chunks (V loads) hit distinct banks. The rope chunks 32..35 (K only) use a 2-bit xor.
+__device__ __forceinline__ uint32_t st8_off(int r, int c)
+{
+    const int s = c < 32 ? ((r & 7) ^ ((r & 1) << 2)) : (r & 3);
+    return r * kRow8 + ((c ^ s) << 4);
+}
+
+template <int kBN>
+__device__ __forceinline__ void issue_block_v2(const Params &p, const Cursor &c, const Pref &f,
+                                               uint8_t *stage, int *flags)
+{
+    if (c.b < p.batch) {
+        const int seq = f.seq;
+        const int key0 = c.blk * kBN;
+        int ok = 0;
+        if (key0 < seq) {
+            if (f.idx0 >= 0 && f.idx0 < p.num_pages) ok |= 1;
+            else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
+        }
+        if (kBN > p.page_size && key0 + p.page_size < seq) {
+            if (f.idx1 >= 0 && f.idx1 < p.num_pages) ok |= 2;
+            else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
+        }
+        const int first_page = key0 >> p.page_shift;
+        if (threadIdx.x == 0) *flags = ok;
+        const uint32_t sbase = smem_u32(stage);
+#pragma unroll
+        for (int i = 0; i < kBN * 36 / kNT; i++) {
+            const int q = threadIdx.x + i * kNT;
+            const int r = q / 36, ch = q % 36;
+            const int key = key0 + r;
+            const int k = (key >> p.page_shift) - first_page;
+            const bool valid = key < seq && ((ok >> k) & 1);
+            const uint8_t *src = p.kv;
+            if (valid)
+                src += ((size_t)(k ? f.idx1 : f.idx0) * p.page_size + (key & (p.page_size - 1))) * kRow8 + ch * 16;
+            cp_async16(sbase + st8_off(r, ch), src, valid ? 16 : 0);
+        }
+    }
+    cp_async_commit();
+}
+
+// Q as f16 (fp8 Q exact; bf16 Q rounded, saturating at 65504) for the permuted k order:
+// returns the f16x2 of dims (d, d+1) of row gr, or 0 for a padding row.
+__device__ __forceinline__ uint32_t q_pair(const Params &p, int b, int gr, int d)
+{
+    if (gr >= p.rows) return 0u;
+    const size_t e = ((size_t)b * p.rows + gr) * kDqk + d;
+    if (p.q_fp8) return e4m3x2_to_f16x2(*reinterpret_cast<const uint16_t *>((const uint8_t *)p.q + e));
+    const uint32_t w = *reinterpret_cast<const uint32_t *>((const uint16_t *)p.q + e);
+    const float lo = fminf(fmaxf(bf16_bits_to_float(w & 0xffff), -65504.f), 65504.f);
+    const float hi = fminf(fmaxf(bf16_bits_to_float(w >> 16), -65504.f), 65504.f);
+    return pack2<true>(lo, hi);
+}
+
+// Four e4m3 bytes to two f16x2 words: with kCvt by the hardware conversion (exact values,
+// 1 instruction per pair), else by integer bit moves (values x 2^-8, ~4 instructions per
+// pair; see decode_v1_mma.cuh). kScale undoes the factor.
+template <bool kCvt> __device__ __forceinline__ void conv4(uint32_t w, uint32_t &lo, uint32_t &hi)
+{
+    if constexpr (kCvt) {
+        lo = e4m3x2_to_f16x2((uint16_t)(w & 0xffffu));
+        hi = e4m3x2_to_f16x2((uint16_t)(w >> 16));
+    } else {
+        e4m3x4_to_f16x4_scaled(w, lo, hi);
+    }
+}
+
+template <bool kCvt, int kBN>
+__global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_constant__ Params p)
+{
+    using C = V2Cfg<kBN>;
+    constexpr int kNS = C::NS, kSRow = C::SRow, kStageBytes = C::kStageBytes;
+    constexpr float kScale = kCvt ? 1.0f : kFp8TileScale;
+    extern __shared__ __align__(128) uint8_t smem[];
+    uint8_t *sStage = smem + C::offStage;
+    float *sS = reinterpret_cast<float *>(smem + C::offS);
+    uint8_t *sP = smem + C::offP;
+    float *sRedMax = reinterpret_cast<float *>(smem + C::offRedMax);
+    float *sRedSum = reinterpret_cast<float *>(smem + C::offRedSum);
+    int *sFlags = reinterpret_cast<int *>(smem + C::offFlags);
+
+    const int part = blockIdx.x;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+    const int tau = *p.s.tau;
+    const float qk_scale = p.scale_log2 * kScale;
+
+    Cursor cons;
+    {
+        const int b0 = p.s.part_begin[part];
+        if (b0 >= p.batch) return;
+        cursor_range(p, part, tau, b0, cons);
+    }
+    Cursor prod = cons;
+    Pref pref = prefetch_block<kBN>(p, prod);
+    int nprod = 0;
+    for (; nprod < kNS - 1; nprod++) {
+        issue_block_v2<kBN>(p, prod, pref, sStage + nprod * kStageBytes, &sFlags[nprod]);
+        cursor_next(p, part, tau, prod);
+        pref = prefetch_block<kBN>(p, prod);
+    }
+
+    float o[16][4]; // n-tiles 4J + j of this warp's 128 dims (permuted, see header)
+#pragma unroll
+    for (int i = 0; i < 16; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    uint32_t qf[9][4]; // Q fragments of this warp's 9 k-steps
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+    int lim_row[2] = {0, 0};
+    bool new_req = true;
+    const uint32_t pbase = smem_u32(sP);
+
+    for (int j = 0; cons.b < p.batch; j++) {
+        const int stage = j % kNS;
+        __syncthreads(); // block j-1 fully consumed (its stage, sS, sP)
+        {
+            const int ps = nprod % kNS;
+            issue_block_v2<kBN>(p, prod, pref, sStage + ps * kStageBytes, &sFlags[ps]);
+            cursor_next(p, part, tau, prod);
+            pref = prefetch_block<kBN>(p, prod);
+            nprod++;
+        }
+        if (new_req) {
+            const int seq = p.s.seq_eff[cons.b];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int gr = g + 8 * h;
+                lim_row[h] = p.causal ? seq - p.q_len + min(gr, p.rows - 1) / p.heads + 1 : seq;
+            }
+#pragma unroll
+            for (int ks = 0; ks < 9; ks++) {
+                const int d = (9 * w + ks) * 16 + 4 * t;
+                qf[ks][0] = q_pair(p, cons.b, g, d);
+                qf[ks][1] = q_pair(p, cons.b, g + 8, d);
+                qf[ks][2] = q_pair(p, cons.b, g, d + 2);
+                qf[ks][3] = q_pair(p, cons.b, g + 8, d + 2);
+            }
+            new_req = false;
+        }
+        cp_async_wait<kNS - 1>();
+        __syncthreads(); // block j visible to all
+        const int pmask = sFlags[stage];
+        const uint8_t *st = sStage + stage * kStageBytes;
+
+        // ---- partial S over this warp's dims, all 32 keys ----
+        float sp[C::NTK][4];
+#pragma unroll
+        for (int i = 0; i < C::NTK; i++) sp[i][0] = sp[i][1] = sp[i][2] = sp[i][3] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < 9; ks++) {
+            const int ch = 9 * w + ks;
+#pragma unroll
+            for (int nt = 0; nt < C::NTK; nt++) {
+                const int r = nt * 8 + g;
+                const uint32_t kw = *reinterpret_cast<const uint32_t *>(st + st8_off(r, ch) + 4 * t);
+                uint32_t b0, b1;
+                conv4<kCvt>(kw, b0, b1);
+                mma16816<true>(sp[nt], qf[ks], b0, b1);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < C::NTK; nt++) {
+            *reinterpret_cast<float2 *>(sS + (w * kM + g) * kSRow + nt * 8 + 2 * t) = make_float2(sp[nt][0], sp[nt][1]);
+            *reinterpret_cast<float2 *>(sS + (w * kM + g + 8) * kSRow + nt * 8 + 2 * t) = make_float2(sp[nt][2], sp[nt][3]);
+        }
+        __syncthreads();
+        // warp w now owns keys [w * BN/4, +BN/4) (NTW n-tiles): sum the four partials
+        float s[C::NTW][4];
+#pragma unroll
+        for (int u = 0; u < C::NTW; u++) {
+            s[u][0] = s[u][1] = s[u][2] = s[u][3] = 0.f;
+            const int col = (w * C::NTW + u) * 8 + 2 * t;
+#pragma unroll
+            for (int v = 0; v < 4; v++) {
+                const float2 a = *reinterpret_cast<const float2 *>(sS + (v * kM + g) * kSRow + col);
+                const float2 c = *reinterpret_cast<const float2 *>(sS + (v * kM + g + 8) * kSRow + col);
+                s[u][0] += a.x;
+                s[u][1] += a.y;
+                s[u][2] += c.x;
+                s[u][3] += c.y;
+            }
+        }
+
+        // ---- mask, scale, row max ----
+        const int key0 = cons.blk * kBN;
+        const int page0 = key0 >> p.page_shift;
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int u = 0; u < C::NTW; u++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int kl = (w * C::NTW + u) * 8 + 2 * t + (e & 1);
+                const bool valid = key0 + kl < lim_row[e >> 1] && ((pmask >> (((key0 + kl) >> p.page_shift) - page0)) & 1);
+                const float v = valid ? s[u][e] * qk_scale : -INFINITY;
+                s[u][e] = v;
+                mx[e >> 1] = fmaxf(mx[e >> 1], v);
+            }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        }
+        if (t == 0) {
+            sRedMax[w * kM + g] = mx[0];
+            sRedMax[w * kM + g + 8] = mx[1];
+        }
+        __syncthreads();
+        float alpha[2], ref[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float m = m_run[h];
+#pragma unroll
+            for (int v = 0; v < 4; v++) m = fmaxf(m, sRedMax[v * kM + g + 8 * h]);
+            ref[h] = m == -INFINITY ? 0.f : m;
+            alpha[h] = fast_exp2(m_run[h] - ref[h]);
+            m_run[h] = m;
+        }
+        l_run[0] *= alpha[0];
+        l_run[1] *= alpha[1];
+#pragma unroll
+        for (int u = 0; u < C::NTW; u++) {
+            const float p0 = fast_exp2(s[u][0] - ref[0]), p1 = fast_exp2(s[u][1] - ref[0]);
+            const float p2 = fast_exp2(s[u][2] - ref[1]), p3 = fast_exp2(s[u][3] - ref[1]);
+            l_run[0] += p0 + p1;
+            l_run[1] += p2 + p3;
+            const int kc = w * C::NTW + u; // 16-byte chunk of the P row
+            *reinterpret_cast<uint32_t *>(sP + p_off<kBN>(g, kc) + 4 * t) = pack2<true>(p0, p1);
+            *reinterpret_cast<uint32_t *>(sP + p_off<kBN>(g + 8, kc) + 4 * t) = pack2<true>(p2, p3);
+        }
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            o[i][0] *= alpha[0];
+            o[i][1] *= alpha[0];
+            o[i][2] *= alpha[1];
+            o[i][3] *= alpha[1];
+        }
+        __syncthreads();
+
+        // ---- O += P V, V fragments from fp8 rows interleaved in registers ----
+#pragma unroll
+        for (int kk = 0; kk < kBN / 16; kk++) {
+            uint32_t a[4];
+            ldsm_x4(a, pbase + p_off<kBN>(lane & 15, 2 * kk + (lane >> 4)));
+            const int r0 = kk * 16 + 2 * t;
+#pragma unroll
+            for (int J = 0; J < 4; J++) {
+                const int ch = 8 * w + 2 * J + (g >> 2), by = 4 * (g & 3);
+                const uint32_t w0 = *reinterpret_cast<const uint32_t *>(st + st8_off(r0, ch) + by);
+                const uint32_t w1 = *reinterpret_cast<const uint32_t *>(st + st8_off(r0 + 1, ch) + by);
+                const uint32_t w2 = *reinterpret_cast<const uint32_t *>(st + st8_off(r0 + 8, ch) + by);
+                const uint32_t w3 = *reinterpret_cast<const uint32_t *>(st + st8_off(r0 + 9, ch) + by);
+                uint32_t b0[4], b1[4];
+                conv4<kCvt>(__byte_perm(w0, w1, 0x5140), b0[0], b0[1]);
+                conv4<kCvt>(__byte_perm(w0, w1, 0x7362), b0[2], b0[3]);
+                conv4<kCvt>(__byte_perm(w2, w3, 0x5140), b1[0], b1[1]);
+                conv4<kCvt>(__byte_perm(w2, w3, 0x7362), b1[2], b1[3]);
+#pragma unroll
+                for (int jj = 0; jj < 4; jj++) mma16816<true>(o[4 * J + jj], a, b0[jj], b1[jj]);
+            }
+        }
+
+        // ---- end of this request's piece ----
+        const int b = cons.b;
+        const bool last = cons.blk + 1 >= cons.hi;
+        cursor_next(p, part, tau, cons);
+        if (last) {
+            float lsum[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                float v = l_run[h];
+                v += __shfl_xor_sync(0xffffffffu, v, 1);
+                v += __shfl_xor_sync(0xffffffffu, v, 2);
+                lsum[h] = v;
+            }
+            if (t == 0) {
+                sRedSum[w * kM + g] = lsum[0];
+                sRedSum[w * kM + g + 8] = lsum[1];
+            }
+            __syncthreads();
+            const int nsplit = p.s.num_splits[b];
+            const int slot = p.s.slot_base[b] + part - p.s.first_part[b];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                float L = 0.f;
+#pragma unroll
+                for (int v = 0; v < 4; v++) L += sRedSum[v * kM + g + 8 * h];
+                const float inv = L > 0.f ? kScale / L : 0.f;
+                const float lse = L > 0.f ? (m_run[h] + log2f(L)) * 0.69314718055994531f : -INFINITY;
+                const int gr = g + 8 * h;
+                if (gr >= p.rows) continue;
+                const size_t row = (size_t)b * p.rows + gr;
+                // thread holds dims [128w + 32J + 8t, +8) of its row: o[4J + jj][2h + e] is
+                // dim 128w + 32J + 8t + 4e + jj
+                if (nsplit == 1) {
+                    const float sc = inv * p.bmm2;
+#pragma unroll
+                    for (int J = 0; J < 4; J++) {
+                        uint4 v;
+                        v.x = pack2<false>(o[4 * J + 0][2 * h] * sc, o[4 * J + 1][2 * h] * sc);
+                        v.y = pack2<false>(o[4 * J + 2][2 * h] * sc, o[4 * J + 3][2 * h] * sc);
+                        v.z = pack2<false>(o[4 * J + 0][2 * h + 1] * sc, o[4 * J + 1][2 * h + 1] * sc);
+                        v.w = pack2<false>(o[4 * J + 2][2 * h + 1] * sc, o[4 * J + 3][2 * h + 1] * sc);
+                        *reinterpret_cast<uint4 *>(p.out + row * kDv + 128 * w + 32 * J + 8 * t) = v;
+                    }
+                    if (p.lse && w == 0 && t == 0) p.lse[row] = lse;
+                } else {
+                    const size_t prow = (size_t)slot * p.rows + gr;
+                    float *dst = p.s.part_o + prow * kDv + 128 * w + 8 * t;
+#pragma unroll
+                    for (int J = 0; J < 4; J++) {
+                        *reinterpret_cast<float4 *>(dst + 32 * J) =
+                            make_float4(o[4 * J + 0][2 * h] * inv, o[4 * J + 1][2 * h] * inv,
+                                        o[4 * J + 2][2 * h] * inv, o[4 * J + 3][2 * h] * inv);
+                        *reinterpret_cast<float4 *>(dst + 32 * J + 4) =
+                            make_float4(o[4 * J + 0][2 * h + 1] * inv, o[4 * J + 1][2 * h + 1] * inv,
+                                        o[4 * J + 2][2 * h + 1] * inv, o[4 * J + 3][2 * h + 1] * inv);
+                    }
+                    if (w == 0 && t == 0) p.s.part_lse[prow] = lse;
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 16; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+            m_run[0] = m_run[1] = -INFINITY;
+            l_run[0] = l_run[1] = 0.f;
+            new_req = true;
+        }
+    }
+    cp_async_wait<0>();
+}
+
+} // namespace mla_decode_v2

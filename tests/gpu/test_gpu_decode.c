@@ -1,0 +1,475 @@
+/* GPU decode ("hopper") against the CPU backend ("cpu") on the same inputs, through the
+ * public API. Fresh random data per case, GPU outputs poisoned (0xff bytes: bf16 NaN, f32
+ * NaN) before every run, every element compared.
+ *
+ * Tolerances (GPU vs the CPU backend's bf16 output, both from the same quantized cache):
+ *   out: ||gpu - cpu|| / ||cpu|| < 1e-2 and per element |err| <= 2e-2 |ref| + 1e-2 max|ref|.
+ *        The fp8-cache kernel dequantizes the cache exactly into fp16 and keeps Q in fp16
+ *        (exact for fp8 Q and bf16 Q with |q| < 65504), so the same bound holds for both cache
+ *        dtypes; the error comes from P rounded to 16 bits and the bf16 outputs.
+ *   lse: per element |err| <= 1e-3 |ref| + 1e-3; -inf must match exactly.
+ * Rows that see no key must be exactly zero with lse -inf (checked through the reference). */
+#include "../test.h"
+#include "../oracle.h"
+
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const oracle_tolerance out_tol = {.rel_l2 = 1e-2, .elem_rel = 2e-2, .abs_frac = 1e-2, .abs = 0};
+static const oracle_tolerance lse_tol = {.rel_l2 = 1e-3, .elem_rel = 1e-3, .abs_frac = 0, .abs = 1e-3};
+
+typedef struct gdecode_case {
+    int batch, q_len, heads, page;
+    mla_dtype kv_dtype, q_dtype;
+    int with_lse, no_causal;
+    const int *seq_lens;       /* [batch] */
+    int bad_page_req;          /* >= 0: that request's page 0 index is set out of range */
+    int over_capacity_req;     /* >= 0: that request's seq_len exceeds the table capacity */
+    int own_workspace;         /* pass a caller buffer of exactly mla_decode_workspace_size */
+    uint32_t expect_flags;
+} gdecode_case;
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) abort();
+    return p;
+}
+
+static mla_tensor host_tensor(void *data, mla_dtype dt, int ndim, int64_t a, int64_t b, int64_t c, int64_t d)
+{
+    int64_t shape[4] = {a, b, c, d};
+    return mla_tensor_contiguous(data, dt, (mla_device){MLA_DEVICE_CPU, 0}, ndim, shape);
+}
+
+static mla_tensor dev_tensor(void *data, mla_dtype dt, int ndim, int64_t a, int64_t b, int64_t c, int64_t d)
+{
+    int64_t shape[4] = {a, b, c, d};
+    return mla_tensor_contiguous(data, dt, (mla_device){MLA_DEVICE_CUDA, 0}, ndim, shape);
+}
+
+static void *to_device(const void *src, size_t bytes)
+{
+    void *d = NULL;
+    if (cudaMalloc(&d, bytes ? bytes : 1) != cudaSuccess) return NULL;
+    if (bytes && src) cudaMemcpy(d, src, bytes, cudaMemcpyHostToDevice);
+    return d;
+}
+
+static void config_for(mla_config *cfg, const gdecode_case *c, mla_device_type dev)
+{
+    mla_config_init(cfg);
+    cfg->num_heads = c->heads;
+    cfg->page_size = c->page;
+    cfg->kv_cache_dtype = c->kv_dtype;
+    cfg->max_q_len = 8;
+    cfg->skip_index_check = 1; /* bad pages must reach the kernels */
+    cfg->scales.k_scale = c->kv_dtype == MLA_DTYPE_FP8_E4M3 ? 0.375f : 1.0f;
+    cfg->scales.q_scale = c->q_dtype == MLA_DTYPE_FP8_E4M3 ? 0.5f : 1.0f;
+    cfg->scales.o_scale = 1.25f;
+    cfg->has_k_scale = c->kv_dtype == MLA_DTYPE_FP8_E4M3;
+    cfg->device = (mla_device){dev, 0};
+}
+
+static void report(const char *label, const char *what, const oracle_report *r)
+{
+    if (!r->ok) oracle_print_report(what, r);
+    CHECK_MSG(r->ok, "%s: %s mismatch (bad %lld, nan %lld, poison %lld, rel %.3g)", label, what,
+              (long long)r->bad_count, (long long)r->nan_count, (long long)r->poison_count,
+              r->rel_l2);
+}
+
+static void run_gpu_decode_case(const gdecode_case *c, const char *label)
+{
+    const int B = c->batch, L = c->q_len, H = c->heads, R = 512, D = 576, P = c->page;
+    int max_len = 1;
+    for (int b = 0; b < B; b++) max_len = c->seq_lens[b] > max_len ? c->seq_lens[b] : max_len;
+    const int max_pages = (max_len + P - 1) / P + 1; /* one spare (garbage) entry per row */
+    int total_pages = 0;
+    for (int b = 0; b < B; b++) total_pages += (c->seq_lens[b] + P - 1) / P;
+    /* a few pages nobody owns (NaN-filled), plus spares for the over-capacity request */
+    const int num_pages = total_pages + 3 + (c->over_capacity_req >= 0 ? max_pages : 0);
+    const size_t esz = mla_dtype_size(c->kv_dtype);
+    const size_t row_bytes = (size_t)D * esz;
+
+    /* Pages handed out in a shuffled order. */
+    int *perm = xmalloc((size_t)num_pages * sizeof(int));
+    for (int i = 0; i < num_pages; i++) perm[i] = i;
+    for (int i = num_pages - 1; i > 0; i--) {
+        int j = mla_test_rand_int(0, i), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    int32_t *table = xmalloc((size_t)B * max_pages * sizeof(int32_t));
+    int32_t *seq = xmalloc((size_t)B * sizeof(int32_t));
+    int32_t *seq_ref = xmalloc((size_t)B * sizeof(int32_t));
+    int next = 0;
+    for (int b = 0; b < B; b++) {
+        const int np = (c->seq_lens[b] + P - 1) / P;
+        for (int j = 0; j < max_pages; j++)
+            table[(size_t)b * max_pages + j] = j < np ? perm[next++] : (j & 1 ? -7 : 1 << 30);
+        seq[b] = seq_ref[b] = c->seq_lens[b];
+    }
+    if (c->over_capacity_req >= 0) {
+        /* The kernel clamps to the table capacity; the reference gets the clamped length and
+         * a real page in the spare entry. */
+        const int o = c->over_capacity_req, np = (c->seq_lens[o] + P - 1) / P;
+        seq[o] = max_pages * P + 100;
+        seq_ref[o] = max_pages * P;
+        for (int j = np; j < max_pages; j++) table[(size_t)o * max_pages + j] = perm[next++];
+    }
+    if (c->bad_page_req >= 0) table[(size_t)c->bad_page_req * max_pages] = num_pages + 5;
+    uint8_t *cache = xmalloc((size_t)num_pages * P * row_bytes);
+    oracle_fill(c->kv_dtype, cache, NULL, (int64_t)num_pages * P * D, -1.0f, 1.0f);
+    /* NaN in every row nobody may read: tails of partial pages and unowned pages. */
+    {
+        char *owned = calloc((size_t)num_pages * P, 1);
+        for (int b = 0; b < B; b++)
+            for (int k = 0; k < seq_ref[b]; k++) {
+                const int pg = table[(size_t)b * max_pages + k / P];
+                if (pg >= 0 && pg < num_pages) owned[(size_t)pg * P + k % P] = 1;
+            }
+        for (int64_t r = 0; r < (int64_t)num_pages * P; r++) {
+            if (owned[r]) continue;
+            for (int d = 0; d < D; d++) {
+                if (esz == 1) cache[r * D + d] = 0x7f;
+                else ((uint16_t *)cache)[r * D + d] = 0x7fc0;
+            }
+        }
+        free(owned);
+    }
+
+    const int64_t q_elems = (int64_t)B * L * H * D, out_elems = (int64_t)B * L * H * R;
+    const int64_t rows = (int64_t)B * L * H;
+    void *q = xmalloc((size_t)q_elems * mla_dtype_size(c->q_dtype));
+    oracle_fill(c->q_dtype, q, NULL, q_elems, -2.0f, 2.0f);
+
+    /* ---- CPU reference ---- */
+    mla_config cfg;
+    config_for(&cfg, c, MLA_DEVICE_CPU);
+    mla_backend *cpu = NULL;
+    CHECK_STATUS(mla_backend_create("cpu", &cfg, &cpu), MLA_OK);
+    uint16_t *ref_out = xmalloc((size_t)out_elems * 2);
+    float *ref_lse = xmalloc((size_t)rows * sizeof(float));
+    mla_decode_args a;
+    memset(&a, 0, sizeof a);
+    a.q = host_tensor(q, c->q_dtype, 4, B, L, H, D);
+    a.kv_cache = host_tensor(cache, c->kv_dtype, 3, num_pages, P, D, 0);
+    a.block_table = host_tensor(table, MLA_DTYPE_I32, 2, B, max_pages, 0, 0);
+    a.seq_lens = host_tensor(seq_ref, MLA_DTYPE_I32, 1, B, 0, 0, 0);
+    a.out = host_tensor(ref_out, MLA_DTYPE_BF16, 4, B, L, H, R);
+    a.lse = host_tensor(ref_lse, MLA_DTYPE_F32, 3, B, L, H, 0);
+    a.no_causal_mask = c->no_causal;
+    if (c->bad_page_req < 0) {
+        if (cpu) CHECK_STATUS(mla_decode(cpu, &a), MLA_OK);
+    } else {
+        /* The CPU backend refuses a bad page even without index checks; the float64 oracle
+         * skips it, which is the behaviour the kernel must have. */
+        const int64_t cache_elems = (int64_t)num_pages * P * D;
+        float *q_f = xmalloc((size_t)q_elems * sizeof(float));
+        float *kv_f = xmalloc((size_t)cache_elems * sizeof(float));
+        for (int64_t i = 0; i < q_elems; i++)
+            q_f[i] = c->q_dtype == MLA_DTYPE_BF16 ? mla_bf16_to_float(((uint16_t *)q)[i])
+                                                  : mla_fp8_e4m3_to_float(((uint8_t *)q)[i]);
+        for (int64_t i = 0; i < cache_elems; i++)
+            kv_f[i] = esz == 2 ? mla_bf16_to_float(((uint16_t *)cache)[i]) : mla_fp8_e4m3_to_float(cache[i]);
+        double *o64 = xmalloc((size_t)out_elems * sizeof(double)), *l64 = xmalloc((size_t)rows * sizeof(double));
+        oracle_decode_args oa = {
+            .batch = B, .q_len = L, .heads = H, .dqk = D, .dv = R, .page_size = P,
+            .num_pages = num_pages, .max_pages = max_pages, .causal = !c->no_causal,
+            .q = q_f, .kv = kv_f, .block_table = table, .seq_lens = seq_ref,
+            .bmm1 = (double)cfg.scales.softmax_scale * cfg.scales.q_scale * cfg.scales.k_scale,
+            .bmm2 = (double)cfg.scales.o_scale * cfg.scales.k_scale, .out = o64, .lse = l64,
+        };
+        oracle_decode(&oa);
+        for (int64_t i = 0; i < out_elems; i++) ref_out[i] = mla_float_to_bf16((float)o64[i]);
+        for (int64_t i = 0; i < rows; i++) ref_lse[i] = (float)l64[i];
+        free(q_f); free(kv_f); free(o64); free(l64);
+    }
+    mla_backend_destroy(cpu);
+
+    /* ---- GPU ---- */
+    config_for(&cfg, c, MLA_DEVICE_CUDA);
+    mla_backend *gpu = NULL;
+    CHECK_STATUS(mla_backend_create("hopper", &cfg, &gpu), MLA_OK);
+    uint16_t *out = xmalloc((size_t)out_elems * 2);
+    float *lse = xmalloc((size_t)rows * sizeof(float));
+    void *d_q = to_device(q, (size_t)q_elems * mla_dtype_size(c->q_dtype));
+    void *d_cache = to_device(cache, (size_t)num_pages * P * row_bytes);
+    void *d_table = to_device(table, (size_t)B * max_pages * sizeof(int32_t));
+    void *d_seq = to_device(seq, (size_t)B * sizeof(int32_t));
+    void *d_out = NULL, *d_lse = NULL, *d_ws = NULL;
+    cudaMalloc(&d_out, (size_t)out_elems * 2);
+    cudaMalloc(&d_lse, (size_t)rows * sizeof(float));
+    cudaMemset(d_out, 0xff, (size_t)out_elems * 2);
+    cudaMemset(d_lse, 0xff, (size_t)rows * sizeof(float));
+    CHECK(d_q && d_cache && d_table && d_seq && d_out && d_lse);
+    if (gpu && d_q && d_cache && d_table && d_seq && d_out && d_lse) {
+        uint32_t flags = 0;
+        mla_backend_device_errors(gpu, &flags); /* clear */
+        a.q = dev_tensor(d_q, c->q_dtype, 4, B, L, H, D);
+        a.kv_cache = dev_tensor(d_cache, c->kv_dtype, 3, num_pages, P, D, 0);
+        a.block_table = dev_tensor(d_table, MLA_DTYPE_I32, 2, B, max_pages, 0, 0);
+        a.seq_lens = dev_tensor(d_seq, MLA_DTYPE_I32, 1, B, 0, 0, 0);
+        a.out = dev_tensor(d_out, MLA_DTYPE_BF16, 4, B, L, H, R);
+        a.lse = c->with_lse ? dev_tensor(d_lse, MLA_DTYPE_F32, 3, B, L, H, 0) : (mla_tensor){0};
+        if (c->own_workspace) {
+            size_t ws = 0;
+            CHECK_STATUS(mla_decode_workspace_size(gpu, B, L, &ws), MLA_OK);
+            cudaMalloc(&d_ws, ws);
+            cudaMemset(d_ws, 0xff, ws); /* stale metadata must not matter */
+            a.workspace = d_ws;
+            a.workspace_bytes = ws;
+        }
+        CHECK_STATUS(mla_decode(gpu, &a), MLA_OK);
+        CHECK(cudaDeviceSynchronize() == cudaSuccess);
+        cudaMemcpy(out, d_out, (size_t)out_elems * 2, cudaMemcpyDeviceToHost);
+        cudaMemcpy(lse, d_lse, (size_t)rows * sizeof(float), cudaMemcpyDeviceToHost);
+        CHECK_STATUS(mla_backend_device_errors(gpu, &flags), MLA_OK);
+        CHECK_MSG(flags == c->expect_flags, "%s: device error flags 0x%x, expected 0x%x", label,
+                  flags, c->expect_flags);
+
+        double *ref = xmalloc((size_t)out_elems * sizeof(double));
+        for (int64_t i = 0; i < out_elems; i++) ref[i] = mla_bf16_to_float(ref_out[i]);
+        oracle_report r = oracle_compare_bf16(out, ref, out_elems, out_tol);
+        report(label, "out", &r);
+        if (c->with_lse) {
+            double *rl = xmalloc((size_t)rows * sizeof(double));
+            for (int64_t i = 0; i < rows; i++) rl[i] = ref_lse[i];
+            r = oracle_compare_f32(lse, rl, rows, lse_tol);
+            report(label, "lse", &r);
+            free(rl);
+        }
+        free(ref);
+    }
+    cudaFree(d_q); cudaFree(d_cache); cudaFree(d_table); cudaFree(d_seq);
+    cudaFree(d_out); cudaFree(d_lse); cudaFree(d_ws);
+    mla_backend_destroy(gpu);
+    free(perm); free(table); free(seq); free(seq_ref); free(cache); free(q);
+    free(ref_out); free(ref_lse); free(out); free(lse);
+}
+
+static gdecode_case base_case(int batch, int q_len, int heads, int page, mla_dtype kv,
+                              const int *lens)
+{
+    gdecode_case c = {
+        .batch = batch, .q_len = q_len, .heads = heads, .page = page, .kv_dtype = kv,
+        .q_dtype = MLA_DTYPE_BF16, .with_lse = 1, .seq_lens = lens, .bad_page_req = -1,
+        .over_capacity_req = -1,
+    };
+    return c;
+}
+
+/* Lengths around block and page edges, one token, and empty. */
+static const int edge_lens[] = {1, 63, 64, 65, 0, 130, 33};
+#define NUM_EDGE ((int)(sizeof edge_lens / sizeof edge_lens[0]))
+
+static void sweep(mla_dtype kv)
+{
+    static const int hl[][2] = {{1, 1}, {1, 8}, {16, 1}, {16, 2}, {16, 4}, {16, 8},
+                                {64, 1}, {64, 4}, {128, 1}, {128, 2}, {128, 8}, {96, 1}, {5, 3}};
+    static const int pages[] = {32, 64};
+    for (size_t i = 0; i < sizeof hl / sizeof hl[0]; i++)
+        for (int p = 0; p < 2; p++) {
+            gdecode_case c = base_case(NUM_EDGE, hl[i][1], hl[i][0], pages[p], kv, edge_lens);
+            c.with_lse = (int)(i + p) % 2 == 0;
+            char label[128];
+            snprintf(label, sizeof label, "gpu decode %s cache H %d q_len %d page %d",
+                     mla_dtype_name(kv), c.heads, c.q_len, c.page);
+            run_gpu_decode_case(&c, label);
+        }
+}
+
+TEST(gpu_decode_fp8_cache_heads_q_len_pages)
+{
+    sweep(MLA_DTYPE_FP8_E4M3);
+}
+
+TEST(gpu_decode_bf16_cache_heads_q_len_pages)
+{
+    sweep(MLA_DTYPE_BF16);
+}
+
+TEST(gpu_decode_long_sequences)
+{
+    static const int lens_a[] = {32768, 4097, 1};
+    static const int lens_b[] = {32768};
+    static const int lens_c[] = {4097, 4097};
+    for (int kv = 0; kv < 2; kv++) {
+        const mla_dtype dt = kv ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3;
+        gdecode_case c = base_case(3, 1, 16, kv ? 32 : 64, dt, lens_a);
+        run_gpu_decode_case(&c, kv ? "long bf16 H16" : "long fp8 H16");
+        c = base_case(1, 1, 128, 64, dt, lens_b);
+        run_gpu_decode_case(&c, kv ? "long bf16 H128 batch 1" : "long fp8 H128 batch 1");
+        c = base_case(2, 4, 64, 64, dt, lens_c);
+        c.with_lse = 0;
+        run_gpu_decode_case(&c, kv ? "4097 bf16 H64 q_len 4" : "4097 fp8 H64 q_len 4");
+    }
+}
+
+TEST(gpu_decode_uneven_batches)
+{
+    /* Very uneven lengths across a batch larger than the part count: exercises the scheduler
+     * (requests split across parts, parts spanning many requests). */
+    for (int rep = 0; rep < 2; rep++) {
+        const int B = rep ? 300 : 40;
+        int *lens = xmalloc((size_t)B * sizeof(int));
+        for (int b = 0; b < B; b++) {
+            int r = mla_test_rand_int(0, 9);
+            lens[b] = r == 0 ? 0 : r < 8 ? mla_test_rand_int(1, 200) : mla_test_rand_int(1000, 6000);
+        }
+        gdecode_case c = base_case(B, rep ? 1 : 2, 16, 64, MLA_DTYPE_FP8_E4M3, lens);
+        run_gpu_decode_case(&c, rep ? "uneven batch 300" : "uneven batch 40 q_len 2");
+        c = base_case(B, 1, rep ? 64 : 32, 32, MLA_DTYPE_BF16, lens);
+        c.with_lse = rep;
+        run_gpu_decode_case(&c, rep ? "uneven batch 300 bf16 H64" : "uneven batch 40 bf16 H32");
+        free(lens);
+    }
+}
+
+TEST(gpu_decode_fp8_query)
+{
+    static const int lens[] = {700, 64, 1, 2000};
+    for (int kv = 0; kv < 2; kv++) {
+        gdecode_case c = base_case(4, 2, 128, 64, kv ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3, lens);
+        c.q_dtype = MLA_DTYPE_FP8_E4M3;
+        run_gpu_decode_case(&c, kv ? "fp8 q bf16 cache" : "fp8 q fp8 cache");
+        c = base_case(4, 1, 16, 32, kv ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3, lens);
+        c.q_dtype = MLA_DTYPE_FP8_E4M3;
+        run_gpu_decode_case(&c, kv ? "fp8 q bf16 cache H16" : "fp8 q fp8 cache H16");
+    }
+}
+
+TEST(gpu_decode_no_causal_mask)
+{
+    static const int lens[] = {3, 100, 1000};
+    gdecode_case c = base_case(3, 4, 16, 64, MLA_DTYPE_FP8_E4M3, lens);
+    c.no_causal = 1;
+    run_gpu_decode_case(&c, "no causal mask fp8");
+    c = base_case(3, 8, 64, 32, MLA_DTYPE_BF16, lens);
+    c.no_causal = 1;
+    run_gpu_decode_case(&c, "no causal mask bf16");
+    c = base_case(3, 2, 8, 32, MLA_DTYPE_FP8_E4M3, lens); /* 16 rows: the v2 fp8 kernel */
+    c.no_causal = 1;
+    run_gpu_decode_case(&c, "no causal mask fp8 16 rows");
+}
+
+TEST(gpu_decode_bad_page_index_is_skipped_and_flagged)
+{
+    static const int lens[] = {300, 70, 5};
+    for (int kv = 0; kv < 2; kv++) {
+        gdecode_case c = base_case(3, 1, 16, kv ? 32 : 64, kv ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3, lens);
+        c.bad_page_req = 0;
+        c.expect_flags = MLA_DEVERR_PAGE_INDEX;
+        run_gpu_decode_case(&c, kv ? "bad page bf16" : "bad page fp8");
+    }
+}
+
+TEST(gpu_decode_seq_len_over_capacity_is_clamped_and_flagged)
+{
+    static const int lens[] = {200, 70};
+    gdecode_case c = base_case(2, 2, 16, 64, MLA_DTYPE_FP8_E4M3, lens);
+    c.over_capacity_req = 1;
+    c.expect_flags = MLA_DEVERR_SEQ_LEN;
+    run_gpu_decode_case(&c, "seq over capacity");
+}
+
+TEST(gpu_decode_caller_workspace)
+{
+    static const int lens[] = {5000, 10, 300, 0, 64};
+    gdecode_case c = base_case(5, 3, 32, 64, MLA_DTYPE_FP8_E4M3, lens);
+    c.own_workspace = 1;
+    run_gpu_decode_case(&c, "caller workspace q_len 3 H 32");
+    c = base_case(5, 1, 128, 32, MLA_DTYPE_BF16, lens);
+    c.own_workspace = 1;
+    run_gpu_decode_case(&c, "caller workspace H 128");
+}
+
+/* Captured once into a CUDA graph, replayed with new seq_lens and block tables written into
+ * the same buffers: the results must follow the new data (scheduling happens on the GPU). */
+TEST(gpu_decode_cuda_graph_replay)
+{
+    const int B = 4, L = 2, H = 16, D = 576, R = 512, P = 64, max_pages = 40, num_pages = 200;
+    mla_config cfg;
+    gdecode_case c0 = base_case(B, L, H, P, MLA_DTYPE_FP8_E4M3, NULL);
+    config_for(&cfg, &c0, MLA_DEVICE_CUDA);
+    mla_backend *gpu = NULL, *cpu = NULL;
+    CHECK_STATUS(mla_backend_create("hopper", &cfg, &gpu), MLA_OK);
+    mla_config ccfg;
+    config_for(&ccfg, &c0, MLA_DEVICE_CPU);
+    CHECK_STATUS(mla_backend_create("cpu", &ccfg, &cpu), MLA_OK);
+    if (!gpu || !cpu) {
+        mla_backend_destroy(gpu);
+        mla_backend_destroy(cpu);
+        return;
+    }
+    const size_t cache_bytes = (size_t)num_pages * P * D;
+    uint8_t *cache = xmalloc(cache_bytes);
+    oracle_fill(MLA_DTYPE_FP8_E4M3, cache, NULL, (int64_t)num_pages * P * D, -1.0f, 1.0f);
+    const int64_t q_elems = (int64_t)B * L * H * D, out_elems = (int64_t)B * L * H * R;
+    uint16_t *q = xmalloc((size_t)q_elems * 2);
+    oracle_fill(MLA_DTYPE_BF16, q, NULL, q_elems, -2.0f, 2.0f);
+    int32_t table[4 * 40], seq[4];
+    void *d_q = to_device(q, (size_t)q_elems * 2), *d_cache = to_device(cache, cache_bytes);
+    void *d_table = to_device(NULL, sizeof table), *d_seq = to_device(NULL, sizeof seq);
+    void *d_out = NULL, *d_ws = NULL;
+    cudaMalloc(&d_out, (size_t)out_elems * 2);
+    size_t ws = 0;
+    CHECK_STATUS(mla_decode_workspace_size(gpu, B, L, &ws), MLA_OK);
+    cudaMalloc(&d_ws, ws);
+    cudaStream_t stream;
+    cudaStreamCreate(&stream);
+    mla_decode_args a;
+    memset(&a, 0, sizeof a);
+    a.q = dev_tensor(d_q, MLA_DTYPE_BF16, 4, B, L, H, D);
+    a.kv_cache = dev_tensor(d_cache, MLA_DTYPE_FP8_E4M3, 3, num_pages, P, D, 0);
+    a.block_table = dev_tensor(d_table, MLA_DTYPE_I32, 2, B, max_pages, 0, 0);
+    a.seq_lens = dev_tensor(d_seq, MLA_DTYPE_I32, 1, B, 0, 0, 0);
+    a.out = dev_tensor(d_out, MLA_DTYPE_BF16, 4, B, L, H, R);
+    a.workspace = d_ws;
+    a.workspace_bytes = ws;
+    a.stream = stream;
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal) == cudaSuccess);
+    CHECK_STATUS(mla_decode(gpu, &a), MLA_OK);
+    CHECK(cudaStreamEndCapture(stream, &graph) == cudaSuccess);
+    CHECK(graph && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+    uint16_t *out = xmalloc((size_t)out_elems * 2), *ref_out = xmalloc((size_t)out_elems * 2);
+    double *ref = xmalloc((size_t)out_elems * sizeof(double));
+    for (int rep = 0; rep < 3 && exec; rep++) {
+        for (int b = 0; b < B; b++) {
+            seq[b] = mla_test_rand_int(rep == 1 ? 0 : 1, rep == 2 ? max_pages * P : 600);
+            for (int j = 0; j < max_pages; j++) table[b * max_pages + j] = mla_test_rand_int(0, num_pages - 1);
+        }
+        cudaMemcpy(d_table, table, sizeof table, cudaMemcpyHostToDevice);
+        cudaMemcpy(d_seq, seq, sizeof seq, cudaMemcpyHostToDevice);
+        cudaMemset(d_out, 0xff, (size_t)out_elems * 2);
+        CHECK(cudaGraphLaunch(exec, stream) == cudaSuccess);
+        CHECK(cudaStreamSynchronize(stream) == cudaSuccess);
+        cudaMemcpy(out, d_out, (size_t)out_elems * 2, cudaMemcpyDeviceToHost);
+        mla_decode_args h = a;
+        h.q = host_tensor(q, MLA_DTYPE_BF16, 4, B, L, H, D);
+        h.kv_cache = host_tensor(cache, MLA_DTYPE_FP8_E4M3, 3, num_pages, P, D, 0);
+        h.block_table = host_tensor(table, MLA_DTYPE_I32, 2, B, max_pages, 0, 0);
+        h.seq_lens = host_tensor(seq, MLA_DTYPE_I32, 1, B, 0, 0, 0);
+        h.out = host_tensor(ref_out, MLA_DTYPE_BF16, 4, B, L, H, R);
+        h.workspace = NULL;
+        h.workspace_bytes = 0;
+        h.stream = NULL;
+        CHECK_STATUS(mla_decode(cpu, &h), MLA_OK);
+        for (int64_t i = 0; i < out_elems; i++) ref[i] = mla_bf16_to_float(ref_out[i]);
+        oracle_report r = oracle_compare_bf16(out, ref, out_elems, out_tol);
+        report("graph replay", "out", &r);
+    }
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    cudaStreamDestroy(stream);
+    cudaFree(d_q); cudaFree(d_cache); cudaFree(d_table); cudaFree(d_seq); cudaFree(d_out);
+    cudaFree(d_ws);
+    free(cache); free(q); free(out); free(ref_out); free(ref);
+    mla_backend_destroy(gpu);
+    mla_backend_destroy(cpu);
+}
