@@ -59,7 +59,8 @@ int cli_or_default(int value, int fallback); /* value unless it is -1 (not given
 uint64_t cli_fresh_seed(void);
 
 /* ---- backend selection (main.c) ---- */
-/* Resolves "auto" and checks the name is registered (usage error otherwise). Fills info. */
+/* Resolves "auto", checks the name is registered (usage error otherwise) and the backend is
+ * available here (failure otherwise, with the reason). Fills info. */
 int cli_resolve_backend(const char *command, const char *requested, mla_backend_info *info);
 /* Prints "mla: <what>: <status string>: <library message>" to stderr. */
 void cli_print_library_error(const char *what, mla_status status);

@@ -36,7 +36,12 @@ int cli_resolve_backend(const char *command, const char *requested, mla_backend_
         requested = "cpu";
     }
     mla_status st = mla_backend_find(requested, info);
-    if (st == MLA_OK) return CLI_EXIT_OK;
+    if (st == MLA_OK) {
+        if (info->available) return CLI_EXIT_OK;
+        fprintf(stderr, "mla %s: backend '%s' is not available here: %s\n", command, info->name,
+                info->reason);
+        return CLI_EXIT_FAIL;
+    }
     fprintf(stderr, "mla %s: --backend: unknown backend '%s' (allowed: auto", command, requested);
     for (int i = 0; i < mla_backend_count(); i++) {
         mla_backend_info other;
