@@ -34,7 +34,8 @@ static void print_backend(const mla_backend_info *info)
         printf("    %-16sno (%s)\n", "available",
                info->reason[0] ? info->reason : "no reason given");
     printf("    %-16s%s", "device", c->device_type == MLA_DEVICE_CUDA ? "CUDA" : "CPU");
-    if (c->min_sm_arch) printf(", sm_%d or newer", c->min_sm_arch);
+    /* sm_90a code runs on compute capability 9.0 only (not on sm_100). */
+    if (c->min_sm_arch) printf(", sm_%d (the kernels are built for sm_%da)", c->min_sm_arch, c->min_sm_arch);
     printf("\n");
     printf("    %-16s%d..%d\n", "heads", c->min_heads, c->max_heads);
     printf("    %-16s", "page sizes");

@@ -171,7 +171,7 @@ typedef struct mla_capabilities {
     int v_head_dim;
     int max_head_dim;         /* bound on any dim when the above are 0 */
     int max_q_len;
-    int min_sm_arch;          /* e.g. 90 for sm_90a; 0 for the CPU */
+    int min_sm_arch;          /* e.g. 90: kernels built for sm_90a (compute capability 9.0 only); 0 = CPU */
     mla_device_type device_type;
 } mla_capabilities;
 
