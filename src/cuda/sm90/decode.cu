@@ -4,6 +4,7 @@
 #include "mla_cuda.h"
 #include "decode_v1_mma.cuh"
 #include "decode_v2_fp8reg.cuh"
+#include "decode_v3_wgmma.cuh"
 
 #include <cuda_runtime.h>
 #include <math.h>
@@ -20,16 +21,25 @@ using mla_decode_v1::Params;
 //   "v2"  : rows <= 16 with an fp8 cache: decode_v2_fp8reg.cuh (MLA_DECODE_V2_BN=32|64 keys per
 //           block, default 64; MLA_DECODE_V2_CONV=alu for the integer conversion); other
 //           rows <= 32: decode_v1_mma.cuh "narrow" (32-key blocks, 128 threads, two CTAs per
-//           SM); rows > 32: decode_v1_mma.cuh with M = 64 (64-key blocks, 256 threads, one CTA
-//           per SM), measured faster than two-per-SM M = 32 tiles at H = 128.
-//   "v1"  : as "v2" without decode_v2_fp8reg.cuh.
+//           SM); rows 33..63: decode_v1_mma.cuh with M = 64 (64-key blocks, 256 threads, one
+//           CTA per SM), measured faster than two-per-SM M = 32 tiles at H = 128; rows >= 64:
+//           decode_v3_wgmma.cuh (wgmma, same plan as v1 M = 64; kV3Default below).
+//   "v1"  : as "v2" without decode_v2_fp8reg.cuh and decode_v3_wgmma.cuh (mma.sync only).
 //   "wide": decode_v1_mma.cuh as first written for every shape: M = 16, 32 or 64, 64-key
 //           blocks, 256 threads, one CTA per SM.
+//   "v3"  : as "v2" (rows >= 64 on decode_v3_wgmma.cuh whatever kV3Default says).
 struct Plan {
     int rows, m, head_blocks, num_parts, bn, ctas_per_sm;
 };
 
-enum Variant { kVariantV2 = 0, kVariantV1 = 1, kVariantWide = 2 };
+enum Variant { kVariantV2 = 0, kVariantV1 = 1, kVariantWide = 2, kVariantV3 = 3 };
+
+// Whether the default variant ("v2") uses the wgmma kernel for rows >= 64. Not yet: its one
+// device run (H200, 2026-11-26, MLA_DECODE_VARIANT=v3) passed every GPU decode test and was
+// 1.34-1.40x faster than v1 M = 64 at H 128 (bench/NOTES.md "Decode"), but compute-sanitizer
+// (memcheck, racecheck) has not run on it. Flip this once scripts/gpu-check passes with
+// MLA_DECODE_VARIANT=v3 under the sanitizers.
+constexpr bool kV3Default = false;
 
 int env_choice(const char *name, const char *const *values, int count, int fallback)
 {
@@ -42,10 +52,19 @@ int env_choice(const char *name, const char *const *values, int count, int fallb
 
 Variant selected_variant()
 {
-    static const char *const names[] = {"v2", "v1", "wide"};
+    static const char *const names[] = {"v2", "v1", "wide", "v3"};
     static int cached = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_VARIANT", names, 3, 0);
+    if (cached < 0) cached = env_choice("MLA_DECODE_VARIANT", names, 4, 0);
     return (Variant)cached;
+}
+
+// "v2" and "v3" share every kernel except the one for rows >= 64.
+bool v2_family(Variant v) { return v == kVariantV2 || v == kVariantV3; }
+
+bool use_wgmma(int rows)
+{
+    const Variant v = selected_variant();
+    return rows >= 64 && (v == kVariantV3 || (kV3Default && v == kVariantV2));
 }
 
 int v2_block_n()
@@ -74,7 +93,7 @@ Plan make_plan(int num_sms, int q_len, int heads, Variant variant, bool fp8)
         pl.ctas_per_sm = 1;
     } else if (pl.rows <= 32) {
         pl.m = pl.rows <= 16 ? 16 : 32;
-        pl.bn = fp8 && pl.m == 16 && variant == kVariantV2 ? v2_block_n() : 32;
+        pl.bn = fp8 && pl.m == 16 && v2_family(variant) ? v2_block_n() : 32;
         pl.ctas_per_sm = 2;
     } else {
         pl.m = 64;
@@ -92,7 +111,7 @@ size_t bytes_for(const mla_cuda_device_info *dev, int batch, int q_len, int head
 {
     // Sized for every variant, so that switching variants never needs a larger buffer.
     size_t need = 0;
-    for (int v = 0; v < 3; v++)
+    for (int v = 0; v < 4; v++)
         for (int fp8 = 0; fp8 < 2; fp8++) {
             const Plan pl = make_plan(dev->num_sms, q_len, heads, (Variant)v, fp8);
             const mla_decode_split_layout L =
@@ -121,6 +140,19 @@ template <bool FP8, int M, int BN, int NT> cudaError_t set_smem_attr()
     return e;
 }
 
+template <bool FP8> cudaError_t set_v3_smem_attr()
+{
+    auto kernel = mla_decode_v3::decode_wgmma_kernel<FP8>;
+    const int bytes = mla_decode_v3::V3Cfg<FP8>::kSmem;
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (e == cudaSuccess && getenv("MLA_DECODE_DEBUG")) {
+        int blocks = 0;
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, mla_decode_v3::kNT, bytes);
+        fprintf(stderr, "libmla decode: v3 wgmma fp8=%d smem=%d: %d CTAs/SM\n", (int)FP8, bytes, blocks);
+    }
+    return e;
+}
+
 cudaError_t set_all_smem_attrs()
 {
     cudaError_t e = cudaSuccess;
@@ -141,6 +173,8 @@ cudaError_t set_all_smem_attrs()
             }
         }
     }
+    if (e == cudaSuccess) e = set_v3_smem_attr<true>();
+    if (e == cudaSuccess) e = set_v3_smem_attr<false>();
     if (e == cudaSuccess) e = set_smem_attr<true, 16, 32, 128>();
     if (e == cudaSuccess) e = set_smem_attr<true, 32, 32, 128>();
     if (e == cudaSuccess) e = set_smem_attr<true, 16, 64, 256>();
@@ -205,10 +239,28 @@ cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, cudaStream_t st
                : cudaLaunchKernelEx(&cfg, mla_decode_v2::decode_fp8_m16_kernel<true, 32>, prm);
 }
 
+template <bool FP8> cudaError_t launch_v3(const Params &prm, const Plan &pl, cudaStream_t stream)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)pl.num_parts, (unsigned)pl.head_blocks);
+    cfg.blockDim = dim3(mla_decode_v3::kNT);
+    cfg.dynamicSmemBytes = mla_decode_v3::V3Cfg<FP8>::kSmem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, mla_decode_v3::decode_wgmma_kernel<FP8>, prm);
+}
+
 template <bool FP8> cudaError_t launch_variant(const Params &prm, const Plan &pl, cudaStream_t stream)
 {
-    if (FP8 && pl.m == 16 && pl.ctas_per_sm == 2 && selected_variant() == kVariantV2)
+    if (FP8 && pl.m == 16 && pl.ctas_per_sm == 2 && v2_family(selected_variant()))
         return launch_v2_fp8_m16(prm, pl, stream);
+    // The wgmma kernel uses the plan of the v1 M = 64 kernel (64-key blocks, one CTA per SM).
+    if (pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && use_wgmma(pl.rows))
+        return launch_v3<FP8>(prm, pl, stream);
     if (pl.bn == 32) {
         return pl.m == 16 ? launch_kernel<FP8, 16, 32, 128>(prm, pl, stream)
                           : launch_kernel<FP8, 32, 32, 128>(prm, pl, stream);

@@ -1,0 +1,513 @@
+// Split-KV MLA decode, version 3: wgmma tensor-core math for H * q_len >= 64 (the default
+// there; device record in bench/NOTES.md "Decode"), in the split-KV framework of
+// decode_v1_mma.cuh (same Params, scheduler, cursor walk, partials layout and combine).
+//
+// One CTA = (part of the key work, 64 query rows), 256 threads = two warpgroups, one CTA per
+// SM, 64-key blocks (the same Plan as decode_v1's M = 64 kernel). Per block:
+//   load   : cp.async of the raw block (fp8: 64 x 576 bytes into a staging ring, converted to
+//            an fp16 tile, values x 2^-8 exactly, by integer bit moves as in v1; bf16: straight
+//            into the tile ring). Keys past seq_len and keys on bad pages are zero-filled.
+//   S      : warpgroup w computes S[:, 32w .. 32w+32) = Q K^T with wgmma m64n32k16 (Q and K
+//            both from shared memory, K-major, 128-byte swizzle, 36 k-steps over 576 dims).
+//   softmax: row maxima exchanged between the warpgroups through shared memory; P (16-bit)
+//            written to shared memory as a 64 x 64 K-major tile.
+//   O     += P V: warpgroup w owns O[:, 256w .. 256w+256) (128 fp32 registers per thread) and
+//            issues wgmma m64n256k16 with V = the first 512 columns of the same tile, read
+//            N-major (imm-trans-b), 4 k-steps of 16 keys.
+// Tiles (Q, K, P) are stored as column blocks of 64 16-bit elements: [block][row][128 bytes],
+// 16-byte chunk c of row r at chunk position c ^ (r & 7) (the 128-byte swizzle wgmma reads).
+// Everything runs in lock-step (no producer warpgroup): generic stores that wgmma reads are
+// published with fence.proxy.async before a CTA barrier, and each wgmma batch is waited for
+// (wait_group 0) before the barrier that lets its operands be overwritten.
+#pragma once
+#include "decode_v1_mma.cuh"
+#include "prefill_wgmma.cuh"
+
+#include <stdint.h>
+
+namespace mla_decode_v3 {
+
+using mla_decode_v1::Params;
+using mla_decode_v1::Cursor;
+using mla_decode_v1::Pref;
+using mla_decode_v1::kDqk;
+using mla_decode_v1::kDv;
+
+constexpr int kM = 64;       // query rows per CTA
+constexpr int kBN = 64;      // keys per block
+constexpr int kNT = 256;     // two warpgroups
+constexpr int kNS = 2;       // load stages
+constexpr int kBlk = kM * 128; // one 64-element column block of a 64-row tile (8 KB)
+
+template <bool FP8> struct V3Cfg {
+    static constexpr int kQ = kM * kDqk * 2;             // 72 KB, 9 column blocks
+    static constexpr int kTile = FP8 ? kBN * kDqk * 2 : 0; // fp16 tile converted from the stage
+    static constexpr int kStage = FP8 ? kBN * kDqk : kBN * kDqk * 2;
+    static constexpr int offQ = 0;
+    static constexpr int offTile = offQ + kQ;
+    static constexpr int offStage = offTile + kTile;
+    static constexpr int offP = offStage + kNS * kStage;
+    static constexpr int offRedMax = offP + kM * kBN * 2;
+    static constexpr int offRedSum = offRedMax + 2 * kM * 4;
+    static constexpr int offFlags = offRedSum + 2 * kM * 4;
+    static constexpr int kSmem = offFlags + 16 + 1024; // + slack to align the base to 1024
+    static_assert(offTile % 1024 == 0 && offStage % 1024 == 0 && offP % 1024 == 0, "swizzle atoms");
+    static_assert(kStage % 1024 == 0, "stage alignment");
+    static_assert(kSmem <= 227 * 1024, "shared memory");
+};
+
+// Byte offset of 16-byte chunk c (8 elements, 0..71) of row r in a 64-row tile of column blocks.
+__device__ __forceinline__ uint32_t blk_off(int r, int c)
+{
+    return (uint32_t)((c >> 3) * kBlk + r * 128 + (((c & 7) ^ (r & 7)) << 4));
+}
+
+__device__ __forceinline__ void fence_proxy_async()
+{
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// A descriptor the compiler cannot hoist out of the block loop: the per-k-step descriptors
+// are then formed by one 32-bit add each where they are used, instead of 36 x 2 loop-invariant
+// 64-bit values held in registers next to the 128-register O tile.
+__device__ __forceinline__ uint64_t opaque_desc(uint64_t d)
+{
+    uint64_t r;
+    asm volatile("mov.b64 %0, %1;\n" : "=l"(r) : "l"(d));
+    return r;
+}
+// desc + byte offset (offsets stay inside the shared window, so the 14-bit address field
+// cannot carry into the next field).
+__device__ __forceinline__ uint64_t desc_add(uint64_t d, uint32_t bytes) { return d + (uint64_t)(bytes >> 4); }
+
+template <int N> __device__ __forceinline__ void acc_fence(float (&d)[N])
+{
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// D(64x32) += A(64x16, smem K-major) * B(16x32, smem K-major); f16 or bf16 in, fp32 accumulate.
+template <bool F16>
+__device__ __forceinline__ void wgmma_m64n32k16_ss(float (&d)[16], uint64_t da, uint64_t db, int accumulate)
+{
+    if constexpr (F16)
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+            "%16, %17, p, 1, 1, 0, 0;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+            : "l"(da), "l"(db), "r"(accumulate));
+    else
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+            "%16, %17, p, 1, 1, 0, 0;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+            : "l"(da), "l"(db), "r"(accumulate));
+}
+
+// D(64x256) += A(64x16, smem K-major) * B(16x256, smem N-major: imm-trans-b = 1).
+template <bool F16>
+__device__ __forceinline__ void wgmma_m64n256k16_ss_tb(float (&d)[128], uint64_t da, uint64_t db, int accumulate)
+{
+    if constexpr (F16)
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
+            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+            "%128, %129, p, 1, 1, 0, 1;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+            : "l"(da), "l"(db), "r"(accumulate));
+    else
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+            "%128, %129, p, 1, 1, 0, 1;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+            : "l"(da), "l"(db), "r"(accumulate));
+}
+
+// Issues the cp.async copies of key block c into the stage at `sbase` and commits one group
+// (an empty group when the cursor is done, so group counting stays uniform). Keys past
+// seq_len and keys on pages with an out-of-range index are zero-filled, never read; *flags
+// records which of the block's pages are valid (bit k: page k of the block). fp8: raw rows of
+// 576 bytes; bf16: the swizzled column-block tile that wgmma reads.
+template <bool FP8>
+__device__ __forceinline__ void issue_block(const Params &p, const Cursor &c, const Pref &f, uint32_t sbase,
+                                            int *flags)
+{
+    if (c.b < p.batch) {
+        const int seq = f.seq;
+        const int key0 = c.blk * kBN;
+        int ok = 0;
+        if (key0 < seq) {
+            if (f.idx0 >= 0 && f.idx0 < p.num_pages) ok |= 1;
+            else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
+        }
+        if (kBN > p.page_size && key0 + p.page_size < seq) {
+            if (f.idx1 >= 0 && f.idx1 < p.num_pages) ok |= 2;
+            else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
+        }
+        const int first_page = key0 >> p.page_shift;
+        if (threadIdx.x == 0) *flags = ok;
+        constexpr int kChunks = FP8 ? 36 : 72;
+        constexpr int kRowBytes = FP8 ? kDqk : kDqk * 2;
+#pragma unroll
+        for (int i = 0; i < kBN * kChunks / kNT; i++) {
+            const int q = threadIdx.x + i * kNT;
+            const int r = q / kChunks, ch = q % kChunks;
+            const int key = key0 + r;
+            const int k = (key >> p.page_shift) - first_page; // page of the block: 0 or 1
+            const bool valid = key < seq && ((ok >> k) & 1);
+            const uint8_t *src = p.kv;
+            if (valid)
+                src += ((size_t)(k ? f.idx1 : f.idx0) * p.page_size + (key & (p.page_size - 1))) * kRowBytes + ch * 16;
+            const uint32_t dst = FP8 ? sbase + (uint32_t)(r * kDqk + ch * 16) : sbase + blk_off(r, ch);
+            mla_decode_v1::cp_async16(dst, src, valid ? 16 : 0);
+        }
+    }
+    mla_decode_v1::cp_async_commit();
+}
+
+// Q rows [hb*64, hb*64+64) of request b into the column-block tile (fp16 for the fp8-cache
+// kernel, bf16 otherwise; conversions as decode_v1's load_q); rows past the request's rows
+// are zero.
+template <bool FP8> __device__ __forceinline__ void load_q(const Params &p, int b, int hb, uint8_t *sq)
+{
+    using mla_decode_v1::e4m3x2_to_f16x2;
+    for (int u = threadIdx.x; u < kM * 72; u += kNT) {
+        const int r = u / 72, ch = u % 72;
+        const int gr = hb * kM + r;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (gr < p.rows) {
+            const size_t e = ((size_t)b * p.rows + gr) * kDqk + ch * 8;
+            if (p.q_fp8) {
+                const uint2 raw = *reinterpret_cast<const uint2 *>((const uint8_t *)p.q + e);
+                uint32_t h[4] = {e4m3x2_to_f16x2((uint16_t)(raw.x & 0xffff)), e4m3x2_to_f16x2((uint16_t)(raw.x >> 16)),
+                                 e4m3x2_to_f16x2((uint16_t)(raw.y & 0xffff)), e4m3x2_to_f16x2((uint16_t)(raw.y >> 16))};
+                if constexpr (!FP8) {
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        const float2 f = __half22float2(*reinterpret_cast<__half2 *>(&h[j]));
+                        h[j] = mla_decode_v1::pack2<false>(f.x, f.y);
+                    }
+                }
+                v = make_uint4(h[0], h[1], h[2], h[3]);
+            } else {
+                const uint4 raw = *reinterpret_cast<const uint4 *>((const uint16_t *)p.q + e);
+                if constexpr (FP8) {
+                    // bf16 -> fp16, saturating (|q| > 65504 is clamped: documented limit)
+                    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+                    uint32_t h[4];
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        const float lo = fminf(fmaxf(mla_decode_v1::bf16_bits_to_float(w[j] & 0xffff), -65504.f), 65504.f);
+                        const float hi = fminf(fmaxf(mla_decode_v1::bf16_bits_to_float(w[j] >> 16), -65504.f), 65504.f);
+                        h[j] = mla_decode_v1::pack2<true>(lo, hi);
+                    }
+                    v = make_uint4(h[0], h[1], h[2], h[3]);
+                } else {
+                    v = raw;
+                }
+            }
+        }
+        *reinterpret_cast<uint4 *>(sq + blk_off(r, ch)) = v;
+    }
+}
+
+template <bool FP8>
+__global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_constant__ Params p)
+{
+    using C = V3Cfg<FP8>;
+    using namespace mla_sm90; // wgmma_fence / commit / wait, smem_desc
+    extern __shared__ uint8_t smem_raw[];
+    // Swizzled tiles need 1024-byte aligned bases (the swizzle is a function of the address).
+    const uint32_t raw_addr = mla_decode_v1::smem_u32(smem_raw);
+    const uint32_t base = (raw_addr + 1023u) & ~1023u;
+    uint8_t *smem = smem_raw + (base - raw_addr);
+    uint8_t *sQ = smem + C::offQ;
+    uint8_t *sP = smem + C::offP;
+    float *sRedMax = reinterpret_cast<float *>(smem + C::offRedMax);
+    float *sRedSum = reinterpret_cast<float *>(smem + C::offRedSum);
+    int *sFlags = reinterpret_cast<int *>(smem + C::offFlags);
+    const uint32_t aQ = base + C::offQ, aTile = base + C::offTile, aStage = base + C::offStage, aP = base + C::offP;
+
+    const int part = blockIdx.x, hb = blockIdx.y;
+    const int tid = threadIdx.x, lane = tid & 31;
+    const int wg = tid >> 7;                   // warpgroup: S keys 32wg.., O columns 256wg..
+    const int r_lo = ((tid >> 5) & 3) * 16 + (lane >> 2); // this thread's rows: r_lo, r_lo + 8
+    const int qd = lane & 3;
+    // Launched as a programmatic dependent of the scheduler: wait for its results, and let
+    // the combine kernel get scheduled as soon as every CTA is running.
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+    const int tau = *p.s.tau;
+    const float qk_scale = p.scale_log2 * (FP8 ? mla_decode_v1::kFp8TileScale : 1.0f);
+    const float v_scale = FP8 ? mla_decode_v1::kFp8TileScale : 1.0f;
+
+    Cursor cons;
+    {
+        const int b0 = p.s.part_begin[part];
+        if (b0 >= p.batch) return; // empty part (uniform over the CTA)
+        mla_decode_v1::cursor_range(p, part, tau, b0, cons);
+    }
+    Cursor prod = cons;
+    Pref pref = mla_decode_v1::prefetch_block<kBN>(p, prod);
+    // Prologue: fp8 keeps kNS blocks in flight (a stage frees as soon as it is converted);
+    // bf16 computes from the stage itself, so kNS-1 ahead.
+    int nprod = 0;
+    for (; nprod < (FP8 ? kNS : kNS - 1); nprod++) {
+        issue_block<FP8>(p, prod, pref, aStage + (uint32_t)(nprod * C::kStage), &sFlags[nprod]);
+        mla_decode_v1::cursor_next(p, part, tau, prod);
+        pref = mla_decode_v1::prefetch_block<kBN>(p, prod);
+    }
+
+    float o[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) o[i] = 0.f;
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+    int lim_row[2] = {0, 0}; // exclusive key limit of this thread's two rows
+    bool new_req = true;
+
+    for (int j = 0; cons.b < p.batch; j++) {
+        const int stage = j % kNS;
+        __syncthreads(); // everyone is done with block j-1 (tile, stage, P, Q; wgmma waited)
+        if constexpr (!FP8) {
+            const int ps = nprod % kNS;
+            issue_block<FP8>(p, prod, pref, aStage + (uint32_t)(ps * C::kStage), &sFlags[ps]);
+            mla_decode_v1::cursor_next(p, part, tau, prod);
+            pref = mla_decode_v1::prefetch_block<kBN>(p, prod);
+            nprod++;
+        }
+        if (new_req) {
+            load_q<FP8>(p, cons.b, hb, sQ);
+            // A length clamped to the table capacity counts as that length (causal too).
+            const int seq = p.s.seq_eff[cons.b];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int gr = hb * kM + r_lo + h * 8;
+                int lim = seq;
+                if (p.causal) {
+                    const int tok = min(gr, p.rows - 1) / p.heads;
+                    lim = seq - p.q_len + tok + 1;
+                }
+                lim_row[h] = lim;
+            }
+            new_req = false;
+        }
+        mla_decode_v1::cp_async_wait<kNS - 1>(); // block j landed (this thread's copies)
+        fence_proxy_async(); // this thread's Q stores and (bf16) cp.async data -> wgmma
+        __syncthreads();     // block j's copies (all threads) and Q visible
+        const int pmask = sFlags[stage]; // read before the stage is reissued
+
+        uint32_t aK;
+        if constexpr (FP8) {
+            // fp8 stage -> fp16 tile (values x 2^-8); masked rows were zero-filled and stay zero.
+            const uint8_t *src = smem + C::offStage + stage * C::kStage;
+            uint8_t *tile = smem + C::offTile;
+#pragma unroll
+            for (int u = tid; u < kBN * 36; u += kNT) {
+                const int r = u / 36, ch = u % 36;
+                const uint4 raw = *reinterpret_cast<const uint4 *>(src + r * kDqk + ch * 16);
+                const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+                uint32_t h[8];
+#pragma unroll
+                for (int k = 0; k < 4; k++) mla_decode_v1::e4m3x4_to_f16x4_scaled(w[k], h[2 * k], h[2 * k + 1]);
+                *reinterpret_cast<uint4 *>(tile + blk_off(r, 2 * ch)) = make_uint4(h[0], h[1], h[2], h[3]);
+                *reinterpret_cast<uint4 *>(tile + blk_off(r, 2 * ch + 1)) = make_uint4(h[4], h[5], h[6], h[7]);
+            }
+            fence_proxy_async(); // tile stores -> wgmma
+            __syncthreads();     // tile ready, stage free
+            issue_block<FP8>(p, prod, pref, aStage + (uint32_t)(stage * C::kStage), &sFlags[stage]);
+            mla_decode_v1::cursor_next(p, part, tau, prod);
+            pref = mla_decode_v1::prefetch_block<kBN>(p, prod);
+            nprod++;
+            aK = aTile;
+        } else {
+            aK = aStage + (uint32_t)(stage * C::kStage);
+        }
+
+        // ---- S[:, 32wg..+32] = Q K^T: 36 k-steps of 16 dims (4 per 64-dim column block) ----
+        float s[16];
+#pragma unroll
+        for (int i = 0; i < 16; i++) s[i] = 0.f;
+        const uint64_t dq0 = opaque_desc(smem_desc(aQ, 16, 1024, 1));
+        const uint64_t dk0 = opaque_desc(smem_desc(aK + (uint32_t)(wg * 32 * 128), 16, 1024, 1));
+        acc_fence(s);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kDqk / 16; ks++) {
+            const uint32_t off = (uint32_t)((ks >> 2) * kBlk + (ks & 3) * 32);
+            wgmma_m64n32k16_ss<FP8>(s, desc_add(dq0, off), desc_add(dk0, off), ks > 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        acc_fence(s);
+
+        // ---- mask, scale, row max over both warpgroups ----
+        // s[4i + e]: row r_lo + 8 (e >> 1), key 32 wg + 8 i + 2 qd + (e & 1) of the block.
+        const int key0 = cons.blk * kBN;
+        const int page0 = key0 >> p.page_shift;
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int key = key0 + wg * 32 + i * 8 + 2 * qd + (e & 1);
+                const bool valid = key < lim_row[e >> 1] && ((pmask >> ((key >> p.page_shift) - page0)) & 1);
+                const float v = valid ? s[4 * i + e] * qk_scale : -INFINITY;
+                s[4 * i + e] = v;
+                mx[e >> 1] = fmaxf(mx[e >> 1], v);
+            }
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        }
+        if (qd == 0) {
+            sRedMax[wg * kM + r_lo] = mx[0];
+            sRedMax[wg * kM + r_lo + 8] = mx[1];
+        }
+        __syncthreads(); // both warpgroups' maxima visible
+        float alpha[2], ref[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const float m = fmaxf(m_run[h], fmaxf(sRedMax[r_lo + h * 8], sRedMax[kM + r_lo + h * 8]));
+            // A row that has seen no key yet keeps m = -inf; use 0 so exp2 gives 0, not NaN.
+            ref[h] = m == -INFINITY ? 0.f : m;
+            alpha[h] = mla_decode_v1::fast_exp2(m_run[h] - ref[h]);
+            m_run[h] = m;
+        }
+        // ---- P = exp2(S - m) to shared memory (64 x 64 K-major tile), sums, rescale O ----
+        float ls[2] = {0.f, 0.f};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float p0 = mla_decode_v1::fast_exp2(s[4 * i + 0] - ref[0]);
+            const float p1 = mla_decode_v1::fast_exp2(s[4 * i + 1] - ref[0]);
+            const float p2 = mla_decode_v1::fast_exp2(s[4 * i + 2] - ref[1]);
+            const float p3 = mla_decode_v1::fast_exp2(s[4 * i + 3] - ref[1]);
+            ls[0] += p0 + p1;
+            ls[1] += p2 + p3;
+            const int c = wg * 4 + i; // 16-byte chunk of the P row (8 keys)
+            *reinterpret_cast<uint32_t *>(sP + blk_off(r_lo, c) + 4 * qd) = mla_decode_v1::pack2<FP8>(p0, p1);
+            *reinterpret_cast<uint32_t *>(sP + blk_off(r_lo + 8, c) + 4 * qd) = mla_decode_v1::pack2<FP8>(p2, p3);
+        }
+        l_run[0] = l_run[0] * alpha[0] + ls[0];
+        l_run[1] = l_run[1] * alpha[1] + ls[1];
+#pragma unroll
+        for (int i = 0; i < 32; i++) {
+            o[4 * i + 0] *= alpha[0];
+            o[4 * i + 1] *= alpha[0];
+            o[4 * i + 2] *= alpha[1];
+            o[4 * i + 3] *= alpha[1];
+        }
+        fence_proxy_async(); // P stores -> wgmma
+        __syncthreads();     // both halves of P written
+
+        // ---- O[:, 256wg..+256] += P V: V = dims 256wg.. of the tile (column blocks 4wg..4wg+3),
+        // N-major; 4 k-steps of 16 keys (two 8-key core-matrix rows of 1024 bytes each) ----
+        const uint64_t dp0 = opaque_desc(smem_desc(aP, 16, 1024, 1));
+        const uint64_t dv0 = opaque_desc(smem_desc(aK + (uint32_t)(wg * 4 * kBlk), kBlk, 1024, 1));
+        acc_fence(o);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kBN / 16; ks++)
+            wgmma_m64n256k16_ss_tb<FP8>(o, desc_add(dp0, (uint32_t)(ks * 32)), desc_add(dv0, (uint32_t)(ks * 16 * 128)), 1);
+        wgmma_commit();
+        wgmma_wait<0>();
+        acc_fence(o);
+
+        // ---- end of this request's piece: normalize and write ----
+        const int b = cons.b;
+        const bool last = cons.blk + 1 >= cons.hi;
+        mla_decode_v1::cursor_next(p, part, tau, cons);
+        if (last) { // uniform over the CTA
+            float lsum[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                float v = l_run[h];
+                v += __shfl_xor_sync(0xffffffffu, v, 1);
+                v += __shfl_xor_sync(0xffffffffu, v, 2);
+                lsum[h] = v;
+            }
+            if (qd == 0) {
+                sRedSum[wg * kM + r_lo] = lsum[0];
+                sRedSum[wg * kM + r_lo + 8] = lsum[1];
+            }
+            __syncthreads();
+            const int nsplit = p.s.num_splits[b];
+            const int slot = p.s.slot_base[b] + part - p.s.first_part[b];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int r = r_lo + h * 8;
+                const float L = sRedSum[r] + sRedSum[kM + r];
+                const float inv = L > 0.f ? v_scale / L : 0.f;
+                const float lse = L > 0.f ? (m_run[h] + log2f(L)) * 0.69314718055994531f : -INFINITY;
+                const int gr = hb * kM + r;
+                if (gr < p.rows) {
+                    const size_t row = (size_t)b * p.rows + gr;
+                    if (nsplit == 1) {
+                        const float sc = inv * p.bmm2;
+                        uint16_t *dst = p.out + row * kDv + wg * 256 + 2 * qd;
+#pragma unroll
+                        for (int i = 0; i < 32; i++)
+                            *reinterpret_cast<uint32_t *>(dst + i * 8) =
+                                mla_decode_v1::pack2<false>(o[4 * i + 2 * h] * sc, o[4 * i + 2 * h + 1] * sc);
+                        if (p.lse && wg == 0 && qd == 0) p.lse[row] = lse;
+                    } else {
+                        const size_t prow = (size_t)slot * p.rows + gr;
+                        float *dst = p.s.part_o + prow * kDv + wg * 256 + 2 * qd;
+#pragma unroll
+                        for (int i = 0; i < 32; i++)
+                            *reinterpret_cast<float2 *>(dst + i * 8) =
+                                make_float2(o[4 * i + 2 * h] * inv, o[4 * i + 2 * h + 1] * inv);
+                        if (wg == 0 && qd == 0) p.s.part_lse[prow] = lse;
+                    }
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 128; i++) o[i] = 0.f;
+            m_run[0] = m_run[1] = -INFINITY;
+            l_run[0] = l_run[1] = 0.f;
+            new_req = true;
+        }
+    }
+    mla_decode_v1::cp_async_wait<0>(); // no copy may outlive the CTA's shared memory
+}
+
+} // namespace mla_decode_v3
