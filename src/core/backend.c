@@ -291,11 +291,16 @@ mla_status mla_decode(mla_backend *be, const mla_decode_args *a)
                              (int64_t[]){B, L, H, R}, 0));
     MLA_TRY(mla_check_tensor(&a->lse, op, "lse", dev, MLA_DT(MLA_DTYPE_F32), 3,
                              (int64_t[]){B, L, H}, MLA_CHECK_OPTIONAL));
-    MLA_TRY(check_nonoverlap(op, &a->out, "out", &a->q, "q"));
-    MLA_TRY(check_nonoverlap(op, &a->out, "out", &a->kv_cache, "kv_cache"));
-    MLA_TRY(check_nonoverlap(op, &a->lse, "lse", &a->out, "out"));
-    MLA_TRY(check_nonoverlap(op, &a->lse, "lse", &a->q, "q"));
-    MLA_TRY(check_nonoverlap(op, &a->lse, "lse", &a->kv_cache, "kv_cache"));
+    {
+        /* Outputs may not overlap any input (nor each other). */
+        const mla_tensor *ins[] = {&a->q, &a->kv_cache, &a->block_table, &a->seq_lens};
+        const char *names[] = {"q", "kv_cache", "block_table", "seq_lens"};
+        for (int i = 0; i < 4; i++) {
+            MLA_TRY(check_nonoverlap(op, &a->out, "out", ins[i], names[i]));
+            MLA_TRY(check_nonoverlap(op, &a->lse, "lse", ins[i], names[i]));
+        }
+        MLA_TRY(check_nonoverlap(op, &a->lse, "lse", &a->out, "out"));
+    }
     const int64_t num_pages = a->kv_cache.shape[0], max_pages = a->block_table.shape[1];
     if (num_pages > INT32_MAX || max_pages * cfg->page_size > INT32_MAX)
         return mla_set_error(MLA_ERR_UNSUPPORTED,
@@ -438,9 +443,9 @@ mla_status mla_prefill(mla_backend *be, const mla_prefill_args *a)
                              (int64_t[]){total_q, H}, MLA_CHECK_OPTIONAL));
     if (total_q > INT32_MAX || total_kv > INT32_MAX || B > (1 << 24))
         return mla_set_error(MLA_ERR_UNSUPPORTED, "%s: more than 2^31-1 rows or 2^24 requests", op);
-    const mla_tensor *ins[] = {&a->q, &a->k, &a->v};
-    const char *in_names[] = {"q", "k", "v"};
-    for (int i = 0; i < 3; i++) {
+    const mla_tensor *ins[] = {&a->q, &a->k, &a->v, &a->cu_seqlens_q, &a->cu_seqlens_kv};
+    const char *in_names[] = {"q", "k", "v", "cu_seqlens_q", "cu_seqlens_kv"};
+    for (int i = 0; i < 5; i++) {
         MLA_TRY(check_nonoverlap(op, &a->out, "out", ins[i], in_names[i]));
         MLA_TRY(check_nonoverlap(op, &a->lse, "lse", ins[i], in_names[i]));
     }
