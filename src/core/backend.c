@@ -202,15 +202,6 @@ static mla_status index_to_host(const mla_backend *be, const mla_tensor *t, void
     return MLA_OK;
 }
 
-static mla_status check_nonoverlap(const char *op, const mla_tensor *out, const char *out_name,
-                                   const mla_tensor *in, const char *in_name)
-{
-    if (mla_ranges_overlap(out, in))
-        return mla_set_error(MLA_ERR_INVALID_ARGUMENT, "%s: output '%s' overlaps input '%s'", op,
-                             out_name, in_name);
-    return MLA_OK;
-}
-
 static const mla_scales *resolve_scales(const mla_backend *be, const mla_scales *s)
 {
     return s ? s : &be->cfg.scales;
@@ -292,14 +283,11 @@ mla_status mla_decode(mla_backend *be, const mla_decode_args *a)
     MLA_TRY(mla_check_tensor(&a->lse, op, "lse", dev, MLA_DT(MLA_DTYPE_F32), 3,
                              (int64_t[]){B, L, H}, MLA_CHECK_OPTIONAL));
     {
-        /* Outputs may not overlap any input (nor each other). */
+        const mla_tensor *outs[] = {&a->out, &a->lse};
+        const char *const out_names[] = {"out", "lse"};
         const mla_tensor *ins[] = {&a->q, &a->kv_cache, &a->block_table, &a->seq_lens};
-        const char *names[] = {"q", "kv_cache", "block_table", "seq_lens"};
-        for (int i = 0; i < 4; i++) {
-            MLA_TRY(check_nonoverlap(op, &a->out, "out", ins[i], names[i]));
-            MLA_TRY(check_nonoverlap(op, &a->lse, "lse", ins[i], names[i]));
-        }
-        MLA_TRY(check_nonoverlap(op, &a->lse, "lse", &a->out, "out"));
+        const char *const in_names[] = {"q", "kv_cache", "block_table", "seq_lens"};
+        MLA_TRY(mla_check_outputs_disjoint(op, outs, out_names, 2, ins, in_names, 4));
     }
     const int64_t num_pages = a->kv_cache.shape[0], max_pages = a->block_table.shape[1];
     if (num_pages > INT32_MAX || max_pages * cfg->page_size > INT32_MAX)
@@ -443,13 +431,13 @@ mla_status mla_prefill(mla_backend *be, const mla_prefill_args *a)
                              (int64_t[]){total_q, H}, MLA_CHECK_OPTIONAL));
     if (total_q > INT32_MAX || total_kv > INT32_MAX || B > (1 << 24))
         return mla_set_error(MLA_ERR_UNSUPPORTED, "%s: more than 2^31-1 rows or 2^24 requests", op);
-    const mla_tensor *ins[] = {&a->q, &a->k, &a->v, &a->cu_seqlens_q, &a->cu_seqlens_kv};
-    const char *in_names[] = {"q", "k", "v", "cu_seqlens_q", "cu_seqlens_kv"};
-    for (int i = 0; i < 5; i++) {
-        MLA_TRY(check_nonoverlap(op, &a->out, "out", ins[i], in_names[i]));
-        MLA_TRY(check_nonoverlap(op, &a->lse, "lse", ins[i], in_names[i]));
+    {
+        const mla_tensor *outs[] = {&a->out, &a->lse};
+        const char *const out_names[] = {"out", "lse"};
+        const mla_tensor *ins[] = {&a->q, &a->k, &a->v, &a->cu_seqlens_q, &a->cu_seqlens_kv};
+        const char *const in_names[] = {"q", "k", "v", "cu_seqlens_q", "cu_seqlens_kv"};
+        MLA_TRY(mla_check_outputs_disjoint(op, outs, out_names, 2, ins, in_names, 5));
     }
-    MLA_TRY(check_nonoverlap(op, &a->lse, "lse", &a->out, "out"));
     if (a->causal != 0 && a->causal != 1)
         return mla_set_error(MLA_ERR_INVALID_ARGUMENT, "%s: causal = %d must be 0 or 1", op,
                              a->causal);
@@ -514,7 +502,7 @@ static mla_status check_alias(const char *op, const mla_tensor *out, const char 
                               const mla_tensor *in, const char *in_name)
 {
     if (out->data == in->data && out->dtype == in->dtype) return MLA_OK;
-    return check_nonoverlap(op, out, out_name, in, in_name);
+    return mla_check_no_overlap(op, out, out_name, in, in_name);
 }
 
 mla_status mla_merge_state(mla_backend *be, const mla_merge_state_args *a)
@@ -539,13 +527,13 @@ mla_status mla_merge_state(mla_backend *be, const mla_merge_state_args *a)
         return mla_set_error(MLA_ERR_UNSUPPORTED, "%s: more than 2^31-1 elements", op);
     MLA_TRY(check_alias(op, &a->o, "o", &a->o_a, "o_a"));
     MLA_TRY(check_alias(op, &a->o, "o", &a->o_b, "o_b"));
-    MLA_TRY(check_nonoverlap(op, &a->o, "o", &a->lse_a, "lse_a"));
-    MLA_TRY(check_nonoverlap(op, &a->o, "o", &a->lse_b, "lse_b"));
+    MLA_TRY(mla_check_no_overlap(op, &a->o, "o", &a->lse_a, "lse_a"));
+    MLA_TRY(mla_check_no_overlap(op, &a->o, "o", &a->lse_b, "lse_b"));
     MLA_TRY(check_alias(op, &a->lse, "lse", &a->lse_a, "lse_a"));
     MLA_TRY(check_alias(op, &a->lse, "lse", &a->lse_b, "lse_b"));
-    MLA_TRY(check_nonoverlap(op, &a->lse, "lse", &a->o_a, "o_a"));
-    MLA_TRY(check_nonoverlap(op, &a->lse, "lse", &a->o_b, "o_b"));
-    MLA_TRY(check_nonoverlap(op, &a->lse, "lse", &a->o, "o"));
+    MLA_TRY(mla_check_no_overlap(op, &a->lse, "lse", &a->o_a, "o_a"));
+    MLA_TRY(mla_check_no_overlap(op, &a->lse, "lse", &a->o_b, "o_b"));
+    MLA_TRY(mla_check_no_overlap(op, &a->lse, "lse", &a->o, "o"));
     if (T == 0 || H == 0 || D == 0) return MLA_OK;
     mla_merge_problem p = {
         .tokens = (int)T,
@@ -636,9 +624,9 @@ mla_status mla_kv_cache_write(mla_backend *be, const mla_kv_cache_write_args *a)
                              MLA_DT(MLA_DTYPE_I32) | MLA_DT(MLA_DTYPE_I64), 1, (int64_t[]){n}, 0));
     MLA_TRY(mla_check_tensor(&a->kv_cache, op, "kv_cache", dev, MLA_DT(cfg->kv_cache_dtype), 3,
                              (int64_t[]){-1, cfg->page_size, R + P}, 0));
-    MLA_TRY(check_nonoverlap(op, &a->kv_cache, "kv_cache", &a->c_kv, "c_kv"));
-    MLA_TRY(check_nonoverlap(op, &a->kv_cache, "kv_cache", &a->k_pe, "k_pe"));
-    MLA_TRY(check_nonoverlap(op, &a->kv_cache, "kv_cache", &a->slots, "slots"));
+    MLA_TRY(mla_check_no_overlap(op, &a->kv_cache, "kv_cache", &a->c_kv, "c_kv"));
+    MLA_TRY(mla_check_no_overlap(op, &a->kv_cache, "kv_cache", &a->k_pe, "k_pe"));
+    MLA_TRY(mla_check_no_overlap(op, &a->kv_cache, "kv_cache", &a->slots, "slots"));
     const mla_scales *s = resolve_scales(be, a->scales);
     MLA_TRY(check_scales(op, s));
     const int64_t num_pages = a->kv_cache.shape[0];
@@ -702,7 +690,7 @@ mla_status mla_quantize_fp8(mla_backend *be, const mla_quantize_fp8_args *a)
         return mla_set_error(MLA_ERR_SHAPE_MISMATCH,
                              "%s: output has %lld elements, input %lld", op,
                              (long long)mla_tensor_numel(&a->output), (long long)n);
-    MLA_TRY(check_nonoverlap(op, &a->output, "output", &a->input, "input"));
+    MLA_TRY(mla_check_no_overlap(op, &a->output, "output", &a->input, "input"));
     MLA_TRY(mla_check_scale(op, "scale", a->scale));
     if (n == 0) return MLA_OK;
     mla_quantize_problem p = {
@@ -748,22 +736,14 @@ mla_status mla_kv_pack(mla_backend *be, const mla_kv_pack_args *a)
     MLA_TRY(mla_check_tensor(&a->k_out, op, "k_out", dev, out_dt, 3, (int64_t[]){N, H, Dn + Dr}, 0));
     MLA_TRY(mla_check_tensor(&a->v_out, op, "v_out", dev, MLA_DT(a->k_out.dtype), 3,
                              (int64_t[]){N, H, Dv}, 0));
-    /* Strided inputs: compare the spans they may touch. */
-    const mla_tensor *outs[] = {&a->k_out, &a->v_out};
-    for (int i = 0; i < 2; i++) {
-        const char *on = i ? "v_out" : "k_out";
+    {
+        /* Strided inputs are compared by the spans they may touch. */
+        const mla_tensor *outs[] = {&a->k_out, &a->v_out};
+        const char *const out_names[] = {"k_out", "v_out"};
         const mla_tensor *ins[] = {&a->k_nope, &a->k_pe, &a->v};
-        const char *names[] = {"k_nope", "k_pe", "v"};
-        for (int j = 0; j < 3; j++) {
-            mla_tensor span = *ins[j];
-            int64_t extent = 1;
-            for (int d = 0; d < span.ndim; d++)
-                if (span.shape[d] > 0) extent += (span.shape[d] - 1) * span.strides[d];
-            span = mla_tensor_contiguous(span.data, span.dtype, span.device, 1, &extent);
-            MLA_TRY(check_nonoverlap(op, outs[i], on, &span, names[j]));
-        }
+        const char *const in_names[] = {"k_nope", "k_pe", "v"};
+        MLA_TRY(mla_check_outputs_disjoint(op, outs, out_names, 2, ins, in_names, 3));
     }
-    MLA_TRY(check_nonoverlap(op, &a->k_out, "k_out", &a->v_out, "v_out"));
     const int fp8 = a->k_out.dtype == MLA_DTYPE_FP8_E4M3;
     if (fp8) {
         MLA_TRY(mla_check_scale(op, "k_scale", a->k_scale));

@@ -236,7 +236,17 @@ static mla_status check_extend_tensors(const mla_batch_metadata *md, const mla_f
         return mla_set_error(MLA_ERR_INVALID_ARGUMENT,
                              "%s: prefix_chunk_size = %d is outside [0, 2^30] (0 = 4096)", op,
                              a->prefix_chunk_size);
-    return MLA_OK;
+    /* All before the cache write: a call refused later must not have written anything. */
+    MLA_TRY(mla_check_tensor(&a->kv_cache, op, "kv_cache", &md->cfg.device,
+                             MLA_DT(md->cfg.kv_cache_dtype), 3,
+                             (int64_t[]){-1, md->cfg.page_size,
+                                         md->cfg.kv_lora_rank + md->cfg.qk_rope_head_dim},
+                             MLA_CHECK_OPTIONAL)); /* needed only to write or gather latents */
+    const mla_tensor *outs[] = {&a->out, &a->lse, &a->kv_cache};
+    const char *const out_names[] = {"out", "lse", "kv_cache"};
+    const mla_tensor *ins[] = {&a->q, &a->k, &a->v, &a->c_kv, &a->k_pe, &a->prefix_k, &a->prefix_v};
+    const char *const in_names[] = {"q", "k", "v", "c_kv", "k_pe", "prefix_k", "prefix_v"};
+    return mla_check_outputs_disjoint(op, outs, out_names, 3, ins, in_names, 7);
 }
 
 mla_status mla_forward_extend(mla_backend *be, mla_batch_metadata *md, const mla_forward_args *a)

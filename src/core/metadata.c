@@ -317,9 +317,9 @@ static int index_checks_enabled(const mla_batch_metadata *md, void *stream)
 static mla_status build_metadata(mla_batch_metadata *md, const mla_metadata_args *a,
                                  int seq_len_offset, const char *op)
 {
-    if (!md || !a)
-        return mla_set_error(MLA_ERR_NULL_POINTER, "%s: %s is NULL", op, md ? "args" : "metadata");
-    md->built = 0; /* until this build succeeds */
+    if (!md) return mla_set_error(MLA_ERR_NULL_POINTER, "%s: metadata is NULL", op);
+    md->built = 0; /* until this build succeeds: any failure leaves the metadata unusable */
+    if (!a) return mla_set_error(MLA_ERR_NULL_POINTER, "%s: args is NULL", op);
     const mla_device *dev = &md->cfg.device;
     const uint32_t i32 = MLA_DT(MLA_DTYPE_I32);
     const int ragged = a->mode == MLA_FORWARD_DRAFT_EXTEND || a->mode == MLA_FORWARD_EXTEND;
@@ -346,7 +346,8 @@ static mla_status build_metadata(mla_batch_metadata *md, const mla_metadata_args
                              op, mla_forward_mode_name(a->mode));
     }
     const int64_t max_reqs = a->req_to_token.shape[0], req_capacity = a->req_to_token.shape[1];
-    if (max_reqs * req_capacity > INT32_MAX)
+    int64_t entries;
+    if (__builtin_mul_overflow(max_reqs, req_capacity, &entries) || entries > INT32_MAX)
         return mla_set_error(MLA_ERR_UNSUPPORTED, "%s: req_to_token has more than 2^31-1 entries",
                              op);
     int q_len = 0;

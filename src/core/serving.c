@@ -58,7 +58,17 @@ static mla_status check_decode_tensors(const mla_batch_metadata *md, const mla_f
         MLA_TRY(mla_check_tensor(&a->k_pe, op, "k_pe", dev, MLA_DT(a->c_kv.dtype), 2,
                                  (int64_t[]){tokens, P}, 0));
     }
-    return MLA_OK;
+    /* All before the cache write: a call refused later must not have written anything. */
+    MLA_TRY(mla_check_tensor(&a->kv_cache, op, "kv_cache", &md->cfg.device,
+                             MLA_DT(md->cfg.kv_cache_dtype), 3,
+                             (int64_t[]){-1, md->cfg.page_size,
+                                         md->cfg.kv_lora_rank + md->cfg.qk_rope_head_dim},
+                             0));
+    const mla_tensor *outs[] = {&a->out, &a->lse, &a->kv_cache};
+    const char *const out_names[] = {"out", "lse", "kv_cache"};
+    const mla_tensor *ins[] = {&a->q, &a->c_kv, &a->k_pe};
+    const char *const in_names[] = {"q", "c_kv", "k_pe"};
+    return mla_check_outputs_disjoint(op, outs, out_names, 3, ins, in_names, 3);
 }
 
 /* Writes the new tokens' c_kv || k_pe at the metadata's slots (rows of inactive requests have

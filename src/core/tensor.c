@@ -21,7 +21,11 @@ mla_tensor mla_tensor_contiguous(void *data, mla_dtype dtype, mla_device device,
     for (int d = ndim - 1; d >= 0; d--) {
         t.shape[d] = shape[d];
         t.strides[d] = stride;
-        stride *= shape[d];
+        /* A shape whose size overflows int64 gives a descriptor every check rejects. */
+        if (shape[d] < 0 || __builtin_mul_overflow(stride, shape[d], &stride)) {
+            t.ndim = -1;
+            return t;
+        }
     }
     return t;
 }
@@ -30,7 +34,8 @@ int64_t mla_tensor_numel(const mla_tensor *t)
 {
     if (!t || t->ndim < 0 || t->ndim > MLA_MAX_DIMS) return 0;
     int64_t n = 1;
-    for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
+    for (int d = 0; d < t->ndim; d++)
+        if (t->shape[d] < 0 || __builtin_mul_overflow(n, t->shape[d], &n)) return -1;
     return n;
 }
 
@@ -40,9 +45,30 @@ int mla_tensor_is_contiguous(const mla_tensor *t)
     int64_t stride = 1;
     for (int d = t->ndim - 1; d >= 0; d--) {
         if (t->shape[d] != 1 && t->strides[d] != stride) return 0;
-        stride *= t->shape[d];
+        if (t->shape[d] < 0 || __builtin_mul_overflow(stride, t->shape[d], &stride)) return 0;
     }
     return 1;
+}
+
+/* Bytes spanned by a tensor (contiguous or strided with non-negative strides), or -1 when
+ * that overflows int64. */
+static int64_t tensor_span_bytes(const mla_tensor *t)
+{
+    int64_t last = 0, term;
+    if (t->ndim < 0 || t->ndim > MLA_MAX_DIMS) return -1;
+    for (int d = 0; d < t->ndim; d++)
+        if (t->shape[d] == 0) return 0;
+    for (int d = 0; d < t->ndim; d++) {
+        if (t->shape[d] < 0 || (t->strides[d] < 0 && t->shape[d] > 1)) return -1;
+        if (__builtin_mul_overflow(t->shape[d] - 1, t->strides[d], &term) ||
+            __builtin_add_overflow(last, term, &last))
+            return -1;
+    }
+    int64_t bytes;
+    if (__builtin_add_overflow(last, 1, &last) ||
+        __builtin_mul_overflow(last, (int64_t)mla_dtype_size(t->dtype), &bytes))
+        return -1;
+    return bytes;
 }
 
 static void format_shape(const mla_tensor *t, char *buf, size_t n)
@@ -108,6 +134,16 @@ mla_status mla_check_tensor(const mla_tensor *t, const char *op, const char *nam
                                  op, name, got, want, d, (long long)t->shape[d], (long long)shape[d]);
         }
     }
+    /* Sizes beyond 2^62 bytes are refused before any arithmetic can overflow. */
+    for (int d = 0; d < ndim; d++)
+        if (t->strides[d] < 0 && t->shape[d] > 1)
+            return mla_set_error(MLA_ERR_UNSUPPORTED, "%s: tensor '%s' has a negative stride",
+                                 op, name);
+    int64_t span = tensor_span_bytes(t);
+    if (span < 0 || span > ((int64_t)1 << 62))
+        return mla_set_error(MLA_ERR_SHAPE_MISMATCH,
+                             "%s: tensor '%s' is too large (its size overflows 64-bit arithmetic)",
+                             op, name);
     if (flags & MLA_CHECK_LAST_DIM_CONTIGUOUS) {
         if (ndim > 0 && t->shape[ndim - 1] > 1 && t->strides[ndim - 1] != 1)
             return mla_set_error(MLA_ERR_UNSUPPORTED,
@@ -128,10 +164,33 @@ mla_status mla_check_tensor(const mla_tensor *t, const char *op, const char *nam
 int mla_ranges_overlap(const mla_tensor *a, const mla_tensor *b)
 {
     if (!a->data || !b->data) return 0;
-    const char *a0 = (const char *)a->data, *b0 = (const char *)b->data;
-    const char *a1 = a0 + mla_tensor_numel(a) * (int64_t)mla_dtype_size(a->dtype);
-    const char *b1 = b0 + mla_tensor_numel(b) * (int64_t)mla_dtype_size(b->dtype);
-    return a0 < b1 && b0 < a1;
+    int64_t na = tensor_span_bytes(a), nb = tensor_span_bytes(b);
+    if (na < 0 || nb < 0) return 1; /* unknowable: treat as overlapping */
+    uintptr_t a0 = (uintptr_t)a->data, b0 = (uintptr_t)b->data;
+    return a0 < b0 + (uintptr_t)nb && b0 < a0 + (uintptr_t)na;
+}
+
+mla_status mla_check_no_overlap(const char *op, const mla_tensor *out, const char *out_name,
+                                const mla_tensor *in, const char *in_name)
+{
+    if (mla_ranges_overlap(out, in))
+        return mla_set_error(MLA_ERR_INVALID_ARGUMENT, "%s: output '%s' overlaps '%s'", op,
+                             out_name, in_name);
+    return MLA_OK;
+}
+
+mla_status mla_check_outputs_disjoint(const char *op, const mla_tensor *const *outs,
+                                      const char *const *out_names, int num_outs,
+                                      const mla_tensor *const *ins, const char *const *in_names,
+                                      int num_ins)
+{
+    for (int o = 0; o < num_outs; o++) {
+        for (int i = 0; i < num_ins; i++)
+            MLA_TRY(mla_check_no_overlap(op, outs[o], out_names[o], ins[i], in_names[i]));
+        for (int p = o + 1; p < num_outs; p++)
+            MLA_TRY(mla_check_no_overlap(op, outs[o], out_names[o], outs[p], out_names[p]));
+    }
+    return MLA_OK;
 }
 
 mla_status mla_check_scale(const char *op, const char *name, float v)

@@ -16,8 +16,16 @@
 mla_status mla_check_tensor(const mla_tensor *t, const char *op, const char *name,
                             const mla_device *device, uint32_t dtypes, int ndim,
                             const int64_t *shape, int flags);
-/* 1 when the memory ranges of two contiguous tensors overlap. */
+/* 1 when the memory spans of two tensors overlap (absent tensors never do). */
 int mla_ranges_overlap(const mla_tensor *a, const mla_tensor *b);
+/* Error "op: output 'out' overlaps 'in'" when they do. */
+mla_status mla_check_no_overlap(const char *op, const mla_tensor *out, const char *out_name,
+                                const mla_tensor *in, const char *in_name);
+/* Every output disjoint from every input and from the other outputs. */
+mla_status mla_check_outputs_disjoint(const char *op, const mla_tensor *const *outs,
+                                      const char *const *out_names, int num_outs,
+                                      const mla_tensor *const *ins, const char *const *in_names,
+                                      int num_ins);
 /* finite and > 0 */
 mla_status mla_check_scale(const char *op, const char *name, float v);
 
