@@ -104,7 +104,7 @@ typedef struct mla_tensor {
 /* A contiguous tensor descriptor over `data` (ndim 1..4). */
 mla_tensor mla_tensor_contiguous(void *data, mla_dtype dtype, mla_device device, int ndim,
                                  const int64_t *shape);
-int64_t mla_tensor_numel(const mla_tensor *t);
+int64_t mla_tensor_numel(const mla_tensor *t); /* -1 when the product overflows int64 */
 int mla_tensor_is_contiguous(const mla_tensor *t);
 
 /* Scalar conversions, bit-exact with the kernels (DESIGN.md "FP8 e4m3 rules"):
