@@ -64,7 +64,7 @@ $(BUILD)/mla: $(CLI_OBJ) $(BUILD)/libmla.a
 $(BUILD)/mla_tests: $(TEST_OBJ) $(BUILD)/libmla.a
 	$(CC) $(CFLAGS) -o $@ $(TEST_OBJ) $(BUILD)/libmla.a $(LDLIBS)
 
-$(BUILD)/bench/%: bench/%.c $(BUILD)/libmla.a
+$(BUILD)/bench/%: bench/%.c $(wildcard bench/*.h) $(BUILD)/libmla.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libmla.a $(LDLIBS) $(BENCH_LDLIBS)
 
