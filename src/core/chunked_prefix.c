@@ -197,7 +197,7 @@ static mla_status check_extend_tensors(const mla_batch_metadata *md, const mla_f
 {
     const mla_config *c = &md->cfg;
     const mla_device *dev = &c->device;
-    const int H = c->num_heads, R = c->kv_lora_rank, P = c->qk_rope_head_dim,
+    const int H = c->num_heads, P = c->qk_rope_head_dim,
               Dqk = c->qk_nope_head_dim + P, Dv = c->v_head_dim;
     const uint32_t bf16 = MLA_DT(MLA_DTYPE_BF16);
     MLA_TRY(mla_check_tensor(&a->q, op, "q", dev, bf16, 3, (int64_t[]){T, H, Dqk}, 0));
@@ -206,15 +206,6 @@ static mla_status check_extend_tensors(const mla_batch_metadata *md, const mla_f
     MLA_TRY(mla_check_tensor(&a->out, op, "out", dev, bf16, 3, (int64_t[]){T, H, Dv}, 0));
     MLA_TRY(mla_check_tensor(&a->lse, op, "lse", dev, MLA_DT(MLA_DTYPE_F32), 2,
                              (int64_t[]){T, H}, MLA_CHECK_OPTIONAL));
-    if ((a->c_kv.data == NULL) != (a->k_pe.data == NULL))
-        return mla_set_error(MLA_ERR_INVALID_ARGUMENT,
-                             "%s: c_kv and k_pe must be given together (one is absent)", op);
-    if (a->c_kv.data) {
-        const uint32_t in_dt = bf16 | MLA_DT(MLA_DTYPE_F32);
-        MLA_TRY(mla_check_tensor(&a->c_kv, op, "c_kv", dev, in_dt, 2, (int64_t[]){T, R}, 0));
-        MLA_TRY(mla_check_tensor(&a->k_pe, op, "k_pe", dev, MLA_DT(a->c_kv.dtype), 2,
-                                 (int64_t[]){T, P}, 0));
-    }
     const int has_buffers = a->prefix_k.data != NULL || a->prefix_v.data != NULL;
     if (a->prefix_kv && has_buffers)
         return mla_set_error(MLA_ERR_INVALID_ARGUMENT,
@@ -236,29 +227,16 @@ static mla_status check_extend_tensors(const mla_batch_metadata *md, const mla_f
         return mla_set_error(MLA_ERR_INVALID_ARGUMENT,
                              "%s: prefix_chunk_size = %d is outside [0, 2^30] (0 = 4096)", op,
                              a->prefix_chunk_size);
-    /* All before the cache write: a call refused later must not have written anything. */
-    MLA_TRY(mla_check_tensor(&a->kv_cache, op, "kv_cache", &md->cfg.device,
-                             MLA_DT(md->cfg.kv_cache_dtype), 3,
-                             (int64_t[]){-1, md->cfg.page_size,
-                                         md->cfg.kv_lora_rank + md->cfg.qk_rope_head_dim},
-                             MLA_CHECK_OPTIONAL)); /* needed only to write or gather latents */
-    const mla_tensor *outs[] = {&a->out, &a->lse, &a->kv_cache};
-    const char *const out_names[] = {"out", "lse", "kv_cache"};
-    const mla_tensor *ins[] = {&a->q, &a->k, &a->v, &a->c_kv, &a->k_pe, &a->prefix_k, &a->prefix_v};
-    const char *const in_names[] = {"q", "k", "v", "c_kv", "k_pe", "prefix_k", "prefix_v"};
-    return mla_check_outputs_disjoint(op, outs, out_names, 3, ins, in_names, 7);
+    /* All before the cache write: a call refused later must not have written anything. The
+     * cache is needed only to write or gather latents. */
+    return mla_serving_check_writes(md, a, op, T, 1);
 }
 
 mla_status mla_forward_extend(mla_backend *be, mla_batch_metadata *md, const mla_forward_args *a)
 {
     static const char op[] = "mla_forward_extend";
     mla_clear_error();
-    if (!be || !md || !a)
-        return mla_set_error(MLA_ERR_NULL_POINTER, "%s: %s is NULL", op,
-                             !be ? "backend" : !md ? "metadata" : "args");
-    if (md->backend != be)
-        return mla_set_error(MLA_ERR_INVALID_ARGUMENT,
-                             "%s: the metadata was created for another backend", op);
+    MLA_TRY(mla_serving_check_call(be, md, a, op));
     if (!md->built || md->mode != MLA_FORWARD_EXTEND)
         return mla_set_error(MLA_ERR_INVALID_ARGUMENT,
                              "%s: the metadata was not built for mode extend (last build: %s)",

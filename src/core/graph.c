@@ -73,12 +73,7 @@ mla_status mla_graph_capture(mla_backend *be, mla_batch_metadata *md, mla_forwar
     mla_clear_error();
     if (!out) return mla_set_error(MLA_ERR_NULL_POINTER, "%s: out is NULL", op);
     *out = NULL;
-    if (!be || !md || !a)
-        return mla_set_error(MLA_ERR_NULL_POINTER, "%s: %s is NULL", op,
-                             !be ? "backend" : !md ? "metadata" : "args");
-    if (md->backend != be)
-        return mla_set_error(MLA_ERR_INVALID_ARGUMENT,
-                             "%s: the metadata was created for another backend", op);
+    MLA_TRY(mla_serving_check_call(be, md, a, op));
     if (mode == MLA_FORWARD_DECODE) {
         if (q_len == 0) q_len = 1;
         if (q_len != 1)

@@ -21,8 +21,8 @@ static mla_status check_built(const mla_batch_metadata *md, const char *op, mla_
     return MLA_OK;
 }
 
-static mla_status check_common(mla_backend *be, mla_batch_metadata *md, const mla_forward_args *a,
-                               const char *op)
+mla_status mla_serving_check_call(mla_backend *be, mla_batch_metadata *md,
+                                  const mla_forward_args *a, const char *op)
 {
     if (!be || !md || !a)
         return mla_set_error(MLA_ERR_NULL_POINTER, "%s: %s is NULL", op,
@@ -30,10 +30,42 @@ static mla_status check_common(mla_backend *be, mla_batch_metadata *md, const ml
     if (md->backend != be)
         return mla_set_error(MLA_ERR_INVALID_ARGUMENT,
                              "%s: the metadata was created for another backend", op);
+    return MLA_OK;
+}
+
+static mla_status check_common(mla_backend *be, mla_batch_metadata *md, const mla_forward_args *a,
+                               const char *op)
+{
+    MLA_TRY(mla_serving_check_call(be, md, a, op));
     if (a->quantize_q != 0 && a->quantize_q != 1)
         return mla_set_error(MLA_ERR_INVALID_ARGUMENT, "%s: quantize_q = %d must be 0 or 1", op,
                              a->quantize_q);
     return MLA_OK;
+}
+
+mla_status mla_serving_check_writes(const mla_batch_metadata *md, const mla_forward_args *a,
+                                    const char *op, int64_t tokens, int cache_optional)
+{
+    const mla_config *c = &md->cfg;
+    const mla_device *dev = &c->device;
+    if ((a->c_kv.data == NULL) != (a->k_pe.data == NULL))
+        return mla_set_error(MLA_ERR_INVALID_ARGUMENT,
+                             "%s: c_kv and k_pe must be given together (one is absent)", op);
+    if (a->c_kv.data) {
+        const uint32_t in_dt = MLA_DT(MLA_DTYPE_BF16) | MLA_DT(MLA_DTYPE_F32);
+        MLA_TRY(mla_check_tensor(&a->c_kv, op, "c_kv", dev, in_dt, 2,
+                                 (int64_t[]){tokens, c->kv_lora_rank}, 0));
+        MLA_TRY(mla_check_tensor(&a->k_pe, op, "k_pe", dev, MLA_DT(a->c_kv.dtype), 2,
+                                 (int64_t[]){tokens, c->qk_rope_head_dim}, 0));
+    }
+    MLA_TRY(mla_check_tensor(&a->kv_cache, op, "kv_cache", dev, MLA_DT(c->kv_cache_dtype), 3,
+                             (int64_t[]){-1, c->page_size, c->kv_lora_rank + c->qk_rope_head_dim},
+                             cache_optional ? MLA_CHECK_OPTIONAL : 0));
+    const mla_tensor *outs[] = {&a->out, &a->lse, &a->kv_cache};
+    const char *const out_names[] = {"out", "lse", "kv_cache"};
+    const mla_tensor *ins[] = {&a->q, &a->k, &a->v, &a->c_kv, &a->k_pe, &a->prefix_k, &a->prefix_v};
+    const char *const in_names[] = {"q", "k", "v", "c_kv", "k_pe", "prefix_k", "prefix_v"};
+    return mla_check_outputs_disjoint(op, outs, out_names, 3, ins, in_names, 7);
 }
 
 /* q, out, lse and the optional c_kv/k_pe pair of a decode-mode call with `tokens` rows. */
@@ -49,26 +81,8 @@ static mla_status check_decode_tensors(const mla_batch_metadata *md, const mla_f
                              (int64_t[]){tokens, H, R}, 0));
     MLA_TRY(mla_check_tensor(&a->lse, op, "lse", dev, MLA_DT(MLA_DTYPE_F32), 2,
                              (int64_t[]){tokens, H}, MLA_CHECK_OPTIONAL));
-    if ((a->c_kv.data == NULL) != (a->k_pe.data == NULL))
-        return mla_set_error(MLA_ERR_INVALID_ARGUMENT,
-                             "%s: c_kv and k_pe must be given together (one is absent)", op);
-    if (a->c_kv.data) {
-        const uint32_t in_dt = MLA_DT(MLA_DTYPE_BF16) | MLA_DT(MLA_DTYPE_F32);
-        MLA_TRY(mla_check_tensor(&a->c_kv, op, "c_kv", dev, in_dt, 2, (int64_t[]){tokens, R}, 0));
-        MLA_TRY(mla_check_tensor(&a->k_pe, op, "k_pe", dev, MLA_DT(a->c_kv.dtype), 2,
-                                 (int64_t[]){tokens, P}, 0));
-    }
     /* All before the cache write: a call refused later must not have written anything. */
-    MLA_TRY(mla_check_tensor(&a->kv_cache, op, "kv_cache", &md->cfg.device,
-                             MLA_DT(md->cfg.kv_cache_dtype), 3,
-                             (int64_t[]){-1, md->cfg.page_size,
-                                         md->cfg.kv_lora_rank + md->cfg.qk_rope_head_dim},
-                             0));
-    const mla_tensor *outs[] = {&a->out, &a->lse, &a->kv_cache};
-    const char *const out_names[] = {"out", "lse", "kv_cache"};
-    const mla_tensor *ins[] = {&a->q, &a->c_kv, &a->k_pe};
-    const char *const in_names[] = {"q", "c_kv", "k_pe"};
-    return mla_check_outputs_disjoint(op, outs, out_names, 3, ins, in_names, 3);
+    return mla_serving_check_writes(md, a, op, tokens, 0);
 }
 
 /* Writes the new tokens' c_kv || k_pe at the metadata's slots (rows of inactive requests have

@@ -84,6 +84,15 @@ mla_status mla_check_metadata_indices(const char *op, mla_forward_mode mode, int
                                       int req_capacity, int max_context, int page_size,
                                       mla_row_reader read_row, void *read_ctx);
 
+/* backend, metadata and args non-NULL, and the metadata made for this backend. */
+mla_status mla_serving_check_call(mla_backend *be, mla_batch_metadata *md,
+                                  const mla_forward_args *a, const char *op);
+/* Checks of a forward call that writes the cache: the c_kv/k_pe pair (both or neither,
+ * [tokens, ...]), kv_cache (optional when cache_optional), and out, lse and kv_cache disjoint
+ * from every input and each other. Run before anything is written. */
+mla_status mla_serving_check_writes(const mla_batch_metadata *md, const mla_forward_args *a,
+                                    const char *op, int64_t tokens, int cache_optional);
+
 /* Forward over the metadata's first `batch` rows (the graph code passes max_batch).
  * `workspace` may be NULL (the backend's cached one). */
 mla_status mla_forward_uniform(mla_backend *be, mla_batch_metadata *md, const char *op,
