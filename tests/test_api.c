@@ -30,18 +30,6 @@ TEST(api_status_strings_are_distinct)
     CHECK(strcmp(mla_version_string(), "0.1.0") == 0);
 }
 
-TEST(api_dtype_sizes_and_names)
-{
-    CHECK(mla_dtype_size(MLA_DTYPE_BF16) == 2);
-    CHECK(mla_dtype_size(MLA_DTYPE_FP16) == 2);
-    CHECK(mla_dtype_size(MLA_DTYPE_FP8_E4M3) == 1);
-    CHECK(mla_dtype_size(MLA_DTYPE_F32) == 4);
-    CHECK(mla_dtype_size(MLA_DTYPE_I32) == 4);
-    CHECK(mla_dtype_size(MLA_DTYPE_I64) == 8);
-    CHECK(mla_dtype_size((mla_dtype)77) == 0);
-    CHECK(strcmp(mla_dtype_name(MLA_DTYPE_FP8_E4M3), "fp8_e4m3") == 0);
-}
-
 TEST(api_tensor_contiguous_strides)
 {
     int64_t shape[4] = {2, 3, 4, 5};
