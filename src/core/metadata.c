@@ -179,8 +179,9 @@ mla_status mla_check_metadata_indices(const char *op, mla_forward_mode mode, int
                                       const int32_t *rpi, const int32_t *seq_lens,
                                       const int32_t *extend_lens, int max_reqs,
                                       int req_capacity, int max_context, int page_size,
-                                      mla_row_reader read_row, void *read_ctx)
+                                      mla_row_reader read_row, void *read_ctx, int64_t *max_slot)
 {
+    *max_slot = -1;
     const int limit = max_context < req_capacity ? max_context : req_capacity;
     int32_t *row = NULL;
     if (read_row && limit > 0) {
@@ -214,6 +215,7 @@ mla_status mla_check_metadata_indices(const char *op, mla_forward_mode mode, int
             for (int t = 0; t < s && st == MLA_OK; t++) {
                 const int32_t slot = row[t];
                 const int off = t % page_size;
+                if (slot > *max_slot) *max_slot = slot;
                 if (slot < 0 || slot % page_size != off)
                     st = mla_set_error(MLA_ERR_OUT_OF_RANGE,
                                        "%s: req_to_token[%d][%d] = %d (request %d, token %d) is "
@@ -418,6 +420,7 @@ static mla_status build_metadata(mla_batch_metadata *md, const mla_metadata_args
                                op, mla_forward_mode_name(a->mode));
     }
     const int host_known = sl != NULL && (!ragged || el != NULL);
+    int64_t max_slot = -1;
     if (st == MLA_OK && host_known) {
         device_row_reader reader = {md, a->req_to_token.data, (int)req_capacity, a->stream};
         mla_row_reader read = !checks ? NULL : on_host ? read_host_row : read_device_row;
@@ -425,7 +428,7 @@ static mla_status build_metadata(mla_batch_metadata *md, const mla_metadata_args
             st = mla_check_metadata_indices(op, a->mode, (int)B, q_len, seq_len_offset,
                                             md->caps.max_q_len, rpi, sl, el, (int)max_reqs,
                                             (int)req_capacity, md->max_context,
-                                            md->cfg.page_size, read, &reader);
+                                            md->cfg.page_size, read, &reader, &max_slot);
         } else { /* mirrors only (no pool indices on the host): lengths still checked */
             int32_t *zeros = calloc((size_t)B, 4);
             if (!zeros) st = mla_set_error(MLA_ERR_OUT_OF_MEMORY, "%s: out of host memory", op);
@@ -433,7 +436,7 @@ static mla_status build_metadata(mla_batch_metadata *md, const mla_metadata_args
                 st = mla_check_metadata_indices(op, a->mode, (int)B, q_len, seq_len_offset,
                                                 md->caps.max_q_len, zeros, sl, el, 1,
                                                 (int)req_capacity, md->max_context,
-                                                md->cfg.page_size, NULL, NULL);
+                                                md->cfg.page_size, NULL, NULL, &max_slot);
             free(zeros);
         }
     }
@@ -511,6 +514,7 @@ static mla_status build_metadata(mla_batch_metadata *md, const mla_metadata_args
     md->num_new_tokens = (int)num_new;
     md->max_seq_len = max_seq;
     md->host_known = host_known;
+    md->max_slot = max_slot;
     return MLA_OK;
 }
 

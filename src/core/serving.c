@@ -61,6 +61,14 @@ mla_status mla_serving_check_writes(const mla_batch_metadata *md, const mla_forw
     MLA_TRY(mla_check_tensor(&a->kv_cache, op, "kv_cache", dev, MLA_DT(c->kv_cache_dtype), 3,
                              (int64_t[]){-1, c->page_size, c->kv_lora_rank + c->qk_rope_head_dim},
                              cache_optional ? MLA_CHECK_OPTIONAL : 0));
+    /* The new tokens are written before attention reads the pages, so a cache too small for
+     * the batch's pages must be refused here, not by the attention call after the write. */
+    if (a->kv_cache.data && md->max_slot >= a->kv_cache.shape[0] * c->page_size)
+        return mla_set_error(MLA_ERR_OUT_OF_RANGE,
+                             "%s: kv_cache has %lld pages but the batch refers to slot %lld "
+                             "(page %lld); nothing was written",
+                             op, (long long)a->kv_cache.shape[0], (long long)md->max_slot,
+                             (long long)(md->max_slot / c->page_size));
     const mla_tensor *outs[] = {&a->out, &a->lse, &a->kv_cache};
     const char *const out_names[] = {"out", "lse", "kv_cache"};
     const mla_tensor *ins[] = {&a->q, &a->k, &a->v, &a->c_kv, &a->k_pe, &a->prefix_k, &a->prefix_v};

@@ -49,6 +49,7 @@ struct mla_batch_metadata {
     mla_forward_mode mode;
     int batch, q_len, num_new_tokens, max_seq_len;
     int host_known;            /* host_seq_lens / host_extend_lens hold this batch's values */
+    int64_t max_slot;          /* largest slot the batch refers to; -1 when not read (no checks) */
     int32_t *host_seq_lens;    /* [capacity] (after seq_len_offset) */
     int32_t *host_extend_lens; /* [capacity] */
     int graph_users;           /* graphs captured over these buffers: no reallocation */
@@ -75,14 +76,16 @@ void mla_host_build_metadata(const mla_metadata_problem *p);
 void mla_host_gather_cache(const mla_gather_problem *p);
 
 /* Validates host copies of the index data of one build. req_to_token_row(ctx, r, n, buf)
- * fills buf with the first n slots of pool row r. */
+ * fills buf with the first n slots of pool row r. *max_slot: the largest slot read (-1 when no
+ * row was read). */
 typedef mla_status (*mla_row_reader)(void *ctx, int row, int n, int32_t *buf);
 mla_status mla_check_metadata_indices(const char *op, mla_forward_mode mode, int batch,
                                       int q_len, int seq_len_offset, int max_q_len,
                                       const int32_t *req_pool_indices, const int32_t *seq_lens,
                                       const int32_t *extend_lens, int max_reqs,
                                       int req_capacity, int max_context, int page_size,
-                                      mla_row_reader read_row, void *read_ctx);
+                                      mla_row_reader read_row, void *read_ctx,
+                                      int64_t *max_slot);
 
 /* backend, metadata and args non-NULL, and the metadata made for this backend. */
 mla_status mla_serving_check_call(mla_backend *be, mla_batch_metadata *md,
