@@ -11,7 +11,8 @@
  * same run (cudaMemcpy D2D counting read + write; 8192^3 cuBLASLt GEMMs). "fp8roof" uses the
  * fp8 GEMM peak instead (the floor a kernel with fp8 tensor-core math would have).
  *
- * Usage: decode [--reps N] [--quick] */
+ * Usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16]
+ * (--case runs that one case only, page 64: for profilers such as ncu.) */
 #include "mla.h"
 
 #include <stdio.h>
@@ -217,9 +218,23 @@ static int run_case(const bench_case *c, int reps)
 int main(int argc, char **argv)
 {
     int reps = 50, quick = 0;
+    bench_case one = {0, 0, 0, 0, 64, MLA_DTYPE_FP8_E4M3, ""};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick")) quick = 1;
+        else if (!strcmp(argv[i], "--case") && i + 1 < argc) {
+            char kv[8] = "";
+            if (sscanf(argv[++i], "%d,%d,%d,%d,%7s", &one.batch, &one.q_len, &one.heads, &one.seq, kv) != 5 ||
+                one.batch < 1 || one.q_len < 1 || one.heads < 1 || one.seq < 1 ||
+                (strcmp(kv, "fp8") && strcmp(kv, "bf16"))) {
+                fprintf(stderr, "decode bench: --case wants B,q_len,H,seq,fp8|bf16 (got '%s')\n", argv[i]);
+                return 2;
+            }
+            one.kv = strcmp(kv, "fp8") ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3;
+        } else {
+            fprintf(stderr, "usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16]\n");
+            return 2;
+        }
     }
     if (reps < 3) reps = 3;
     struct cudaDeviceProp prop;
@@ -248,6 +263,10 @@ int main(int argc, char **argv)
     const mla_dtype F = MLA_DTYPE_FP8_E4M3, W = MLA_DTYPE_BF16;
     static bench_case cases[64];
     int n = 0;
+    if (one.batch) {
+        const int rc = run_case(&one, reps) ? 1 : 0;
+        return rc;
+    }
     const int bs16[] = {32, 64, 128}, seqs16[] = {4096, 16384, 32768};
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 3; j++)
