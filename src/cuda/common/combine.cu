@@ -1,6 +1,12 @@
 // Split-KV decode combine: merges the float32 partials (O / l, LSE) of each split request
-// into the bf16 output and the optional LSE. One CTA per (query row, request, 128 columns);
-// requests written directly by the decode kernel (one split) return at once.
+// into the bf16 output and the optional LSE. Requests written directly by the decode kernel
+// (one split) return at once. Two shapes, picked from the expected splits per request:
+//   narrow (<= 8 splits): one warp per (query row, 128 * NC columns), 8 rows per CTA; the
+//     warp computes its row's weights with shuffles and sums the splits in order.
+//   wide (many splits): one CTA per (query row, request, 4 * CL columns); G groups of CL
+//     threads each sum every G-th split, then the CTA adds the G sums.
+// Both keep 8 float4 loads in flight per thread and issue the first ones before the LSE
+// work, so that the weights are computed while the partials arrive.
 #include "mla_cuda.h"
 #include "decode_split.cuh"
 
@@ -9,103 +15,203 @@
 
 namespace {
 
-__device__ __forceinline__ float block_reduce(float v, bool is_max, float *red)
+constexpr int kLoads = 8;          // float4 loads in flight per thread and round
+constexpr int kNarrowRows = 8;     // warps (query rows) per narrow CTA
+constexpr int kWideThreads = 512;  // most threads of a wide CTA
+constexpr int kWideMinLanes = 8;   // fewest float4 columns of a wide CTA (128-byte rows)
+constexpr int kTargetCtas = 264;   // ~two CTAs per SM on a 132-SM H100 / H200
+// red holds G rows of 4 * CL + 4 floats: 4 * threads + 4 * G, G <= threads / kWideMinLanes.
+constexpr int kWideRed = 4 * kWideThreads + 4 * (kWideThreads / kWideMinLanes);
+
+// Butterflies: every lane ends with the same bits (each step adds a pair commutatively).
+__device__ __forceinline__ float warp_max(float v)
 {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float y = __shfl_xor_sync(0xffffffffu, v, o);
-        v = is_max ? fmaxf(v, y) : v + y;
-    }
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    float r = red[0];
-    for (int w = 1; w < nw; w++) r = is_max ? fmaxf(r, red[w]) : r + red[w];
-    __syncthreads(); // red is reused
-    return r;
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
 }
 
-// One CTA per (query row, request, 128-column chunk); blockDim = 32 * G: thread (group g,
-// lane c) sums splits g, g+G, ... for columns chunk*128 + 4c .. +3. G > 1 shortens the chain
-// of dependent loads when a request has many splits (batch 1: ~2 splits per SM).
-__global__ void __launch_bounds__(512)
-decode_combine_kernel(mla_decode_sched s, int rows, int dv, float bmm2_scale,
+__device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Volatile so that the compiler keeps it ahead of the early-exit branch: the split count and
+// the slot base then arrive in one round trip instead of two.
+__device__ __forceinline__ int load_early(const int *p)
+{
+    int v;
+    asm volatile("ld.global.nc.b32 %0, [%1];\n" : "=r"(v) : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ void fma4(float4 &acc, float w, const float4 &v)
+{
+    acc.x += w * v.x;
+    acc.y += w * v.y;
+    acc.z += w * v.z;
+    acc.w += w * v.w;
+}
+
+__device__ __forceinline__ void store_bf16x4(uint16_t *dst, float4 a, float scale)
+{
+    __nv_bfloat162 lo = __floats2bfloat162_rn(a.x * scale, a.y * scale);
+    __nv_bfloat162 hi = __floats2bfloat162_rn(a.z * scale, a.w * scale);
+    uint2 packed;
+    packed.x = *reinterpret_cast<uint32_t *>(&lo);
+    packed.y = *reinterpret_cast<uint32_t *>(&hi);
+    *reinterpret_cast<uint2 *>(dst) = packed;
+}
+
+// One warp per (query row, request, 32 * NC float4 columns): lane c owns float4 columns
+// c, c + 32, ... of the chunk. The lane-strided max / sum and the in-order sum over splits
+// are those of the former one-warp kernel, so results match it bit for bit.
+template <int NC>
+__global__ void __launch_bounds__(32 * kNarrowRows, NC == 1 ? 4 : 3)
+combine_narrow_kernel(mla_decode_sched s, int rows, int dv, float bmm2_scale,
                       uint16_t *__restrict__ out, float *__restrict__ lse_out)
 {
-    __shared__ float weight[MLA_DECODE_MAX_PARTS];
-    __shared__ float red[32];
-    __shared__ float4 acc_sh[15 * 32];
+    constexpr int U = kLoads / NC; // splits per round
     asm volatile("griddepcontrol.wait;\n" ::: "memory"); // the decode kernel's partials
-    const int row = blockIdx.x, b = blockIdx.y, chunk = blockIdx.z;
-    const int ns = s.num_splits[b];
-    if (ns <= 1) return;
-    const int base = s.slot_base[b];
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int b = blockIdx.y;
+    const int ns = load_early(s.num_splits + b);
+    const int base = load_early(s.slot_base + b);
+    if (ns <= 1 || row >= rows) return; // no barriers below: warps may leave on their own
+    const int dv4 = dv >> 2;
+    const int col4 = blockIdx.z * 32 * NC + lane;
+    const size_t stride4 = (size_t)rows * dv4; // float4s per slot
+    const float4 *src =
+        reinterpret_cast<const float4 *>(s.part_o) + (size_t)base * stride4 + (size_t)row * dv4 + col4;
+    const float *lse = s.part_lse + (size_t)base * rows + row;
+    bool ok[NC];
+#pragma unroll
+    for (int k = 0; k < NC; k++) ok[k] = col4 + 32 * k < dv4;
+
+    float4 v[U][NC] = {}; // zero where a lane has no column (never stored)
+    auto load_round = [&](int i0) {
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int k = 0; k < NC; k++)
+                if (i0 + u < ns && ok[k]) v[u][k] = __ldg(src + (size_t)(i0 + u) * stride4 + 32 * k);
+    };
+    load_round(0); // in flight during the LSE work
 
     float mx = -INFINITY;
-    for (int i = threadIdx.x; i < ns; i += blockDim.x) {
-        const float l = s.part_lse[(size_t)(base + i) * rows + row];
-        weight[i] = l;
-        mx = fmaxf(mx, l);
-    }
-    mx = block_reduce(mx, true, red);
+    for (int i = lane; i < ns; i += 32) mx = fmaxf(mx, __ldg(lse + (size_t)i * rows));
+    mx = warp_max(mx);
     float sum = 0.0f;
-    for (int i = threadIdx.x; i < ns; i += blockDim.x)
-        sum += mx == -INFINITY ? 0.0f : expf(weight[i] - mx);
-    sum = block_reduce(sum, false, red);
-    for (int i = threadIdx.x; i < ns; i += blockDim.x)
-        weight[i] = mx == -INFINITY ? 0.0f : expf(weight[i] - mx) / sum;
+    for (int i = lane; i < ns; i += 32)
+        sum += mx == -INFINITY ? 0.0f : expf(__ldg(lse + (size_t)i * rows) - mx);
+    sum = warp_sum(sum);
+
+    float4 acc[NC];
+#pragma unroll
+    for (int k = 0; k < NC; k++) acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+    // Lane j holds the weight of split k0 + j; splits are taken in order, U per round.
+    for (int k0 = 0; k0 < ns; k0 += 32) {
+        const int nk = min(32, ns - k0);
+        const float w = lane < nk && mx != -INFINITY
+                            ? expf(__ldg(lse + (size_t)(k0 + lane) * rows) - mx) / sum
+                            : 0.0f;
+        for (int j = 0; j < nk; j += U) {
+            if (k0 + j > 0) load_round(k0 + j);
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                if (j + u >= nk) break; // uniform over the warp
+                const float wu = __shfl_sync(0xffffffffu, w, j + u);
+#pragma unroll
+                for (int k = 0; k < NC; k++) fma4(acc[k], wu, v[u][k]);
+            }
+        }
+    }
+    uint16_t *dst = out + ((size_t)b * rows + row) * dv + (size_t)col4 * 4;
+#pragma unroll
+    for (int k = 0; k < NC; k++)
+        if (ok[k]) store_bf16x4(dst + 128 * k, acc[k], bmm2_scale);
+    if (lse_out && blockIdx.z == 0 && lane == 0)
+        lse_out[(size_t)b * rows + row] = mx == -INFINITY ? -INFINITY : mx + logf(sum);
+}
+
+// One CTA per (query row, request, CL float4 columns); blockDim = CL * G, CL and G powers of
+// two, G >= 4. Thread (group g, lane c) sums splits g, g + G, ... of float4 column c; warp 0
+// computes the weights into shared memory while the first loads are in flight.
+__global__ void __launch_bounds__(kWideThreads, 2)
+combine_wide_kernel(mla_decode_sched s, int rows, int dv, int cl_shift, float bmm2_scale,
+                    uint16_t *__restrict__ out, float *__restrict__ lse_out)
+{
+    __shared__ float weight[MLA_DECODE_MAX_PARTS];
+    __shared__ __align__(16) float red[kWideRed];
+    asm volatile("griddepcontrol.wait;\n" ::: "memory"); // the decode kernel's partials
+    const int row = blockIdx.x, b = blockIdx.y;
+    const int ns = load_early(s.num_splits + b);
+    const int base = load_early(s.slot_base + b);
+    if (ns <= 1) return; // uniform over the CTA
+    const int CL = 1 << cl_shift, G = blockDim.x >> cl_shift;
+    const int c = threadIdx.x & (CL - 1), g = threadIdx.x >> cl_shift;
+    const int dv4 = dv >> 2;
+    const int col4 = blockIdx.z * CL + c;
+    const bool active = col4 < dv4; // inactive lanes still reach the barriers
+    const size_t stride4 = (size_t)rows * dv4;
+    const float4 *src =
+        reinterpret_cast<const float4 *>(s.part_o) + (size_t)base * stride4 + (size_t)row * dv4 + col4;
+
+    float4 v[kLoads] = {};
+    auto load_round = [&](int i0) {
+#pragma unroll
+        for (int u = 0; u < kLoads; u++) {
+            const int i = i0 + g + u * G;
+            if (i < ns && active) v[u] = __ldg(src + (size_t)i * stride4);
+        }
+    };
+    load_round(0);
+
+    float mx = -INFINITY, sum = 0.0f;
+    if (threadIdx.x < 32) {
+        const int lane = threadIdx.x;
+        for (int i = lane; i < ns; i += 32) {
+            const float l = __ldg(s.part_lse + (size_t)(base + i) * rows + row);
+            weight[i] = l;
+            mx = fmaxf(mx, l);
+        }
+        mx = warp_max(mx);
+        for (int i = lane; i < ns; i += 32) sum += mx == -INFINITY ? 0.0f : expf(weight[i] - mx);
+        sum = warp_sum(sum);
+        for (int i = lane; i < ns; i += 32)
+            weight[i] = mx == -INFINITY ? 0.0f : expf(weight[i] - mx) / sum;
+    }
     __syncthreads();
 
-    const int groups = blockDim.x >> 5, g = threadIdx.x >> 5, c = threadIdx.x & 31;
-    const int col4 = chunk * 32 + c;
-    const bool active = col4 * 4 < dv; // dv = 512: always; kept so a barrier is never skipped
-    {
-        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-        const float4 *src = reinterpret_cast<const float4 *>(s.part_o) + col4;
-        const size_t stride4 = (size_t)rows * (dv / 4); // float4s per slot
-        const float4 *row_src = src + (size_t)row * (dv / 4);
-        int i = active ? g : ns;
-#pragma unroll 1
-        for (; i + 7 * groups < ns; i += 8 * groups) {
-            float4 v[8];
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int i0 = 0; i0 < ns; i0 += kLoads * G) {
+        if (i0 > 0) load_round(i0);
 #pragma unroll
-            for (int u = 0; u < 8; u++) v[u] = row_src[(size_t)(base + i + u * groups) * stride4];
-#pragma unroll
-            for (int u = 0; u < 8; u++) {
-                const float w = weight[i + u * groups];
-                acc.x += w * v[u].x;
-                acc.y += w * v[u].y;
-                acc.z += w * v[u].z;
-                acc.w += w * v[u].w;
-            }
-        }
-        for (; i < ns; i += groups) {
-            const float w = weight[i];
-            const float4 v = row_src[(size_t)(base + i) * stride4];
-            acc.x += w * v.x;
-            acc.y += w * v.y;
-            acc.z += w * v.z;
-            acc.w += w * v.w;
-        }
-        if (g > 0) acc_sh[(g - 1) * 32 + c] = acc;
-        __syncthreads();
-        if (g == 0 && active) {
-            for (int k = 1; k < groups; k++) {
-                const float4 o = acc_sh[(k - 1) * 32 + c];
-                acc.x += o.x;
-                acc.y += o.y;
-                acc.z += o.z;
-                acc.w += o.w;
-            }
-            __nv_bfloat162 lo = __floats2bfloat162_rn(acc.x * bmm2_scale, acc.y * bmm2_scale);
-            __nv_bfloat162 hi = __floats2bfloat162_rn(acc.z * bmm2_scale, acc.w * bmm2_scale);
-            uint2 packed;
-            packed.x = *reinterpret_cast<uint32_t *>(&lo);
-            packed.y = *reinterpret_cast<uint32_t *>(&hi);
-            *reinterpret_cast<uint2 *>(out + ((size_t)b * rows + row) * dv + col4 * 4) = packed;
+        for (int u = 0; u < kLoads; u++) {
+            const int i = i0 + g + u * G;
+            if (i < ns && active) fma4(acc, weight[i], v[u]);
         }
     }
-    if (lse_out && chunk == 0 && threadIdx.x == 0)
+
+    // Add the G sums: P = G / 4 threads per column each add 4 groups, then a butterfly.
+    const int CW = CL * 4, S = CW + 4; // padded row of red, float4-aligned
+    *reinterpret_cast<float4 *>(red + g * S + 4 * c) = acc;
+    __syncthreads();
+    const int P = G >> 2, p_shift = __ffs(P) - 1;
+    const int col = threadIdx.x >> p_shift, part = threadIdx.x & (P - 1);
+    float r = red[part * S + col];
+#pragma unroll
+    for (int k = 1; k < 4; k++) r += red[(part + k * P) * S + col];
+    for (int o = P >> 1; o > 0; o >>= 1) r += __shfl_xor_sync(0xffffffffu, r, o);
+    const int gcol = blockIdx.z * CW + col;
+    if (part == 0 && gcol < dv) {
+        const __nv_bfloat16 h = __float2bfloat16_rn(r * bmm2_scale);
+        out[((size_t)b * rows + row) * dv + gcol] = *reinterpret_cast<const uint16_t *>(&h);
+    }
+    if (lse_out && blockIdx.z == 0 && threadIdx.x == 0)
         lse_out[(size_t)b * rows + row] = mx == -INFINITY ? -INFINITY : mx + logf(sum);
 }
 
@@ -115,19 +221,42 @@ cudaError_t mla_launch_decode_combine(const mla_decode_sched *s, int batch, int 
                                       int num_parts, float bmm2_scale, void *out, float *lse,
                                       cudaStream_t stream)
 {
-    // Expected splits per request ~ num_parts / batch + 1: give long chains more groups.
+    if (batch < 1 || rows < 1 || dv < 4 || dv % 4 != 0) return cudaErrorInvalidValue;
+    const int dv4 = dv / 4;
+    // Shapes from the expected splits per request (the actual counts are on the GPU only).
     const int expect = num_parts / batch + 1;
-    int groups = 1;
-    while (groups < 16 && groups * 8 < expect) groups *= 2;
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)rows, (unsigned)batch, (unsigned)((dv + 127) / 128));
-    cfg.blockDim = dim3(32u * groups);
     cfg.stream = stream;
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    return cudaLaunchKernelEx(&cfg, decode_combine_kernel, *s, rows, dv, bmm2_scale,
-                              (uint16_t *)out, lse);
+    uint16_t *o = (uint16_t *)out;
+    if (expect <= kLoads) {
+        // Few splits: more columns per warp keeps kLoads float4s in flight per thread.
+        const int nc = expect <= 2 ? 4 : expect <= 4 ? 2 : 1;
+        const int warps = rows < kNarrowRows ? rows : kNarrowRows;
+        cfg.gridDim = dim3((unsigned)((rows + warps - 1) / warps), (unsigned)batch,
+                           (unsigned)((dv4 + 32 * nc - 1) / (32 * nc)));
+        cfg.blockDim = dim3(32u * warps);
+        if (nc == 4)
+            return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<4>, *s, rows, dv, bmm2_scale, o, lse);
+        if (nc == 2)
+            return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<2>, *s, rows, dv, bmm2_scale, o, lse);
+        return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<1>, *s, rows, dv, bmm2_scale, o, lse);
+    }
+    // Many splits: narrow the column chunk until the grid fills the GPU, then give each
+    // thread at most kLoads splits (one round) where the block size allows.
+    int cl_shift = 5; // 32 float4 lanes = 128 columns
+    while ((1 << cl_shift) > kWideMinLanes &&
+           (long long)rows * batch * ((dv4 + (1 << cl_shift) - 1) >> cl_shift) < kTargetCtas)
+        cl_shift--;
+    const int cl = 1 << cl_shift;
+    int groups = 4;
+    while (groups * kLoads < expect && groups * cl < kWideThreads) groups *= 2;
+    while (groups * cl < 128) groups *= 2;
+    cfg.gridDim = dim3((unsigned)rows, (unsigned)batch, (unsigned)((dv4 + cl - 1) / cl));
+    cfg.blockDim = dim3((unsigned)(groups * cl));
+    return cudaLaunchKernelEx(&cfg, combine_wide_kernel, *s, rows, dv, cl_shift, bmm2_scale, o, lse);
 }
