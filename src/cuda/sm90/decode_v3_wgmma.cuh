@@ -182,22 +182,23 @@ __device__ __forceinline__ void issue_block(const Params &p, const Cursor &c, co
             if (f.idx1 >= 0 && f.idx1 < p.num_pages) ok |= 2;
             else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
         }
-        const int first_page = key0 >> p.page_shift;
         if (threadIdx.x == 0) *flags = ok;
+        // Thread t copies row t / 4 (one key), chunks t % 4 + 4i: the key's validity and source
+        // row are worked out once per block, not once per chunk.
         constexpr int kChunks = FP8 ? 36 : 72;
         constexpr int kRowBytes = FP8 ? kDqk : kDqk * 2;
+        const int r = threadIdx.x >> 2, c4 = threadIdx.x & 3;
+        const int key = key0 + r;
+        const int k = r >> p.page_shift; // page of the block: 0 or 1 (key0 is page aligned)
+        const bool valid = key < seq && ((ok >> k) & 1);
+        const uint8_t *src = p.kv;
+        if (valid) src += ((size_t)(k ? f.idx1 : f.idx0) * p.page_size + (key & (p.page_size - 1))) * kRowBytes + c4 * 16;
+        const int bytes = valid ? 16 : 0;
 #pragma unroll
-        for (int i = 0; i < kBN * kChunks / kNT; i++) {
-            const int q = threadIdx.x + i * kNT;
-            const int r = q / kChunks, ch = q % kChunks;
-            const int key = key0 + r;
-            const int k = (key >> p.page_shift) - first_page; // page of the block: 0 or 1
-            const bool valid = key < seq && ((ok >> k) & 1);
-            const uint8_t *src = p.kv;
-            if (valid)
-                src += ((size_t)(k ? f.idx1 : f.idx0) * p.page_size + (key & (p.page_size - 1))) * kRowBytes + ch * 16;
+        for (int i = 0; i < kChunks / 4; i++) {
+            const int ch = c4 + 4 * i;
             const uint32_t dst = FP8 ? sbase + (uint32_t)(r * kDqk + ch * 16) : sbase + blk_off(r, ch);
-            mla_decode_v1::cp_async16(dst, src, valid ? 16 : 0);
+            mla_decode_v1::cp_async16(dst, src + (valid ? i * 64 : 0), bytes);
         }
     }
     mla_decode_v1::cp_async_commit();
@@ -276,8 +277,8 @@ __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_const
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
     const int tau = *p.s.tau;
-    const float qk_scale = p.scale_log2 * (FP8 ? mla_decode_v1::kFp8TileScale : 1.0f);
-    const float v_scale = FP8 ? mla_decode_v1::kFp8TileScale : 1.0f;
+    const float qk_scale = p.scale_log2; // tiles hold the cache values (fp8: exact in fp16)
+    const float v_scale = 1.0f;
 
     Cursor cons;
     {
@@ -301,6 +302,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_const
     for (int i = 0; i < 128; i++) o[i] = 0.f;
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
     int lim_row[2] = {0, 0}; // exclusive key limit of this thread's two rows
+    int lim_min = 0;         // smallest key limit over the CTA's rows (the request's first token)
     bool new_req = true;
 
     for (int j = 0; cons.b < p.batch; j++) {
@@ -327,6 +329,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_const
                 }
                 lim_row[h] = lim;
             }
+            lim_min = p.causal ? seq - p.q_len + 1 : seq;
             new_req = false;
         }
         mla_decode_v1::cp_async_wait<kNS - 1>(); // block j landed (this thread's copies)
@@ -336,7 +339,8 @@ __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_const
 
         uint32_t aK;
         if constexpr (FP8) {
-            // fp8 stage -> fp16 tile (values x 2^-8); masked rows were zero-filled and stay zero.
+            // fp8 stage -> fp16 tile (exact: cvt e4m3x2 -> f16x2, fewer instructions than the
+            // integer conversion); masked rows were zero-filled and stay zero.
             const uint8_t *src = smem + C::offStage + stage * C::kStage;
             uint8_t *tile = smem + C::offTile;
 #pragma unroll
@@ -346,7 +350,10 @@ __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_const
                 const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
                 uint32_t h[8];
 #pragma unroll
-                for (int k = 0; k < 4; k++) mla_decode_v1::e4m3x4_to_f16x4_scaled(w[k], h[2 * k], h[2 * k + 1]);
+                for (int k = 0; k < 4; k++) {
+                    h[2 * k] = mla_decode_v1::e4m3x2_to_f16x2((uint16_t)(w[k] & 0xffffu));
+                    h[2 * k + 1] = mla_decode_v1::e4m3x2_to_f16x2((uint16_t)(w[k] >> 16));
+                }
                 *reinterpret_cast<uint4 *>(tile + blk_off(r, 2 * ch)) = make_uint4(h[0], h[1], h[2], h[3]);
                 *reinterpret_cast<uint4 *>(tile + blk_off(r, 2 * ch + 1)) = make_uint4(h[4], h[5], h[6], h[7]);
             }
@@ -382,16 +389,26 @@ __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_const
         // s[4i + e]: row r_lo + 8 (e >> 1), key 32 wg + 8 i + 2 qd + (e & 1) of the block.
         const int key0 = cons.blk * kBN;
         const int page0 = key0 >> p.page_shift;
+        // Blocks inside every row's key range on valid pages (most blocks) need no mask.
+        const bool full = key0 + kBN <= lim_min && pmask == (kBN > p.page_size ? 3 : 1);
         float mx[2] = {-INFINITY, -INFINITY};
+        if (full) {
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
+            for (int i = 0; i < 16; i++) {
+                s[i] *= qk_scale;
+                mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
+            }
+        } else {
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int key = key0 + wg * 32 + i * 8 + 2 * qd + (e & 1);
-                const bool valid = key < lim_row[e >> 1] && ((pmask >> ((key >> p.page_shift) - page0)) & 1);
-                const float v = valid ? s[4 * i + e] * qk_scale : -INFINITY;
-                s[4 * i + e] = v;
-                mx[e >> 1] = fmaxf(mx[e >> 1], v);
+            for (int i = 0; i < 4; i++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int key = key0 + wg * 32 + i * 8 + 2 * qd + (e & 1);
+                    const bool valid = key < lim_row[e >> 1] && ((pmask >> ((key >> p.page_shift) - page0)) & 1);
+                    const float v = valid ? s[4 * i + e] * qk_scale : -INFINITY;
+                    s[4 * i + e] = v;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], v);
+                }
             }
         }
 #pragma unroll
@@ -429,12 +446,15 @@ __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_const
         }
         l_run[0] = l_run[0] * alpha[0] + ls[0];
         l_run[1] = l_run[1] * alpha[1] + ls[1];
+        // Skipped when no row of the warp changed its maximum (alpha exactly 1: most blocks).
+        if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
 #pragma unroll
-        for (int i = 0; i < 32; i++) {
-            o[4 * i + 0] *= alpha[0];
-            o[4 * i + 1] *= alpha[0];
-            o[4 * i + 2] *= alpha[1];
-            o[4 * i + 3] *= alpha[1];
+            for (int i = 0; i < 32; i++) {
+                o[4 * i + 0] *= alpha[0];
+                o[4 * i + 1] *= alpha[0];
+                o[4 * i + 2] *= alpha[1];
+                o[4 * i + 3] *= alpha[1];
+            }
         }
         fence_proxy_async(); // P stores -> wgmma
         __syncthreads();     // both halves of P written
