@@ -22,6 +22,7 @@
 #pragma once
 #include "decode_v1_mma.cuh"
 #include "prefill_wgmma.cuh"
+#include "mbarrier.cuh"
 
 #include <stdint.h>
 
@@ -50,7 +51,8 @@ template <bool FP8> struct V3Cfg {
     static constexpr int offRedMax = offP + kM * kBN * 2;
     static constexpr int offRedSum = offRedMax + 2 * kM * 4;
     static constexpr int offFlags = offRedSum + 2 * kM * 4;
-    static constexpr int kSmem = offFlags + 16 + 1024; // + slack to align the base to 1024
+    static constexpr int offBar = offFlags + 16;       // fp8: one mbarrier per stage
+    static constexpr int kSmem = offBar + 16 + 1024;   // + slack to align the base to 1024
     static_assert(offTile % 1024 == 0 && offStage % 1024 == 0 && offP % 1024 == 0, "swizzle atoms");
     static_assert(kStage % 1024 == 0, "stage alignment");
     static_assert(kSmem <= 227 * 1024, "shared memory");
@@ -204,6 +206,33 @@ __device__ __forceinline__ void issue_block(const Params &p, const Cursor &c, co
     mla_decode_v1::cp_async_commit();
 }
 
+// fp8: key block c into the stage at sbase by thread 0: one bulk copy per valid page (64 x 576
+// or 32 x 576 contiguous bytes), completion counted on the stage's mbarrier (which is always
+// armed, with 0 bytes when nothing is valid). Rows past seq_len inside a copied page hold
+// whatever the cache has there; the conversion writes zeros for them. *flags: valid pages.
+__device__ __forceinline__ void issue_block_bulk(const Params &p, const Cursor &c, const Pref &f, uint32_t sbase,
+                                                 uint32_t bar, int *flags)
+{
+    if (c.b >= p.batch || threadIdx.x != 0) return;
+    const int seq = f.seq;
+    const int key0 = c.blk * kBN;
+    int ok = 0;
+    if (key0 < seq) {
+        if (f.idx0 >= 0 && f.idx0 < p.num_pages) ok |= 1;
+        else if (p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
+    }
+    if (kBN > p.page_size && key0 + p.page_size < seq) {
+        if (f.idx1 >= 0 && f.idx1 < p.num_pages) ok |= 2;
+        else if (p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
+    }
+    *flags = ok;
+    const uint32_t page_bytes = (uint32_t)(p.page_size * kDqk);
+    mla_decode_v3::fence_proxy_async(); // the stage's earlier generic reads before the async writes
+    mla_sm90::mbar_arrive_expect_tx(bar, page_bytes * (uint32_t)__popc(ok));
+    if (ok & 1) mla_sm90::bulk_copy_g2s(sbase, p.kv + (size_t)f.idx0 * page_bytes, page_bytes, bar);
+    if (ok & 2) mla_sm90::bulk_copy_g2s(sbase + page_bytes, p.kv + (size_t)f.idx1 * page_bytes, page_bytes, bar);
+}
+
 // Q rows [hb*64, hb*64+64) of request b into the column-block tile (fp16 for the fp8-cache
 // kernel, bf16 otherwise; conversions as decode_v1's load_q); rows past the request's rows
 // are zero.
@@ -280,6 +309,13 @@ __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_const
     const float qk_scale = p.scale_log2; // tiles hold the cache values (fp8: exact in fp16)
     const float v_scale = 1.0f;
 
+    const uint32_t aBar = base + C::offBar;
+    if (FP8 && tid == 0) {
+        for (int i = 0; i < kNS; i++) mla_sm90::mbar_init(aBar + 8u * i, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    if constexpr (FP8) __syncthreads(); // barriers initialised before anyone uses them
+
     Cursor cons;
     {
         const int b0 = p.s.part_begin[part];
@@ -292,10 +328,15 @@ __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_const
     // bf16 computes from the stage itself, so kNS-1 ahead.
     int nprod = 0;
     for (; nprod < (FP8 ? kNS : kNS - 1); nprod++) {
-        issue_block<FP8>(p, prod, pref, aStage + (uint32_t)(nprod * C::kStage), &sFlags[nprod]);
+        if constexpr (FP8)
+            issue_block_bulk(p, prod, pref, aStage + (uint32_t)(nprod * C::kStage), aBar + 8u * nprod, &sFlags[nprod]);
+        else
+            issue_block<FP8>(p, prod, pref, aStage + (uint32_t)(nprod * C::kStage), &sFlags[nprod]);
         mla_decode_v1::cursor_next(p, part, tau, prod);
         pref = mla_decode_v1::prefetch_block<kBN>(p, prod);
     }
+    uint32_t phases = 0; // fp8: parity of each stage's mbarrier for its next completion
+    int seq_cur = 0;     // seq_len of the request being computed
 
     float o[128];
 #pragma unroll
@@ -330,23 +371,34 @@ __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_const
                 lim_row[h] = lim;
             }
             lim_min = p.causal ? seq - p.q_len + 1 : seq;
+            seq_cur = seq;
             new_req = false;
         }
-        mla_decode_v1::cp_async_wait<kNS - 1>(); // block j landed (this thread's copies)
+        if constexpr (FP8) {
+            mla_sm90::mbar_wait(aBar + 8u * stage, (phases >> stage) & 1u); // block j landed
+            phases ^= 1u << stage;
+        } else {
+            mla_decode_v1::cp_async_wait<kNS - 1>(); // block j landed (this thread's copies)
+        }
         fence_proxy_async(); // this thread's Q stores and (bf16) cp.async data -> wgmma
         __syncthreads();     // block j's copies (all threads) and Q visible
         const int pmask = sFlags[stage]; // read before the stage is reissued
+        const int key0 = cons.blk * kBN;
 
         uint32_t aK;
         if constexpr (FP8) {
             // fp8 stage -> fp16 tile (exact: cvt e4m3x2 -> f16x2, fewer instructions than the
-            // integer conversion); masked rows were zero-filled and stay zero.
+            // integer conversion). Rows past seq_len or on invalid pages become zeros: the bulk
+            // copy brought whole pages (or nothing), and a NaN there must not reach P V.
             const uint8_t *src = smem + C::offStage + stage * C::kStage;
             uint8_t *tile = smem + C::offTile;
+            const bool partial = key0 + kBN > seq_cur || pmask != (kBN > p.page_size ? 3 : 1);
 #pragma unroll
             for (int u = tid; u < kBN * 36; u += kNT) {
                 const int r = u / 36, ch = u % 36;
-                const uint4 raw = *reinterpret_cast<const uint4 *>(src + r * kDqk + ch * 16);
+                uint4 raw = *reinterpret_cast<const uint4 *>(src + r * kDqk + ch * 16);
+                if (partial && !(key0 + r < seq_cur && ((pmask >> (r >> p.page_shift)) & 1)))
+                    raw = make_uint4(0, 0, 0, 0);
                 const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
                 uint32_t h[8];
 #pragma unroll
@@ -359,7 +411,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_const
             }
             fence_proxy_async(); // tile stores -> wgmma
             __syncthreads();     // tile ready, stage free
-            issue_block<FP8>(p, prod, pref, aStage + (uint32_t)(stage * C::kStage), &sFlags[stage]);
+            issue_block_bulk(p, prod, pref, aStage + (uint32_t)(stage * C::kStage), aBar + 8u * stage, &sFlags[stage]);
             mla_decode_v1::cursor_next(p, part, tau, prod);
             pref = mla_decode_v1::prefetch_block<kBN>(p, prod);
             nprod++;
@@ -387,7 +439,6 @@ __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_const
 
         // ---- mask, scale, row max over both warpgroups ----
         // s[4i + e]: row r_lo + 8 (e >> 1), key 32 wg + 8 i + 2 qd + (e & 1) of the block.
-        const int key0 = cons.blk * kBN;
         const int page0 = key0 >> p.page_shift;
         // Blocks inside every row's key range on valid pages (most blocks) need no mask.
         const bool full = key0 + kBN <= lim_min && pmask == (kBN > p.page_size ? 3 : 1);
