@@ -313,15 +313,20 @@ TEST(gpu_decode_uneven_batches)
 {
     /* Very uneven lengths across a batch larger than the part count: exercises the scheduler
      * (requests split across parts, parts spanning many requests). */
-    for (int rep = 0; rep < 2; rep++) {
-        const int B = rep ? 300 : 40;
+    for (int rep = 0; rep < 3; rep++) {
+        /* 1100 requests: more than the scheduler's one-request-per-thread fast path (1024) */
+        const int B = rep == 2 ? 1100 : rep ? 300 : 40;
         int *lens = xmalloc((size_t)B * sizeof(int));
         for (int b = 0; b < B; b++) {
             int r = mla_test_rand_int(0, 9);
-            lens[b] = r == 0 ? 0 : r < 8 ? mla_test_rand_int(1, 200) : mla_test_rand_int(1000, 6000);
+            lens[b] = r == 0 ? 0 : r < 8 || rep == 2 ? mla_test_rand_int(1, 200) : mla_test_rand_int(1000, 6000);
         }
         gdecode_case c = base_case(B, rep ? 1 : 2, 16, 64, MLA_DTYPE_FP8_E4M3, lens);
-        run_gpu_decode_case(&c, rep ? "uneven batch 300" : "uneven batch 40 q_len 2");
+        run_gpu_decode_case(&c, rep == 2 ? "uneven batch 1100" : rep ? "uneven batch 300" : "uneven batch 40 q_len 2");
+        if (rep == 2) {
+            free(lens);
+            break;
+        }
         c = base_case(B, 1, rep ? 64 : 32, 32, MLA_DTYPE_BF16, lens);
         c.with_lse = rep;
         run_gpu_decode_case(&c, rep ? "uneven batch 300 bf16 H64" : "uneven batch 40 bf16 H32");

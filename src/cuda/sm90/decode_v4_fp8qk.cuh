@@ -1,6 +1,7 @@
 // Split-KV MLA decode, version 4: fp8 cache, H * q_len >= 64. Opt-in (MLA_DECODE_VARIANT=v4):
-// 3% faster than v3 on an H200 (B 64, H 128, 4k: 0.271 vs 0.279 ms) but the two-term query
-// below gives LSE errors up to ~9e-3, over the tests' 1e-3 + 1e-3|lse| (outputs pass). Kept as
+// 3% faster than v3 on an H200 (B 64, H 128, 4k: 0.271 vs 0.279 ms) until v3 got one bulk copy
+// per page (0.260 ms), and the two-term query below gives LSE errors up to ~9e-3, over the
+// tests' 1e-3 + 1e-3|lse| (outputs pass). Kept as
 // the measured answer to "does fp8 QK^T plus overlap pay here?": not while the kernel is bound
 // by its CUDA-core instruction stream (bench/NOTES.md "Decode", v4). Same split-KV framework
 // as decode_v3_wgmma.cuh (Params, scheduler, cursor walk, partials, combine).
