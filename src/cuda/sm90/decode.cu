@@ -5,7 +5,6 @@
 #include "decode_v1_mma.cuh"
 #include "decode_v2_fp8reg.cuh"
 #include "decode_v3_wgmma.cuh"
-#include "decode_v4_fp8qk.cuh"
 
 #include <cuda_runtime.h>
 #include <math.h>
@@ -29,21 +28,16 @@ using mla_decode_v1::Params;
 //   "wide": decode_v1_mma.cuh as first written for every shape: M = 16, 32 or 64, 64-key
 //           blocks, 256 threads, one CTA per SM.
 //   "v3"  : as "v2" (rows >= 64 on decode_v3_wgmma.cuh whatever kV3Default says).
-//   "v4"  : as "v3", but rows >= 64 with an fp8 cache on decode_v4_fp8qk.cuh (fp8 QK^T from
-//           the raw stage, pipelined; kV4Default below).
+//   (A "v4" with fp8 QK^T for rows >= 64 was measured and retired: bench/variants/decode/.)
 struct Plan {
     int rows, m, head_blocks, num_parts, bn, ctas_per_sm;
 };
 
-enum Variant { kVariantV2 = 0, kVariantV1 = 1, kVariantWide = 2, kVariantV3 = 3, kVariantV4 = 4 };
+enum Variant { kVariantV2 = 0, kVariantV1 = 1, kVariantWide = 2, kVariantV3 = 3 };
 
 // Whether the default variant ("v2") uses the wgmma kernel for rows >= 64: yes since its
 // sanitizer-clean device runs of 2026-11-26 (bench/NOTES.md "Decode", v3).
 constexpr bool kV3Default = true;
-// Whether the default variant uses decode_v4_fp8qk.cuh for rows >= 64 with an fp8 cache. No:
-// its two-term e4m3 query gives LSE errors up to ~9e-3 (the tests allow 1e-3 + 1e-3|lse|) for a
-// 3% gain over v3 (bench/NOTES.md "Decode", v4).
-constexpr bool kV4Default = false;
 // Whether the v2 kernel (fp8, rows <= 16) loads its stages with one bulk copy per key row. No:
 // 17% slower than the per-thread cp.async at H 16 B 64 32k on an H200 (0.609 vs 0.508 ms; 576-byte
 // bulk copies are too small for the copy engine), while v3's one bulk copy per page won 7%.
@@ -60,26 +54,19 @@ int env_choice(const char *name, const char *const *values, int count, int fallb
 
 Variant selected_variant()
 {
-    static const char *const names[] = {"v2", "v1", "wide", "v3", "v4"};
+    static const char *const names[] = {"v2", "v1", "wide", "v3"};
     static int cached = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_VARIANT", names, 5, 0);
+    if (cached < 0) cached = env_choice("MLA_DECODE_VARIANT", names, 4, 0);
     return (Variant)cached;
 }
 
 // "v2" and "v3" share every kernel except the one for rows >= 64.
-bool v2_family(Variant v) { return v == kVariantV2 || v == kVariantV3 || v == kVariantV4; }
+bool v2_family(Variant v) { return v == kVariantV2 || v == kVariantV3; }
 
 bool use_wgmma(int rows)
 {
     const Variant v = selected_variant();
-    return rows >= 64 && (v == kVariantV3 || v == kVariantV4 || (kV3Default && v == kVariantV2));
-}
-
-// fp8 cache only: the bf16 cache keeps the v3 kernel.
-bool use_fp8qk(int rows)
-{
-    const Variant v = selected_variant();
-    return rows >= 64 && (v == kVariantV4 || (kV4Default && v == kVariantV2));
+    return rows >= 64 && (v == kVariantV3 || (kV3Default && v == kVariantV2));
 }
 
 int v2_block_n()
@@ -178,19 +165,6 @@ template <bool FP8> cudaError_t set_v3_smem_attr()
     return e;
 }
 
-cudaError_t set_v4_smem_attr()
-{
-    auto kernel = mla_decode_v4::decode_fp8qk_kernel;
-    const int bytes = mla_decode_v4::V4Cfg::kSmem;
-    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-    if (e == cudaSuccess && getenv("MLA_DECODE_DEBUG")) {
-        int blocks = 0;
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, mla_decode_v4::kNT, bytes);
-        fprintf(stderr, "libmla decode: v4 fp8qk smem=%d: %d CTAs/SM\n", bytes, blocks);
-    }
-    return e;
-}
-
 cudaError_t set_all_smem_attrs()
 {
     cudaError_t e = cudaSuccess;
@@ -218,7 +192,6 @@ cudaError_t set_all_smem_attrs()
     }
     if (e == cudaSuccess) e = set_v3_smem_attr<true>();
     if (e == cudaSuccess) e = set_v3_smem_attr<false>();
-    if (e == cudaSuccess) e = set_v4_smem_attr();
     if (e == cudaSuccess) e = set_smem_attr<true, 16, 32, 128>();
     if (e == cudaSuccess) e = set_smem_attr<true, 32, 32, 128>();
     if (e == cudaSuccess) e = set_smem_attr<true, 16, 64, 256>();
@@ -306,28 +279,11 @@ template <bool FP8> cudaError_t launch_v3(const Params &prm, const Plan &pl, cud
     return cudaLaunchKernelEx(&cfg, mla_decode_v3::decode_wgmma_kernel<FP8>, prm);
 }
 
-cudaError_t launch_v4(const Params &prm, const Plan &pl, cudaStream_t stream)
-{
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)pl.num_parts, (unsigned)pl.head_blocks);
-    cfg.blockDim = dim3(mla_decode_v4::kNT);
-    cfg.dynamicSmemBytes = mla_decode_v4::V4Cfg::kSmem;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    return cudaLaunchKernelEx(&cfg, mla_decode_v4::decode_fp8qk_kernel, prm);
-}
-
 template <bool FP8> cudaError_t launch_variant(const Params &prm, const Plan &pl, cudaStream_t stream)
 {
     if (FP8 && pl.m == 16 && pl.ctas_per_sm == 2 && v2_family(selected_variant()))
         return launch_v2_fp8_m16(prm, pl, stream);
     // The wgmma kernel uses the plan of the v1 M = 64 kernel (64-key blocks, one CTA per SM).
-    if (FP8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && use_fp8qk(pl.rows))
-        return launch_v4(prm, pl, stream);
     if (pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && use_wgmma(pl.rows))
         return launch_v3<FP8>(prm, pl, stream);
     if (pl.bn == 32) {
