@@ -256,13 +256,6 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
 
     for (int j = 0; cons.b < p.batch; j++) {
         const int stage = j % kNS;
-        __syncthreads(); // block j-1 fully consumed (its stage, sS, sP)
-        {
-            issue(nprod);
-            cursor_next(p, part, tau, prod);
-            pref = prefetch_block<kBN>(p, prod);
-            nprod++;
-        }
         if (new_req) {
             const int seq = p.s.seq_eff[cons.b];
 #pragma unroll
@@ -281,13 +274,20 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
             }
             new_req = false;
         }
+        // Blocks j .. j+kNS-2 are in flight; wait for block j. One barrier then serves both
+        // "block j visible" and "block j-1 fully consumed" (its stage, sS, sP), and block
+        // j+kNS-1 goes into block j-1's stage after it.
         if constexpr (kBulk) {
             mla_sm90::mbar_wait(aBar + 8u * stage, (phases >> stage) & 1u);
             phases ^= 1u << stage;
         } else {
-            cp_async_wait<kNS - 1>();
+            cp_async_wait<kNS - 2>();
         }
-        __syncthreads(); // block j visible to all
+        __syncthreads();
+        issue(nprod);
+        cursor_next(p, part, tau, prod);
+        pref = prefetch_block<kBN>(p, prod);
+        nprod++;
         const int pmask = sFlags[stage];
         const uint8_t *st = sStage + stage * kStageBytes;
 
