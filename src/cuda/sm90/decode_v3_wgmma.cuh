@@ -163,32 +163,41 @@ __device__ __forceinline__ void wgmma_m64n256k16_ss_tb(float (&d)[128], uint64_t
             : "l"(da), "l"(db), "r"(accumulate));
 }
 
-// Issues the cp.async copies of key block c into the stage at `sbase` and commits one group
-// (an empty group when the cursor is done, so group counting stays uniform). Keys past
-// seq_len and keys on pages with an out-of-range index are zero-filled, never read; *flags
-// records which of the block's pages are valid (bit k: page k of the block). fp8: raw rows of
-// 576 bytes; bf16: the swizzled column-block tile that wgmma reads.
-template <bool FP8>
-__device__ __forceinline__ void issue_block(const Params &p, const Cursor &c, const Pref &f, uint32_t sbase,
-                                            int *flags)
+// Block validity shared by both loaders: bit k set when page k of key block key0 holds keys
+// below seq and its index is in range; an out-of-range index that is needed is flagged.
+// Called by every thread (bf16 loader) or by thread 0 alone (fp8 bulk loader).
+__device__ __forceinline__ int block_page_mask(const Params &p, int key0, const Pref &f)
+{
+    const int seq = f.seq;
+    int ok = 0;
+    if (key0 < seq) {
+        if (f.idx0 >= 0 && f.idx0 < p.num_pages) ok |= 1;
+        else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
+    }
+    if (kBN > p.page_size && key0 + p.page_size < seq) {
+        if (f.idx1 >= 0 && f.idx1 < p.num_pages) ok |= 2;
+        else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
+    }
+    return ok;
+}
+
+// bf16: issues the cp.async copies of key block c into the stage at `sbase` (the swizzled
+// column-block tile that wgmma reads) and commits one group (an empty group when the cursor
+// is done, so group counting stays uniform). Keys past seq_len and keys on pages with an
+// out-of-range index are zero-filled, never read; *flags records which of the block's pages
+// are valid (bit k: page k of the block). (fp8 uses issue_block_bulk.)
+__device__ __forceinline__ void issue_block_bf16(const Params &p, const Cursor &c, const Pref &f, uint32_t sbase,
+                                                 int *flags)
 {
     if (c.b < p.batch) {
         const int seq = f.seq;
         const int key0 = c.blk * kBN;
-        int ok = 0;
-        if (key0 < seq) {
-            if (f.idx0 >= 0 && f.idx0 < p.num_pages) ok |= 1;
-            else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
-        }
-        if (kBN > p.page_size && key0 + p.page_size < seq) {
-            if (f.idx1 >= 0 && f.idx1 < p.num_pages) ok |= 2;
-            else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
-        }
+        const int ok = block_page_mask(p, key0, f);
         if (threadIdx.x == 0) *flags = ok;
         // Thread t copies row t / 4 (one key), chunks t % 4 + 4i: the key's validity and source
         // row are worked out once per block, not once per chunk.
-        constexpr int kChunks = FP8 ? 36 : 72;
-        constexpr int kRowBytes = FP8 ? kDqk : kDqk * 2;
+        constexpr int kChunks = 72;
+        constexpr int kRowBytes = kDqk * 2;
         const int r = threadIdx.x >> 2, c4 = threadIdx.x & 3;
         const int key = key0 + r;
         const int k = r >> p.page_shift; // page of the block: 0 or 1 (key0 is page aligned)
@@ -199,7 +208,7 @@ __device__ __forceinline__ void issue_block(const Params &p, const Cursor &c, co
 #pragma unroll
         for (int i = 0; i < kChunks / 4; i++) {
             const int ch = c4 + 4 * i;
-            const uint32_t dst = FP8 ? sbase + (uint32_t)(r * kDqk + ch * 16) : sbase + blk_off(r, ch);
+            const uint32_t dst = sbase + blk_off(r, ch);
             mla_decode_v1::cp_async16(dst, src + (valid ? i * 64 : 0), bytes);
         }
     }
@@ -214,17 +223,7 @@ __device__ __forceinline__ void issue_block_bulk(const Params &p, const Cursor &
                                                  uint32_t bar, int *flags)
 {
     if (c.b >= p.batch || threadIdx.x != 0) return;
-    const int seq = f.seq;
-    const int key0 = c.blk * kBN;
-    int ok = 0;
-    if (key0 < seq) {
-        if (f.idx0 >= 0 && f.idx0 < p.num_pages) ok |= 1;
-        else if (p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
-    }
-    if (kBN > p.page_size && key0 + p.page_size < seq) {
-        if (f.idx1 >= 0 && f.idx1 < p.num_pages) ok |= 2;
-        else if (p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
-    }
+    const int ok = block_page_mask(p, c.blk * kBN, f);
     *flags = ok;
     const uint32_t page_bytes = (uint32_t)(p.page_size * kDqk);
     mla_decode_v3::fence_proxy_async(); // the stage's earlier generic reads before the async writes
@@ -331,7 +330,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_const
         if constexpr (FP8)
             issue_block_bulk(p, prod, pref, aStage + (uint32_t)(nprod * C::kStage), aBar + 8u * nprod, &sFlags[nprod]);
         else
-            issue_block<FP8>(p, prod, pref, aStage + (uint32_t)(nprod * C::kStage), &sFlags[nprod]);
+            issue_block_bf16(p, prod, pref, aStage + (uint32_t)(nprod * C::kStage), &sFlags[nprod]);
         mla_decode_v1::cursor_next(p, part, tau, prod);
         pref = mla_decode_v1::prefetch_block<kBN>(p, prod);
     }
@@ -351,7 +350,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_const
         __syncthreads(); // everyone is done with block j-1 (tile, stage, P, Q; wgmma waited)
         if constexpr (!FP8) {
             const int ps = nprod % kNS;
-            issue_block<FP8>(p, prod, pref, aStage + (uint32_t)(ps * C::kStage), &sFlags[ps]);
+            issue_block_bf16(p, prod, pref, aStage + (uint32_t)(ps * C::kStage), &sFlags[ps]);
             mla_decode_v1::cursor_next(p, part, tau, prod);
             pref = mla_decode_v1::prefetch_block<kBN>(p, prod);
             nprod++;
