@@ -38,10 +38,6 @@ enum Variant { kVariantV2 = 0, kVariantV1 = 1, kVariantWide = 2, kVariantV3 = 3 
 // Whether the default variant ("v2") uses the wgmma kernel for rows >= 64: yes since its
 // sanitizer-clean device runs of 2026-11-26 (bench/NOTES.md "Decode", v3).
 constexpr bool kV3Default = true;
-// Whether the v2 kernel (fp8, rows <= 16) loads its stages with one bulk copy per key row. No:
-// 17% slower than the per-thread cp.async at H 16 B 64 32k on an H200 (0.609 vs 0.508 ms; 576-byte
-// bulk copies are too small for the copy engine), while v3's one bulk copy per page won 7%.
-constexpr bool kV2BulkDefault = false;
 
 int env_choice(const char *name, const char *const *values, int count, int fallback)
 {
@@ -75,16 +71,6 @@ int v2_block_n()
     static int cached = -1;
     if (cached < 0) cached = env_choice("MLA_DECODE_V2_BN", names, 2, 1);
     return cached ? 64 : 32;
-}
-
-// v2 stage loads: "bulk" = one cp.async.bulk per key row by warp 0 (MLA_DECODE_V2_LOAD=bulk),
-// "cpasync" = 16-byte cp.async by every thread.
-bool v2_bulk_loads()
-{
-    static const char *const names[] = {"cpasync", "bulk"};
-    static int cached = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_V2_LOAD", names, 2, kV2BulkDefault ? 1 : 0);
-    return cached == 1;
 }
 
 bool v2_alu_conversion()
@@ -169,16 +155,11 @@ cudaError_t set_all_smem_attrs()
 {
     cudaError_t e = cudaSuccess;
     if (e == cudaSuccess) {
-        for (int i = 0; i < 5 && e == cudaSuccess; i++) {
+        for (int i = 0; i < 3 && e == cudaSuccess; i++) {
             auto k = i == 0 ? mla_decode_v2::decode_fp8_m16_kernel<true, 64>
                    : i == 1 ? mla_decode_v2::decode_fp8_m16_kernel<true, 32>
-                   : i == 2 ? mla_decode_v2::decode_fp8_m16_kernel<false, 32>
-                   : i == 3 ? mla_decode_v2::decode_fp8_m16_kernel<true, 64, true>
-                            : mla_decode_v2::decode_fp8_m16_kernel<true, 32, true>;
-            const int bytes = i == 0 ? mla_decode_v2::V2Cfg<64>::kSmem
-                            : i < 3  ? mla_decode_v2::V2Cfg<32>::kSmem
-                            : i == 3 ? mla_decode_v2::V2Cfg<64, true>::kSmem
-                                     : mla_decode_v2::V2Cfg<32, true>::kSmem;
+                            : mla_decode_v2::decode_fp8_m16_kernel<false, 32>;
+            const int bytes = i == 0 ? mla_decode_v2::V2Cfg<64>::kSmem : mla_decode_v2::V2Cfg<32>::kSmem;
             e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
             if (e == cudaSuccess)
                 e = cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout,
@@ -246,14 +227,6 @@ cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, cudaStream_t st
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    if (v2_bulk_loads()) {
-        if (pl.bn == 64) {
-            cfg.dynamicSmemBytes = mla_decode_v2::V2Cfg<64, true>::kSmem;
-            return cudaLaunchKernelEx(&cfg, mla_decode_v2::decode_fp8_m16_kernel<true, 64, true>, prm);
-        }
-        cfg.dynamicSmemBytes = mla_decode_v2::V2Cfg<32, true>::kSmem;
-        return cudaLaunchKernelEx(&cfg, mla_decode_v2::decode_fp8_m16_kernel<true, 32, true>, prm);
-    }
     if (pl.bn == 64) {
         cfg.dynamicSmemBytes = mla_decode_v2::V2Cfg<64>::kSmem;
         return cudaLaunchKernelEx(&cfg, mla_decode_v2::decode_fp8_m16_kernel<true, 64>, prm);

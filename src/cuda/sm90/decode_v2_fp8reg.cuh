@@ -12,13 +12,11 @@
 //     order is permuted (n-tile j of a group of 4, lane group g <-> dim 4g + j) so that each
 //     4-byte load feeds 4 n-tiles and each thread ends with 8 consecutive output dims.
 //   * The stage is xor-swizzled by 16-byte chunk so that both access patterns are free of
-//     bank conflicts (cp.async loads), or (kBulk) holds rows padded to 592 bytes, also free of
-//     conflicts for both patterns, filled by one cp.async.bulk per key row issued by warp 0
-//     and waited on an mbarrier: no per-thread copy address math.
+//     bank conflicts. (Loading it with one cp.async.bulk per key row into 592-byte padded
+//     rows was measured 17% slower and retired: bench/NOTES.md, Decode.)
 // 128 threads, 32-key blocks, 4 stages, two CTAs per SM.
 #pragma once
 #include "decode_v1_mma.cuh"
-#include "mbarrier.cuh"
 
 namespace mla_decode_v2 {
 
@@ -27,32 +25,27 @@ using namespace mla_decode_v1;
 constexpr int kNT = 128, kM = 16;
 
 // BN keys per block (32: 4 stages; 64: 2 stages, half the per-key barrier and softmax cost).
-constexpr int kRowPad = kRow8 + 16; // bulk-loaded stage rows: 148 words, 20 mod 32 banks
-
-template <int BN, bool kBulk = false> struct V2Cfg {
+template <int BN> struct V2Cfg {
     static constexpr int NS = BN == 32 ? 4 : 2;
-    static constexpr int kRowS = kBulk ? kRowPad : kRow8; // bytes per stage row
     static constexpr int SRow = BN + 8;   // floats per partial-score row (padding: 2-way at most)
     static constexpr int NTK = BN / 8;    // n-tiles of a warp's partial S (all keys)
     static constexpr int NTW = BN / 32;   // n-tiles a warp owns for the softmax
-    static constexpr int kStageBytes = BN * kRowS;
+    static constexpr int kStageBytes = BN * kRow8;
     static constexpr int offStage = 0;
     static constexpr int offS = offStage + NS * kStageBytes;
     static constexpr int offP = offS + 4 * kM * SRow * 4;
     static constexpr int offRedMax = offP + kM * BN * 2;
     static constexpr int offRedSum = offRedMax + 4 * kM * 4;
     static constexpr int offFlags = offRedSum + 4 * kM * 4;
-    static constexpr int offBar = offFlags + 16;         // kBulk: one mbarrier per stage
-    static constexpr int kSmem = offBar + (kBulk ? 8 * NS : 0);
+    static constexpr int kSmem = offFlags + 16;
 };
 
 // Byte offset of (row r, 16-byte chunk c) in a swizzled fp8 stage. Row r starts at bank
 // offset 64 (r & 1); the xor makes the effective 128-byte slot of chunk c equal to
 // c ^ (r & 7), so 8 consecutive rows at one chunk (K loads) and rows {2t + e} at two adjacent
 // chunks (V loads) hit distinct banks. The rope chunks 32..35 (K only) use a 2-bit xor.
-template <bool kBulk = false> __device__ __forceinline__ uint32_t st8_off(int r, int c)
+__device__ __forceinline__ uint32_t st8_off(int r, int c)
 {
-    if constexpr (kBulk) return r * kRowPad + c * 16;
     const int s = c < 32 ? ((r & 7) ^ ((r & 1) << 2)) : (r & 3);
     return r * kRow8 + ((c ^ s) << 4);
 }
@@ -115,58 +108,6 @@ __device__ __forceinline__ void issue_block_v2(const Params &p, const Cursor &c,
 
 // Q as f16 (fp8 Q exact; bf16 Q rounded, saturating at 65504) for the permuted k order:
 // returns the f16x2 of dims (d, d+1) of row gr, or 0 for a padding row.
-// kBulk: key block c into the padded stage by warp 0. Lane 0 arms the stage's mbarrier with
-// the bytes of the valid rows (always, 0 when none); each lane then copies its rows (lane,
-// lane + 32) with one 576-byte bulk copy each, or zeroes them when the key is past seq_len or
-// on an invalid page (a NaN there must not reach P V). Called by the whole CTA.
-template <int kBN>
-__device__ __forceinline__ void issue_block_v2_bulk(const Params &p, const Cursor &c, const Pref &f,
-                                                    uint8_t *stage, uint32_t bar, int *flags)
-{
-    if (c.b >= p.batch || threadIdx.x >= 32) return;
-    const int seq = f.seq;
-    const int key0 = c.blk * kBN;
-    int ok = 0;
-    if (key0 < seq) {
-        if (f.idx0 >= 0 && f.idx0 < p.num_pages) ok |= 1;
-        else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
-    }
-    if (kBN > p.page_size && key0 + p.page_size < seq) {
-        if (f.idx1 >= 0 && f.idx1 < p.num_pages) ok |= 2;
-        else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
-    }
-    const int lane = threadIdx.x;
-    bool valid[kBN / 32];
-    int nvalid = 0;
-#pragma unroll
-    for (int h = 0; h < kBN / 32; h++) {
-        const int r = lane + 32 * h;
-        valid[h] = key0 + r < seq && ((ok >> (r >> p.page_shift)) & 1);
-        nvalid += __popc(__ballot_sync(0xffffffffu, valid[h]));
-    }
-    if (lane == 0) {
-        *flags = ok;
-        mla_sm90::mbar_arrive_expect_tx(bar, (uint32_t)(nvalid * kRow8));
-    }
-    __syncwarp();
-    mla_sm90::fence_proxy_async_smem(); // this lane's earlier reads / zero stores of its rows
-    const uint32_t sbase = smem_u32(stage);
-#pragma unroll
-    for (int h = 0; h < kBN / 32; h++) {
-        const int r = lane + 32 * h;
-        if (valid[h]) {
-            const int key = key0 + r;
-            const int idx = (r >> p.page_shift) ? f.idx1 : f.idx0;
-            const uint8_t *src = p.kv + ((size_t)idx * p.page_size + (key & (p.page_size - 1))) * kRow8;
-            mla_sm90::bulk_copy_g2s(sbase + (uint32_t)(r * kRowPad), src, kRow8, bar);
-        } else {
-            uint4 *row = reinterpret_cast<uint4 *>(stage + r * kRowPad);
-#pragma unroll 4
-            for (int q = 0; q < kRow8 / 16; q++) row[q] = make_uint4(0, 0, 0, 0);
-        }
-    }
-}
-
 __device__ __forceinline__ uint32_t q_pair(const Params &p, int b, int gr, int d)
 {
     if (gr >= p.rows) return 0u;
@@ -191,10 +132,10 @@ template <bool kCvt> __device__ __forceinline__ void conv4(uint32_t w, uint32_t 
     }
 }
 
-template <bool kCvt, int kBN, bool kBulk = false>
+template <bool kCvt, int kBN>
 __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_constant__ Params p)
 {
-    using C = V2Cfg<kBN, kBulk>;
+    using C = V2Cfg<kBN>;
     constexpr int kNS = C::NS, kSRow = C::SRow, kStageBytes = C::kStageBytes;
     constexpr float kScale = kCvt ? 1.0f : kFp8TileScale;
     extern __shared__ __align__(128) uint8_t smem[];
@@ -213,14 +154,6 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
     const int tau = *p.s.tau;
     const float qk_scale = p.scale_log2 * kScale;
 
-    const uint32_t aBar = smem_u32(smem + C::offBar);
-    if (kBulk && tid == 0) {
-        for (int i = 0; i < kNS; i++) mla_sm90::mbar_init(aBar + 8u * i, 1);
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    if constexpr (kBulk) __syncthreads(); // barriers initialised before anyone uses them
-    uint32_t phases = 0; // kBulk: parity of each stage's mbarrier for its next completion
-
     Cursor cons;
     {
         const int b0 = p.s.part_begin[part];
@@ -229,17 +162,9 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
     }
     Cursor prod = cons;
     Pref pref = prefetch_block<kBN>(p, prod);
-    // Loads block k into its stage (k % kNS).
-    auto issue = [&](int k) {
-        if constexpr (kBulk)
-            issue_block_v2_bulk<kBN>(p, prod, pref, sStage + (k % kNS) * kStageBytes, aBar + 8u * (k % kNS),
-                                     &sFlags[k % kNS]);
-        else
-            issue_block_v2<kBN>(p, prod, pref, sStage + (k % kNS) * kStageBytes, &sFlags[k % kNS]);
-    };
     int nprod = 0;
     for (; nprod < kNS - 1; nprod++) {
-        issue(nprod);
+        issue_block_v2<kBN>(p, prod, pref, sStage + nprod * kStageBytes, &sFlags[nprod]);
         cursor_next(p, part, tau, prod);
         pref = prefetch_block<kBN>(p, prod);
     }
@@ -277,14 +202,9 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
         // Blocks j .. j+kNS-2 are in flight; wait for block j. One barrier then serves both
         // "block j visible" and "block j-1 fully consumed" (its stage, sS, sP), and block
         // j+kNS-1 goes into block j-1's stage after it.
-        if constexpr (kBulk) {
-            mla_sm90::mbar_wait(aBar + 8u * stage, (phases >> stage) & 1u);
-            phases ^= 1u << stage;
-        } else {
-            cp_async_wait<kNS - 2>();
-        }
+        cp_async_wait<kNS - 2>();
         __syncthreads();
-        issue(nprod);
+        issue_block_v2<kBN>(p, prod, pref, sStage + (nprod % kNS) * kStageBytes, &sFlags[nprod % kNS]);
         cursor_next(p, part, tau, prod);
         pref = prefetch_block<kBN>(p, prod);
         nprod++;
@@ -301,7 +221,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
 #pragma unroll
             for (int nt = 0; nt < C::NTK; nt++) {
                 const int r = nt * 8 + g;
-                const uint32_t kw = *reinterpret_cast<const uint32_t *>(st + st8_off<kBulk>(r, ch) + 4 * t);
+                const uint32_t kw = *reinterpret_cast<const uint32_t *>(st + st8_off(r, ch) + 4 * t);
                 uint32_t b0, b1;
                 conv4<kCvt>(kw, b0, b1);
                 mma16816<true>(sp[nt], qf[ks], b0, b1);
@@ -400,10 +320,10 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
 #pragma unroll
             for (int J = 0; J < 4; J++) {
                 const int ch = 8 * w + 2 * J + (g >> 2), by = 4 * (g & 3);
-                const uint32_t w0 = *reinterpret_cast<const uint32_t *>(st + st8_off<kBulk>(r0, ch) + by);
-                const uint32_t w1 = *reinterpret_cast<const uint32_t *>(st + st8_off<kBulk>(r0 + 1, ch) + by);
-                const uint32_t w2 = *reinterpret_cast<const uint32_t *>(st + st8_off<kBulk>(r0 + 8, ch) + by);
-                const uint32_t w3 = *reinterpret_cast<const uint32_t *>(st + st8_off<kBulk>(r0 + 9, ch) + by);
+                const uint32_t w0 = *reinterpret_cast<const uint32_t *>(st + st8_off(r0, ch) + by);
+                const uint32_t w1 = *reinterpret_cast<const uint32_t *>(st + st8_off(r0 + 1, ch) + by);
+                const uint32_t w2 = *reinterpret_cast<const uint32_t *>(st + st8_off(r0 + 8, ch) + by);
+                const uint32_t w3 = *reinterpret_cast<const uint32_t *>(st + st8_off(r0 + 9, ch) + by);
                 uint32_t b0[4], b1[4];
                 conv4<kCvt>(__byte_perm(w0, w1, 0x5140), b0[0], b0[1]);
                 conv4<kCvt>(__byte_perm(w0, w1, 0x7362), b0[2], b0[3]);

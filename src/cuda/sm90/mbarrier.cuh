@@ -1,6 +1,6 @@
 // mbarrier and bulk-copy (cp.async.bulk, no tensor map) helpers for the sm90 decode kernels:
-// one thread (or a few lanes) moves whole contiguous rows or pages of the KV cache into shared
-// memory, and the consumers wait on the stage's mbarrier instead of per-thread cp.async groups.
+// one thread moves whole contiguous pages of the KV cache into shared memory, and the
+// consumers wait on the stage's mbarrier instead of per-thread cp.async groups.
 #pragma once
 #include <stdint.h>
 
@@ -29,13 +29,6 @@ __device__ __forceinline__ void bulk_copy_g2s(uint32_t dst, const void *src, uin
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
                  "l"(src), "r"(bytes), "r"(bar)
                  : "memory");
-}
-
-// Orders this thread's earlier generic shared-memory accesses before its later async-proxy
-// ones (a stage read or zeroed with ordinary loads/stores, then refilled by a bulk copy).
-__device__ __forceinline__ void fence_proxy_async_smem()
-{
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
 } // namespace mla_sm90
