@@ -314,7 +314,7 @@ TEST(gpu_decode_uneven_batches)
     /* Very uneven lengths across a batch larger than the part count: exercises the scheduler
      * (requests split across parts, parts spanning many requests). */
     for (int rep = 0; rep < 3; rep++) {
-        /* 1100 requests: more than the scheduler's one-request-per-thread fast path (1024) */
+        /* 1100 requests: more than one chunk of the scheduler's 1024 threads */
         const int B = rep == 2 ? 1100 : rep ? 300 : 40;
         int *lens = xmalloc((size_t)B * sizeof(int));
         for (int b = 0; b < B; b++) {

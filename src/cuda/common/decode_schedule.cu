@@ -36,83 +36,31 @@ __device__ int block_exclusive_scan(int v, int *total, int *warp_sums)
     return before;
 }
 
-// Clamps request b's length (flagging bad ones) and returns its key block count (>= 1).
-__device__ __forceinline__ int clamp_blocks(const int32_t *seq_lens, int b, int max_keys, int block_n,
-                                            uint32_t *flags, const mla_decode_sched &s)
-{
-    int len = seq_lens[b];
-    if (len < 0 || len > max_keys) {
-        if (flags) atomicOr(flags, MLA_DEVERR_SEQ_LEN);
-        len = len < 0 ? 0 : max_keys;
-    }
-    int nb = (len + block_n - 1) / block_n;
-    if (nb < 1) nb = 1; // an empty request still writes zeros / -inf
-    s.seq_eff[b] = len;
-    s.num_blocks[b] = nb;
-    return nb;
-}
-
-// First request of part p: the smallest b whose last part is >= p, or batch when no request
-// reaches p. first(b) / last(b) read from wherever the caller keeps them.
-template <typename First, typename Last>
-__device__ __forceinline__ int part_first_request(int p, int batch, First first, Last last)
-{
-    int lo = 0, hi = batch;
-    while (lo < hi) {
-        const int mid = (lo + hi) >> 1;
-        if (last(mid) >= p) hi = mid;
-        else lo = mid + 1;
-    }
-    return lo < batch && first(lo) > p ? batch : lo;
-}
-
 __global__ void __launch_bounds__(kSchedThreads)
 decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_keys,
                        int block_n, int num_parts, uint32_t *flags, mla_decode_sched s)
 {
     __shared__ int warp_sums[32];
-    __shared__ int sh_first[kSchedThreads], sh_last[kSchedThreads];
     const int C = MLA_DECODE_OVERHEAD;
     // The decode kernel may start launching now; it waits for this grid's completion.
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-    if (batch <= kSchedThreads) {
-        // One request per thread: every intermediate stays in registers or shared memory, so
-        // the only global round trip on the critical path is the seq_lens read (this kernel's
-        // time is on the decode call's critical path: the split kernel waits for it).
-        const int b = (int)threadIdx.x;
-        const int nb = b < batch ? clamp_blocks(seq_lens, b, max_keys, block_n, flags, s) : 0;
-        int total;
-        const int start = block_exclusive_scan(b < batch ? nb + C : 0, &total, warp_sums);
-        const int tau = max(1, (total + num_parts - 1) / num_parts);
-        if (threadIdx.x == 0) *s.tau = tau;
-        int first = 0, last = -1;
-        if (b < batch) {
-            s.req_start[b] = start;
-            const int u0 = start + C;
-            first = u0 / tau;
-            last = (u0 + nb - 1) / tau;
-            s.first_part[b] = first;
-            s.num_splits[b] = last - first + 1;
-            sh_first[b] = first;
-            sh_last[b] = last;
-        }
-        int slots_total;
-        const int slot = block_exclusive_scan(b < batch && last > first ? last - first + 1 : 0, &slots_total, warp_sums);
-        if (b < batch) s.slot_base[b] = slot;
-        __syncthreads(); // sh_first / sh_last complete
-        for (int p = threadIdx.x; p < num_parts; p += kSchedThreads)
-            s.part_begin[p] = part_first_request(
-                p, batch, [&](int i) { return sh_first[i]; }, [&](int i) { return sh_last[i]; });
-        return;
-    }
-
-    // Large batches: the same plan in chunks of kSchedThreads requests, through global memory.
     // 1. clamp lengths, count blocks, prefix-sum the cost.
     int carry = 0;
     for (int base = 0; base < batch; base += kSchedThreads) {
         const int b = base + (int)threadIdx.x;
         int cost = 0;
-        if (b < batch) cost = clamp_blocks(seq_lens, b, max_keys, block_n, flags, s) + C;
+        if (b < batch) {
+            int len = seq_lens[b];
+            if (len < 0 || len > max_keys) {
+                if (flags) atomicOr(flags, MLA_DEVERR_SEQ_LEN);
+                len = len < 0 ? 0 : max_keys;
+            }
+            int nb = (len + block_n - 1) / block_n;
+            if (nb < 1) nb = 1; // an empty request still writes zeros / -inf
+            s.seq_eff[b] = len;
+            s.num_blocks[b] = nb;
+            cost = nb + C;
+        }
         int total;
         int before = block_exclusive_scan(cost, &total, warp_sums);
         if (b < batch) s.req_start[b] = carry + before;
@@ -142,11 +90,18 @@ decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_
     }
     __syncthreads();
 
-    // 3. first request of each part.
-    for (int p = threadIdx.x; p < num_parts; p += kSchedThreads)
-        s.part_begin[p] = part_first_request(
-            p, batch, [&](int i) { return s.first_part[i]; },
-            [&](int i) { return s.first_part[i] + s.num_splits[i] - 1; });
+    // 3. first request of each part: smallest b whose last part is >= p.
+    for (int p = threadIdx.x; p < num_parts; p += kSchedThreads) {
+        int lo = 0, hi = batch;
+        while (lo < hi) {
+            const int mid = (lo + hi) >> 1;
+            const int last = s.first_part[mid] + s.num_splits[mid] - 1;
+            if (last >= p) hi = mid;
+            else lo = mid + 1;
+        }
+        if (lo < batch && s.first_part[lo] > p) lo = batch; // no request reaches this part
+        s.part_begin[p] = lo;
+    }
 }
 
 } // namespace
