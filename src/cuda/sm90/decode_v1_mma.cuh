@@ -203,6 +203,24 @@ __device__ __forceinline__ Pref prefetch_block(const Params &p, const Cursor &c)
     return f;
 }
 
+// Valid pages of the key block starting at key0 (bit k: page k of the block holds keys below
+// seq_len and its index is in range). A needed page with an out-of-range index is flagged
+// (by thread 0). Shared by every decode kernel's loader.
+template <int BN>
+__device__ __forceinline__ int block_page_mask(const Params &p, int key0, const Pref &f)
+{
+    int ok = 0;
+    if (key0 < f.seq) {
+        if (f.idx0 >= 0 && f.idx0 < p.num_pages) ok |= 1;
+        else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
+    }
+    if (BN > p.page_size && key0 + p.page_size < f.seq) {
+        if (f.idx1 >= 0 && f.idx1 < p.num_pages) ok |= 2;
+        else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
+    }
+    return ok;
+}
+
 // Issues the cp.async copies of key block c into `stage` and commits one group (an empty
 // group when the cursor is done, so group counting stays uniform). Keys past seq_len and
 // keys on pages with an out-of-range index are zero-filled, never read. Records in *flags
@@ -214,15 +232,7 @@ __device__ __forceinline__ void issue_block(const Params &p, const Cursor &c, co
     if (c.b < p.batch) {
         const int seq = f.seq;
         const int key0 = c.blk * BN;
-        int ok = 0;
-        if (key0 < seq) {
-            if (f.idx0 >= 0 && f.idx0 < p.num_pages) ok |= 1;
-            else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
-        }
-        if (BN > p.page_size && key0 + p.page_size < seq) {
-            if (f.idx1 >= 0 && f.idx1 < p.num_pages) ok |= 2;
-            else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
-        }
+        const int ok = block_page_mask<BN>(p, key0, f);
         const int pidx0 = f.idx0, pidx1 = f.idx1;
         const int first_page = key0 >> p.page_shift;
         if (threadIdx.x == 0) *flags = ok;

@@ -57,15 +57,7 @@ __device__ __forceinline__ void issue_block_v2(const Params &p, const Cursor &c,
     if (c.b < p.batch) {
         const int seq = f.seq;
         const int key0 = c.blk * kBN;
-        int ok = 0;
-        if (key0 < seq) {
-            if (f.idx0 >= 0 && f.idx0 < p.num_pages) ok |= 1;
-            else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
-        }
-        if (kBN > p.page_size && key0 + p.page_size < seq) {
-            if (f.idx1 >= 0 && f.idx1 < p.num_pages) ok |= 2;
-            else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
-        }
+        const int ok = block_page_mask<kBN>(p, key0, f);
         if (threadIdx.x == 0) *flags = ok;
         const uint32_t sbase = smem_u32(stage);
         // Consecutive threads copy consecutive 16-byte chunks of a row (a warp reads ~512

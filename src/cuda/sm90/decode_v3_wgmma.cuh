@@ -163,24 +163,6 @@ __device__ __forceinline__ void wgmma_m64n256k16_ss_tb(float (&d)[128], uint64_t
             : "l"(da), "l"(db), "r"(accumulate));
 }
 
-// Block validity shared by both loaders: bit k set when page k of key block key0 holds keys
-// below seq and its index is in range; an out-of-range index that is needed is flagged.
-// Called by every thread (bf16 loader) or by thread 0 alone (fp8 bulk loader).
-__device__ __forceinline__ int block_page_mask(const Params &p, int key0, const Pref &f)
-{
-    const int seq = f.seq;
-    int ok = 0;
-    if (key0 < seq) {
-        if (f.idx0 >= 0 && f.idx0 < p.num_pages) ok |= 1;
-        else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
-    }
-    if (kBN > p.page_size && key0 + p.page_size < seq) {
-        if (f.idx1 >= 0 && f.idx1 < p.num_pages) ok |= 2;
-        else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
-    }
-    return ok;
-}
-
 // bf16: issues the cp.async copies of key block c into the stage at `sbase` (the swizzled
 // column-block tile that wgmma reads) and commits one group (an empty group when the cursor
 // is done, so group counting stays uniform). Keys past seq_len and keys on pages with an
@@ -192,7 +174,7 @@ __device__ __forceinline__ void issue_block_bf16(const Params &p, const Cursor &
     if (c.b < p.batch) {
         const int seq = f.seq;
         const int key0 = c.blk * kBN;
-        const int ok = block_page_mask(p, key0, f);
+        const int ok = mla_decode_v1::block_page_mask<kBN>(p, key0, f);
         if (threadIdx.x == 0) *flags = ok;
         // Thread t copies row t / 4 (one key), chunks t % 4 + 4i: the key's validity and source
         // row are worked out once per block, not once per chunk.
@@ -223,7 +205,7 @@ __device__ __forceinline__ void issue_block_bulk(const Params &p, const Cursor &
                                                  uint32_t bar, int *flags)
 {
     if (c.b >= p.batch || threadIdx.x != 0) return;
-    const int ok = block_page_mask(p, c.blk * kBN, f);
+    const int ok = mla_decode_v1::block_page_mask<kBN>(p, c.blk * kBN, f);
     *flags = ok;
     const uint32_t page_bytes = (uint32_t)(p.page_size * kDqk);
     mla_decode_v3::fence_proxy_async(); // the stage's earlier generic reads before the async writes
