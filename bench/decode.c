@@ -263,10 +263,7 @@ int main(int argc, char **argv)
     const mla_dtype F = MLA_DTYPE_FP8_E4M3, W = MLA_DTYPE_BF16;
     static bench_case cases[64];
     int n = 0;
-    if (one.batch) {
-        const int rc = run_case(&one, reps) ? 1 : 0;
-        return rc;
-    }
+    if (one.batch) return run_case(&one, reps) ? 1 : 0;
     const int bs16[] = {32, 64, 128}, seqs16[] = {4096, 16384, 32768};
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 3; j++)
