@@ -205,18 +205,20 @@ __device__ __forceinline__ Pref prefetch_block(const Params &p, const Cursor &c)
 
 // Valid pages of the key block starting at key0 (bit k: page k of the block holds keys below
 // seq_len and its index is in range). A needed page with an out-of-range index is flagged
-// (by thread 0). Shared by every decode kernel's loader.
+// (by the thread passing report: thread 0 unless the caller's loader threads exclude it).
+// Shared by every decode kernel's loader.
 template <int BN>
-__device__ __forceinline__ int block_page_mask(const Params &p, int key0, const Pref &f)
+__device__ __forceinline__ int block_page_mask(const Params &p, int key0, const Pref &f,
+                                               bool report = threadIdx.x == 0)
 {
     int ok = 0;
     if (key0 < f.seq) {
         if (f.idx0 >= 0 && f.idx0 < p.num_pages) ok |= 1;
-        else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
+        else if (report && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
     }
     if (BN > p.page_size && key0 + p.page_size < f.seq) {
         if (f.idx1 >= 0 && f.idx1 < p.num_pages) ok |= 2;
-        else if (threadIdx.x == 0 && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
+        else if (report && p.err) atomicOr(p.err, MLA_DEVERR_PAGE_INDEX);
     }
     return ok;
 }
