@@ -5,7 +5,6 @@
 #include "decode_v1_mma.cuh"
 #include "decode_v2_fp8reg.cuh"
 #include "decode_v3_wgmma.cuh"
-#include "decode_v5_ws.cuh"
 
 #include <cuda_runtime.h>
 #include <math.h>
@@ -29,15 +28,14 @@ using mla_decode_v1::Params;
 //   "wide": decode_v1_mma.cuh as first written for every shape: M = 16, 32 or 64, 64-key
 //           blocks, 256 threads, one CTA per SM.
 //   "v3"  : as "v2" (rows >= 64 on decode_v3_wgmma.cuh whatever kV3Default says).
-//   "v5"  : as "v2" with rows >= 64 and an fp8 cache on decode_v5_ws.cuh (v3's math with a
-//           producer warpgroup doing the loads and the fp8 conversion).
-//   (A "v4" with fp8 QK^T for rows >= 64 was measured and retired: bench/variants/decode/.)
+//   (A "v4" with fp8 QK^T for rows >= 64 was measured and retired: bench/variants/decode/;
+//   so was a "v5" that fed v3's math from a producer warpgroup.)
 struct Plan {
     int rows, m, head_blocks, num_parts, bn, ctas_per_sm;
 };
 
-enum Variant { kVariantV2 = 0, kVariantV1 = 1, kVariantWide = 2, kVariantV3 = 3, kVariantV5 = 4 };
-constexpr int kNumVariants = 5;
+enum Variant { kVariantV2 = 0, kVariantV1 = 1, kVariantWide = 2, kVariantV3 = 3 };
+constexpr int kNumVariants = 4;
 
 // Whether the default variant ("v2") uses the wgmma kernel for rows >= 64: yes since its
 // sanitizer-clean device runs of 2026-11-26 (bench/NOTES.md "Decode", v3).
@@ -54,22 +52,20 @@ int env_choice(const char *name, const char *const *values, int count, int fallb
 
 Variant selected_variant()
 {
-    static const char *const names[] = {"v2", "v1", "wide", "v3", "v5"};
+    static const char *const names[] = {"v2", "v1", "wide", "v3"};
     static int cached = -1;
     if (cached < 0) cached = env_choice("MLA_DECODE_VARIANT", names, kNumVariants, 0);
     return (Variant)cached;
 }
 
-// "v2", "v3" and "v5" share every kernel except the one for rows >= 64.
-bool v2_family(Variant v) { return v == kVariantV2 || v == kVariantV3 || v == kVariantV5; }
+// "v2" and "v3" share every kernel except the one for rows >= 64.
+bool v2_family(Variant v) { return v == kVariantV2 || v == kVariantV3; }
 
 bool use_wgmma(int rows)
 {
     const Variant v = selected_variant();
-    return rows >= 64 && (v == kVariantV3 || v == kVariantV5 || (kV3Default && v == kVariantV2));
+    return rows >= 64 && (v == kVariantV3 || (kV3Default && v == kVariantV2));
 }
-
-bool use_ws(int rows) { return rows >= 64 && selected_variant() == kVariantV5; }
 
 int v2_block_n()
 {
@@ -157,19 +153,6 @@ template <bool FP8> cudaError_t set_v3_smem_attr()
     return e;
 }
 
-cudaError_t set_v5_smem_attr()
-{
-    auto kernel = mla_decode_v5::decode_ws_fp8_kernel;
-    const int bytes = mla_decode_v5::V5Cfg::kSmem;
-    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-    if (e == cudaSuccess && getenv("MLA_DECODE_DEBUG")) {
-        int blocks = 0;
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, mla_decode_v5::kNT, bytes);
-        fprintf(stderr, "libmla decode: v5 ws fp8 smem=%d: %d CTAs/SM\n", bytes, blocks);
-    }
-    return e;
-}
-
 cudaError_t set_all_smem_attrs()
 {
     cudaError_t e = cudaSuccess;
@@ -192,7 +175,6 @@ cudaError_t set_all_smem_attrs()
     }
     if (e == cudaSuccess) e = set_v3_smem_attr<true>();
     if (e == cudaSuccess) e = set_v3_smem_attr<false>();
-    if (e == cudaSuccess) e = set_v5_smem_attr();
     if (e == cudaSuccess) e = set_smem_attr<true, 16, 32, 128>();
     if (e == cudaSuccess) e = set_smem_attr<true, 32, 32, 128>();
     if (e == cudaSuccess) e = set_smem_attr<true, 16, 64, 256>();
@@ -272,28 +254,11 @@ template <bool FP8> cudaError_t launch_v3(const Params &prm, const Plan &pl, cud
     return cudaLaunchKernelEx(&cfg, mla_decode_v3::decode_wgmma_kernel<FP8>, prm);
 }
 
-cudaError_t launch_v5_fp8(const Params &prm, const Plan &pl, cudaStream_t stream)
-{
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)pl.num_parts, (unsigned)pl.head_blocks);
-    cfg.blockDim = dim3(mla_decode_v5::kNT);
-    cfg.dynamicSmemBytes = mla_decode_v5::V5Cfg::kSmem;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    return cudaLaunchKernelEx(&cfg, mla_decode_v5::decode_ws_fp8_kernel, prm);
-}
-
 template <bool FP8> cudaError_t launch_variant(const Params &prm, const Plan &pl, cudaStream_t stream)
 {
     if (FP8 && pl.m == 16 && pl.ctas_per_sm == 2 && v2_family(selected_variant()))
         return launch_v2_fp8_m16(prm, pl, stream);
     // The wgmma kernel uses the plan of the v1 M = 64 kernel (64-key blocks, one CTA per SM).
-    if (FP8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && use_ws(pl.rows))
-        return launch_v5_fp8(prm, pl, stream);
     if (pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && use_wgmma(pl.rows))
         return launch_v3<FP8>(prm, pl, stream);
     if (pl.bn == 32) {
