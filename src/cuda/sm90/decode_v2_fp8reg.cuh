@@ -66,8 +66,9 @@ __device__ __forceinline__ void issue_block_v2(const Params &p, const Cursor &c,
         // Copy i moves chunk q = tid + kNT i: row r = q / 36, chunk ch = q % 36, stepped
         // incrementally (kNT = 3 rows + 20 chunks) instead of divided per copy; the block's
         // (at most two) page bases are formed once.
+        // A 32-key block on a 64-key page starts mid-page: pg0 is the block's first row.
         const size_t page_bytes = (size_t)p.page_size * kRow8;
-        const uint8_t *pg0 = p.kv + (size_t)(ok & 1 ? f.idx0 : 0) * page_bytes;
+        const uint8_t *pg0 = p.kv + (size_t)(ok & 1 ? f.idx0 : 0) * page_bytes + (size_t)(key0 & (p.page_size - 1)) * kRow8;
         const uint8_t *pg1 = p.kv + (size_t)(ok & 2 ? f.idx1 : 0) * page_bytes;
         const int rows = min(kBN, seq - key0); // rows inside seq_len (may be <= 0)
         // Rows of page 0 / page 1 that are copied (locals: the cp.async asm clobbers memory,
@@ -80,7 +81,7 @@ __device__ __forceinline__ void issue_block_v2(const Params &p, const Cursor &c,
         static_assert(kNT % 36 == 20 && kNT / 36 == 3, "row/chunk stepping assumes 128 threads");
 #pragma unroll
         for (int i = 0; i < kBN * 36 / kNT; i++) {
-            const bool second = r >= ps; // page of the block: 0 or 1 (key0 is page aligned)
+            const bool second = r >= ps; // page of the block: 0 or 1 (only when kBN > ps: key0 page aligned)
             const bool valid = r < (second ? lim1 : lim0);
             const uint8_t *src = second ? pg1 + (((r - ps) * 36 + ch) << 4) : pg0 + ((r * 36 + ch) << 4);
             // st8_off without branches
