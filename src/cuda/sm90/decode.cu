@@ -200,58 +200,43 @@ cudaError_t ensure_smem_attrs(int device)
     return e;
 }
 
-template <bool FP8, int M, int BN, int NT>
-cudaError_t launch_kernel(const Params &prm, const Plan &pl, cudaStream_t stream)
+// Every split kernel is a programmatic dependent of the scheduler: its CTAs start while the
+// scheduler finishes and wait for its results in griddepcontrol.wait. Grid: (parts, head
+// blocks).
+cudaError_t launch_split(void (*kernel)(Params), const Params &prm, const Plan &pl, int threads, int smem,
+                         cudaStream_t stream)
 {
-    // Programmatic dependent launch: the CTAs start while the scheduler finishes and wait
-    // for its results in griddepcontrol.wait.
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)pl.num_parts, (unsigned)pl.head_blocks);
-    cfg.blockDim = dim3(NT);
-    cfg.dynamicSmemBytes = Cfg<FP8, M, BN, NT>::kSmem;
+    cfg.blockDim = dim3((unsigned)threads);
+    cfg.dynamicSmemBytes = (size_t)smem;
     cfg.stream = stream;
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    return cudaLaunchKernelEx(&cfg, mla_decode_v1::decode_kernel<FP8, M, BN, NT>, prm);
+    return cudaLaunchKernelEx(&cfg, kernel, prm);
+}
+
+template <bool FP8, int M, int BN, int NT>
+cudaError_t launch_kernel(const Params &prm, const Plan &pl, cudaStream_t stream)
+{
+    return launch_split(mla_decode_v1::decode_kernel<FP8, M, BN, NT>, prm, pl, NT, Cfg<FP8, M, BN, NT>::kSmem, stream);
 }
 
 cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, cudaStream_t stream)
 {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)pl.num_parts, 1);
-    cfg.blockDim = dim3(mla_decode_v2::kNT);
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    if (pl.bn == 64) {
-        cfg.dynamicSmemBytes = mla_decode_v2::V2Cfg<64>::kSmem;
-        return cudaLaunchKernelEx(&cfg, mla_decode_v2::decode_fp8_m16_kernel<true, 64>, prm);
-    }
-    cfg.dynamicSmemBytes = mla_decode_v2::V2Cfg<32>::kSmem;
-    return v2_alu_conversion()
-               ? cudaLaunchKernelEx(&cfg, mla_decode_v2::decode_fp8_m16_kernel<false, 32>, prm)
-               : cudaLaunchKernelEx(&cfg, mla_decode_v2::decode_fp8_m16_kernel<true, 32>, prm);
+    using namespace mla_decode_v2;
+    if (pl.bn == 64) return launch_split(decode_fp8_m16_kernel<true, 64>, prm, pl, kNT, V2Cfg<64>::kSmem, stream);
+    return launch_split(v2_alu_conversion() ? decode_fp8_m16_kernel<false, 32> : decode_fp8_m16_kernel<true, 32>, prm,
+                        pl, kNT, V2Cfg<32>::kSmem, stream);
 }
 
 template <bool FP8> cudaError_t launch_v3(const Params &prm, const Plan &pl, cudaStream_t stream)
 {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)pl.num_parts, (unsigned)pl.head_blocks);
-    cfg.blockDim = dim3(mla_decode_v3::kNT);
-    cfg.dynamicSmemBytes = mla_decode_v3::V3Cfg<FP8>::kSmem;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    return cudaLaunchKernelEx(&cfg, mla_decode_v3::decode_wgmma_kernel<FP8>, prm);
+    return launch_split(mla_decode_v3::decode_wgmma_kernel<FP8>, prm, pl, mla_decode_v3::kNT,
+                        mla_decode_v3::V3Cfg<FP8>::kSmem, stream);
 }
 
 template <bool FP8> cudaError_t launch_variant(const Params &prm, const Plan &pl, cudaStream_t stream)
