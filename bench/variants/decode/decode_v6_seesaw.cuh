@@ -1,0 +1,544 @@
+// Split-KV MLA decode, version 6 (UNFINISHED DESIGN, never run on a device): FlashMLA-style
+// "seesaw" of the two math warpgroups fed by v5's producer warpgroup, fp8 cache,
+// H * q_len >= 64. It compiles, but ptxas spills the math warpgroups (1098 bytes at the
+// 224 registers the 56/224 split allows, still 474 at 240): o[128] + s[32] (S as m64n64) +
+// the 36 unrolled k-steps' descriptors do not fit; a rolled k loop halves the spill but
+// serializes the wgmmas (C7520). Kept as the starting point for the next attempt
+// (bench/NOTES.md "Decode", v6); to build it, put it back in src/cuda/sm90/ and wire it like
+// v5 in commit e0ff065 (launch_split(decode_seesaw_fp8_kernel, ..., kNT, V6Cfg::kSmem) for
+// fp8 and rows >= 64).
+//
+// Why: v3 and v5 run S (smem-bound m64n32: 1728 cycles per block, bench/probes), softmax
+// and P V strictly in turn; the tensor chains are ~2750 of ~6000 cycles per block. Here the
+// key blocks are taken in pairs (a, b) of one request, tile 0 holds a and tile 1 holds b:
+//   warpgroup 0: S_a = Q K_a^T (m64n64k16: full rate) -> m0 = max(m, rowmax S_a), scale0,
+//     P_a = exp2(S_a - m0) into tile 0's rope column block -> signal A -> O_L *= scale0,
+//     O_L += P_a V_a[:, 0:256] -> wait B -> O_L *= scale1, O_L += P_b V_b[:, 0:256].
+//   warpgroup 1: S_b = Q K_b^T -> wait A -> m1 = max(m0, rowmax S_b), scale1, P_b into tile
+//     1's rope block -> signal B -> O_R *= scale0, O_R += P_a V_a[:, 256:512] -> O_R *=
+//     scale1, O_R += P_b V_b[:, 256:512].
+// So one warpgroup's softmax runs while the other's MMAs do, and S runs at the tensor rate.
+// Row sums: warpgroup 0 keeps l0 = (l0 scale0 + sum P_a) scale1, warpgroup 1 keeps
+// l1 = l1 scale0 scale1 + sum P_b; L = l0 + l1 at the end. A pair without b (a request piece
+// with an odd block count) skips S_b, P_b and its P V chains (scale1 = 1).
+// Producer as v5 (bench/variants/decode/decode_v5_ws.cuh): each block into tile 0 when it
+// opens a pair, tile 1 otherwise; tile 0 is handed back mid-pair, tile 1 at its end.
+#pragma once
+#include "decode_v3_wgmma.cuh"
+
+#include <stdint.h>
+
+namespace mla_decode_v6 {
+
+using mla_decode_v1::Params;
+using mla_decode_v1::Cursor;
+using mla_decode_v1::Pref;
+using mla_decode_v1::kDqk;
+using mla_decode_v1::kDv;
+using mla_decode_v3::blk_off;
+using mla_decode_v3::kBlk;
+
+constexpr int kM = 64;          // query rows per CTA
+constexpr int kBN = 64;         // keys per block
+constexpr int kNT = 384;        // math warpgroups 0, 1 + producer warpgroup 2
+constexpr int kMathThreads = 256;
+constexpr int kTile = kBN * kDqk * 2;
+// Named barriers (0 is __syncthreads): 1 both math warpgroups; 2 "A" (0 -> 1: m0, scale0,
+// P_a ready); 3 "B" (1 -> 0: m1, scale1, P_b ready); 4, 5 inside warpgroup 0, 1.
+constexpr int kBarMath = 1, kBarA = 2, kBarB = 3, kBarWg = 4;
+// Register split after setmaxnreg: must add up to the launch allocation (168 x 384).
+constexpr int kRegProducer = 56;
+constexpr int kRegMath = 224;
+
+struct V6Cfg {
+    static constexpr int offQ = 0;
+    static constexpr int offTile = offQ + kM * kDqk * 2;
+    static constexpr int offPair = offTile + 2 * kTile;  // m0, scale0, m1, scale1 per row
+    static constexpr int offRedSum = offPair + 4 * kM * 4;
+    static constexpr int offFlags = offRedSum + 2 * kM * 4;
+    static constexpr int offBar = offFlags + 16; // full[2], empty[2]
+    static constexpr int kSmem = offBar + 32 + 1024; // + slack to align the base to 1024
+    static_assert(offTile % 1024 == 0 && kTile % 1024 == 0, "swizzle atoms");
+    static_assert(kSmem <= 227 * 1024, "shared memory");
+};
+
+__device__ __forceinline__ void mbar_arrive(uint32_t bar)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ uint4 ld_stream(const uint8_t *src)
+{
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(src));
+    return v;
+}
+__device__ __forceinline__ void st_shared16(uint32_t addr, uint4 v)
+{
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+                 : "memory");
+}
+__device__ __forceinline__ void prefetch_l2(const void *src, uint32_t bytes)
+{
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
+}
+
+// ---------------------------------------------------------------- producer (warpgroup 2)
+
+// Producer thread t owns key row r = t / 2 of every block and the 16-byte source chunks
+// c = (t & 1) + 2i of that row (i = 0 .. kChunks-1): one row base per block, and every
+// load and store address is that base plus a compile-time offset (no per-chunk address
+// math, which made the first version of this producer issue 1250 instructions per warp per
+// block and bound the kernel; ncu, bench/NOTES.md). In the fp16 tile, 16-bit chunk q of row
+// r sits in column block q / 8 at position (q % 8) ^ (r % 8): for the two stores of source
+// chunk c (16-bit chunks 2c, 2c+1) that is column block i / 2 and a position that depends
+// only on (i odd, t odd, r % 8), so four base addresses cover all 2 x kChunks stores; across
+// a warp (16 rows x 2 threads) every store instruction hits all eight 16-byte bank positions.
+namespace src {
+constexpr int kRow = kDqk;           // source bytes per key row (fp8)
+constexpr int kChunks = kRow / 32;   // 16-byte chunks per thread
+static_assert(kChunks == 18, "produce() issues chunks 0..17");
+} // namespace src
+
+// Where producer thread t's row of one block comes from.
+struct SrcRow {
+    const uint8_t *src; // chunk 0 of this thread (row base + 16 (t & 1)); valid rows only
+    bool valid;         // below seq_len and on a valid page
+    int ok;             // valid pages of the block (bit k: page k)
+};
+
+__device__ __forceinline__ SrcRow source_row(const Params &p, const Cursor &c, const Pref &f, int t, bool report)
+{
+    SrcRow sr;
+    const int key0 = c.blk * kBN, r = t >> 1;
+    sr.ok = mla_decode_v1::block_page_mask<kBN>(p, key0, f, report);
+    const int pg = r >> p.page_shift; // 0, or 1 for the second 32-key page
+    sr.valid = key0 + r < f.seq && ((sr.ok >> pg) & 1);
+    const int idx = sr.valid ? (pg ? f.idx1 : f.idx0) : 0;
+    sr.src = p.kv + ((size_t)idx * p.page_size + (r & (p.page_size - 1))) * src::kRow + (t & 1) * 16;
+    return sr;
+}
+
+// Loads chunks [I0, I0 + N) of this thread's row into d.
+template <int I0, int N> __device__ __forceinline__ void load_chunks(const SrcRow &sr, uint4 (&d)[N])
+{
+#pragma unroll
+    for (int k = 0; k < N; k++) {
+        d[k] = make_uint4(0, 0, 0, 0); // rows past seq_len / on bad pages: zeros, never read
+        if (sr.valid) d[k] = ld_stream(sr.src + 32 * (I0 + k));
+    }
+}
+
+// Two e4m3 pairs of one 32-bit word to two f16x2 words (exact); the halves are split in PTX
+// so that ptxas can feed them to the conversion without separate shifts.
+__device__ __forceinline__ void e4m3x4_to_f16x4(uint32_t w, uint32_t &lo, uint32_t &hi)
+{
+    asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\ncvt.rn.f16x2.e4m3x2 %0, l;\ncvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
+        : "=r"(lo), "=r"(hi)
+        : "r"(w));
+}
+
+// bases[x]: tile address of 16-bit chunk 2c + (x & 1) for chunks c with i % 2 == x >> 1,
+// minus the column block (added as the compile-time offset (i / 2) * kBlk).
+template <int I0, int N> __device__ __forceinline__ void store_chunks(const uint4 (&d)[N], const uint32_t (&bases)[4])
+{
+#pragma unroll
+    for (int k = 0; k < N; k++) {
+        const int i = I0 + k;
+        uint32_t h[8];
+        e4m3x4_to_f16x4(d[k].x, h[0], h[1]);
+        e4m3x4_to_f16x4(d[k].y, h[2], h[3]);
+        e4m3x4_to_f16x4(d[k].z, h[4], h[5]);
+        e4m3x4_to_f16x4(d[k].w, h[6], h[7]);
+        st_shared16(bases[2 * (i & 1)] + (i >> 1) * kBlk, make_uint4(h[0], h[1], h[2], h[3]));
+        st_shared16(bases[2 * (i & 1) + 1] + (i >> 1) * kBlk, make_uint4(h[4], h[5], h[6], h[7]));
+    }
+}
+
+// The producer walks the blocks in cursor order; a block opens a pair (tile 0) unless the
+// previous block opened one in the same request (tile 1). Most chunks are loaded before the
+// wait for the tile, the next block's pages are prefetched into L2 before it.
+__device__ __forceinline__ void produce(const Params &p, int part, int tau, Cursor c, uint32_t aTile, uint32_t aBar,
+                                        int *sFlags)
+{
+    const int t = threadIdx.x - kMathThreads;
+    Pref f = mla_decode_v1::prefetch_block<kBN>(p, c);
+    int pos = 0;           // tile of block c
+    uint32_t phases = 0;   // bit T: parity of tile T's next "empty" completion to wait for, ^1
+    while (c.b < p.batch) {
+        const SrcRow sr = source_row(p, c, f, t, t == 0);
+        uint4 x0[4], x1[4], y[4], z[3], w[3];
+        load_chunks<0, 4>(sr, x0);
+        load_chunks<4, 4>(sr, x1);
+        Cursor n = c;
+        mla_decode_v1::cursor_next(p, part, tau, n);
+        const int npos = pos == 0 && n.b == c.b ? 1 : 0;
+        f = mla_decode_v1::prefetch_block<kBN>(p, n);
+        const int T = pos;
+        mla_sm90::mbar_wait(aBar + 8u * (2 + T), ((phases >> T) & 1u) ^ 1u);
+        phases ^= 1u << T;
+        uint32_t bases[4];
+        {
+            const int r = t >> 1, odd = t & 1;
+            const uint32_t tile = aTile + (uint32_t)(T * kTile) + (uint32_t)(r * 128);
+#pragma unroll
+            for (int q = 0; q < 4; q++) bases[q] = tile + ((((q >> 1) * 4 + 2 * odd + (q & 1)) ^ (r & 7)) << 4);
+        }
+        store_chunks<0, 4>(x0, bases);
+        load_chunks<8, 4>(sr, y);
+        store_chunks<4, 4>(x1, bases);
+        load_chunks<12, 3>(sr, z);
+        store_chunks<8, 4>(y, bases);
+        load_chunks<15, 3>(sr, w);
+        store_chunks<12, 3>(z, bases);
+        store_chunks<15, 3>(w, bases);
+        if (t == 0) sFlags[T] = sr.ok;
+        mla_decode_v3::fence_proxy_async(); // tile stores -> the math warpgroups' wgmma
+        mbar_arrive(aBar + 8u * T);         // full[T]
+        if (t == 0 && n.b < p.batch) {
+            const int ok = mla_decode_v1::block_page_mask<kBN>(p, n.blk * kBN, f, false);
+            const uint32_t page_bytes = (uint32_t)(p.page_size * kDqk);
+            if (ok & 1) prefetch_l2(p.kv + (size_t)f.idx0 * page_bytes, page_bytes);
+            if (ok & 2) prefetch_l2(p.kv + (size_t)f.idx1 * page_bytes, page_bytes);
+        }
+        c = n;
+        pos = npos;
+    }
+}
+
+// ---------------------------------------------------------------- math warpgroups
+
+// D(64x64) += A(64x16) * B(16x64), both K-major in shared memory (128-byte swizzle), f16.
+__device__ __forceinline__ void wgmma_m64n64k16_f16(float (&d)[32], uint64_t da, uint64_t db, int acc)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "%32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),
+                   "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),
+                   "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),
+                   "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(da), "l"(db), "r"(acc));
+}
+
+__device__ __forceinline__ void bar_arrive(int id, int threads)
+{
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// O[:, 256 wg ..] += P V for the tile at aT: P in its rope column block, V = its column blocks
+// 4 wg .. 4 wg + 3 read N-major. Issues, commits and waits.
+__device__ __forceinline__ void pv_chain(float (&o)[128], uint32_t aT, int wg)
+{
+    using namespace mla_sm90;
+    using mla_decode_v3::desc_add;
+    const uint64_t dp0 = mla_decode_v3::opaque_desc(smem_desc(aT + 8u * kBlk, 16, 1024, 1));
+    const uint64_t dv0 = mla_decode_v3::opaque_desc(smem_desc(aT + (uint32_t)(wg * 4 * kBlk), kBlk, 1024, 1));
+    mla_decode_v3::acc_fence(o);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kBN / 16; ks++)
+        mla_decode_v3::wgmma_m64n256k16_ss_tb<true>(o, desc_add(dp0, (uint32_t)(ks * 32)),
+                                                     desc_add(dv0, (uint32_t)(ks * 16 * 128)), 1);
+    wgmma_commit();
+    wgmma_wait<0>();
+    mla_decode_v3::acc_fence(o);
+}
+
+__device__ __forceinline__ void scale_o(float (&o)[128], float a0, float a1)
+{
+    // Skipped when no row of the warp changed its maximum (factor exactly 1: most blocks).
+    if (__any_sync(0xffffffffu, a0 != 1.0f || a1 != 1.0f)) {
+#pragma unroll
+        for (int i = 0; i < 32; i++) {
+            o[4 * i + 0] *= a0;
+            o[4 * i + 1] *= a0;
+            o[4 * i + 2] *= a1;
+            o[4 * i + 3] *= a1;
+        }
+    }
+}
+
+__global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_constant__ Params p)
+{
+    using namespace mla_sm90; // wgmma_fence / commit / wait, smem_desc, mbar_*
+    using mla_decode_v3::acc_fence;
+    using mla_decode_v3::desc_add;
+    using mla_decode_v3::fence_proxy_async;
+    using mla_decode_v3::opaque_desc;
+    extern __shared__ uint8_t smem_raw[];
+    const uint32_t raw_addr = mla_decode_v1::smem_u32(smem_raw);
+    const uint32_t base = (raw_addr + 1023u) & ~1023u;
+    uint8_t *smem = smem_raw + (base - raw_addr);
+    uint8_t *sQ = smem + V6Cfg::offQ;
+    float *sPair = reinterpret_cast<float *>(smem + V6Cfg::offPair); // [m0 | scale0 | m1 | scale1][64]
+    float *sRedSum = reinterpret_cast<float *>(smem + V6Cfg::offRedSum);
+    int *sFlags = reinterpret_cast<int *>(smem + V6Cfg::offFlags);
+    const uint32_t aQ = base + V6Cfg::offQ, aTile = base + V6Cfg::offTile, aBar = base + V6Cfg::offBar;
+
+    const int part = blockIdx.x, hb = blockIdx.y;
+    const int tid = threadIdx.x;
+    if (tid == 0) {
+        for (int i = 0; i < 2; i++) {
+            mbar_init(aBar + 8u * i, kNT - kMathThreads);  // full: every producer thread
+            mbar_init(aBar + 8u * (2 + i), kMathThreads);  // empty: every math thread
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads(); // the only CTA-wide barrier: the producer leaves early
+
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+    const int tau = *p.s.tau;
+    Cursor a;
+    {
+        const int b0 = p.s.part_begin[part];
+        if (b0 >= p.batch) return; // empty part (uniform over the CTA)
+        mla_decode_v1::cursor_range(p, part, tau, b0, a);
+    }
+    if (tid >= kMathThreads) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegProducer));
+        produce(p, part, tau, a, aTile, aBar, sFlags);
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegMath));
+
+    const int lane = tid & 31;
+    const int wg = tid >> 7;                              // 0: block a, O[:, 0:256]; 1: block b, O[:, 256:512]
+    const int r_lo = ((tid >> 5) & 3) * 16 + (lane >> 2); // this thread's rows: r_lo, r_lo + 8
+    const int qd = lane & 3;
+    const float qk_scale = p.scale_log2;
+    const uint32_t aMine = aTile + (uint32_t)(wg * kTile); // the tile of this warpgroup's block
+
+    float o[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) o[i] = 0.f;
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+    int lim_row[2] = {0, 0};
+    int lim_min = 0;
+    bool new_req = true;
+    uint32_t phases = 0; // bit T: parity of tile T's next "full" completion
+
+    while (a.b < p.batch) {
+        Cursor bcur = a;
+        mla_decode_v1::cursor_next(p, part, tau, bcur);
+        const bool has_b = bcur.b == a.b; // a request never reappears in a part's walk
+        if (new_req) {
+            mla_decode_v1::named_bar(kBarMath, kMathThreads); // the previous request is done with Q
+            mla_decode_v3::load_q<true>(p, a.b, hb, sQ);
+            const int seq = p.s.seq_eff[a.b];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int gr = hb * kM + r_lo + h * 8;
+                lim_row[h] = p.causal ? seq - p.q_len + min(gr, p.rows - 1) / p.heads + 1 : seq;
+            }
+            lim_min = p.causal ? seq - p.q_len + 1 : seq;
+            new_req = false;
+            fence_proxy_async(); // this thread's Q stores -> wgmma
+            mla_decode_v1::named_bar(kBarMath, kMathThreads);
+        }
+
+        // ---- S of this warpgroup's block (m64n64, 36 k-steps), masked and scaled ----
+        // s[4i + e]: row r_lo + 8 (e >> 1), key 8 i + 2 qd + (e & 1) of the block.
+        float s[32];
+        float mx[2] = {-INFINITY, -INFINITY};
+        const bool mine = wg == 0 || has_b;
+        if (mine) {
+            mbar_wait(aBar + 8u * wg, (phases >> wg) & 1u);
+            const int pmask = sFlags[wg];
+            const int key0 = (wg ? bcur.blk : a.blk) * kBN;
+#pragma unroll
+            for (int i = 0; i < 32; i++) s[i] = 0.f;
+            const uint64_t dq0 = opaque_desc(smem_desc(aQ, 16, 1024, 1));
+            const uint64_t dk0 = opaque_desc(smem_desc(aMine, 16, 1024, 1));
+            acc_fence(s);
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < kDqk / 16; ks++) {
+                const uint32_t off = (uint32_t)((ks >> 2) * kBlk + (ks & 3) * 32);
+                wgmma_m64n64k16_f16(s, desc_add(dq0, off), desc_add(dk0, off), ks > 0);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            acc_fence(s);
+            const int page0 = key0 >> p.page_shift;
+            const bool full = key0 + kBN <= lim_min && pmask == (kBN > p.page_size ? 3 : 1);
+            if (full) {
+#pragma unroll
+                for (int i = 0; i < 32; i++) {
+                    s[i] *= qk_scale;
+                    mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int key = key0 + i * 8 + 2 * qd + (e & 1);
+                        const bool valid = key < lim_row[e >> 1] && ((pmask >> ((key >> p.page_shift) - page0)) & 1);
+                        const float v = valid ? s[4 * i + e] * qk_scale : -INFINITY;
+                        s[4 * i + e] = v;
+                        mx[e >> 1] = fmaxf(mx[e >> 1], v);
+                    }
+            }
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+                mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+            }
+        }
+
+        // ---- softmax of this warpgroup's block; P into its tile's rope column block ----
+        // Warpgroup 0 starts from the running max; warpgroup 1 from warpgroup 0's new max.
+        float prev[2], mnew[2], sc[2], sc0[2];
+        if (wg == 1) {
+            mla_decode_v1::named_bar(kBarA, kMathThreads); // m0, scale0 and P_a are published
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                prev[h] = sPair[r_lo + 8 * h];
+                sc0[h] = sPair[kM + r_lo + 8 * h];
+            }
+        } else {
+            prev[0] = m_run[0];
+            prev[1] = m_run[1];
+        }
+        float ls[2] = {0.f, 0.f};
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            mnew[h] = fmaxf(prev[h], mx[h]);
+            // A row that has seen no key keeps -inf; use 0 so exp2 gives 0, not NaN.
+            const float ref = mnew[h] == -INFINITY ? 0.f : mnew[h];
+            sc[h] = mla_decode_v1::fast_exp2(prev[h] - ref);
+            if (mine) {
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    s[4 * i + 2 * h] = mla_decode_v1::fast_exp2(s[4 * i + 2 * h] - ref);
+                    s[4 * i + 2 * h + 1] = mla_decode_v1::fast_exp2(s[4 * i + 2 * h + 1] - ref);
+                    ls[h] += s[4 * i + 2 * h] + s[4 * i + 2 * h + 1];
+                }
+            }
+        }
+        if (mine) {
+            uint8_t *sP = smem + V6Cfg::offTile + wg * kTile + 8 * kBlk;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                *reinterpret_cast<uint32_t *>(sP + blk_off(r_lo, i) + 4 * qd) =
+                    mla_decode_v1::pack2<true>(s[4 * i + 0], s[4 * i + 1]);
+                *reinterpret_cast<uint32_t *>(sP + blk_off(r_lo + 8, i) + 4 * qd) =
+                    mla_decode_v1::pack2<true>(s[4 * i + 2], s[4 * i + 3]);
+            }
+        }
+        if (qd == 0) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                sPair[2 * wg * kM + r_lo + 8 * h] = mnew[h];
+                sPair[(2 * wg + 1) * kM + r_lo + 8 * h] = sc[h];
+            }
+        }
+        fence_proxy_async(); // P stores -> wgmma (this warpgroup's and the other's)
+        mla_decode_v1::named_bar(kBarWg + wg, 128); // this warpgroup's P complete
+        if (wg == 0) {
+            bar_arrive(kBarA, kMathThreads);
+            l_run[0] = l_run[0] * sc[0] + ls[0];
+            l_run[1] = l_run[1] * sc[1] + ls[1];
+            scale_o(o, sc[0], sc[1]);
+            pv_chain(o, aTile, 0); // P_a V_a[:, 0:256]
+            mbar_arrive(aBar + 16u); // empty[0]: done with tile 0
+            mla_decode_v1::named_bar(kBarB, kMathThreads); // m1, scale1 and P_b are published
+            float sc1[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                sc1[h] = sPair[3 * kM + r_lo + 8 * h];
+                m_run[h] = sPair[2 * kM + r_lo + 8 * h];
+                l_run[h] *= sc1[h];
+            }
+            scale_o(o, sc1[0], sc1[1]);
+            if (has_b) {
+                pv_chain(o, aTile + kTile, 0); // P_b V_b[:, 0:256]
+                mbar_arrive(aBar + 24u);       // empty[1]
+            }
+        } else {
+            bar_arrive(kBarB, kMathThreads);
+            l_run[0] = l_run[0] * sc0[0] * sc[0] + ls[0];
+            l_run[1] = l_run[1] * sc0[1] * sc[1] + ls[1];
+            scale_o(o, sc0[0], sc0[1]);
+            pv_chain(o, aTile, 1); // P_a V_a[:, 256:512]
+            mbar_arrive(aBar + 16u);
+            scale_o(o, sc[0], sc[1]);
+            m_run[0] = mnew[0];
+            m_run[1] = mnew[1];
+            if (has_b) {
+                pv_chain(o, aTile + kTile, 1); // P_b V_b[:, 256:512]
+                mbar_arrive(aBar + 24u);
+            }
+        }
+        phases ^= has_b ? 3u : 1u;
+
+        // ---- advance; end of this request's piece: normalize and write ----
+        const int b = a.b;
+        const Cursor &lastc = has_b ? bcur : a;
+        const bool last = lastc.blk + 1 >= lastc.hi;
+        if (has_b) {
+            a = bcur;
+            mla_decode_v1::cursor_next(p, part, tau, a);
+        } else {
+            a = bcur;
+        }
+        if (last) { // uniform over the math warpgroups
+            float lsum[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                float v = l_run[h];
+                v += __shfl_xor_sync(0xffffffffu, v, 1);
+                v += __shfl_xor_sync(0xffffffffu, v, 2);
+                lsum[h] = v;
+            }
+            if (qd == 0) {
+                sRedSum[wg * kM + r_lo] = lsum[0];
+                sRedSum[wg * kM + r_lo + 8] = lsum[1];
+            }
+            mla_decode_v1::named_bar(kBarMath, kMathThreads);
+            const int nsplit = p.s.num_splits[b];
+            const int slot = p.s.slot_base[b] + part - p.s.first_part[b];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int r = r_lo + h * 8;
+                const float L = sRedSum[r] + sRedSum[kM + r];
+                const float inv = L > 0.f ? 1.0f / L : 0.f;
+                const float lse = L > 0.f ? (m_run[h] + log2f(L)) * 0.69314718055994531f : -INFINITY;
+                const int gr = hb * kM + r;
+                if (gr < p.rows) {
+                    const size_t row = (size_t)b * p.rows + gr;
+                    if (nsplit == 1) {
+                        const float scl = inv * p.bmm2;
+                        uint16_t *dst = p.out + row * kDv + wg * 256 + 2 * qd;
+#pragma unroll
+                        for (int i = 0; i < 32; i++)
+                            *reinterpret_cast<uint32_t *>(dst + i * 8) =
+                                mla_decode_v1::pack2<false>(o[4 * i + 2 * h] * scl, o[4 * i + 2 * h + 1] * scl);
+                        if (p.lse && wg == 0 && qd == 0) p.lse[row] = lse;
+                    } else {
+                        const size_t prow = (size_t)slot * p.rows + gr;
+                        float *dst = p.s.part_o + prow * kDv + wg * 256 + 2 * qd;
+#pragma unroll
+                        for (int i = 0; i < 32; i++)
+                            *reinterpret_cast<float2 *>(dst + i * 8) =
+                                make_float2(o[4 * i + 2 * h] * inv, o[4 * i + 2 * h + 1] * inv);
+                        if (wg == 0 && qd == 0) p.s.part_lse[prow] = lse;
+                    }
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 128; i++) o[i] = 0.f;
+            m_run[0] = m_run[1] = -INFINITY;
+            l_run[0] = l_run[1] = 0.f;
+            new_req = true;
+        }
+    }
+}
+
+} // namespace mla_decode_v6
