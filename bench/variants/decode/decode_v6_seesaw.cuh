@@ -1,12 +1,12 @@
-// Split-KV MLA decode, version 6 (UNFINISHED DESIGN, never run on a device): FlashMLA-style
-// "seesaw" of the two math warpgroups fed by v5's producer warpgroup, fp8 cache,
-// H * q_len >= 64. It compiles, but ptxas spills the math warpgroups (1098 bytes at the
-// 224 registers the 56/224 split allows, still 474 at 240): o[128] + s[32] (S as m64n64) +
-// the 36 unrolled k-steps' descriptors do not fit; a rolled k loop halves the spill but
-// serializes the wgmmas (C7520). Kept as the starting point for the next attempt
-// (bench/NOTES.md "Decode", v6); to build it, put it back in src/cuda/sm90/ and wire it like
-// v5 in commit e0ff065 (launch_split(decode_seesaw_fp8_kernel, ..., kNT, V6Cfg::kSmem) for
-// fp8 and rows >= 64).
+// Split-KV MLA decode, version 6 (NOT YET RUN ON A DEVICE): FlashMLA-style "seesaw" of the
+// two math warpgroups fed by v5's producer warpgroup, fp8 cache, H * q_len >= 64.
+// ptxas (-Xptxas -v, setmaxnreg 56/224): math warpgroups without spills, producer 4 bytes.
+// Getting there: zeroing o[128] at each request end spilled ~1 KB; a request's first P V
+// chain now overwrites O (scale-d = 0) instead, and its O rescale is skipped.
+// To test it: copy it to src/cuda/sm90/, wire it like v5 in commit e0ff065
+// (launch_split(decode_seesaw_fp8_kernel, prm, pl, kNT, V6Cfg::kSmem) for fp8 and rows >= 64,
+// MLA_DECODE_VARIANT=v6) and run MLA_DECODE_VARIANT=v6 scripts/gpu-check-decode; record in
+// bench/NOTES.md "Decode", v6.
 //
 // Why: v3 and v5 run S (smem-bound m64n32: 1728 cycles per block, bench/probes), softmax
 // and P V strictly in turn; the tensor chains are ~2750 of ~6000 cycles per block. Here the
@@ -27,6 +27,7 @@
 #include "decode_v3_wgmma.cuh"
 
 #include <stdint.h>
+#include <utility>
 
 namespace mla_decode_v6 {
 
@@ -168,9 +169,9 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
     uint32_t phases = 0;   // bit T: parity of tile T's next "empty" completion to wait for, ^1
     while (c.b < p.batch) {
         const SrcRow sr = source_row(p, c, f, t, t == 0);
-        uint4 x0[4], x1[4], y[4], z[3], w[3];
-        load_chunks<0, 4>(sr, x0);
-        load_chunks<4, 4>(sr, x1);
+        uint4 x0[3], x1[3], y[4], z[4], w[4];
+        load_chunks<0, 3>(sr, x0);
+        load_chunks<3, 3>(sr, x1);
         Cursor n = c;
         mla_decode_v1::cursor_next(p, part, tau, n);
         const int npos = pos == 0 && n.b == c.b ? 1 : 0;
@@ -185,14 +186,14 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
 #pragma unroll
             for (int q = 0; q < 4; q++) bases[q] = tile + ((((q >> 1) * 4 + 2 * odd + (q & 1)) ^ (r & 7)) << 4);
         }
-        store_chunks<0, 4>(x0, bases);
-        load_chunks<8, 4>(sr, y);
-        store_chunks<4, 4>(x1, bases);
-        load_chunks<12, 3>(sr, z);
-        store_chunks<8, 4>(y, bases);
-        load_chunks<15, 3>(sr, w);
-        store_chunks<12, 3>(z, bases);
-        store_chunks<15, 3>(w, bases);
+        store_chunks<0, 3>(x0, bases);
+        load_chunks<6, 4>(sr, y);
+        store_chunks<3, 3>(x1, bases);
+        load_chunks<10, 4>(sr, z);
+        store_chunks<6, 4>(y, bases);
+        load_chunks<14, 4>(sr, w);
+        store_chunks<10, 4>(z, bases);
+        store_chunks<14, 4>(w, bases);
         if (t == 0) sFlags[T] = sr.ok;
         mla_decode_v3::fence_proxy_async(); // tile stores -> the math warpgroups' wgmma
         mbar_arrive(aBar + 8u * T);         // full[T]
@@ -210,19 +211,25 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
 // ---------------------------------------------------------------- math warpgroups
 
 // D(64x64) += A(64x16) * B(16x64), both K-major in shared memory (128-byte swizzle), f16.
+// The k-step's byte offset OFF is added to both descriptors inside the asm, so ptxas keeps
+// only the two base descriptors live instead of materializing every step's pair ahead of
+// the chain (which, next to o[128] and s[32], spilled).
+template <uint32_t OFF>
 __device__ __forceinline__ void wgmma_m64n64k16_f16(float (&d)[32], uint64_t da, uint64_t db, int acc)
 {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+    asm volatile("{\n.reg .pred p;\n.reg .b64 a, b;\nsetp.ne.b32 p, %34, 0;\n"
+                 "add.s64 a, %32, %35;\nadd.s64 b, %33, %35;\n"
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-                 "%32, %33, p, 1, 1, 0, 0;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),
-                   "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),
-                   "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),
-                   "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-                 : "l"(da), "l"(db), "r"(acc));
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "a, b, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(da), "l"(db), "r"(acc), "n"(OFF >> 4));
+}
+
+template <int... KS>
+__device__ __forceinline__ void s_chain(float (&s)[32], uint64_t dq, uint64_t dk, std::integer_sequence<int, KS...>)
+{
+    (wgmma_m64n64k16_f16<(uint32_t)((KS >> 2) * kBlk + (KS & 3) * 32)>(s, dq, dk, KS > 0), ...);
 }
 
 __device__ __forceinline__ void bar_arrive(int id, int threads)
@@ -231,8 +238,10 @@ __device__ __forceinline__ void bar_arrive(int id, int threads)
 }
 
 // O[:, 256 wg ..] += P V for the tile at aT: P in its rope column block, V = its column blocks
-// 4 wg .. 4 wg + 3 read N-major. Issues, commits and waits.
-__device__ __forceinline__ void pv_chain(float (&o)[128], uint32_t aT, int wg)
+// 4 wg .. 4 wg + 3 read N-major. Issues, commits and waits. fresh: the request's first chain
+// overwrites O (scale-d = 0 on its first k-step) instead of O being zeroed by ordinary
+// stores (128 of them per request end made ptxas spill).
+__device__ __forceinline__ void pv_chain(float (&o)[128], uint32_t aT, int wg, bool fresh)
 {
     using namespace mla_sm90;
     using mla_decode_v3::desc_add;
@@ -243,7 +252,7 @@ __device__ __forceinline__ void pv_chain(float (&o)[128], uint32_t aT, int wg)
 #pragma unroll
     for (int ks = 0; ks < kBN / 16; ks++)
         mla_decode_v3::wgmma_m64n256k16_ss_tb<true>(o, desc_add(dp0, (uint32_t)(ks * 32)),
-                                                     desc_add(dv0, (uint32_t)(ks * 16 * 128)), 1);
+                                                     desc_add(dv0, (uint32_t)(ks * 16 * 128)), ks > 0 || !fresh);
     wgmma_commit();
     wgmma_wait<0>();
     mla_decode_v3::acc_fence(o);
@@ -314,13 +323,12 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
     const float qk_scale = p.scale_log2;
     const uint32_t aMine = aTile + (uint32_t)(wg * kTile); // the tile of this warpgroup's block
 
-    float o[128];
-#pragma unroll
-    for (int i = 0; i < 128; i++) o[i] = 0.f;
+    float o[128]; // written first by each request's first P V chain (scale-d = 0)
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
     int lim_row[2] = {0, 0};
     int lim_min = 0;
     bool new_req = true;
+    bool fresh = true;   // O holds nothing of this request yet (its first P V overwrites it)
     uint32_t phases = 0; // bit T: parity of tile T's next "full" completion
 
     while (a.b < p.batch) {
@@ -357,11 +365,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
             const uint64_t dk0 = opaque_desc(smem_desc(aMine, 16, 1024, 1));
             acc_fence(s);
             wgmma_fence();
-#pragma unroll
-            for (int ks = 0; ks < kDqk / 16; ks++) {
-                const uint32_t off = (uint32_t)((ks >> 2) * kBlk + (ks & 3) * 32);
-                wgmma_m64n64k16_f16(s, desc_add(dq0, off), desc_add(dk0, off), ks > 0);
-            }
+            s_chain(s, dq0, dk0, std::make_integer_sequence<int, kDqk / 16>{});
             wgmma_commit();
             wgmma_wait<0>();
             acc_fence(s);
@@ -440,13 +444,14 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
             }
         }
         fence_proxy_async(); // P stores -> wgmma (this warpgroup's and the other's)
-        mla_decode_v1::named_bar(kBarWg + wg, 128); // this warpgroup's P complete
+        if (wg == 0) mla_decode_v1::named_bar(kBarWg, 128); // this warpgroup's P complete
+        else mla_decode_v1::named_bar(kBarWg + 1, 128);
         if (wg == 0) {
             bar_arrive(kBarA, kMathThreads);
             l_run[0] = l_run[0] * sc[0] + ls[0];
             l_run[1] = l_run[1] * sc[1] + ls[1];
-            scale_o(o, sc[0], sc[1]);
-            pv_chain(o, aTile, 0); // P_a V_a[:, 0:256]
+            if (!fresh) scale_o(o, sc[0], sc[1]);
+            pv_chain(o, aTile, 0, fresh); // P_a V_a[:, 0:256]
             mbar_arrive(aBar + 16u); // empty[0]: done with tile 0
             mla_decode_v1::named_bar(kBarB, kMathThreads); // m1, scale1 and P_b are published
             float sc1[2];
@@ -458,25 +463,26 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
             }
             scale_o(o, sc1[0], sc1[1]);
             if (has_b) {
-                pv_chain(o, aTile + kTile, 0); // P_b V_b[:, 0:256]
+                pv_chain(o, aTile + kTile, 0, false); // P_b V_b[:, 0:256]
                 mbar_arrive(aBar + 24u);       // empty[1]
             }
         } else {
             bar_arrive(kBarB, kMathThreads);
             l_run[0] = l_run[0] * sc0[0] * sc[0] + ls[0];
             l_run[1] = l_run[1] * sc0[1] * sc[1] + ls[1];
-            scale_o(o, sc0[0], sc0[1]);
-            pv_chain(o, aTile, 1); // P_a V_a[:, 256:512]
+            if (!fresh) scale_o(o, sc0[0], sc0[1]);
+            pv_chain(o, aTile, 1, fresh); // P_a V_a[:, 256:512]
             mbar_arrive(aBar + 16u);
             scale_o(o, sc[0], sc[1]);
             m_run[0] = mnew[0];
             m_run[1] = mnew[1];
             if (has_b) {
-                pv_chain(o, aTile + kTile, 1); // P_b V_b[:, 256:512]
+                pv_chain(o, aTile + kTile, 1, false); // P_b V_b[:, 256:512]
                 mbar_arrive(aBar + 24u);
             }
         }
         phases ^= has_b ? 3u : 1u;
+        fresh = false;
 
         // ---- advance; end of this request's piece: normalize and write ----
         const int b = a.b;
@@ -532,11 +538,10 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
                     }
                 }
             }
-#pragma unroll
-            for (int i = 0; i < 128; i++) o[i] = 0.f;
             m_run[0] = m_run[1] = -INFINITY;
             l_run[0] = l_run[1] = 0.f;
             new_req = true;
+            fresh = true;
         }
     }
 }
