@@ -27,7 +27,6 @@
 #include "decode_v3_wgmma.cuh"
 
 #include <stdint.h>
-#include <utility>
 
 namespace mla_decode_v6 {
 
@@ -211,25 +210,14 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
 // ---------------------------------------------------------------- math warpgroups
 
 // D(64x64) += A(64x16) * B(16x64), both K-major in shared memory (128-byte swizzle), f16.
-// The k-step's byte offset OFF is added to both descriptors inside the asm, so ptxas keeps
-// only the two base descriptors live instead of materializing every step's pair ahead of
-// the chain (which, next to o[128] and s[32], spilled).
-template <uint32_t OFF>
 __device__ __forceinline__ void wgmma_m64n64k16_f16(float (&d)[32], uint64_t da, uint64_t db, int acc)
 {
-    asm volatile("{\n.reg .pred p;\n.reg .b64 a, b;\nsetp.ne.b32 p, %34, 0;\n"
-                 "add.s64 a, %32, %35;\nadd.s64 b, %33, %35;\n"
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-                 "a, b, p, 1, 1, 0, 0;\n}\n"
+                 "%32, %33, p, 1, 1, 0, 0;\n}\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-                 : "l"(da), "l"(db), "r"(acc), "n"(OFF >> 4));
-}
-
-template <int... KS>
-__device__ __forceinline__ void s_chain(float (&s)[32], uint64_t dq, uint64_t dk, std::integer_sequence<int, KS...>)
-{
-    (wgmma_m64n64k16_f16<(uint32_t)((KS >> 2) * kBlk + (KS & 3) * 32)>(s, dq, dk, KS > 0), ...);
+                 : "l"(da), "l"(db), "r"(acc));
 }
 
 __device__ __forceinline__ void bar_arrive(int id, int threads)
@@ -365,7 +353,11 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
             const uint64_t dk0 = opaque_desc(smem_desc(aMine, 16, 1024, 1));
             acc_fence(s);
             wgmma_fence();
-            s_chain(s, dq0, dk0, std::make_integer_sequence<int, kDqk / 16>{});
+#pragma unroll
+            for (int ks = 0; ks < kDqk / 16; ks++) {
+                const uint32_t off = (uint32_t)((ks >> 2) * kBlk + (ks & 3) * 32);
+                wgmma_m64n64k16_f16(s, desc_add(dq0, off), desc_add(dk0, off), ks > 0);
+            }
             wgmma_commit();
             wgmma_wait<0>();
             acc_fence(s);
