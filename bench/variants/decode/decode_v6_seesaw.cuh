@@ -455,6 +455,10 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
             }
             scale_o(o, sc1[0], sc1[1]);
             if (has_b) {
+                // Tile 1 was waited for by warpgroup 1; waiting here too (the phase cannot move
+                // on before this warpgroup hands the tile back) makes the producer's stores
+                // visible to this warpgroup's wgmma without leaning on barrier transitivity.
+                mbar_wait(aBar + 8u, (phases >> 1) & 1u);
                 pv_chain(o, aTile + kTile, 0, false); // P_b V_b[:, 0:256]
                 mbar_arrive(aBar + 24u);       // empty[1]
             }
@@ -463,6 +467,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
             l_run[0] = l_run[0] * sc0[0] * sc[0] + ls[0];
             l_run[1] = l_run[1] * sc0[1] * sc[1] + ls[1];
             if (!fresh) scale_o(o, sc0[0], sc0[1]);
+            mbar_wait(aBar, phases & 1u); // tile 0 (see warpgroup 0's wait for tile 1)
             pv_chain(o, aTile, 1, fresh); // P_a V_a[:, 256:512]
             mbar_arrive(aBar + 16u);
             scale_o(o, sc[0], sc[1]);
