@@ -10,9 +10,9 @@
 //   4: S64 = 18 x m64n64k16 (half the dims, 64 keys): a dimension split of S between the
 //      warpgroups
 // Build and run on the device: nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a
-//   -Isrc/cuda -Isrc/core -Iinclude --expt-relaxed-constexpr bench/probes/wgmma_rates.cu -o
+//   -Isrc/cuda -Isrc/cuda/sm90 -Isrc/core -Iinclude --expt-relaxed-constexpr bench/probes/wgmma_rates.cu -o
 //   build/wgmma_rates && build/wgmma_rates
-#include "sm90/decode_v3_wgmma.cuh"
+#include "../variants/decode/ws_common.cuh"
 
 #include <algorithm>
 #include <cstdio>
@@ -20,24 +20,9 @@
 
 using namespace mla_sm90;
 using namespace mla_decode_v3;
+using mla_decode_ws::wgmma_m64n64k16_f16;
 
 constexpr int kTileBytes = 64 * 576 * 2;
-
-// D(64x64) += A(64x16) * B(16x64), both K-major in shared memory, f16.
-__device__ __forceinline__ void wgmma_m64n64k16_f16(float (&d)[32], uint64_t da, uint64_t db, int acc)
-{
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-                 "%32, %33, p, 1, 1, 0, 0;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),
-                   "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),
-                   "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),
-                   "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-                 : "l"(da), "l"(db), "r"(acc));
-}
 
 template <int mode>
 __global__ void __launch_bounds__(256, 1) probe(int iters, long long *cycles, float *sink)
