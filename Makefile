@@ -16,6 +16,8 @@ ifneq ($(NVCC),)
   NVCCFLAGS  ?= -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Xcompiler -fPIC \
                 -Iinclude -Isrc/core -Isrc/cuda --expt-relaxed-constexpr -lineinfo \
                 -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings
+  # For kernel experiments: make BUILD=build-x EXTRA_NVCCFLAGS=-DNAME=VALUE
+  NVCCFLAGS  += $(EXTRA_NVCCFLAGS)
   CUDA_C_SRC := src/cuda/hopper_backend.c
   CU_SRC     := $(sort $(wildcard src/cuda/*.cu src/cuda/*/*.cu))
   CFLAGS     += -DMLA_HAVE_CUDA -I$(CUDA_HOME)/include

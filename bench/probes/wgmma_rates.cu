@@ -12,7 +12,7 @@
 // Build and run on the device: nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a
 //   -Isrc/cuda -Isrc/cuda/sm90 -Isrc/core -Iinclude --expt-relaxed-constexpr bench/probes/wgmma_rates.cu -o
 //   build/wgmma_rates && build/wgmma_rates
-#include "../variants/decode/ws_common.cuh"
+#include "../../src/cuda/sm90/ws_common.cuh"
 
 #include <algorithm>
 #include <cstdio>

@@ -363,13 +363,18 @@ TEST(gpu_decode_no_causal_mask)
 
 TEST(gpu_decode_bad_page_index_is_skipped_and_flagged)
 {
+    /* 16 heads: the narrow kernels; 128: the wgmma kernels (each loader masks pages itself). */
     static const int lens[] = {300, 70, 5};
-    for (int kv = 0; kv < 2; kv++) {
-        gdecode_case c = base_case(3, 1, 16, kv ? 32 : 64, kv ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3, lens);
-        c.bad_page_req = 0;
-        c.expect_flags = MLA_DEVERR_PAGE_INDEX;
-        run_gpu_decode_case(&c, kv ? "bad page bf16" : "bad page fp8");
-    }
+    for (int heads = 16; heads <= 128; heads *= 8)
+        for (int kv = 0; kv < 2; kv++)
+            for (int page = 32; page <= 64; page *= 2) {
+                gdecode_case c = base_case(3, 1, heads, page, kv ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3, lens);
+                c.bad_page_req = 0;
+                c.expect_flags = MLA_DEVERR_PAGE_INDEX;
+                char label[64];
+                snprintf(label, sizeof label, "bad page %s H%d page %d", kv ? "bf16" : "fp8", heads, page);
+                run_gpu_decode_case(&c, label);
+            }
 }
 
 TEST(gpu_decode_seq_len_over_capacity_is_clamped_and_flagged)

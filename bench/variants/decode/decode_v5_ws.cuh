@@ -20,7 +20,7 @@
 //     "empty" mbarrier hands it back. Two 256-thread named barriers per block, none CTA-wide.
 // setmaxnreg: the counts must add up to the launch allocation (168 x 384): 64 + 224 hung.
 #pragma once
-#include "ws_common.cuh"
+#include "../../../src/cuda/sm90/ws_common.cuh"
 
 #include <stdint.h>
 

@@ -5,6 +5,7 @@
 #include "decode_v1_mma.cuh"
 #include "decode_v2_fp8reg.cuh"
 #include "decode_v3_wgmma.cuh"
+#include "decode_v6_seesaw.cuh"
 
 #include <cuda_runtime.h>
 #include <math.h>
@@ -28,14 +29,18 @@ using mla_decode_v1::Params;
 //   "wide": decode_v1_mma.cuh as first written for every shape: M = 16, 32 or 64, 64-key
 //           blocks, 256 threads, one CTA per SM.
 //   "v3"  : as "v2" (rows >= 64 on decode_v3_wgmma.cuh whatever kV3Default says).
+//   "v6"  : as "v2" with rows >= 64 and an fp8 cache on decode_v6_seesaw.cuh (a producer
+//           warpgroup feeding two math warpgroups that take key blocks in pairs).
+//   "v7"  : as "v6" with the bulk producer (raw fp8 bulk-copied into the freed tile and
+//           converted in place).
 //   (A "v4" with fp8 QK^T for rows >= 64 was measured and retired: bench/variants/decode/;
 //   so was a "v5" that fed v3's math from a producer warpgroup.)
 struct Plan {
     int rows, m, head_blocks, num_parts, bn, ctas_per_sm;
 };
 
-enum Variant { kVariantV2 = 0, kVariantV1 = 1, kVariantWide = 2, kVariantV3 = 3 };
-constexpr int kNumVariants = 4;
+enum Variant { kVariantV2 = 0, kVariantV1 = 1, kVariantWide = 2, kVariantV3 = 3, kVariantV6 = 4, kVariantV7 = 5 };
+constexpr int kNumVariants = 6;
 
 // Whether the default variant ("v2") uses the wgmma kernel for rows >= 64: yes since its
 // sanitizer-clean device runs of 2026-11-26 (bench/NOTES.md "Decode", v3).
@@ -52,19 +57,24 @@ int env_choice(const char *name, const char *const *values, int count, int fallb
 
 Variant selected_variant()
 {
-    static const char *const names[] = {"v2", "v1", "wide", "v3"};
+    static const char *const names[] = {"v2", "v1", "wide", "v3", "v6", "v7"};
     static int cached = -1;
     if (cached < 0) cached = env_choice("MLA_DECODE_VARIANT", names, kNumVariants, 0);
     return (Variant)cached;
 }
 
-// "v2" and "v3" share every kernel except the one for rows >= 64.
-bool v2_family(Variant v) { return v == kVariantV2 || v == kVariantV3; }
+// "v2", "v3", "v6" and "v7" share every kernel except the one for rows >= 64.
+bool v2_family(Variant v) { return v == kVariantV2 || v == kVariantV3 || v == kVariantV6 || v == kVariantV7; }
 
 bool use_wgmma(int rows)
 {
     const Variant v = selected_variant();
-    return rows >= 64 && (v == kVariantV3 || (kV3Default && v == kVariantV2));
+    return rows >= 64 && (v == kVariantV3 || v == kVariantV6 || v == kVariantV7 || (kV3Default && v == kVariantV2));
+}
+
+bool use_seesaw(int rows)
+{
+    return rows >= 64 && (selected_variant() == kVariantV6 || selected_variant() == kVariantV7);
 }
 
 int v2_block_n()
@@ -175,6 +185,10 @@ cudaError_t set_all_smem_attrs()
     }
     if (e == cudaSuccess) e = set_v3_smem_attr<true>();
     if (e == cudaSuccess) e = set_v3_smem_attr<false>();
+    for (int bulk = 0; bulk < 2 && e == cudaSuccess; bulk++)
+        e = cudaFuncSetAttribute(bulk ? mla_decode_v6::decode_seesaw_fp8_kernel<true>
+                                      : mla_decode_v6::decode_seesaw_fp8_kernel<false>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_v6::V6Cfg::kSmem);
     if (e == cudaSuccess) e = set_smem_attr<true, 16, 32, 128>();
     if (e == cudaSuccess) e = set_smem_attr<true, 32, 32, 128>();
     if (e == cudaSuccess) e = set_smem_attr<true, 16, 64, 256>();
@@ -244,6 +258,10 @@ template <bool FP8> cudaError_t launch_variant(const Params &prm, const Plan &pl
     if (FP8 && pl.m == 16 && pl.ctas_per_sm == 2 && v2_family(selected_variant()))
         return launch_v2_fp8_m16(prm, pl, stream);
     // The wgmma kernel uses the plan of the v1 M = 64 kernel (64-key blocks, one CTA per SM).
+    if (FP8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && use_seesaw(pl.rows))
+        return launch_split(selected_variant() == kVariantV7 ? mla_decode_v6::decode_seesaw_fp8_kernel<true>
+                                                             : mla_decode_v6::decode_seesaw_fp8_kernel<false>,
+                            prm, pl, mla_decode_v6::kNT, mla_decode_v6::V6Cfg::kSmem, stream);
     if (pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && use_wgmma(pl.rows))
         return launch_v3<FP8>(prm, pl, stream);
     if (pl.bn == 32) {

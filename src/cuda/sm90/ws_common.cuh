@@ -1,6 +1,6 @@
-// Pieces shared by the warp-specialised decode variants v5 and v6 (and bench/probes): the
-// fp8 producer warpgroup's loads, conversion and stores, and a wgmma m64n64k16 wrapper. Not
-// built into the library; see bench/variants/README.md.
+// Pieces shared by the warp-specialised decode kernels (decode_v6_seesaw.cuh; the retired v5
+// in bench/variants; bench/probes): the fp8 producer warpgroup's loads, conversion and
+// stores, and a wgmma m64n64k16 wrapper.
 #pragma once
 #include "decode_v3_wgmma.cuh"
 

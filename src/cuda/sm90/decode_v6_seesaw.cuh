@@ -1,12 +1,13 @@
-// Split-KV MLA decode, version 6 (NOT YET RUN ON A DEVICE): FlashMLA-style "seesaw" of the
-// two math warpgroups fed by v5's producer warpgroup, fp8 cache, H * q_len >= 64.
-// ptxas (-Xptxas -v, setmaxnreg 56/224): math warpgroups without spills, producer 4 bytes.
-// Getting there: zeroing o[128] at each request end spilled ~1 KB; a request's first P V
-// chain now overwrites O (scale-d = 0) instead, and its O rescale is skipped.
-// To test it: copy it and ws_common.cuh to src/cuda/sm90/, wire it like v5 in commit e0ff065
-// (launch_split(decode_seesaw_fp8_kernel, prm, pl, kNT, V6Cfg::kSmem) for fp8 and rows >= 64,
-// MLA_DECODE_VARIANT=v6) and run MLA_DECODE_VARIANT=v6 scripts/gpu-check-decode; record in
-// bench/NOTES.md "Decode", v6.
+// Split-KV MLA decode, versions 6 and 7: FlashMLA-style "seesaw" of two math warpgroups fed
+// by a producer warpgroup, fp8 cache, H * q_len >= 64 (MLA_DECODE_VARIANT=v6 | v7).
+//   v6 (kBulk = false): v5's register producer (global -> registers -> fp16 tile). Correct,
+//     but 8-9% slower than v3 on an H100: the producer cannot keep enough of a block in
+//     flight in 56 registers (bench/NOTES.md "Decode", v6/v7).
+//   v7 (kBulk = true): the raw fp8 block is bulk-copied into the freed tile and converted in
+//     place; 1.2-1.34x faster than v3 (same run, H200).
+// ptxas (-Xptxas -v, setmaxnreg 56/224): math warpgroups without spills; producer 4 bytes (v6),
+// 20 bytes (v7). A request's first P V chain overwrites O (scale-d = 0): zeroing o[128] at
+// each request end spilled ~1 KB.
 //
 // Why: v3 and v5 run S (smem-bound m64n32: 1728 cycles per block, bench/probes), softmax
 // and P V strictly in turn; the tensor chains are ~2750 of ~6000 cycles per block. Here the
@@ -21,8 +22,8 @@
 // Row sums: warpgroup 0 keeps l0 = (l0 scale0 + sum P_a) scale1, warpgroup 1 keeps
 // l1 = l1 scale0 scale1 + sum P_b; L = l0 + l1 at the end. A pair without b (a request piece
 // with an odd block count) skips S_b, P_b and its P V chains (scale1 = 1).
-// Producer as v5 (bench/variants/decode/decode_v5_ws.cuh): each block into tile 0 when it
-// opens a pair, tile 1 otherwise; tile 0 is handed back mid-pair, tile 1 at its end.
+// Producers: each block into tile 0 when it opens a pair, tile 1 otherwise; tile 0 is
+// handed back mid-pair, tile 1 at its end.
 #pragma once
 #include "ws_common.cuh"
 
@@ -46,6 +47,7 @@ constexpr int kTile = kBN * kDqk * 2;
 // Named barriers (0 is __syncthreads): 1 both math warpgroups; 2 "A" (0 -> 1: m0, scale0,
 // P_a ready); 3 "B" (1 -> 0: m1, scale1, P_b ready); 4, 5 inside warpgroup 0, 1.
 constexpr int kBarMath = 1, kBarA = 2, kBarB = 3, kBarWg = 4;
+constexpr int kBarProd = 6; // the producer warpgroup (bulk producer's two conversion phases)
 // Register split after setmaxnreg: must add up to the launch allocation (168 x 384).
 constexpr int kRegProducer = 56;
 constexpr int kRegMath = 224;
@@ -56,8 +58,8 @@ struct V6Cfg {
     static constexpr int offPair = offTile + 2 * kTile;  // m0, scale0, m1, scale1 per row
     static constexpr int offRedSum = offPair + 4 * kM * 4;
     static constexpr int offFlags = offRedSum + 2 * kM * 4;
-    static constexpr int offBar = offFlags + 16; // full[2], empty[2]
-    static constexpr int kSmem = offBar + 32 + 1024; // + slack to align the base to 1024
+    static constexpr int offBar = offFlags + 16; // full[2], empty[2], raw[2] (bulk producer)
+    static constexpr int kSmem = offBar + 48 + 1024; // + slack to align the base to 1024
     static_assert(offTile % 1024 == 0 && kTile % 1024 == 0, "swizzle atoms");
     static_assert(kSmem <= 227 * 1024, "shared memory");
 };
@@ -115,6 +117,144 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
     }
 }
 
+// ---------------------------------------------------------------- bulk producer (v7)
+// The producer above holds at most ~10 of a block's 18 chunks per thread in registers, so
+// every block costs it one or two exposed global-load latencies (ncu: 75% of its stall
+// samples long-scoreboard, the math warpgroups 36% waiting for a full tile). This one moves
+// the raw fp8 block into the upper half of the freed tile with bulk copies (no registers,
+// issued the moment the tile is handed back) and converts it to fp16 in place.
+// In place: the raw block is rows of 576 bytes at kRawOff = 36864; column blocks 0..3 of
+// the fp16 tile end at 32768, below it, so they are written straight away; column blocks
+// 4..8 overlap the raw block, so every thread first reads its remaining raw chunks into
+// registers, then the producer warpgroup synchronises, then they are written.
+constexpr int kRawOff = kTile - kBN * kDqk;
+static_assert(4 * kBlk <= kRawOff, "column blocks 0..3 lie below the raw block");
+
+__device__ __forceinline__ uint4 ld_shared16(uint32_t addr)
+{
+    uint4 v;
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr)
+                 : "memory");
+    return v;
+}
+
+// Thread 0: key block c into tile T as raw fp8, one bulk copy per valid page, counted on
+// raw[T]; its valid pages and row limit into sFlags[T], sFlags[2 + T] (read by the
+// conversion, and sFlags[T] by the math warpgroups).
+__device__ __forceinline__ void issue_raw(const Params &p, const Cursor &c, uint32_t aT, uint32_t rawBar, int *sFlags,
+                                          int T)
+{
+    const Pref f = mla_decode_v1::prefetch_block<kBN>(p, c);
+    const int key0 = c.blk * kBN;
+    const int ok = mla_decode_v1::block_page_mask<kBN>(p, key0, f, true);
+    sFlags[T] = ok;
+    sFlags[2 + T] = f.seq - key0;
+    const uint32_t page_bytes = (uint32_t)(p.page_size * kDqk);
+    mla_decode_v3::fence_proxy_async(); // earlier generic accesses to the tile before the async writes
+    mla_sm90::mbar_arrive_expect_tx(rawBar, page_bytes * (uint32_t)__popc(ok));
+    if (ok & 1) mla_sm90::bulk_copy_g2s(aT + kRawOff, p.kv + (size_t)f.idx0 * page_bytes, page_bytes, rawBar);
+    if (ok & 2)
+        mla_sm90::bulk_copy_g2s(aT + kRawOff + page_bytes, p.kv + (size_t)f.idx1 * page_bytes, page_bytes, rawBar);
+}
+
+// Converts the raw block of tile aT to the fp16 tile in place (rows past the limit or on
+// invalid pages become zeros: a NaN there must not reach P V). Thread t: rows R = 2 s + h
+// and R + 32, source chunks 4 g + j (g = column block), with s = t / 8, h = (t / 4) % 2,
+// j = t % 4. A quarter warp reads 2 rows x 64 contiguous bytes (rows 576 bytes apart: the
+// two halves of the banks) and writes the even, then the odd 16-byte positions of two rows
+// (swizzle (u ^ R % 8)): no bank conflicts.
+__device__ __forceinline__ void convert_in_place(uint32_t aT, int t, int ok, int lim, int page_shift)
+{
+    const int s = t >> 3, h = (t >> 2) & 1, j = t & 3;
+    const int R = 2 * s + h;
+    const bool v0 = R < lim && ((ok >> (R >> page_shift)) & 1);
+    const bool v1 = R + 32 < lim && ((ok >> ((R + 32) >> page_shift)) & 1);
+    const uint32_t rb = aT + (uint32_t)(kRawOff + R * kDqk + 16 * j);
+    const uint32_t ob0 = aT + (uint32_t)(R * 128 + (((2 * j) ^ (R & 7)) << 4));
+    const uint32_t ob1 = aT + (uint32_t)(R * 128 + (((2 * j + 1) ^ (R & 7)) << 4));
+    constexpr uint32_t kRawRow32 = 32 * kDqk, kOutRow32 = 32 * 128;
+    uint4 x[10];
+#pragma unroll
+    for (int g = 0; g < 4; g++) {
+        x[2 * g] = v0 ? ld_shared16(rb + 64 * g) : make_uint4(0, 0, 0, 0);
+        x[2 * g + 1] = v1 ? ld_shared16(rb + kRawRow32 + 64 * g) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        const uint32_t off = (uint32_t)((k >> 1) * kBlk) + ((k & 1) ? kOutRow32 : 0u);
+        uint32_t w[8];
+        e4m3x4_to_f16x4(x[k].x, w[0], w[1]);
+        e4m3x4_to_f16x4(x[k].y, w[2], w[3]);
+        e4m3x4_to_f16x4(x[k].z, w[4], w[5]);
+        e4m3x4_to_f16x4(x[k].w, w[6], w[7]);
+        st_shared16(ob0 + off, make_uint4(w[0], w[1], w[2], w[3]));
+        st_shared16(ob1 + off, make_uint4(w[4], w[5], w[6], w[7]));
+    }
+#pragma unroll
+    for (int g = 4; g < 9; g++) {
+        x[2 * (g - 4)] = v0 ? ld_shared16(rb + 64 * g) : make_uint4(0, 0, 0, 0);
+        x[2 * (g - 4) + 1] = v1 ? ld_shared16(rb + kRawRow32 + 64 * g) : make_uint4(0, 0, 0, 0);
+    }
+    mla_decode_v1::named_bar(kBarProd, kNT - kMathThreads); // every raw read before any overwrite
+#pragma unroll
+    for (int k = 0; k < 10; k++) {
+        const uint32_t off = (uint32_t)((4 + (k >> 1)) * kBlk) + ((k & 1) ? kOutRow32 : 0u);
+        uint32_t w[8];
+        e4m3x4_to_f16x4(x[k].x, w[0], w[1]);
+        e4m3x4_to_f16x4(x[k].y, w[2], w[3]);
+        e4m3x4_to_f16x4(x[k].z, w[4], w[5]);
+        e4m3x4_to_f16x4(x[k].w, w[6], w[7]);
+        st_shared16(ob0 + off, make_uint4(w[0], w[1], w[2], w[3]));
+        st_shared16(ob1 + off, make_uint4(w[4], w[5], w[6], w[7]));
+    }
+}
+
+// Pairs as in produce(): an opener into tile 0, its partner (the next block, same request)
+// into tile 1. Per pair: convert the opener, then the partner, as their raw blocks land;
+// then, as each tile is handed back, issue the next pair's bulk copies into it. (Waiting for
+// tile 0 before the partner is converted would deadlock: tile 0 is handed back only after
+// warpgroup 1 has computed S of the partner.)
+__device__ __forceinline__ void produce_bulk(const Params &p, int part, int tau, Cursor c, uint32_t aTile, uint32_t aBar,
+                                             int *sFlags)
+{
+    const int t = threadIdx.x - kMathThreads;
+    uint32_t ephase = 0; // bit T: parity of tile T's next "empty" completion to wait for, ^1
+    uint32_t rphase = 0; // bit T: parity of raw[T]'s next completion
+    // Every issue into tile T first waits for its previous occupant to be handed back (the
+    // first wait of each tile returns at once: the phase before the first counts as done).
+    auto issue = [&](const Cursor &x, int T) {
+        mla_sm90::mbar_wait(aBar + 8u * (2 + T), ((ephase >> T) & 1u) ^ 1u);
+        ephase ^= 1u << T;
+        if (t == 0) issue_raw(p, x, aTile + (uint32_t)(T * kTile), aBar + 32u + 8u * T, sFlags, T);
+    };
+    auto issue_pair = [&](const Cursor &x) {
+        issue(x, 0);
+        Cursor y = x;
+        mla_decode_v1::cursor_next(p, part, tau, y);
+        if (y.b == x.b) issue(y, 1);
+    };
+    issue_pair(c);
+    while (c.b < p.batch) {
+        Cursor nb = c;
+        mla_decode_v1::cursor_next(p, part, tau, nb);
+        const bool has_b = nb.b == c.b;
+#pragma unroll 1
+        for (int T = 0; T < (has_b ? 2 : 1); T++) {
+            mla_sm90::mbar_wait(aBar + 32u + 8u * T, (rphase >> T) & 1u);
+            rphase ^= 1u << T;
+            convert_in_place(aTile + (uint32_t)(T * kTile), t, sFlags[T], sFlags[2 + T], p.page_shift);
+            mla_decode_v3::fence_proxy_async(); // tile stores -> the math warpgroups' wgmma
+            mbar_arrive(aBar + 8u * T);         // full[T]
+        }
+        Cursor na = nb;
+        if (has_b) mla_decode_v1::cursor_next(p, part, tau, na);
+        if (na.b < p.batch) issue_pair(na);
+        c = na;
+    }
+}
+
 // ---------------------------------------------------------------- math warpgroups
 
 __device__ __forceinline__ void bar_arrive(int id, int threads)
@@ -157,6 +297,8 @@ __device__ __forceinline__ void scale_o(float (&o)[128], float a0, float a1)
     }
 }
 
+// kBulk: the bulk in-place producer (v7) instead of the register producer (v6).
+template <bool kBulk>
 __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_constant__ Params p)
 {
     using namespace mla_sm90; // wgmma_fence / commit / wait, smem_desc, mbar_*
@@ -180,6 +322,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
         for (int i = 0; i < 2; i++) {
             mbar_init(aBar + 8u * i, kNT - kMathThreads);  // full: every producer thread
             mbar_init(aBar + 8u * (2 + i), kMathThreads);  // empty: every math thread
+            mbar_init(aBar + 8u * (4 + i), 1);             // raw: thread 0's arrive + the bytes
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
@@ -196,7 +339,8 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
     }
     if (tid >= kMathThreads) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegProducer));
-        produce(p, part, tau, a, aTile, aBar, sFlags);
+        if constexpr (kBulk) produce_bulk(p, part, tau, a, aTile, aBar, sFlags);
+        else produce(p, part, tau, a, aTile, aBar, sFlags);
         return;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegMath));
