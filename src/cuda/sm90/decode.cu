@@ -24,15 +24,18 @@ using mla_decode_v1::Params;
 //           rows <= 32: decode_v1_mma.cuh "narrow" (32-key blocks, 128 threads, two CTAs per
 //           SM); rows 33..63: decode_v1_mma.cuh with M = 64 (64-key blocks, 256 threads, one
 //           CTA per SM), measured faster than two-per-SM M = 32 tiles at H = 128; rows >= 64:
-//           decode_v3_wgmma.cuh (wgmma, same plan as v1 M = 64; kV3Default below).
-//   "v1"  : as "v2" without decode_v2_fp8reg.cuh and decode_v3_wgmma.cuh (mma.sync only).
+//           fp8 cache: decode_v6_seesaw.cuh with the bulk producer ("v7", kV7Default below);
+//           bf16 cache: decode_v3_wgmma.cuh (wgmma, same plan as v1 M = 64; kV3Default).
+//   "v1"  : as "v2" without decode_v2_fp8reg.cuh, decode_v3_wgmma.cuh and the seesaw (mma.sync
+//           only).
 //   "wide": decode_v1_mma.cuh as first written for every shape: M = 16, 32 or 64, 64-key
 //           blocks, 256 threads, one CTA per SM.
-//   "v3"  : as "v2" (rows >= 64 on decode_v3_wgmma.cuh whatever kV3Default says).
-//   "v6"  : as "v2" with rows >= 64 and an fp8 cache on decode_v6_seesaw.cuh (a producer
-//           warpgroup feeding two math warpgroups that take key blocks in pairs).
-//   "v7"  : as "v6" with the bulk producer (raw fp8 bulk-copied into the freed tile and
-//           converted in place).
+//   "v3"  : as "v2" with rows >= 64 on decode_v3_wgmma.cuh for both cache types.
+//   "v6"  : as "v2" with rows >= 64 and an fp8 cache on decode_v6_seesaw.cuh with the register
+//           producer (a producer warpgroup feeding two math warpgroups that take key blocks in
+//           pairs; measured slower than v3).
+//   "v7"  : as "v2" (rows >= 64 and an fp8 cache on the seesaw with the bulk producer: raw fp8
+//           bulk-copied into the freed tile and converted in place) whatever kV7Default says.
 //   (A "v4" with fp8 QK^T for rows >= 64 was measured and retired: bench/variants/decode/;
 //   so was a "v5" that fed v3's math from a producer warpgroup.)
 struct Plan {
@@ -72,9 +75,18 @@ bool use_wgmma(int rows)
     return rows >= 64 && (v == kVariantV3 || v == kVariantV6 || v == kVariantV7 || (kV3Default && v == kVariantV2));
 }
 
-bool use_seesaw(int rows)
+// Whether the default variant ("v2") uses v7 for rows >= 64 with an fp8 cache (bench/NOTES.md
+// "Decode", v7: 1.2-1.34x faster than v3).
+constexpr bool kV7Default = true;
+
+// The seesaw kernel for rows >= 64 with an fp8 cache: 0 (none), 6 (register producer) or 7
+// (bulk producer).
+int seesaw_version(int rows)
 {
-    return rows >= 64 && (selected_variant() == kVariantV6 || selected_variant() == kVariantV7);
+    const Variant v = selected_variant();
+    if (rows < 64) return 0;
+    if (v == kVariantV6) return 6;
+    return v == kVariantV7 || (kV7Default && v == kVariantV2) ? 7 : 0;
 }
 
 int v2_block_n()
@@ -258,9 +270,9 @@ template <bool FP8> cudaError_t launch_variant(const Params &prm, const Plan &pl
     if (FP8 && pl.m == 16 && pl.ctas_per_sm == 2 && v2_family(selected_variant()))
         return launch_v2_fp8_m16(prm, pl, stream);
     // The wgmma kernel uses the plan of the v1 M = 64 kernel (64-key blocks, one CTA per SM).
-    if (FP8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && use_seesaw(pl.rows))
-        return launch_split(selected_variant() == kVariantV7 ? mla_decode_v6::decode_seesaw_fp8_kernel<true>
-                                                             : mla_decode_v6::decode_seesaw_fp8_kernel<false>,
+    if (FP8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && seesaw_version(pl.rows))
+        return launch_split(seesaw_version(pl.rows) == 7 ? mla_decode_v6::decode_seesaw_fp8_kernel<true>
+                                                         : mla_decode_v6::decode_seesaw_fp8_kernel<false>,
                             prm, pl, mla_decode_v6::kNT, mla_decode_v6::V6Cfg::kSmem, stream);
     if (pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && use_wgmma(pl.rows))
         return launch_v3<FP8>(prm, pl, stream);
