@@ -3,8 +3,8 @@
 //   v6 (kBulk = false): v5's register producer (global -> registers -> fp16 tile). Correct,
 //     but 8-9% slower than v3 on an H100: the producer cannot keep enough of a block in
 //     flight in 56 registers (bench/NOTES.md "Decode", v6/v7).
-//   v7 (kBulk = true): the raw fp8 block is bulk-copied into the freed tile and converted in
-//     place; 1.2-1.34x faster than v3 (same run, H200).
+//   v7 (kBulk = true, the default for an fp8 cache): the raw fp8 block is bulk-copied into
+//     the freed tile and converted in place; 1.18-1.28x faster than v3 (same run, H100).
 // ptxas (-Xptxas -v, setmaxnreg 56/224): math warpgroups without spills; producer 4 bytes (v6),
 // 20 bytes (v7). A request's first P V chain overwrites O (scale-d = 0): zeroing o[128] at
 // each request end spilled ~1 KB.
