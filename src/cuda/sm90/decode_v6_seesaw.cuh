@@ -159,6 +159,36 @@ __device__ __forceinline__ void issue_raw(const Params &p, const Cursor &c, uint
         mla_sm90::bulk_copy_g2s(aT + kRawOff + page_bytes, p.kv + (size_t)f.idx1 * page_bytes, page_bytes, rawBar);
 }
 
+// Raw chunks of column blocks [G0, G0 + N) of rows R (x[2 i]) and R + 32 (x[2 i + 1]), zeros
+// for invalid rows; rb: row R's first chunk of this thread.
+template <int G0, int N>
+__device__ __forceinline__ void load_raw(uint4 (&x)[2 * N], uint32_t rb, bool v0, bool v1)
+{
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+        x[2 * i] = v0 ? ld_shared16(rb + 64 * (G0 + i)) : make_uint4(0, 0, 0, 0);
+        x[2 * i + 1] = v1 ? ld_shared16(rb + 32 * kDqk + 64 * (G0 + i)) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+// Their fp16 values into column blocks [G0, G0 + N) of the tile (ob0, ob1: row R's two 16-byte
+// positions in column block 0).
+template <int G0, int N>
+__device__ __forceinline__ void store_f16(const uint4 (&x)[2 * N], uint32_t ob0, uint32_t ob1)
+{
+#pragma unroll
+    for (int k = 0; k < 2 * N; k++) {
+        const uint32_t off = (uint32_t)((G0 + (k >> 1)) * kBlk) + ((k & 1) ? 32u * 128u : 0u);
+        uint32_t w[8];
+        e4m3x4_to_f16x4(x[k].x, w[0], w[1]);
+        e4m3x4_to_f16x4(x[k].y, w[2], w[3]);
+        e4m3x4_to_f16x4(x[k].z, w[4], w[5]);
+        e4m3x4_to_f16x4(x[k].w, w[6], w[7]);
+        st_shared16(ob0 + off, make_uint4(w[0], w[1], w[2], w[3]));
+        st_shared16(ob1 + off, make_uint4(w[4], w[5], w[6], w[7]));
+    }
+}
+
 // Converts the raw block of tile aT to the fp16 tile in place (rows past the limit or on
 // invalid pages become zeros: a NaN there must not reach P V). Thread t: rows R = 2 s + h
 // and R + 32, source chunks 4 g + j (g = column block), with s = t / 8, h = (t / 4) % 2,
@@ -174,41 +204,15 @@ __device__ __forceinline__ void convert_in_place(uint32_t aT, int t, int ok, int
     const uint32_t rb = aT + (uint32_t)(kRawOff + R * kDqk + 16 * j);
     const uint32_t ob0 = aT + (uint32_t)(R * 128 + (((2 * j) ^ (R & 7)) << 4));
     const uint32_t ob1 = aT + (uint32_t)(R * 128 + (((2 * j + 1) ^ (R & 7)) << 4));
-    constexpr uint32_t kRawRow32 = 32 * kDqk, kOutRow32 = 32 * 128;
-    uint4 x[10];
-#pragma unroll
-    for (int g = 0; g < 4; g++) {
-        x[2 * g] = v0 ? ld_shared16(rb + 64 * g) : make_uint4(0, 0, 0, 0);
-        x[2 * g + 1] = v1 ? ld_shared16(rb + kRawRow32 + 64 * g) : make_uint4(0, 0, 0, 0);
+    {
+        uint4 x[8];
+        load_raw<0, 4>(x, rb, v0, v1);
+        store_f16<0, 4>(x, ob0, ob1);
     }
-#pragma unroll
-    for (int k = 0; k < 8; k++) {
-        const uint32_t off = (uint32_t)((k >> 1) * kBlk) + ((k & 1) ? kOutRow32 : 0u);
-        uint32_t w[8];
-        e4m3x4_to_f16x4(x[k].x, w[0], w[1]);
-        e4m3x4_to_f16x4(x[k].y, w[2], w[3]);
-        e4m3x4_to_f16x4(x[k].z, w[4], w[5]);
-        e4m3x4_to_f16x4(x[k].w, w[6], w[7]);
-        st_shared16(ob0 + off, make_uint4(w[0], w[1], w[2], w[3]));
-        st_shared16(ob1 + off, make_uint4(w[4], w[5], w[6], w[7]));
-    }
-#pragma unroll
-    for (int g = 4; g < 9; g++) {
-        x[2 * (g - 4)] = v0 ? ld_shared16(rb + 64 * g) : make_uint4(0, 0, 0, 0);
-        x[2 * (g - 4) + 1] = v1 ? ld_shared16(rb + kRawRow32 + 64 * g) : make_uint4(0, 0, 0, 0);
-    }
+    uint4 y[10];
+    load_raw<4, 5>(y, rb, v0, v1);
     mla_decode_v1::named_bar(kBarProd, kNT - kMathThreads); // every raw read before any overwrite
-#pragma unroll
-    for (int k = 0; k < 10; k++) {
-        const uint32_t off = (uint32_t)((4 + (k >> 1)) * kBlk) + ((k & 1) ? kOutRow32 : 0u);
-        uint32_t w[8];
-        e4m3x4_to_f16x4(x[k].x, w[0], w[1]);
-        e4m3x4_to_f16x4(x[k].y, w[2], w[3]);
-        e4m3x4_to_f16x4(x[k].z, w[4], w[5]);
-        e4m3x4_to_f16x4(x[k].w, w[6], w[7]);
-        st_shared16(ob0 + off, make_uint4(w[0], w[1], w[2], w[3]));
-        st_shared16(ob1 + off, make_uint4(w[4], w[5], w[6], w[7]));
-    }
+    store_f16<4, 5>(y, ob0, ob1);
 }
 
 // Pairs as in produce(): an opener into tile 0, its partner (the next block, same request)
