@@ -260,6 +260,46 @@ template <bool FP8> __device__ __forceinline__ void load_q(const Params &p, int 
     }
 }
 
+// Request b's end: this thread's share of the CTA's 64 x 512 output (rows r_lo and r_lo + 8,
+// columns 256 wg + 8 i + 2 qd of the wgmma accumulator layout), once both warpgroups' row
+// sums are in sRedSum. One split: bf16 output (times bmm2) and LSE; several: fp32 partials and
+// partial LSE into the split workspace for the combine. Shared with decode_v6_seesaw.cuh.
+__device__ __forceinline__ void write_rows(const Params &p, const float (&o)[128], const float *sRedSum,
+                                           const float (&m_run)[2], int b, int part, int hb, int wg, int r_lo,
+                                           int qd)
+{
+    const int nsplit = p.s.num_splits[b];
+    const int slot = p.s.slot_base[b] + part - p.s.first_part[b];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int r = r_lo + h * 8;
+        const float L = sRedSum[r] + sRedSum[kM + r];
+        const float inv = L > 0.f ? 1.0f / L : 0.f;
+        const float lse = L > 0.f ? (m_run[h] + log2f(L)) * 0.69314718055994531f : -INFINITY;
+        const int gr = hb * kM + r;
+        if (gr < p.rows) {
+            const size_t row = (size_t)b * p.rows + gr;
+            if (nsplit == 1) {
+                const float sc = inv * p.bmm2;
+                uint16_t *dst = p.out + row * kDv + wg * 256 + 2 * qd;
+#pragma unroll
+                for (int i = 0; i < 32; i++)
+                    *reinterpret_cast<uint32_t *>(dst + i * 8) =
+                        mla_decode_v1::pack2<false>(o[4 * i + 2 * h] * sc, o[4 * i + 2 * h + 1] * sc);
+                if (p.lse && wg == 0 && qd == 0) p.lse[row] = lse;
+            } else {
+                const size_t prow = (size_t)slot * p.rows + gr;
+                float *dst = p.s.part_o + prow * kDv + wg * 256 + 2 * qd;
+#pragma unroll
+                for (int i = 0; i < 32; i++)
+                    *reinterpret_cast<float2 *>(dst + i * 8) =
+                        make_float2(o[4 * i + 2 * h] * inv, o[4 * i + 2 * h + 1] * inv);
+                if (wg == 0 && qd == 0) p.s.part_lse[prow] = lse;
+            }
+        }
+    }
+}
+
 template <bool FP8>
 __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_constant__ Params p)
 {
@@ -288,7 +328,6 @@ __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_const
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
     const int tau = *p.s.tau;
     const float qk_scale = p.scale_log2; // tiles hold the cache values (fp8: exact in fp16)
-    const float v_scale = 1.0f;
 
     const uint32_t aBar = base + C::offBar;
     if (FP8 && tid == 0) {
@@ -522,36 +561,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_const
                 sRedSum[wg * kM + r_lo + 8] = lsum[1];
             }
             __syncthreads();
-            const int nsplit = p.s.num_splits[b];
-            const int slot = p.s.slot_base[b] + part - p.s.first_part[b];
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int r = r_lo + h * 8;
-                const float L = sRedSum[r] + sRedSum[kM + r];
-                const float inv = L > 0.f ? v_scale / L : 0.f;
-                const float lse = L > 0.f ? (m_run[h] + log2f(L)) * 0.69314718055994531f : -INFINITY;
-                const int gr = hb * kM + r;
-                if (gr < p.rows) {
-                    const size_t row = (size_t)b * p.rows + gr;
-                    if (nsplit == 1) {
-                        const float sc = inv * p.bmm2;
-                        uint16_t *dst = p.out + row * kDv + wg * 256 + 2 * qd;
-#pragma unroll
-                        for (int i = 0; i < 32; i++)
-                            *reinterpret_cast<uint32_t *>(dst + i * 8) =
-                                mla_decode_v1::pack2<false>(o[4 * i + 2 * h] * sc, o[4 * i + 2 * h + 1] * sc);
-                        if (p.lse && wg == 0 && qd == 0) p.lse[row] = lse;
-                    } else {
-                        const size_t prow = (size_t)slot * p.rows + gr;
-                        float *dst = p.s.part_o + prow * kDv + wg * 256 + 2 * qd;
-#pragma unroll
-                        for (int i = 0; i < 32; i++)
-                            *reinterpret_cast<float2 *>(dst + i * 8) =
-                                make_float2(o[4 * i + 2 * h] * inv, o[4 * i + 2 * h + 1] * inv);
-                        if (wg == 0 && qd == 0) p.s.part_lse[prow] = lse;
-                    }
-                }
-            }
+            write_rows(p, o, sRedSum, m_run, b, part, hb, wg, r_lo, qd);
 #pragma unroll
             for (int i = 0; i < 128; i++) o[i] = 0.f;
             m_run[0] = m_run[1] = -INFINITY;

@@ -550,36 +550,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
                 sRedSum[wg * kM + r_lo + 8] = lsum[1];
             }
             mla_decode_v1::named_bar(kBarMath, kMathThreads);
-            const int nsplit = p.s.num_splits[b];
-            const int slot = p.s.slot_base[b] + part - p.s.first_part[b];
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int r = r_lo + h * 8;
-                const float L = sRedSum[r] + sRedSum[kM + r];
-                const float inv = L > 0.f ? 1.0f / L : 0.f;
-                const float lse = L > 0.f ? (m_run[h] + log2f(L)) * 0.69314718055994531f : -INFINITY;
-                const int gr = hb * kM + r;
-                if (gr < p.rows) {
-                    const size_t row = (size_t)b * p.rows + gr;
-                    if (nsplit == 1) {
-                        const float scl = inv * p.bmm2;
-                        uint16_t *dst = p.out + row * kDv + wg * 256 + 2 * qd;
-#pragma unroll
-                        for (int i = 0; i < 32; i++)
-                            *reinterpret_cast<uint32_t *>(dst + i * 8) =
-                                mla_decode_v1::pack2<false>(o[4 * i + 2 * h] * scl, o[4 * i + 2 * h + 1] * scl);
-                        if (p.lse && wg == 0 && qd == 0) p.lse[row] = lse;
-                    } else {
-                        const size_t prow = (size_t)slot * p.rows + gr;
-                        float *dst = p.s.part_o + prow * kDv + wg * 256 + 2 * qd;
-#pragma unroll
-                        for (int i = 0; i < 32; i++)
-                            *reinterpret_cast<float2 *>(dst + i * 8) =
-                                make_float2(o[4 * i + 2 * h] * inv, o[4 * i + 2 * h + 1] * inv);
-                        if (wg == 0 && qd == 0) p.s.part_lse[prow] = lse;
-                    }
-                }
-            }
+            mla_decode_v3::write_rows(p, o, sRedSum, m_run, b, part, hb, wg, r_lo, qd);
             m_run[0] = m_run[1] = -INFINITY;
             l_run[0] = l_run[1] = 0.f;
             new_req = true;
