@@ -258,51 +258,95 @@ __device__ __forceinline__ void issue_block(const Params &p, const Cursor &c, co
     cp_async_commit();
 }
 
-// Q rows [hb*M, hb*M+M) of request b into the swizzled 16-bit tile (fp16 for the fp8-cache
-// kernel, bf16 otherwise); rows past the request's rows are zero.
-template <bool FP8, int M, int NT>
-__device__ __forceinline__ void load_q(const Params &p, int b, int hb, uint8_t *sq)
+// bf16 pair -> f16x2, saturating at 65504 (documented limit of the fp8-cache kernels).
+__device__ __forceinline__ uint32_t bf16x2_to_f16x2_sat(uint32_t w)
 {
-    for (int u = threadIdx.x; u < M * 72; u += NT) {
-        const int r = u / 72, ch = u % 72;
-        const int gr = hb * M + r;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (gr < p.rows) {
-            const size_t e = ((size_t)b * p.rows + gr) * kDqk + ch * 8;
-            if (p.q_fp8) {
-                const uint2 raw = *reinterpret_cast<const uint2 *>((const uint8_t *)p.q + e);
-                uint32_t h[4] = {e4m3x2_to_f16x2((uint16_t)(raw.x & 0xffff)),
-                                 e4m3x2_to_f16x2((uint16_t)(raw.x >> 16)),
-                                 e4m3x2_to_f16x2((uint16_t)(raw.y & 0xffff)),
-                                 e4m3x2_to_f16x2((uint16_t)(raw.y >> 16))};
-                if constexpr (!FP8) {
+    const float lo = fminf(fmaxf(bf16_bits_to_float(w & 0xffff), -65504.f), 65504.f);
+    const float hi = fminf(fmaxf(bf16_bits_to_float(w >> 16), -65504.f), 65504.f);
+    return pack2<true>(lo, hi);
+}
+
+// 8 query dims (one 16-byte chunk) in the kernels' 16-bit type: fp16 (F16, the fp8-cache
+// kernels) or bf16. raw holds 8 bf16 dims, or
+// 8 e4m3 dims in raw.x/raw.y when fp8q.
+template <bool F16> __device__ __forceinline__ uint4 q_chunk_16bit(uint4 raw, bool fp8q)
+{
+    uint32_t h[4];
+    if (fp8q) {
+        h[0] = e4m3x2_to_f16x2((uint16_t)(raw.x & 0xffff));
+        h[1] = e4m3x2_to_f16x2((uint16_t)(raw.x >> 16));
+        h[2] = e4m3x2_to_f16x2((uint16_t)(raw.y & 0xffff));
+        h[3] = e4m3x2_to_f16x2((uint16_t)(raw.y >> 16));
+        if constexpr (!F16) {
 #pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        const float2 f = __half22float2(*reinterpret_cast<__half2 *>(&h[j]));
-                        h[j] = pack2<false>(f.x, f.y);
-                    }
-                }
-                v = make_uint4(h[0], h[1], h[2], h[3]);
-            } else {
-                const uint4 raw = *reinterpret_cast<const uint4 *>((const uint16_t *)p.q + e);
-                if constexpr (FP8) {
-                    // bf16 -> fp16, saturating (|q| > 65504 is clamped: documented limit)
-                    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-                    uint32_t h[4];
+            for (int j = 0; j < 4; j++) {
+                const float2 f = __half22float2(*reinterpret_cast<__half2 *>(&h[j]));
+                h[j] = pack2<false>(f.x, f.y);
+            }
+        }
+    } else {
+        if constexpr (!F16) return raw;
+        h[0] = bf16x2_to_f16x2_sat(raw.x);
+        h[1] = bf16x2_to_f16x2_sat(raw.y);
+        h[2] = bf16x2_to_f16x2_sat(raw.z);
+        h[3] = bf16x2_to_f16x2_sat(raw.w);
+    }
+    return make_uint4(h[0], h[1], h[2], h[3]);
+}
+
+// Q rows [hb*M, hb*M+M) of request b, converted by q_chunk_16bit; store(r, ch, v) places
+// chunk ch (of 72) of row r, rows past the request's rows are zero. Padding rows read a valid
+// row instead of branching, and kBatch chunks per thread are loaded before any is converted:
+// a loop that branched per chunk serialized its loads (bench/NOTES.md, batch-1 stall
+// profile). Larger batches spill in the 255-register kernels; callers pick kBatch by
+// ptxas spill counts.
+template <bool F16, int M, int NT, int kBatch, class Store>
+__device__ __forceinline__ void load_q_rows(const Params &p, int b, int hb, Store store)
+{
+    constexpr int kChunks = M * 72, kN = (kChunks + NT - 1) / NT, kB = kN < kBatch ? kN : kBatch;
+    const bool fp8q = p.q_fp8 != 0;
+    const uint8_t *q = (const uint8_t *)p.q;
+    const size_t esz = fp8q ? 1 : 2;
+#pragma unroll 1
+    for (int i0 = 0; i0 < kN; i0 += kB) {
+        uint4 raw[kB];
 #pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        float lo = fminf(fmaxf(bf16_bits_to_float(w[j] & 0xffff), -65504.f), 65504.f);
-                        float hi = fminf(fmaxf(bf16_bits_to_float(w[j] >> 16), -65504.f), 65504.f);
-                        h[j] = pack2<true>(lo, hi);
-                    }
-                    v = make_uint4(h[0], h[1], h[2], h[3]);
+        for (int j = 0; j < kB && i0 + j < kN; j++) {
+            const int u = (int)threadIdx.x + (i0 + j) * NT;
+            const int r = u / 72, ch = u % 72;
+            const int gr = min(hb * M + r, p.rows - 1);
+            const uint8_t *src = q + (((size_t)b * p.rows + gr) * kDqk + ch * 8) * esz;
+            raw[j] = make_uint4(0, 0, 0, 0);
+            if (kChunks % NT == 0 || u < kChunks) {
+                if (fp8q) {
+                    const uint2 x = __ldg(reinterpret_cast<const uint2 *>(src));
+                    raw[j].x = x.x;
+                    raw[j].y = x.y;
                 } else {
-                    v = raw;
+                    raw[j] = __ldg(reinterpret_cast<const uint4 *>(src));
                 }
             }
         }
-        *reinterpret_cast<uint4 *>(sq + tile_off(r, ch)) = v;
+#pragma unroll
+        for (int j = 0; j < kB && i0 + j < kN; j++) {
+            const int u = (int)threadIdx.x + (i0 + j) * NT;
+            const int r = u / 72, ch = u % 72;
+            if (kChunks % NT == 0 || u < kChunks) {
+                const uint4 v = hb * M + r < p.rows ? q_chunk_16bit<F16>(raw[j], fp8q) : make_uint4(0, 0, 0, 0);
+                store(r, ch, v);
+            }
+        }
     }
+}
+
+// Q rows of request b into the swizzled 16-bit tile (fp16 for the fp8-cache kernel, bf16
+// otherwise).
+template <bool FP8, int M, int NT>
+__device__ __forceinline__ void load_q(const Params &p, int b, int hb, uint8_t *sq)
+{
+    load_q_rows<FP8, M, NT, (M == 16 ? 3 : 1)>(p, b, hb, [&](int r, int ch, uint4 v) {
+        *reinterpret_cast<uint4 *>(sq + tile_off(r, ch)) = v;
+    });
 }
 
 template <bool FP8, int M, int BN, int NT>

@@ -99,17 +99,49 @@ __device__ __forceinline__ void issue_block_v2(const Params &p, const Cursor &c,
     cp_async_commit();
 }
 
-// Q as f16 (fp8 Q exact; bf16 Q rounded, saturating at 65504) for the permuted k order:
-// returns the f16x2 of dims (d, d+1) of row gr, or 0 for a padding row.
-__device__ __forceinline__ uint32_t q_pair(const Params &p, int b, int gr, int d)
+// Q fragments of warp w's 9 k-steps as f16 (fp8 Q exact; bf16 Q rounded, saturating) for
+// the permuted k order: qf[ks] = {row g dims (d, d+1), row g+8 (d, d+1), row g (d+2, d+3),
+// row g+8 (d+2, d+3)} with d = (9w + ks) * 16 + 4t; padding rows (>= p.rows) are zero.
+// All 18 loads (4 dims each) are issued before any is used and padding rows read a valid
+// row instead of branching: a per-pair loader with branches serialized its loads, 22% of
+// the stall samples of a batch-1 call (bench/NOTES.md).
+__device__ __forceinline__ void load_q_frags(const Params &p, int b, int w, int g, int t, uint32_t (&qf)[9][4])
 {
-    if (gr >= p.rows) return 0u;
-    const size_t e = ((size_t)b * p.rows + gr) * kDqk + d;
-    if (p.q_fp8) return e4m3x2_to_f16x2(*reinterpret_cast<const uint16_t *>((const uint8_t *)p.q + e));
-    const uint32_t w = *reinterpret_cast<const uint32_t *>((const uint16_t *)p.q + e);
-    const float lo = fminf(fmaxf(bf16_bits_to_float(w & 0xffff), -65504.f), 65504.f);
-    const float hi = fminf(fmaxf(bf16_bits_to_float(w >> 16), -65504.f), 65504.f);
-    return pack2<true>(lo, hi);
+    const bool v0 = g < p.rows, v1 = g + 8 < p.rows;
+    const size_t d0 = (size_t)(144 * w + 4 * t);
+    const size_t e0 = ((size_t)b * p.rows + min(g, p.rows - 1)) * kDqk + d0;
+    const size_t e1 = ((size_t)b * p.rows + min(g + 8, p.rows - 1)) * kDqk + d0;
+    if (p.q_fp8) {
+        const uint8_t *q = (const uint8_t *)p.q;
+        uint32_t x0[9], x1[9];
+#pragma unroll
+        for (int ks = 0; ks < 9; ks++) {
+            x0[ks] = __ldg(reinterpret_cast<const unsigned int *>(q + e0 + 16 * ks));
+            x1[ks] = __ldg(reinterpret_cast<const unsigned int *>(q + e1 + 16 * ks));
+        }
+#pragma unroll
+        for (int ks = 0; ks < 9; ks++) {
+            qf[ks][0] = v0 ? e4m3x2_to_f16x2((uint16_t)(x0[ks] & 0xffff)) : 0u;
+            qf[ks][1] = v1 ? e4m3x2_to_f16x2((uint16_t)(x1[ks] & 0xffff)) : 0u;
+            qf[ks][2] = v0 ? e4m3x2_to_f16x2((uint16_t)(x0[ks] >> 16)) : 0u;
+            qf[ks][3] = v1 ? e4m3x2_to_f16x2((uint16_t)(x1[ks] >> 16)) : 0u;
+        }
+    } else {
+        const uint16_t *q = (const uint16_t *)p.q;
+        uint2 x0[9], x1[9];
+#pragma unroll
+        for (int ks = 0; ks < 9; ks++) {
+            x0[ks] = __ldg(reinterpret_cast<const uint2 *>(q + e0 + 16 * ks));
+            x1[ks] = __ldg(reinterpret_cast<const uint2 *>(q + e1 + 16 * ks));
+        }
+#pragma unroll
+        for (int ks = 0; ks < 9; ks++) {
+            qf[ks][0] = v0 ? bf16x2_to_f16x2_sat(x0[ks].x) : 0u;
+            qf[ks][1] = v1 ? bf16x2_to_f16x2_sat(x1[ks].x) : 0u;
+            qf[ks][2] = v0 ? bf16x2_to_f16x2_sat(x0[ks].y) : 0u;
+            qf[ks][3] = v1 ? bf16x2_to_f16x2_sat(x1[ks].y) : 0u;
+        }
+    }
 }
 
 // Four e4m3 bytes to two f16x2 words: with kCvt by the hardware conversion (exact values,
@@ -182,14 +214,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
                 lim_row[h] = p.causal ? seq - p.q_len + min(gr, p.rows - 1) / p.heads + 1 : seq;
             }
             lim_min = p.causal ? seq - p.q_len + 1 : seq;
-#pragma unroll
-            for (int ks = 0; ks < 9; ks++) {
-                const int d = (9 * w + ks) * 16 + 4 * t;
-                qf[ks][0] = q_pair(p, cons.b, g, d);
-                qf[ks][1] = q_pair(p, cons.b, g + 8, d);
-                qf[ks][2] = q_pair(p, cons.b, g, d + 2);
-                qf[ks][3] = q_pair(p, cons.b, g + 8, d + 2);
-            }
+            load_q_frags(p, cons.b, w, g, t, qf);
             new_req = false;
         }
         // Blocks j .. j+kNS-2 are in flight; wait for block j. One barrier then serves both

@@ -219,45 +219,9 @@ __device__ __forceinline__ void issue_block_bulk(const Params &p, const Cursor &
 // are zero.
 template <bool FP8> __device__ __forceinline__ void load_q(const Params &p, int b, int hb, uint8_t *sq)
 {
-    using mla_decode_v1::e4m3x2_to_f16x2;
-    for (int u = threadIdx.x; u < kM * 72; u += kNT) {
-        const int r = u / 72, ch = u % 72;
-        const int gr = hb * kM + r;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (gr < p.rows) {
-            const size_t e = ((size_t)b * p.rows + gr) * kDqk + ch * 8;
-            if (p.q_fp8) {
-                const uint2 raw = *reinterpret_cast<const uint2 *>((const uint8_t *)p.q + e);
-                uint32_t h[4] = {e4m3x2_to_f16x2((uint16_t)(raw.x & 0xffff)), e4m3x2_to_f16x2((uint16_t)(raw.x >> 16)),
-                                 e4m3x2_to_f16x2((uint16_t)(raw.y & 0xffff)), e4m3x2_to_f16x2((uint16_t)(raw.y >> 16))};
-                if constexpr (!FP8) {
-#pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        const float2 f = __half22float2(*reinterpret_cast<__half2 *>(&h[j]));
-                        h[j] = mla_decode_v1::pack2<false>(f.x, f.y);
-                    }
-                }
-                v = make_uint4(h[0], h[1], h[2], h[3]);
-            } else {
-                const uint4 raw = *reinterpret_cast<const uint4 *>((const uint16_t *)p.q + e);
-                if constexpr (FP8) {
-                    // bf16 -> fp16, saturating (|q| > 65504 is clamped: documented limit)
-                    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-                    uint32_t h[4];
-#pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        const float lo = fminf(fmaxf(mla_decode_v1::bf16_bits_to_float(w[j] & 0xffff), -65504.f), 65504.f);
-                        const float hi = fminf(fmaxf(mla_decode_v1::bf16_bits_to_float(w[j] >> 16), -65504.f), 65504.f);
-                        h[j] = mla_decode_v1::pack2<true>(lo, hi);
-                    }
-                    v = make_uint4(h[0], h[1], h[2], h[3]);
-                } else {
-                    v = raw;
-                }
-            }
-        }
+    mla_decode_v1::load_q_rows<FP8, kM, kNT, 3>(p, b, hb, [&](int r, int ch, uint4 v) {
         *reinterpret_cast<uint4 *>(sq + blk_off(r, ch)) = v;
-    }
+    });
 }
 
 // Request b's end: this thread's share of the CTA's 64 x 512 output (rows r_lo and r_lo + 8,
