@@ -267,8 +267,7 @@ __device__ __forceinline__ uint32_t bf16x2_to_f16x2_sat(uint32_t w)
 }
 
 // 8 query dims (one 16-byte chunk) in the kernels' 16-bit type: fp16 (F16, the fp8-cache
-// kernels) or bf16. raw holds 8 bf16 dims, or
-// 8 e4m3 dims in raw.x/raw.y when fp8q.
+// kernels) or bf16. raw holds 8 bf16 dims, or 8 e4m3 dims in raw.x/raw.y when fp8q.
 template <bool F16> __device__ __forceinline__ uint4 q_chunk_16bit(uint4 raw, bool fp8q)
 {
     uint32_t h[4];
