@@ -102,46 +102,54 @@ __device__ __forceinline__ void issue_block_v2(const Params &p, const Cursor &c,
 // Q fragments of warp w's 9 k-steps as f16 (fp8 Q exact; bf16 Q rounded, saturating) for
 // the permuted k order: qf[ks] = {row g dims (d, d+1), row g+8 (d, d+1), row g (d+2, d+3),
 // row g+8 (d+2, d+3)} with d = (9w + ks) * 16 + 4t; padding rows (>= p.rows) are zero.
-// All 18 loads (4 dims each) are issued before any is used and padding rows read a valid
-// row instead of branching: a per-pair loader with branches serialized its loads, 22% of
-// the stall samples of a batch-1 call (bench/NOTES.md).
-__device__ __forceinline__ void load_q_frags(const Params &p, int b, int w, int g, int t, uint32_t (&qf)[9][4])
+// All 18 loads (4 dims each) go out at once and padding rows read a valid row instead of
+// branching (a per-pair loader with branches serialized its loads, 22% of the stall samples
+// of a batch-1 call: bench/NOTES.md). `between` runs after the loads are issued and before
+// their values are used. Load and conversion sit in one branch per Q dtype: split across
+// two branches, the merged raw words cost registers the loop does not have (it spilled).
+template <bool kFp8> struct QWord {
+    using T = uint2; // 4 bf16
+};
+template <> struct QWord<true> {
+    using T = uint32_t; // 4 e4m3
+};
+template <bool kFp8, typename F>
+__device__ __forceinline__ void load_q_frags_t(const Params &p, int b, int w, int g, int t, uint32_t (&qf)[9][4], F between)
 {
+    using T = typename QWord<kFp8>::T;
     const bool v0 = g < p.rows, v1 = g + 8 < p.rows;
     const size_t d0 = (size_t)(144 * w + 4 * t);
     const size_t e0 = ((size_t)b * p.rows + min(g, p.rows - 1)) * kDqk + d0;
     const size_t e1 = ((size_t)b * p.rows + min(g + 8, p.rows - 1)) * kDqk + d0;
-    if (p.q_fp8) {
-        const uint8_t *q = (const uint8_t *)p.q;
-        uint32_t x0[9], x1[9];
+    constexpr int kElt = kFp8 ? 1 : 2; // bytes per Q element
+    const uint8_t *q = (const uint8_t *)p.q;
+    T x0[9], x1[9];
 #pragma unroll
-        for (int ks = 0; ks < 9; ks++) {
-            x0[ks] = __ldg(reinterpret_cast<const unsigned int *>(q + e0 + 16 * ks));
-            x1[ks] = __ldg(reinterpret_cast<const unsigned int *>(q + e1 + 16 * ks));
-        }
+    for (int ks = 0; ks < 9; ks++) {
+        x0[ks] = __ldg(reinterpret_cast<const T *>(q + (e0 + 16 * ks) * kElt));
+        x1[ks] = __ldg(reinterpret_cast<const T *>(q + (e1 + 16 * ks) * kElt));
+    }
+    between();
 #pragma unroll
-        for (int ks = 0; ks < 9; ks++) {
+    for (int ks = 0; ks < 9; ks++) {
+        if constexpr (kFp8) {
             qf[ks][0] = v0 ? e4m3x2_to_f16x2((uint16_t)(x0[ks] & 0xffff)) : 0u;
             qf[ks][1] = v1 ? e4m3x2_to_f16x2((uint16_t)(x1[ks] & 0xffff)) : 0u;
             qf[ks][2] = v0 ? e4m3x2_to_f16x2((uint16_t)(x0[ks] >> 16)) : 0u;
             qf[ks][3] = v1 ? e4m3x2_to_f16x2((uint16_t)(x1[ks] >> 16)) : 0u;
-        }
-    } else {
-        const uint16_t *q = (const uint16_t *)p.q;
-        uint2 x0[9], x1[9];
-#pragma unroll
-        for (int ks = 0; ks < 9; ks++) {
-            x0[ks] = __ldg(reinterpret_cast<const uint2 *>(q + e0 + 16 * ks));
-            x1[ks] = __ldg(reinterpret_cast<const uint2 *>(q + e1 + 16 * ks));
-        }
-#pragma unroll
-        for (int ks = 0; ks < 9; ks++) {
+        } else {
             qf[ks][0] = v0 ? bf16x2_to_f16x2_sat(x0[ks].x) : 0u;
             qf[ks][1] = v1 ? bf16x2_to_f16x2_sat(x1[ks].x) : 0u;
             qf[ks][2] = v0 ? bf16x2_to_f16x2_sat(x0[ks].y) : 0u;
             qf[ks][3] = v1 ? bf16x2_to_f16x2_sat(x1[ks].y) : 0u;
         }
     }
+}
+template <typename F>
+__device__ __forceinline__ void load_q_frags(const Params &p, int b, int w, int g, int t, uint32_t (&qf)[9][4], F between)
+{
+    if (p.q_fp8) load_q_frags_t<true>(p, b, w, g, t, qf, between);
+    else load_q_frags_t<false>(p, b, w, g, t, qf, between);
 }
 
 // Four e4m3 bytes to two f16x2 words: with kCvt by the hardware conversion (exact values,
@@ -185,36 +193,50 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
         if (b0 >= p.batch) return;
         cursor_range(p, part, tau, b0, cons);
     }
-    Cursor prod = cons;
-    Pref pref = prefetch_block<kBN>(p, prod);
-    int nprod = 0;
-    for (; nprod < kNS - 1; nprod++) {
-        issue_block_v2<kBN>(p, prod, pref, sStage + nprod * kStageBytes, &sFlags[nprod]);
-        cursor_next(p, part, tau, prod);
-        pref = prefetch_block<kBN>(p, prod);
-    }
-
     float o[16][4]; // n-tiles 4J + j of this warp's 128 dims (permuted, see header)
 #pragma unroll
     for (int i = 0; i < 16; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     uint32_t qf[9][4]; // Q fragments of this warp's 9 k-steps
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
     int lim_row[2] = {0, 0};
-    int lim_min = 0; // smallest key limit over the CTA's rows (the request's first token)
-    bool new_req = true;
+    int lim_min = 0;
+    // Rows' key limits: lim_row for this thread's rows g and g + 8, lim_min the smallest over
+    // the CTA's rows (the request's first token).
+    auto set_limits = [&](int seq) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int gr = g + 8 * h;
+            lim_row[h] = p.causal ? seq - p.q_len + min(gr, p.rows - 1) / p.heads + 1 : seq;
+        }
+        lim_min = p.causal ? seq - p.q_len + 1 : seq;
+    };
+    // The first request's Q and seq_len are loaded together with the first block's
+    // page indices and converted before the prologue's KV copies are issued: issued after
+    // them, the Q loads queued behind the copies (15.6% of the stall samples at batch 1).
+    // (Keeping the raw Q in registers across the copies instead spilled at 64-key blocks.)
+    Cursor prod = cons;
+    int seq0;
+    Pref pref;
+    load_q_frags(p, cons.b, w, g, t, qf, [&] {
+        seq0 = p.s.seq_eff[cons.b];
+        pref = prefetch_block<kBN>(p, prod);
+    });
+    set_limits(seq0);
+    int nprod = 0;
+    for (; nprod < kNS - 1; nprod++) {
+        issue_block_v2<kBN>(p, prod, pref, sStage + nprod * kStageBytes, &sFlags[nprod]);
+        cursor_next(p, part, tau, prod);
+        pref = prefetch_block<kBN>(p, prod);
+    }
+    bool new_req = false;
     const uint32_t pbase = smem_u32(sP);
 
     for (int j = 0; cons.b < p.batch; j++) {
         const int stage = j % kNS;
         if (new_req) {
-            const int seq = p.s.seq_eff[cons.b];
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int gr = g + 8 * h;
-                lim_row[h] = p.causal ? seq - p.q_len + min(gr, p.rows - 1) / p.heads + 1 : seq;
-            }
-            lim_min = p.causal ? seq - p.q_len + 1 : seq;
-            load_q_frags(p, cons.b, w, g, t, qf);
+            int seq;
+            load_q_frags(p, cons.b, w, g, t, qf, [&] { seq = p.s.seq_eff[cons.b]; });
+            set_limits(seq);
             new_req = false;
         }
         // Blocks j .. j+kNS-2 are in flight; wait for block j. One barrier then serves both
