@@ -1,5 +1,5 @@
-// Split-KV decode combine: merges the float32 partials (O / l, LSE) of each split request
-// into the bf16 output and the optional LSE. Requests written directly by the decode kernel
+// Split-KV decode combine: merges the partials (O / l in float32 or float16, LSE in float32)
+// of each split request into the bf16 output and the optional LSE. Requests written directly by the decode kernel
 // (one split) return at once. Two shapes, picked from the expected splits per request:
 //   narrow (<= 8 splits): one warp per (query row, 128 * NC columns), 8 rows per CTA; the
 //     warp computes its row's weights with shuffles and sums the splits in order.
@@ -11,6 +11,7 @@
 #include "decode_split.cuh"
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <math.h>
 
 namespace {
@@ -47,6 +48,20 @@ __device__ __forceinline__ int load_early(const int *p)
     return v;
 }
 
+// Four partial-O columns (float4 index i4 of the partials) as floats: float32 partials are
+// one 16-byte load, float16 ones (kHalf) one 8-byte load.
+template <bool kHalf> __device__ __forceinline__ float4 load_part4(const void *part_o, size_t i4)
+{
+    if constexpr (kHalf) {
+        const uint2 u = __ldg(reinterpret_cast<const uint2 *>(part_o) + i4);
+        const float2 a = __half22float2(*reinterpret_cast<const __half2 *>(&u.x));
+        const float2 b = __half22float2(*reinterpret_cast<const __half2 *>(&u.y));
+        return make_float4(a.x, a.y, b.x, b.y);
+    } else {
+        return __ldg(reinterpret_cast<const float4 *>(part_o) + i4);
+    }
+}
+
 __device__ __forceinline__ void fma4(float4 &acc, float w, const float4 &v)
 {
     acc.x += w * v.x;
@@ -68,7 +83,7 @@ __device__ __forceinline__ void store_bf16x4(uint16_t *dst, float4 a, float scal
 // One warp per (query row, request, 32 * NC float4 columns): lane c owns float4 columns
 // c, c + 32, ... of the chunk. The lane-strided max / sum and the in-order sum over splits
 // are those of the former one-warp kernel, so results match it bit for bit.
-template <int NC>
+template <int NC, bool kHalf>
 __global__ void __launch_bounds__(32 * kNarrowRows, NC == 1 ? 4 : 3)
 combine_narrow_kernel(mla_decode_sched s, int rows, int dv, float bmm2_scale,
                       uint16_t *__restrict__ out, float *__restrict__ lse_out)
@@ -83,9 +98,8 @@ combine_narrow_kernel(mla_decode_sched s, int rows, int dv, float bmm2_scale,
     if (ns <= 1 || row >= rows) return; // no barriers below: warps may leave on their own
     const int dv4 = dv >> 2;
     const int col4 = blockIdx.z * 32 * NC + lane;
-    const size_t stride4 = (size_t)rows * dv4; // float4s per slot
-    const float4 *src =
-        reinterpret_cast<const float4 *>(s.part_o) + (size_t)base * stride4 + (size_t)row * dv4 + col4;
+    const size_t stride4 = (size_t)rows * dv4; // 4-column groups per slot
+    const size_t src = (size_t)base * stride4 + (size_t)row * dv4 + col4;
     const float *lse = s.part_lse + (size_t)base * rows + row;
     bool ok[NC];
 #pragma unroll
@@ -97,7 +111,7 @@ combine_narrow_kernel(mla_decode_sched s, int rows, int dv, float bmm2_scale,
         for (int u = 0; u < U; u++)
 #pragma unroll
             for (int k = 0; k < NC; k++)
-                if (i0 + u < ns && ok[k]) v[u][k] = __ldg(src + (size_t)(i0 + u) * stride4 + 32 * k);
+                if (i0 + u < ns && ok[k]) v[u][k] = load_part4<kHalf>(s.part_o, src + (size_t)(i0 + u) * stride4 + 32 * k);
     };
     load_round(0); // in flight during the LSE work
 
@@ -140,6 +154,7 @@ combine_narrow_kernel(mla_decode_sched s, int rows, int dv, float bmm2_scale,
 // One CTA per (query row, request, CL float4 columns); blockDim = CL * G, CL and G powers of
 // two, G >= 4. Thread (group g, lane c) sums splits g, g + G, ... of float4 column c; warp 0
 // computes the weights into shared memory while the first loads are in flight.
+template <bool kHalf>
 __global__ void __launch_bounds__(kWideThreads, 2)
 combine_wide_kernel(mla_decode_sched s, int rows, int dv, int cl_shift, float bmm2_scale,
                     uint16_t *__restrict__ out, float *__restrict__ lse_out)
@@ -157,15 +172,14 @@ combine_wide_kernel(mla_decode_sched s, int rows, int dv, int cl_shift, float bm
     const int col4 = blockIdx.z * CL + c;
     const bool active = col4 < dv4; // inactive lanes still reach the barriers
     const size_t stride4 = (size_t)rows * dv4;
-    const float4 *src =
-        reinterpret_cast<const float4 *>(s.part_o) + (size_t)base * stride4 + (size_t)row * dv4 + col4;
+    const size_t src = (size_t)base * stride4 + (size_t)row * dv4 + col4;
 
     float4 v[kLoads] = {};
     auto load_round = [&](int i0) {
 #pragma unroll
         for (int u = 0; u < kLoads; u++) {
             const int i = i0 + g + u * G;
-            if (i < ns && active) v[u] = __ldg(src + (size_t)i * stride4);
+            if (i < ns && active) v[u] = load_part4<kHalf>(s.part_o, src + (size_t)i * stride4);
         }
     };
     load_round(0);
@@ -215,11 +229,9 @@ combine_wide_kernel(mla_decode_sched s, int rows, int dv, int cl_shift, float bm
         lse_out[(size_t)b * rows + row] = mx == -INFINITY ? -INFINITY : mx + logf(sum);
 }
 
-} // namespace
-
-cudaError_t mla_launch_decode_combine(const mla_decode_sched *s, int batch, int rows, int dv,
-                                      int num_parts, float bmm2_scale, void *out, float *lse,
-                                      cudaStream_t stream)
+template <bool kHalf>
+cudaError_t launch_combine(const mla_decode_sched *s, int batch, int rows, int dv, int num_parts,
+                           float bmm2_scale, void *out, float *lse, cudaStream_t stream)
 {
     if (batch < 1 || rows < 1 || dv < 4 || dv % 4 != 0) return cudaErrorInvalidValue;
     const int dv4 = dv / 4;
@@ -241,10 +253,10 @@ cudaError_t mla_launch_decode_combine(const mla_decode_sched *s, int batch, int 
                            (unsigned)((dv4 + 32 * nc - 1) / (32 * nc)));
         cfg.blockDim = dim3(32u * warps);
         if (nc == 4)
-            return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<4>, *s, rows, dv, bmm2_scale, o, lse);
+            return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<4, kHalf>, *s, rows, dv, bmm2_scale, o, lse);
         if (nc == 2)
-            return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<2>, *s, rows, dv, bmm2_scale, o, lse);
-        return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<1>, *s, rows, dv, bmm2_scale, o, lse);
+            return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<2, kHalf>, *s, rows, dv, bmm2_scale, o, lse);
+        return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<1, kHalf>, *s, rows, dv, bmm2_scale, o, lse);
     }
     // Many splits: narrow the column chunk until the grid fills the GPU, then give each
     // thread at most kLoads splits (one round) where the block size allows.
@@ -258,5 +270,15 @@ cudaError_t mla_launch_decode_combine(const mla_decode_sched *s, int batch, int 
     while (groups * cl < 128) groups *= 2;
     cfg.gridDim = dim3((unsigned)rows, (unsigned)batch, (unsigned)((dv4 + cl - 1) / cl));
     cfg.blockDim = dim3((unsigned)(groups * cl));
-    return cudaLaunchKernelEx(&cfg, combine_wide_kernel, *s, rows, dv, cl_shift, bmm2_scale, o, lse);
+    return cudaLaunchKernelEx(&cfg, combine_wide_kernel<kHalf>, *s, rows, dv, cl_shift, bmm2_scale, o, lse);
+}
+
+} // namespace
+
+cudaError_t mla_launch_decode_combine(const mla_decode_sched *s, int batch, int rows, int dv,
+                                      int num_parts, bool half_partials, float bmm2_scale,
+                                      void *out, float *lse, cudaStream_t stream)
+{
+    return half_partials ? launch_combine<true>(s, batch, rows, dv, num_parts, bmm2_scale, out, lse, stream)
+                         : launch_combine<false>(s, batch, rows, dv, num_parts, bmm2_scale, out, lse, stream);
 }

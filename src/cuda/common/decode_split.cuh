@@ -7,8 +7,10 @@
 // equal spans of tau units; part p owns the key blocks whose units fall in its span. So part
 // p processes a run of consecutive requests, the first and last possibly in part. A request
 // covered by one part is written straight to the output; one covered by several parts
-// ("splits") writes one partial (O / l in float32, LSE) per part into a workspace slot and
-// the combine kernel merges them. Everything is computed on the GPU from seq_lens; launch
+// ("splits") writes one partial (O / l, LSE) per part into a workspace slot and the combine
+// kernel merges them. O / l is float32, or float16 where the launcher says so (the fp8-cache
+// kernel for H * q_len <= 16: |O / l| <= 448 there, and half the partial bytes); the float16
+// partials use the first half of the same region. Everything is computed on the GPU from seq_lens; launch
 // shapes depend only on (batch, q_len, heads, SM count).
 #pragma once
 #include <stddef.h>
@@ -29,7 +31,7 @@ typedef struct mla_decode_sched {
     int *slot_base;   // [batch] first partial slot of request b (when num_splits > 1)
     int *part_begin;  // [num_parts] first request of part p (batch when the part is empty)
     float *part_lse;  // [max_slots, rows]
-    float *part_o;    // [max_slots, rows, dv]
+    float *part_o;    // [max_slots, rows, dv] (float16 elements when the partials are half)
 } mla_decode_sched;
 
 typedef struct mla_decode_split_layout {
@@ -82,7 +84,8 @@ cudaError_t mla_launch_decode_schedule(const int32_t *seq_lens, int batch, int m
                                        uint32_t *device_error_flags, const mla_decode_sched *s,
                                        cudaStream_t stream);
 
-// Merges the partials of split requests into out (bf16, scaled by bmm2_scale) and lse.
+// Merges the partials of split requests into out (bf16, scaled by bmm2_scale) and lse;
+// half_partials: part_o holds float16 values.
 cudaError_t mla_launch_decode_combine(const mla_decode_sched *s, int batch, int rows, int dv,
-                                      int num_parts, float bmm2_scale, void *out, float *lse,
-                                      cudaStream_t stream);
+                                      int num_parts, bool half_partials, float bmm2_scale,
+                                      void *out, float *lse, cudaStream_t stream);

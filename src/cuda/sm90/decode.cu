@@ -265,10 +265,16 @@ template <bool FP8> cudaError_t launch_v3(const Params &prm, const Plan &pl, cud
                         mla_decode_v3::V3Cfg<FP8>::kSmem, stream);
 }
 
+// The fp8-cache kernel for H * q_len <= 16 (decode_v2_fp8reg.cuh), the one that writes float16
+// partials (decode_split.cuh).
+bool runs_v2_fp8_m16(const Plan &pl, bool fp8)
+{
+    return fp8 && pl.m == 16 && pl.ctas_per_sm == 2 && v2_family(selected_variant());
+}
+
 template <bool FP8> cudaError_t launch_variant(const Params &prm, const Plan &pl, cudaStream_t stream)
 {
-    if (FP8 && pl.m == 16 && pl.ctas_per_sm == 2 && v2_family(selected_variant()))
-        return launch_v2_fp8_m16(prm, pl, stream);
+    if (runs_v2_fp8_m16(pl, FP8)) return launch_v2_fp8_m16(prm, pl, stream);
     // The wgmma kernel uses the plan of the v1 M = 64 kernel (64-key blocks, one CTA per SM).
     if (FP8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && seesaw_version(pl.rows))
         return launch_split(seesaw_version(pl.rows) == 7 ? mla_decode_v6::decode_seesaw_fp8_kernel<true>
@@ -357,6 +363,7 @@ extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode
                                           : launch_variant<false>(prm, pl, stream);
     if (e != cudaSuccess) return (int)e;
     e = mla_launch_decode_combine(&s, p->batch, pl.rows, mla_decode_v1::kDv, pl.num_parts,
+                                  runs_v2_fp8_m16(pl, p->kv_dtype == MLA_DTYPE_FP8_E4M3),
                                   p->bmm2_scale, p->out, p->lse, stream);
     return (int)e;
 }

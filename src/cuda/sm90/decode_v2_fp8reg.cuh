@@ -419,16 +419,17 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
                     }
                     if (p.lse && w == 0 && t == 0) p.lse[row] = lse;
                 } else {
+                    // float16 partials (decode_split.cuh): |O / l| <= 448 for an fp8 cache.
                     const size_t prow = (size_t)slot * p.rows + gr;
-                    float *dst = p.s.part_o + prow * kDv + 128 * w + 8 * t;
+                    uint16_t *dst = reinterpret_cast<uint16_t *>(p.s.part_o) + prow * kDv + 128 * w + 8 * t;
 #pragma unroll
                     for (int J = 0; J < 4; J++) {
-                        *reinterpret_cast<float4 *>(dst + 32 * J) =
-                            make_float4(o[4 * J + 0][2 * h] * inv, o[4 * J + 1][2 * h] * inv,
-                                        o[4 * J + 2][2 * h] * inv, o[4 * J + 3][2 * h] * inv);
-                        *reinterpret_cast<float4 *>(dst + 32 * J + 4) =
-                            make_float4(o[4 * J + 0][2 * h + 1] * inv, o[4 * J + 1][2 * h + 1] * inv,
-                                        o[4 * J + 2][2 * h + 1] * inv, o[4 * J + 3][2 * h + 1] * inv);
+                        uint4 v;
+                        v.x = pack2<true>(o[4 * J + 0][2 * h] * inv, o[4 * J + 1][2 * h] * inv);
+                        v.y = pack2<true>(o[4 * J + 2][2 * h] * inv, o[4 * J + 3][2 * h] * inv);
+                        v.z = pack2<true>(o[4 * J + 0][2 * h + 1] * inv, o[4 * J + 1][2 * h + 1] * inv);
+                        v.w = pack2<true>(o[4 * J + 2][2 * h + 1] * inv, o[4 * J + 3][2 * h + 1] * inv);
+                        *reinterpret_cast<uint4 *>(dst + 32 * J) = v;
                     }
                     if (w == 0 && t == 0) p.s.part_lse[prow] = lse;
                 }
