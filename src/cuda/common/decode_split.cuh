@@ -9,9 +9,9 @@
 // covered by one part is written straight to the output; one covered by several parts
 // ("splits") writes one partial (O / l, LSE) per part into a workspace slot and the combine
 // kernel merges them. O / l is float32, or float16 where the launcher says so (the fp8-cache
-// kernel for H * q_len <= 16: |O / l| <= 448 there, and half the partial bytes); the float16
-// partials use the first half of the same region. Everything is computed on the GPU from seq_lens; launch
-// shapes depend only on (batch, q_len, heads, SM count).
+// kernel for H * q_len <= 16: |O / l| <= 448 there, and half the partial bytes); float16
+// partials use the first half of the same region. Everything is computed on the GPU from
+// seq_lens; launch shapes depend only on (batch, q_len, heads, SM count).
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
