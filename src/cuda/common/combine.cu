@@ -1,6 +1,7 @@
 // Split-KV decode combine: merges the partials (O / l in float32 or float16, LSE in float32)
 // of each split request into the bf16 output and the optional LSE. Requests written directly
-// by the decode kernel (one split) return at once. Two shapes, picked from the expected splits per request:
+// by the decode kernel (one split) return at once. Two shapes, picked from the expected
+// splits per request:
 //   narrow (<= 8 splits): one warp per (query row, 128 * NC columns), 8 rows per CTA; the
 //     warp computes its row's weights with shuffles and sums the splits in order.
 //   wide (many splits): one CTA per (query row, request, 4 * CL columns); G groups of CL
