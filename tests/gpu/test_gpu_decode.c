@@ -28,6 +28,7 @@ typedef struct gdecode_case {
     int bad_page_req;          /* >= 0: that request's page 0 index is set out of range */
     int over_capacity_req;     /* >= 0: that request's seq_len exceeds the table capacity */
     int own_workspace;         /* pass a caller buffer of exactly mla_decode_workspace_size */
+    float kv_amp;              /* > 0: cache values in [-kv_amp, kv_amp] instead of [-1, 1] */
     uint32_t expect_flags;
 } gdecode_case;
 
@@ -122,7 +123,8 @@ static void run_gpu_decode_case(const gdecode_case *c, const char *label)
     }
     if (c->bad_page_req >= 0) table[(size_t)c->bad_page_req * max_pages] = num_pages + 5;
     uint8_t *cache = xmalloc((size_t)num_pages * P * row_bytes);
-    oracle_fill(c->kv_dtype, cache, NULL, (int64_t)num_pages * P * D, -1.0f, 1.0f);
+    const float amp = c->kv_amp > 0.0f ? c->kv_amp : 1.0f;
+    oracle_fill(c->kv_dtype, cache, NULL, (int64_t)num_pages * P * D, -amp, amp);
     /* NaN in every row nobody may read: tails of partial pages and unowned pages. */
     {
         char *owned = calloc((size_t)num_pages * P, 1);
@@ -331,6 +333,32 @@ TEST(gpu_decode_uneven_batches)
         c.with_lse = rep;
         run_gpu_decode_case(&c, rep ? "uneven batch 300 bf16 H64" : "uneven batch 40 bf16 H32");
         free(lens);
+    }
+}
+
+TEST(gpu_decode_full_range_cache_values)
+{
+    /* Cache values over the whole e4m3 range (+-448): the fp8-cache kernels may keep split
+     * partials (O / l, bounded by the largest |V|) in float16, whose range this spans. The
+     * bf16 cache goes past float16's range (2e5 > 65504): its partials must stay float32. A
+     * 32k request among short ones is split over many parts (wide combine); 40 short requests
+     * split over few (narrow combine). */
+    static const int lens_long[] = {32768, 4097, 1};
+    static const int lens_one[] = {32768};
+    int lens_many[40];
+    for (int b = 0; b < 40; b++) lens_many[b] = mla_test_rand_int(1, 3000);
+    for (int kv = 0; kv < 2; kv++) {
+        const mla_dtype dt = kv ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3;
+        const float amp = kv ? 2e5f : 448.0f;
+        gdecode_case c = base_case(3, 1, 16, 64, dt, lens_long);
+        c.kv_amp = amp;
+        run_gpu_decode_case(&c, kv ? "full range bf16 H16 long" : "full range fp8 H16 long");
+        c = base_case(40, 1, 16, 64, dt, lens_many);
+        c.kv_amp = amp;
+        run_gpu_decode_case(&c, kv ? "full range bf16 H16 batch 40" : "full range fp8 H16 batch 40");
+        c = base_case(1, 1, 128, 64, dt, lens_one);
+        c.kv_amp = amp;
+        run_gpu_decode_case(&c, kv ? "full range bf16 H128 batch 1" : "full range fp8 H128 batch 1");
     }
 }
 
