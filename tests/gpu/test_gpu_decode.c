@@ -29,6 +29,7 @@ typedef struct gdecode_case {
     int over_capacity_req;     /* >= 0: that request's seq_len exceeds the table capacity */
     int own_workspace;         /* pass a caller buffer of exactly mla_decode_workspace_size */
     float kv_amp;              /* > 0: cache values in [-kv_amp, kv_amp] instead of [-1, 1] */
+    float q_amp;               /* > 0: query values in [-q_amp, q_amp] instead of [-2, 2] */
     uint32_t expect_flags;
 } gdecode_case;
 
@@ -146,7 +147,8 @@ static void run_gpu_decode_case(const gdecode_case *c, const char *label)
     const int64_t q_elems = (int64_t)B * L * H * D, out_elems = (int64_t)B * L * H * R;
     const int64_t rows = (int64_t)B * L * H;
     void *q = xmalloc((size_t)q_elems * mla_dtype_size(c->q_dtype));
-    oracle_fill(c->q_dtype, q, NULL, q_elems, -2.0f, 2.0f);
+    const float q_amp = c->q_amp > 0.0f ? c->q_amp : 2.0f;
+    oracle_fill(c->q_dtype, q, NULL, q_elems, -q_amp, q_amp);
 
     /* ---- CPU reference ---- */
     mla_config cfg;
@@ -342,22 +344,30 @@ TEST(gpu_decode_full_range_cache_values)
      * partials (O / l, bounded by the largest |V|) in float16, whose range this spans. The
      * bf16 cache goes past float16's range (2e5 > 65504): its partials must stay float32. A
      * 32k request among short ones is split over many parts (wide combine); 40 short requests
-     * split over few (narrow combine). */
+     * split over few (narrow combine). The query is scaled down so that the scores' spread
+     * stays ~16 in log2 units (sigma = 8 q_amp kv_amp * bmm1 * log2 e, bmm1 = 0.0722 * 0.375
+     * for fp8, 0.0722 for bf16): a few keys dominate each row, so |O / l| reaches a large
+     * share of kv_amp, while near-ties stay rare and the float32 score sums stay small
+     * (with q in [-2, 2] the bf16 sums reach ~1e7, where float32 rounding moves a score by
+     * ~0.3 in log2 units and a near-tie would fail the element check). */
     static const int lens_long[] = {32768, 4097, 1};
     static const int lens_one[] = {32768};
     int lens_many[40];
     for (int b = 0; b < 40; b++) lens_many[b] = mla_test_rand_int(1, 3000);
     for (int kv = 0; kv < 2; kv++) {
         const mla_dtype dt = kv ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3;
-        const float amp = kv ? 2e5f : 448.0f;
+        const float amp = kv ? 2e5f : 448.0f, q_amp = kv ? 1e-4f : 0.11f;
         gdecode_case c = base_case(3, 1, 16, 64, dt, lens_long);
         c.kv_amp = amp;
+        c.q_amp = q_amp;
         run_gpu_decode_case(&c, kv ? "full range bf16 H16 long" : "full range fp8 H16 long");
         c = base_case(40, 1, 16, 64, dt, lens_many);
         c.kv_amp = amp;
+        c.q_amp = q_amp;
         run_gpu_decode_case(&c, kv ? "full range bf16 H16 batch 40" : "full range fp8 H16 batch 40");
         c = base_case(1, 1, 128, 64, dt, lens_one);
         c.kv_amp = amp;
+        c.q_amp = q_amp;
         run_gpu_decode_case(&c, kv ? "full range bf16 H128 batch 1" : "full range fp8 H128 batch 1");
     }
 }
