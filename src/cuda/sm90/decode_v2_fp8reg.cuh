@@ -152,9 +152,52 @@ __device__ __forceinline__ void load_q_frags(const Params &p, int b, int w, int 
     else load_q_frags_t<false>(p, b, w, g, t, qf, between);
 }
 
+// fp8 QK^T (kConv & kConvQ8, fp8 query only): the 576 dims are 18 k-steps of 32 for
+// mma.m16n8k32.e4m3, split 5/5/4/4 over the warps (q8_first_step), in the MMA's own k order:
+// a K fragment is two 4-byte loads of a key row, dims [32s + 4t, +4) and [32s + 16 + 4t, +4),
+// the f16 path's conflict-free pattern (one 8-byte load of 8 consecutive dims would conflict
+// 2-way with this swizzle), and qf[ks] = {row g dims 32s + 4t.., row g+8 the same, row g dims
+// 32s + 16 + 4t.., row g+8 the same}. Products of e4m3 values are exact in the float32
+// accumulator.
+__device__ __forceinline__ int q8_first_step(int w) { return w < 2 ? 5 * w : 4 * w + 2; }
+__device__ __forceinline__ int q8_steps(int w) { return w < 2 ? 5 : 4; }
+template <typename F>
+__device__ __forceinline__ void load_q8_frags(const Params &p, int b, int w, int g, int t, uint32_t (&qf)[5][4], F between)
+{
+    const bool v0 = g < p.rows, v1 = g + 8 < p.rows;
+    const int s0 = q8_first_step(w), ns = q8_steps(w);
+    const uint8_t *q = (const uint8_t *)p.q;
+    const size_t e0 = ((size_t)b * p.rows + min(g, p.rows - 1)) * kDqk + 4 * t;
+    const size_t e1 = ((size_t)b * p.rows + min(g + 8, p.rows - 1)) * kDqk + 4 * t;
+    uint2 x0[5], x1[5]; // .x: dims [32s + 4t, +4), .y: [32s + 16 + 4t, +4)
+#pragma unroll
+    for (int ks = 0; ks < 5; ks++) {
+        const int st = 32 * (s0 + min(ks, ns - 1)); // a 4-step warp reloads its last step
+        x0[ks].x = __ldg(reinterpret_cast<const uint32_t *>(q + e0 + st));
+        x0[ks].y = __ldg(reinterpret_cast<const uint32_t *>(q + e0 + st + 16));
+        x1[ks].x = __ldg(reinterpret_cast<const uint32_t *>(q + e1 + st));
+        x1[ks].y = __ldg(reinterpret_cast<const uint32_t *>(q + e1 + st + 16));
+    }
+    between();
+#pragma unroll
+    for (int ks = 0; ks < 5; ks++) {
+        qf[ks][0] = v0 ? x0[ks].x : 0u;
+        qf[ks][1] = v1 ? x1[ks].x : 0u;
+        qf[ks][2] = v0 ? x0[ks].y : 0u;
+        qf[ks][3] = v1 ? x1[ks].y : 0u;
+    }
+}
+__device__ __forceinline__ void mma16832_e4m3(float *d, const uint32_t *a, uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 // Four e4m3 bytes to two f16x2 words: with kCvt by the hardware conversion (exact values,
 // 1 instruction per pair), else by integer bit moves (values x 2^-8, ~4 instructions per
-// pair; see decode_v1_mma.cuh). kScale undoes the factor.
+// pair; see decode_v1_mma.cuh). kScaleK / kScaleV undo the factor.
 template <bool kCvt> __device__ __forceinline__ void conv4(uint32_t w, uint32_t &lo, uint32_t &hi)
 {
     if constexpr (kCvt) {
@@ -165,12 +208,18 @@ template <bool kCvt> __device__ __forceinline__ void conv4(uint32_t w, uint32_t 
     }
 }
 
-template <bool kCvt, int kBN>
+// kConv picks the conversion per operand: bit 0 set, K by cvt; bit 1 set, V by cvt; a clear
+// bit uses the integer bit moves (x 2^-8, undone in the scores or the output). kConvCvt (both
+// by cvt) is the default; the mixed forms share the work between the conversion and integer
+// pipes. Bit 2 (kConvQ8, fp8 query only): no K conversion, QK^T in e4m3 MMAs.
+constexpr int kConvAlu = 0, kConvCvtK = 1, kConvCvtV = 2, kConvCvt = 3, kConvQ8 = 4;
+template <int kConv, int kBN>
 __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_constant__ Params p)
 {
+    constexpr bool kCvtK = (kConv & 1) != 0, kCvtV = (kConv & 2) != 0, kQ8 = (kConv & kConvQ8) != 0;
     using C = V2Cfg<kBN>;
     constexpr int kNS = C::NS, kSRow = C::SRow, kStageBytes = C::kStageBytes;
-    constexpr float kScale = kCvt ? 1.0f : kFp8TileScale;
+    constexpr float kScaleK = kCvtK || kQ8 ? 1.0f : kFp8TileScale, kScaleV = kCvtV ? 1.0f : kFp8TileScale;
     extern __shared__ __align__(128) uint8_t smem[];
     uint8_t *sStage = smem + C::offStage;
     float *sS = reinterpret_cast<float *>(smem + C::offS);
@@ -185,7 +234,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
     const int tau = *p.s.tau;
-    const float qk_scale = p.scale_log2 * kScale;
+    const float qk_scale = p.scale_log2 * kScaleK;
 
     Cursor cons;
     {
@@ -196,7 +245,12 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
     float o[16][4]; // n-tiles 4J + j of this warp's 128 dims (permuted, see header)
 #pragma unroll
     for (int i = 0; i < 16; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-    uint32_t qf[9][4]; // Q fragments of this warp's 9 k-steps
+    uint32_t qf[kQ8 ? 5 : 9][4]; // Q fragments of this warp's k-steps (f16 k16, or e4m3 k32)
+    // Q fragments of request b; `between` runs while their loads are in flight.
+    auto load_q = [&](int b, auto between) {
+        if constexpr (kQ8) load_q8_frags(p, b, w, g, t, qf, between);
+        else load_q_frags(p, b, w, g, t, qf, between);
+    };
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
     int lim_row[2] = {0, 0};
     int lim_min = 0;
@@ -217,7 +271,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
     Cursor prod = cons;
     int seq0;
     Pref pref;
-    load_q_frags(p, cons.b, w, g, t, qf, [&] {
+    load_q(cons.b, [&] {
         seq0 = p.s.seq_eff[cons.b];
         pref = prefetch_block<kBN>(p, prod);
     });
@@ -235,7 +289,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
         const int stage = j % kNS;
         if (new_req) {
             int seq;
-            load_q_frags(p, cons.b, w, g, t, qf, [&] { seq = p.s.seq_eff[cons.b]; });
+            load_q(cons.b, [&] { seq = p.s.seq_eff[cons.b]; });
             set_limits(seq);
             new_req = false;
         }
@@ -255,16 +309,32 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
         float sp[C::NTK][4];
 #pragma unroll
         for (int i = 0; i < C::NTK; i++) sp[i][0] = sp[i][1] = sp[i][2] = sp[i][3] = 0.f;
+        if constexpr (kQ8) {
+            const int s0 = q8_first_step(w), ns = q8_steps(w);
 #pragma unroll
-        for (int ks = 0; ks < 9; ks++) {
-            const int ch = 9 * w + ks;
+            for (int ks = 0; ks < 5; ks++) {
+                if (ks >= ns) break; // warp-uniform: warps 2, 3 own 4 steps
+                const int ch = 2 * (s0 + ks);
 #pragma unroll
-            for (int nt = 0; nt < C::NTK; nt++) {
-                const int r = nt * 8 + g;
-                const uint32_t kw = *reinterpret_cast<const uint32_t *>(st + st8_off(r, ch) + 4 * t);
-                uint32_t b0, b1;
-                conv4<kCvt>(kw, b0, b1);
-                mma16816<true>(sp[nt], qf[ks], b0, b1);
+                for (int nt = 0; nt < C::NTK; nt++) {
+                    const int r = nt * 8 + g;
+                    const uint32_t k0 = *reinterpret_cast<const uint32_t *>(st + st8_off(r, ch) + 4 * t);
+                    const uint32_t k1 = *reinterpret_cast<const uint32_t *>(st + st8_off(r, ch + 1) + 4 * t);
+                    mma16832_e4m3(sp[nt], qf[ks], k0, k1);
+                }
+            }
+        } else {
+#pragma unroll
+            for (int ks = 0; ks < 9; ks++) {
+                const int ch = 9 * w + ks;
+#pragma unroll
+                for (int nt = 0; nt < C::NTK; nt++) {
+                    const int r = nt * 8 + g;
+                    const uint32_t kw = *reinterpret_cast<const uint32_t *>(st + st8_off(r, ch) + 4 * t);
+                    uint32_t b0, b1;
+                    conv4<kCvtK>(kw, b0, b1);
+                    mma16816<true>(sp[nt], qf[ks], b0, b1);
+                }
             }
         }
 #pragma unroll
@@ -365,10 +435,10 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
                 const uint32_t w2 = *reinterpret_cast<const uint32_t *>(st + st8_off(r0 + 8, ch) + by);
                 const uint32_t w3 = *reinterpret_cast<const uint32_t *>(st + st8_off(r0 + 9, ch) + by);
                 uint32_t b0[4], b1[4];
-                conv4<kCvt>(__byte_perm(w0, w1, 0x5140), b0[0], b0[1]);
-                conv4<kCvt>(__byte_perm(w0, w1, 0x7362), b0[2], b0[3]);
-                conv4<kCvt>(__byte_perm(w2, w3, 0x5140), b1[0], b1[1]);
-                conv4<kCvt>(__byte_perm(w2, w3, 0x7362), b1[2], b1[3]);
+                conv4<kCvtV>(__byte_perm(w0, w1, 0x5140), b0[0], b0[1]);
+                conv4<kCvtV>(__byte_perm(w0, w1, 0x7362), b0[2], b0[3]);
+                conv4<kCvtV>(__byte_perm(w2, w3, 0x5140), b1[0], b1[1]);
+                conv4<kCvtV>(__byte_perm(w2, w3, 0x7362), b1[2], b1[3]);
 #pragma unroll
                 for (int jj = 0; jj < 4; jj++) mma16816<true>(o[4 * J + jj], a, b0[jj], b1[jj]);
             }
@@ -399,7 +469,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
                 float L = 0.f;
 #pragma unroll
                 for (int v = 0; v < 4; v++) L += sRedSum[v * kM + g + 8 * h];
-                const float inv = L > 0.f ? kScale / L : 0.f;
+                const float inv = L > 0.f ? kScaleV / L : 0.f;
                 const float lse = L > 0.f ? (m_run[h] + log2f(L)) * 0.69314718055994531f : -INFINITY;
                 const int gr = g + 8 * h;
                 if (gr >= p.rows) continue;
