@@ -11,7 +11,7 @@
  * same run (cudaMemcpy D2D counting read + write; 8192^3 cuBLASLt GEMMs). "fp8roof" uses the
  * fp8 GEMM peak instead (the floor a kernel with fp8 tensor-core math would have).
  *
- * Usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16]
+ * Usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16[,q8]]
  * (--case runs that one case only, page 64: for profilers such as ncu.) */
 #include "mla.h"
 
@@ -35,6 +35,7 @@ typedef struct bench_case {
     int batch, q_len, heads, seq, page;
     mla_dtype kv;
     const char *note;
+    int q_fp8; /* fp8 query (q_scale 1) instead of bf16 */
 } bench_case;
 
 static double g_copy_gbps, g_bf16_tflops, g_fp8_tflops;
@@ -66,7 +67,8 @@ static int run_case(const bench_case *c, int reps)
     }
     const size_t total_pages = set_pages * nsets;
     void *cache = NULL, *q = NULL, *out = NULL, *ws = NULL, *tables = NULL, *seqs = NULL;
-    const size_t q_bytes = (size_t)B * L * H * DQK * 2, out_bytes = (size_t)B * L * H * DV * 2;
+    const mla_dtype qdt = c->q_fp8 ? MLA_DTYPE_FP8_E4M3 : MLA_DTYPE_BF16;
+    const size_t q_bytes = (size_t)B * L * H * DQK * mla_dtype_size(qdt), out_bytes = (size_t)B * L * H * DV * 2;
     size_t ws_bytes = 0;
     mla_decode_workspace_size(be, B, L, &ws_bytes);
     CUDA_OK(cudaMalloc(&cache, total_pages * P * DQK * esz));
@@ -76,7 +78,7 @@ static int run_case(const bench_case *c, int reps)
     CUDA_OK(cudaMalloc(&tables, (size_t)nsets * B * pages_per_seq * 4));
     CUDA_OK(cudaMalloc(&seqs, (size_t)B * 4));
     if (fill_device(cache, total_pages * P * DQK * esz, c->kv, 1.0f) ||
-        fill_device(q, q_bytes, MLA_DTYPE_BF16, 2.0f))
+        fill_device(q, q_bytes, qdt, 2.0f))
         return -1;
     /* each set owns its own pages, shuffled */
     int32_t *ht = malloc((size_t)nsets * B * pages_per_seq * 4), *hs = malloc((size_t)B * 4);
@@ -104,7 +106,7 @@ static int run_case(const bench_case *c, int reps)
     for (int s = 0; s < nsets; s++) {
         mla_decode_args a;
         memset(&a, 0, sizeof a);
-        a.q = mla_tensor_contiguous(q, MLA_DTYPE_BF16, dev, 4, (int64_t[]){B, L, H, DQK});
+        a.q = mla_tensor_contiguous(q, qdt, dev, 4, (int64_t[]){B, L, H, DQK});
         a.kv_cache = mla_tensor_contiguous(cache, c->kv, dev, 3, (int64_t[]){(int64_t)total_pages, P, DQK});
         a.block_table = mla_tensor_contiguous((int32_t *)tables + (size_t)s * set_pages, MLA_DTYPE_I32,
                                               dev, 2, (int64_t[]){B, pages_per_seq});
@@ -192,7 +194,7 @@ static int run_case(const bench_case *c, int reps)
     const double t_mma = flops / (g_bf16_tflops * 1e12), t_fp8 = flops / (g_fp8_tflops * 1e12);
     const double sec = ms * 1e-3;
     printf("| %-4s | %3d | %d | %3d | %6d | %2d | %8.4f | %8.4f | %6.0f | %6.1f | %5.1f%% | %5.1f%% | %s%s |\n",
-           c->kv == MLA_DTYPE_FP8_E4M3 ? "fp8" : "bf16", B, L, H, c->seq, P, ms, ms_single,
+           c->kv == MLA_DTYPE_FP8_E4M3 ? (c->q_fp8 ? "fp8/q8" : "fp8") : (c->q_fp8 ? "bf16/q8" : "bf16"), B, L, H, c->seq, P, ms, ms_single,
            bytes / sec / 1e9, flops / sec / 1e12,
            100.0 * (t_mem > t_mma ? t_mem : t_mma) / sec,
            100.0 * (t_mem > t_fp8 ? t_mem : t_fp8) / sec, t_mem > t_mma ? "mem" : "mma",
@@ -218,21 +220,22 @@ static int run_case(const bench_case *c, int reps)
 int main(int argc, char **argv)
 {
     int reps = 50, quick = 0;
-    bench_case one = {0, 0, 0, 0, 64, MLA_DTYPE_FP8_E4M3, ""};
+    bench_case one = {0, 0, 0, 0, 64, MLA_DTYPE_FP8_E4M3, "", 0};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--case") && i + 1 < argc) {
-            char kv[8] = "";
-            if (sscanf(argv[++i], "%d,%d,%d,%d,%7s", &one.batch, &one.q_len, &one.heads, &one.seq, kv) != 5 ||
+            char kv[16] = "";
+            if (sscanf(argv[++i], "%d,%d,%d,%d,%15s", &one.batch, &one.q_len, &one.heads, &one.seq, kv) != 5 ||
                 one.batch < 1 || one.q_len < 1 || one.heads < 1 || one.seq < 1 ||
-                (strcmp(kv, "fp8") && strcmp(kv, "bf16"))) {
-                fprintf(stderr, "decode bench: --case wants B,q_len,H,seq,fp8|bf16 (got '%s')\n", argv[i]);
+                (strcmp(kv, "fp8") && strcmp(kv, "bf16") && strcmp(kv, "fp8,q8") && strcmp(kv, "bf16,q8"))) {
+                fprintf(stderr, "decode bench: --case wants B,q_len,H,seq,fp8|bf16[,q8] (got '%s')\n", argv[i]);
                 return 2;
             }
-            one.kv = strcmp(kv, "fp8") ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3;
+            one.kv = strncmp(kv, "fp8", 3) ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3;
+            one.q_fp8 = strstr(kv, ",q8") != NULL;
         } else {
-            fprintf(stderr, "usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16]\n");
+            fprintf(stderr, "usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16[,q8]]\n");
             return 2;
         }
     }
@@ -268,25 +271,25 @@ int main(int argc, char **argv)
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 3; j++)
             if (!quick || (bs16[i] == 64 && seqs16[j] != 16384))
-                cases[n++] = (bench_case){bs16[i], 1, 16, seqs16[j], 64, F, ""};
+                cases[n++] = (bench_case){bs16[i], 1, 16, seqs16[j], 64, F, "", 0};
     const int bs128[] = {64, 128}, seqs128[] = {4096, 8192, 16384};
     for (int i = 0; i < 2; i++)
         for (int j = 0; j < 3; j++)
             if (!quick || (bs128[i] == 64 && seqs128[j] == 4096))
-                cases[n++] = (bench_case){bs128[i], 1, 128, seqs128[j], 64, F, ""};
-    cases[n++] = (bench_case){1, 1, 16, 65536, 64, F, ""};
-    cases[n++] = (bench_case){1, 1, 128, 65536, 64, F, ""};
-    cases[n++] = (bench_case){64, 1, 16, 4096, 64, W, ""};
+                cases[n++] = (bench_case){bs128[i], 1, 128, seqs128[j], 64, F, "", 0};
+    cases[n++] = (bench_case){1, 1, 16, 65536, 64, F, "", 0};
+    cases[n++] = (bench_case){1, 1, 128, 65536, 64, F, "", 0};
+    cases[n++] = (bench_case){64, 1, 16, 4096, 64, W, "", 0};
     if (!quick) {
-        cases[n++] = (bench_case){128, 1, 16, 32768, 64, W, ""};
-        cases[n++] = (bench_case){64, 1, 128, 4096, 64, W, ""};
-        cases[n++] = (bench_case){128, 1, 128, 8192, 64, W, ""};
-        cases[n++] = (bench_case){1, 1, 16, 65536, 64, W, ""};
-        cases[n++] = (bench_case){1, 1, 128, 65536, 64, W, ""};
-        cases[n++] = (bench_case){64, 4, 16, 8192, 64, F, ""};
-        cases[n++] = (bench_case){4, 4, 16, 81920, 64, F, ""};
-        cases[n++] = (bench_case){4, 4, 32, 81920, 64, F, ""};
-        cases[n++] = (bench_case){64, 1, 16, 16384, 32, F, ""};
+        cases[n++] = (bench_case){128, 1, 16, 32768, 64, W, "", 0};
+        cases[n++] = (bench_case){64, 1, 128, 4096, 64, W, "", 0};
+        cases[n++] = (bench_case){128, 1, 128, 8192, 64, W, "", 0};
+        cases[n++] = (bench_case){1, 1, 16, 65536, 64, W, "", 0};
+        cases[n++] = (bench_case){1, 1, 128, 65536, 64, W, "", 0};
+        cases[n++] = (bench_case){64, 4, 16, 8192, 64, F, "", 0};
+        cases[n++] = (bench_case){4, 4, 16, 81920, 64, F, "", 0};
+        cases[n++] = (bench_case){4, 4, 32, 81920, 64, F, "", 0};
+        cases[n++] = (bench_case){64, 1, 16, 16384, 32, F, "", 0};
     }
     int rc = 0;
     for (int i = 0; i < n; i++)

@@ -383,6 +383,19 @@ TEST(gpu_decode_fp8_query)
         c.q_dtype = MLA_DTYPE_FP8_E4M3;
         run_gpu_decode_case(&c, kv ? "fp8 q bf16 cache H16" : "fp8 q fp8 cache H16");
     }
+    /* H * q_len <= 16 with an fp8 cache: the v2 kernel, whose fp8-query form
+     * (MLA_DECODE_V2_CONV=q8) takes Q and K into e4m3 MMAs as they are. Padding rows (1, 8
+     * and 16 rows), q_len 2 with the causal mask, and a request split over many parts. */
+    static const int lens_long[] = {32768, 4097, 63, 65};
+    static const int hl[][2] = {{1, 1}, {4, 2}, {8, 2}, {16, 1}};
+    for (int i = 0; i < 4; i++) {
+        gdecode_case c = base_case(4, hl[i][1], hl[i][0], 64, MLA_DTYPE_FP8_E4M3, lens_long);
+        c.q_dtype = MLA_DTYPE_FP8_E4M3;
+        c.with_lse = i % 2;
+        char label[96];
+        snprintf(label, sizeof label, "fp8 q fp8 cache H %d q_len %d long", hl[i][0], hl[i][1]);
+        run_gpu_decode_case(&c, label);
+    }
 }
 
 TEST(gpu_decode_no_causal_mask)
