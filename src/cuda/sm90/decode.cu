@@ -20,7 +20,7 @@ using mla_decode_v1::Params;
 
 // Kernel variants (MLA_DECODE_VARIANT selects one for comparison; default "v2"):
 //   "v2"  : rows <= 16 with an fp8 cache: decode_v2_fp8reg.cuh (MLA_DECODE_V2_BN=32|64 keys per
-//           block, default 64; MLA_DECODE_V2_CONV=alu|kcvt|vcvt|q8: v2_conversion()); other
+//           block, default 64; MLA_DECODE_V2_CONV=alu|q8: v2_conversion()); other
 //           rows <= 32: decode_v1_mma.cuh "narrow" (32-key blocks, 128 threads, two CTAs per
 //           SM); rows 33..63: decode_v1_mma.cuh with M = 64 (64-key blocks, 256 threads, one
 //           CTA per SM), measured faster than two-per-SM M = 32 tiles at H = 128; rows >= 64:
@@ -97,28 +97,28 @@ int v2_block_n()
     return cached ? 64 : 32;
 }
 
-// v2's fp8 -> f16 conversion (decode_v2_fp8reg.cuh kConv): "cvt" (default) both operands by
-// the cvt instruction, "alu" both by integer bit moves, "kcvt" / "vcvt" only K / only V by cvt,
-// "q8" QK^T in e4m3 MMAs when the query is fp8 (V by cvt; a bf16 query falls back to "cvt").
-constexpr int kV2Convs[] = {mla_decode_v2::kConvCvt, mla_decode_v2::kConvAlu, mla_decode_v2::kConvCvtK,
-                            mla_decode_v2::kConvCvtV, mla_decode_v2::kConvQ8 | mla_decode_v2::kConvCvtV};
-int v2_conversion(bool q_fp8)
+// v2's conversion (decode_v2_fp8reg.cuh kConv), MLA_DECODE_V2_CONV: "cvt" (default) K and V by
+// the cvt instruction; "alu" (32-key blocks only) both by integer bit moves; "q8" (64-key
+// blocks, fp8 query only) QK^T in e4m3 MMAs, V by cvt. Other combinations fall back to "cvt".
+// Measured on an H200 (bench/NOTES.md, 2026-12-03): "cvt" is the fastest of all; K or V alone
+// by cvt (the other by integer moves) was 14-15% slower at B128 H16 32k, "q8" 10% slower.
+constexpr int kV2Q8 = mla_decode_v2::kConvQ8 | mla_decode_v2::kConvCvtV;
+int v2_conversion(bool q_fp8, int bn)
 {
-    static const char *const names[] = {"cvt", "alu", "kcvt", "vcvt", "q8"};
+    static const char *const names[] = {"cvt", "alu", "q8"};
     static int cached = -1;
-    if (cached < 0) cached = kV2Convs[env_choice("MLA_DECODE_V2_CONV", names, 5, 0)];
-    return (cached & mla_decode_v2::kConvQ8) && !q_fp8 ? mla_decode_v2::kConvCvt : cached;
+    if (cached < 0) cached = env_choice("MLA_DECODE_V2_CONV", names, 3, 0);
+    if (cached == 1 && bn == 32) return mla_decode_v2::kConvAlu;
+    if (cached == 2 && bn == 64 && q_fp8) return kV2Q8;
+    return mla_decode_v2::kConvCvt;
 }
 
-// The v2 kernel for a conversion (kConv*) and block size.
+// The v2 kernels: {cvt, q8} with 64-key blocks, {cvt, alu} with 32.
 template <int kBN> void (*v2_kernel(int conv))(Params)
 {
     using namespace mla_decode_v2;
-    return conv == kConvCvt ? decode_fp8_m16_kernel<kConvCvt, kBN>
-         : conv == kConvAlu ? decode_fp8_m16_kernel<kConvAlu, kBN>
-         : conv == kConvCvtK ? decode_fp8_m16_kernel<kConvCvtK, kBN>
-         : conv == kConvCvtV ? decode_fp8_m16_kernel<kConvCvtV, kBN>
-                             : decode_fp8_m16_kernel<kConvQ8 | kConvCvtV, kBN>;
+    constexpr int kOther = kBN == 64 ? kV2Q8 : kConvAlu;
+    return conv == kOther ? decode_fp8_m16_kernel<kOther, kBN> : decode_fp8_m16_kernel<kConvCvt, kBN>;
 }
 
 Plan make_plan(int num_sms, int q_len, int heads, Variant variant, bool fp8)
@@ -195,10 +195,12 @@ cudaError_t set_all_smem_attrs()
 {
     cudaError_t e = cudaSuccess;
     if (e == cudaSuccess) {
-        constexpr int nc = (int)(sizeof kV2Convs / sizeof kV2Convs[0]);
-        for (int i = 0; i < 2 * nc && e == cudaSuccess; i++) {
-            auto k = i < nc ? v2_kernel<64>(kV2Convs[i]) : v2_kernel<32>(kV2Convs[i - nc]);
-            const int bytes = i < nc ? mla_decode_v2::V2Cfg<64>::kSmem : mla_decode_v2::V2Cfg<32>::kSmem;
+        for (int i = 0; i < 4 && e == cudaSuccess; i++) {
+            auto k = i == 0 ? v2_kernel<64>(mla_decode_v2::kConvCvt)
+                   : i == 1 ? v2_kernel<64>(kV2Q8)
+                   : i == 2 ? v2_kernel<32>(mla_decode_v2::kConvCvt)
+                            : v2_kernel<32>(mla_decode_v2::kConvAlu);
+            const int bytes = i < 2 ? mla_decode_v2::V2Cfg<64>::kSmem : mla_decode_v2::V2Cfg<32>::kSmem;
             e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
             if (e == cudaSuccess)
                 e = cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout,
@@ -269,7 +271,7 @@ cudaError_t launch_kernel(const Params &prm, const Plan &pl, cudaStream_t stream
 cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, cudaStream_t stream)
 {
     using namespace mla_decode_v2;
-    const int conv = v2_conversion(prm.q_fp8);
+    const int conv = v2_conversion(prm.q_fp8, pl.bn);
     if (pl.bn == 64) return launch_split(v2_kernel<64>(conv), prm, pl, kNT, V2Cfg<64>::kSmem, stream);
     return launch_split(v2_kernel<32>(conv), prm, pl, kNT, V2Cfg<32>::kSmem, stream);
 }

@@ -209,9 +209,10 @@ template <bool kCvt> __device__ __forceinline__ void conv4(uint32_t w, uint32_t 
 }
 
 // kConv picks the conversion per operand: bit 0 set, K by cvt; bit 1 set, V by cvt; a clear
-// bit uses the integer bit moves (x 2^-8, undone in the scores or the output). kConvCvt (both
-// by cvt) is the default; the mixed forms share the work between the conversion and integer
-// pipes. Bit 2 (kConvQ8, fp8 query only): no K conversion, QK^T in e4m3 MMAs.
+// bit uses the integer bit moves (x 2^-8, undone in the scores or the output). Bit 2
+// (kConvQ8, fp8 query only): no K conversion, QK^T in e4m3 MMAs. The launcher instantiates
+// kConvCvt (the default), kConvAlu and kConvQ8 | kConvCvtV; the mixed K/V forms measured
+// slower (bench/NOTES.md, 2026-12-03).
 constexpr int kConvAlu = 0, kConvCvtK = 1, kConvCvtV = 2, kConvCvt = 3, kConvQ8 = 4;
 template <int kConv, int kBN>
 __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_constant__ Params p)
