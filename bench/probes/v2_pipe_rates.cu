@@ -73,6 +73,11 @@ __global__ void probe(int iters, uint32_t seed, long long *cycles, float *sink)
                 w[2 * i + 1] ^= hi;
             }
         }
+        // Pin this iteration's results in program order: the conversions are plain (not
+        // volatile) code that the compiler may otherwise move across the clock reads (a first
+        // version timed 0 cycles for them).
+#pragma unroll
+        for (int i = 0; i < 16; i++) asm volatile("" : "+r"(w[i]));
     }
     __syncthreads();
     const long long t1 = clock64();
