@@ -13,13 +13,23 @@
 // Build and run on the device: nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a
 //   -Isrc/cuda -Isrc/cuda/sm90 -Isrc/core -Iinclude --expt-relaxed-constexpr
 //   bench/probes/v2_pipe_rates.cu -o build/v2_pipe_rates && build/v2_pipe_rates
-#include "../../src/cuda/sm90/decode_v1_mma.cuh"
+#include "../../src/cuda/sm90/decode_v2_fp8reg.cuh"
 
 #include <algorithm>
 #include <cstdio>
 #include <vector>
 
 using namespace mla_decode_v1;
+using mla_decode_v2::mma16832_e4m3;
+
+// One integer e4m3x4 -> f16x4 conversion (two pairs) into words 2i, 2i + 1.
+__device__ __forceinline__ void int_conv(uint32_t (&w)[16], int i, int it)
+{
+    uint32_t lo, hi;
+    e4m3x4_to_f16x4_scaled(w[2 * i] ^ (uint32_t)it, lo, hi);
+    w[2 * i] = lo;
+    w[2 * i + 1] ^= hi;
+}
 
 template <int mode>
 __global__ void probe(int iters, uint32_t seed, long long *cycles, float *sink)
@@ -41,11 +51,7 @@ __global__ void probe(int iters, uint32_t seed, long long *cycles, float *sink)
         }
         if constexpr (mode == 5) {
 #pragma unroll
-            for (int i = 0; i < 8; i++)
-                asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, "
-                             "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                             : "+f"(acc[i][0]), "+f"(acc[i][1]), "+f"(acc[i][2]), "+f"(acc[i][3])
-                             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(w[2 * i]), "r"(w[2 * i + 1]));
+            for (int i = 0; i < 8; i++) mma16832_e4m3(acc[i], a, w[2 * i], w[2 * i + 1]);
         }
         if constexpr (mode == 1 || mode == 3) {
 #pragma unroll
@@ -55,23 +61,13 @@ __global__ void probe(int iters, uint32_t seed, long long *cycles, float *sink)
         }
         if constexpr (mode == 2) {
 #pragma unroll
-            for (int i = 0; i < 8; i++) {
-                uint32_t lo, hi;
-                e4m3x4_to_f16x4_scaled(w[2 * i] ^ (uint32_t)it, lo, hi);
-                w[2 * i] = lo;
-                w[2 * i + 1] ^= hi;
-            }
+            for (int i = 0; i < 8; i++) int_conv(w, i, it);
         }
         if constexpr (mode == 4) {
 #pragma unroll
             for (int i = 0; i < 8; i++) w[i] = e4m3x2_to_f16x2((uint16_t)(w[i] >> 8)) ^ (uint32_t)it;
 #pragma unroll
-            for (int i = 4; i < 8; i++) {
-                uint32_t lo, hi;
-                e4m3x4_to_f16x4_scaled(w[2 * i] ^ (uint32_t)it, lo, hi);
-                w[2 * i] = lo;
-                w[2 * i + 1] ^= hi;
-            }
+            for (int i = 4; i < 8; i++) int_conv(w, i, it);
         }
         // Pin this iteration's results in program order: the conversions are plain (not
         // volatile) code that the compiler may otherwise move across the clock reads (a first
