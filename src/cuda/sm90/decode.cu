@@ -20,7 +20,8 @@ using mla_decode_v1::Params;
 
 // Kernel variants (MLA_DECODE_VARIANT selects one for comparison; default "v2"):
 //   "v2"  : rows <= 16 with an fp8 cache: decode_v2_fp8reg.cuh (MLA_DECODE_V2_BN=32|64 keys per
-//           block, default 64; MLA_DECODE_V2_CONV=alu|q8: v2_conversion()); other
+//           block, default 64; MLA_DECODE_V2_CONV=alu|q8|w8 and MLA_DECODE_V2_L2PF=1:
+//           v2_conversion()); other
 //           rows <= 32: decode_v1_mma.cuh "narrow" (32-key blocks, 128 threads, two CTAs per
 //           SM); rows 33..63: decode_v1_mma.cuh with M = 64 (64-key blocks, 256 threads, one
 //           CTA per SM), measured faster than two-per-SM M = 32 tiles at H = 128; rows >= 64:
@@ -99,26 +100,46 @@ int v2_block_n()
 
 // v2's conversion (decode_v2_fp8reg.cuh kConv), MLA_DECODE_V2_CONV: "cvt" (default) K and V by
 // the cvt instruction; "alu" (32-key blocks only) both by integer bit moves; "q8" (64-key
-// blocks, fp8 query only) QK^T in e4m3 MMAs, V by cvt. Other combinations fall back to "cvt".
+// blocks, fp8 query only) QK^T in e4m3 MMAs, V by cvt; "w8" (64-key blocks, fp8 query only)
+// QK^T as one wgmma chain per block from the fp8 stage, V by cvt. Other combinations fall back
+// to "cvt".
 // Measured on an H200 (bench/NOTES.md, 2026-12-03): "cvt" is the fastest of all; K or V alone
-// by cvt (the other by integer moves) was 14-15% slower at B128 H16 32k, "q8" 10% slower.
+// by cvt (the other by integer moves) was 14-15% slower at B128 H16 32k, "q8" 10% slower,
+// "w8" 14% slower (B64 H16 32k, fp8 query).
 constexpr int kV2Q8 = mla_decode_v2::kConvQ8 | mla_decode_v2::kConvCvtV;
+constexpr int kV2W8 = mla_decode_v2::kConvW8 | mla_decode_v2::kConvCvtV;
 int v2_conversion(bool q_fp8, int bn)
 {
-    static const char *const names[] = {"cvt", "alu", "q8"};
+    static const char *const names[] = {"cvt", "alu", "q8", "w8"};
     static int cached = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_V2_CONV", names, 3, 0);
+    if (cached < 0) cached = env_choice("MLA_DECODE_V2_CONV", names, 4, 0);
+    static int l2pf = -1; // MLA_DECODE_V2_L2PF=1 (64-key blocks, cvt or w8): kConvL2Pf
+    if (l2pf < 0) l2pf = getenv("MLA_DECODE_V2_L2PF") && !strcmp(getenv("MLA_DECODE_V2_L2PF"), "1");
     if (cached == 1 && bn == 32) return mla_decode_v2::kConvAlu;
     if (cached == 2 && bn == 64 && q_fp8) return kV2Q8;
-    return mla_decode_v2::kConvCvt;
+    const int pf = bn == 64 && l2pf ? mla_decode_v2::kConvL2Pf : 0;
+    if (cached == 3 && bn == 64 && q_fp8) return kV2W8 | pf;
+    return mla_decode_v2::kConvCvt | pf;
 }
 
-// The v2 kernels: {cvt, q8} with 64-key blocks, {cvt, alu} with 32.
+// The v2 kernels: {cvt, q8, w8} with 64-key blocks, {cvt, alu} with 32.
 template <int kBN> void (*v2_kernel(int conv))(Params)
 {
     using namespace mla_decode_v2;
-    constexpr int kOther = kBN == 64 ? kV2Q8 : kConvAlu;
-    return conv == kOther ? decode_fp8_m16_kernel<kOther, kBN> : decode_fp8_m16_kernel<kConvCvt, kBN>;
+    if constexpr (kBN == 64) {
+        if (conv == kV2W8) return decode_fp8_m16_kernel<kV2W8, 64>;
+        if (conv == (kV2W8 | kConvL2Pf)) return decode_fp8_m16_kernel<kV2W8 | kConvL2Pf, 64>;
+        if (conv == (kConvCvt | kConvL2Pf)) return decode_fp8_m16_kernel<kConvCvt | kConvL2Pf, 64>;
+        return conv == kV2Q8 ? decode_fp8_m16_kernel<kV2Q8, 64> : decode_fp8_m16_kernel<kConvCvt, 64>;
+    } else {
+        return conv == kConvAlu ? decode_fp8_m16_kernel<kConvAlu, kBN> : decode_fp8_m16_kernel<kConvCvt, kBN>;
+    }
+}
+int v2_smem_bytes(int conv, int bn)
+{
+    using namespace mla_decode_v2;
+    if (bn == 32) return V2Cfg<32>::kSmem;
+    return (conv & kConvW8) ? V2Cfg<64>::kSmemW8 : V2Cfg<64>::kSmem;
 }
 
 Plan make_plan(int num_sms, int q_len, int heads, Variant variant, bool fp8)
@@ -195,12 +216,13 @@ cudaError_t set_all_smem_attrs()
 {
     cudaError_t e = cudaSuccess;
     if (e == cudaSuccess) {
-        for (int i = 0; i < 4 && e == cudaSuccess; i++) {
-            auto k = i == 0 ? v2_kernel<64>(mla_decode_v2::kConvCvt)
-                   : i == 1 ? v2_kernel<64>(kV2Q8)
-                   : i == 2 ? v2_kernel<32>(mla_decode_v2::kConvCvt)
-                            : v2_kernel<32>(mla_decode_v2::kConvAlu);
-            const int bytes = i < 2 ? mla_decode_v2::V2Cfg<64>::kSmem : mla_decode_v2::V2Cfg<32>::kSmem;
+        using mla_decode_v2::kConvL2Pf;
+        static const int conv[7] = {mla_decode_v2::kConvCvt, kV2Q8, kV2W8, mla_decode_v2::kConvCvt | kConvL2Pf,
+                                    kV2W8 | kConvL2Pf, mla_decode_v2::kConvCvt, mla_decode_v2::kConvAlu};
+        for (int i = 0; i < 7 && e == cudaSuccess; i++) {
+            const int bn = i < 5 ? 64 : 32;
+            auto k = bn == 64 ? v2_kernel<64>(conv[i]) : v2_kernel<32>(conv[i]);
+            const int bytes = v2_smem_bytes(conv[i], bn);
             e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
             if (e == cudaSuccess)
                 e = cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout,
@@ -272,8 +294,8 @@ cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, cudaStream_t st
 {
     using namespace mla_decode_v2;
     const int conv = v2_conversion(prm.q_fp8, pl.bn);
-    if (pl.bn == 64) return launch_split(v2_kernel<64>(conv), prm, pl, kNT, V2Cfg<64>::kSmem, stream);
-    return launch_split(v2_kernel<32>(conv), prm, pl, kNT, V2Cfg<32>::kSmem, stream);
+    if (pl.bn == 64) return launch_split(v2_kernel<64>(conv), prm, pl, kNT, v2_smem_bytes(conv, 64), stream);
+    return launch_split(v2_kernel<32>(conv), prm, pl, kNT, v2_smem_bytes(conv, 32), stream);
 }
 
 template <bool FP8> cudaError_t launch_v3(const Params &prm, const Plan &pl, cudaStream_t stream)

@@ -17,6 +17,7 @@
 // 128 threads, 32-key blocks, 4 stages, two CTAs per SM.
 #pragma once
 #include "decode_v1_mma.cuh"
+#include "ws_common.cuh" // wgmma helpers (kConvW8), L2 prefetch (kConvL2Pf)
 
 namespace mla_decode_v2 {
 
@@ -38,6 +39,11 @@ template <int BN> struct V2Cfg {
     static constexpr int offRedSum = offRedMax + 4 * kM * 4;
     static constexpr int offFlags = offRedSum + 4 * kM * 4;
     static constexpr int kSmem = offFlags + 16;
+    // kConvW8 (64-key blocks): the fp8 query tile wgmma reads (16 rows x 576 bytes in the
+    // stage's column-block layout), after the rest on a 1024-byte boundary; the base of dynamic
+    // shared memory is aligned up at run time (the swizzle is a function of the address).
+    static constexpr int offQ8 = (kSmem + 1023) & ~1023;
+    static constexpr int kSmemW8 = offQ8 + kM * kRow8 + 1024;
 };
 
 // Byte offset of (row r, 16-byte chunk c) in a swizzled fp8 stage. Row r starts at bank
@@ -50,7 +56,22 @@ __device__ __forceinline__ uint32_t st8_off(int r, int c)
     return r * kRow8 + ((c ^ s) << 4);
 }
 
-template <int kBN>
+// kConvW8 stage layout, the K-major tiles wgmma reads: dims [0, 512) as four column blocks
+// of R rows x 128 bytes (128-byte swizzle: chunk c of row r at c ^ (r & 7)), then the rope
+// dims as one block of R rows x 64 bytes (64-byte swizzle: chunk c ^ ((r >> 1) & 3)). The V
+// loads of P V (rows {2t, 2t+1} or {2t+8, 2t+9}, two adjacent chunks) hit 32 distinct banks.
+template <int R> __device__ __forceinline__ uint32_t stw_off(int r, int c)
+{
+    return c < 32 ? (uint32_t)((c >> 3) * (R * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4))
+                  : (uint32_t)(4 * R * 128 + r * 64 + (((c & 3) ^ ((r >> 1) & 3)) << 4));
+}
+template <bool kW8, int kBN> __device__ __forceinline__ uint32_t stage_off(int r, int c)
+{
+    if constexpr (kW8) return stw_off<kBN>(r, c);
+    else return st8_off(r, c);
+}
+
+template <int kBN, bool kW8 = false>
 __device__ __forceinline__ void issue_block_v2(const Params &p, const Cursor &c, const Pref &f,
                                                uint8_t *stage, int *flags)
 {
@@ -84,9 +105,13 @@ __device__ __forceinline__ void issue_block_v2(const Params &p, const Cursor &c,
             const bool second = r >= ps; // page of the block: 0 or 1 (only when kBN > ps: key0 page aligned)
             const bool valid = r < (second ? lim1 : lim0);
             const uint8_t *src = second ? pg1 + (((r - ps) * 36 + ch) << 4) : pg0 + ((r * 36 + ch) << 4);
-            // st8_off without branches
-            const int sw = ch < 32 ? ((r & 7) ^ ((r & 1) << 2)) : (r & 3);
-            const uint32_t dst = sbase + (uint32_t)(r * kRow8 + ((ch ^ sw) << 4));
+            uint32_t dst;
+            if constexpr (kW8) {
+                dst = sbase + stw_off<kBN>(r, ch);
+            } else { // st8_off without branches
+                const int sw = ch < 32 ? ((r & 7) ^ ((r & 1) << 2)) : (r & 3);
+                dst = sbase + (uint32_t)(r * kRow8 + ((ch ^ sw) << 4));
+            }
             cp_async16(dst, valid ? src : kv, valid ? 16 : 0);
             ch += 20;
             r += 3;
@@ -195,6 +220,47 @@ __device__ __forceinline__ void mma16832_e4m3(float *d, const uint32_t *a, uint3
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// kConvW8 (fp8 query): S^T = K Q^T as wgmma, A = the fp8 key tile of the stage (64 keys x 576,
+// K-major as loaded), B = the fp8 query tile (16 rows, K-major): 18 k-steps of 32, no K
+// conversion and no mma.sync for QK^T. The accumulator holds S^T: d[4j + e] is key
+// 16 w + g + 8 (e >> 1), query row 8 j + 2 t + (e & 1).
+__device__ __forceinline__ void wgmma_m64n16k32_e4m3(float (&d)[8], uint64_t da, uint64_t db, int accumulate)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                 : "l"(da), "l"(db), "r"(accumulate));
+}
+// Descriptor of k-step ks (32 dims) of a tile of R rows in stw_off's layout.
+template <int R> __device__ __forceinline__ uint64_t w8_desc(uint32_t tile, int ks)
+{
+    using mla_sm90::smem_desc;
+    return ks < 16 ? smem_desc(tile + (uint32_t)((ks >> 2) * (R * 128) + (ks & 3) * 32), 16, 1024, 1)
+                   : smem_desc(tile + (uint32_t)(4 * R * 128 + (ks - 16) * 32), 16, 512, 2);
+}
+// The fp8 query rows of request b into the query tile (rows >= p.rows zero): 576 chunks of
+// 16 bytes, all loads issued before `between` runs, stored after it.
+template <typename F>
+__device__ __forceinline__ void load_q8_tile(const Params &p, int b, uint8_t *sQ, F between)
+{
+    constexpr int kChunks = kM * 36, kIt = (kChunks + kNT - 1) / kNT;
+    const uint8_t *q = (const uint8_t *)p.q + (size_t)b * p.rows * kDqk;
+    uint4 x[kIt];
+#pragma unroll
+    for (int i = 0; i < kIt; i++) {
+        const int c = (int)threadIdx.x + kNT * i, r = c / 36;
+        x[i] = make_uint4(0, 0, 0, 0);
+        if (c < kChunks && r < p.rows) x[i] = __ldg(reinterpret_cast<const uint4 *>(q + (size_t)c * 16));
+    }
+    between();
+#pragma unroll
+    for (int i = 0; i < kIt; i++) {
+        const int c = (int)threadIdx.x + kNT * i;
+        if (c < kChunks) *reinterpret_cast<uint4 *>(sQ + stw_off<kM>(c / 36, c % 36)) = x[i];
+    }
+}
+
 // Four e4m3 bytes to two f16x2 words: with kCvt by the hardware conversion (exact values,
 // 1 instruction per pair), else by integer bit moves (values x 2^-8, ~4 instructions per
 // pair; see decode_v1_mma.cuh). kScaleK / kScaleV undo the factor.
@@ -213,15 +279,41 @@ template <bool kCvt> __device__ __forceinline__ void conv4(uint32_t w, uint32_t 
 // (kConvQ8, fp8 query only): no K conversion, QK^T in e4m3 MMAs. The launcher instantiates
 // kConvCvt (the default), kConvAlu and kConvQ8 | kConvCvtV; the mixed K/V forms measured
 // slower (bench/NOTES.md, 2026-12-03).
-constexpr int kConvAlu = 0, kConvCvtK = 1, kConvCvtV = 2, kConvCvt = 3, kConvQ8 = 4;
+constexpr int kConvAlu = 0, kConvCvtK = 1, kConvCvtV = 2, kConvCvt = 3, kConvQ8 = 4, kConvW8 = 8;
+// Not a conversion: bit 4 also prefetches the pages of the block after next into L2
+// (l2_prefetch_block) half an iteration before its shared-memory copy is issued.
+constexpr int kConvL2Pf = 16;
+
+// One thread: bulk L2 prefetch of the rows of block c (indices f) below seq_len on valid pages.
+template <int kBN>
+__device__ __forceinline__ void l2_prefetch_block(const Params &p, const Cursor &c, const Pref &f)
+{
+    if (c.b >= p.batch) return;
+    const int key0 = c.blk * kBN, rows = min(kBN, f.seq - key0);
+    if (rows <= 0) return;
+    const size_t page_bytes = (size_t)p.page_size * kRow8;
+    const int r0 = min(rows, p.page_size - (key0 & (p.page_size - 1)));
+    if (f.idx0 >= 0 && f.idx0 < p.num_pages)
+        mla_decode_ws::prefetch_l2(p.kv + (size_t)f.idx0 * page_bytes + (size_t)(key0 & (p.page_size - 1)) * kRow8,
+                                   (uint32_t)(r0 * kRow8));
+    if (rows > r0 && f.idx1 >= 0 && f.idx1 < p.num_pages)
+        mla_decode_ws::prefetch_l2(p.kv + (size_t)f.idx1 * page_bytes, (uint32_t)((rows - r0) * kRow8));
+}
 template <int kConv, int kBN>
 __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_constant__ Params p)
 {
     constexpr bool kCvtK = (kConv & 1) != 0, kCvtV = (kConv & 2) != 0, kQ8 = (kConv & kConvQ8) != 0;
+    constexpr bool kW8 = (kConv & kConvW8) != 0, kL2Pf = (kConv & kConvL2Pf) != 0;
+    static_assert(!kW8 || kBN == 64, "the wgmma form takes 64 keys per block (M = 64)");
     using C = V2Cfg<kBN>;
     constexpr int kNS = C::NS, kSRow = C::SRow, kStageBytes = C::kStageBytes;
-    constexpr float kScaleK = kCvtK || kQ8 ? 1.0f : kFp8TileScale, kScaleV = kCvtV ? 1.0f : kFp8TileScale;
-    extern __shared__ __align__(128) uint8_t smem[];
+    constexpr float kScaleK = kCvtK || kQ8 || kW8 ? 1.0f : kFp8TileScale, kScaleV = kCvtV ? 1.0f : kFp8TileScale;
+    extern __shared__ __align__(128) uint8_t smem_raw[];
+    uint8_t *smem = smem_raw;
+    if constexpr (kW8) { // 1024-byte aligned base for the swizzled tiles (kSmemW8 has the slack)
+        const uint32_t a = smem_u32(smem_raw);
+        smem += ((a + 1023u) & ~1023u) - a;
+    }
     uint8_t *sStage = smem + C::offStage;
     float *sS = reinterpret_cast<float *>(smem + C::offS);
     uint8_t *sP = smem + C::offP;
@@ -246,10 +338,11 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
     float o[16][4]; // n-tiles 4J + j of this warp's 128 dims (permuted, see header)
 #pragma unroll
     for (int i = 0; i < 16; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-    uint32_t qf[kQ8 ? 5 : 9][4]; // Q fragments of this warp's k-steps (f16 k16, or e4m3 k32)
-    // Q fragments of request b; `between` runs while their loads are in flight.
+    uint32_t qf[kQ8 ? 5 : kW8 ? 1 : 9][4]; // Q fragments of this warp's k-steps (f16 k16, or e4m3 k32)
+    // Q fragments of request b (kW8: its query tile); `between` runs while the loads are in flight.
     auto load_q = [&](int b, auto between) {
-        if constexpr (kQ8) load_q8_frags(p, b, w, g, t, qf, between);
+        if constexpr (kW8) load_q8_tile(p, b, smem + C::offQ8, between);
+        else if constexpr (kQ8) load_q8_frags(p, b, w, g, t, qf, between);
         else load_q_frags(p, b, w, g, t, qf, between);
     };
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
@@ -279,7 +372,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
     set_limits(seq0);
     int nprod = 0;
     for (; nprod < kNS - 1; nprod++) {
-        issue_block_v2<kBN>(p, prod, pref, sStage + nprod * kStageBytes, &sFlags[nprod]);
+        issue_block_v2<kBN, kW8>(p, prod, pref, sStage + nprod * kStageBytes, &sFlags[nprod]);
         cursor_next(p, part, tau, prod);
         pref = prefetch_block<kBN>(p, prod);
     }
@@ -298,19 +391,51 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
         // "block j visible" and "block j-1 fully consumed" (its stage, sS, sP), and block
         // j+kNS-1 goes into block j-1's stage after it.
         cp_async_wait<kNS - 2>();
+        if constexpr (kW8) mla_decode_v3::fence_proxy_async(); // stage and query stores -> wgmma
         __syncthreads();
-        issue_block_v2<kBN>(p, prod, pref, sStage + (nprod % kNS) * kStageBytes, &sFlags[nprod % kNS]);
+        issue_block_v2<kBN, kW8>(p, prod, pref, sStage + (nprod % kNS) * kStageBytes, &sFlags[nprod % kNS]);
         cursor_next(p, part, tau, prod);
         pref = prefetch_block<kBN>(p, prod);
         nprod++;
         const int pmask = sFlags[stage];
         const uint8_t *st = sStage + stage * kStageBytes;
+#ifdef MLA_V2_LOAD_ONLY // experiment builds only (bench/NOTES.md): the load pipeline without the math
+        if (pmask >= 0) {
+            const bool last = cons.blk + 1 >= cons.hi;
+            cursor_next(p, part, tau, cons);
+            new_req = last;
+            continue;
+        }
+#endif
 
         // ---- partial S over this warp's dims, all 32 keys ----
         float sp[C::NTK][4];
 #pragma unroll
         for (int i = 0; i < C::NTK; i++) sp[i][0] = sp[i][1] = sp[i][2] = sp[i][3] = 0.f;
-        if constexpr (kQ8) {
+        if constexpr (kW8) {
+            // S^T of the whole block in one wgmma chain per 4 k-steps: fp8 tensor cores keep
+            // fewer accumulator bits than float32 (DeepSeek-V3 report: ~14), so each 128 dims
+            // start a fresh accumulator and the five are added in float32.
+            using namespace mla_sm90;
+            const uint32_t aSt = smem_u32(st), aQ8 = smem_u32(smem + C::offQ8);
+            float acc[5][8];
+#pragma unroll
+            for (int c = 0; c < 5; c++) mla_decode_v3::acc_fence(acc[c]);
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < 18; ks++)
+                wgmma_m64n16k32_e4m3(acc[ks >> 2], w8_desc<kBN>(aSt, ks), w8_desc<kM>(aQ8, ks), (ks & 3) != 0);
+            wgmma_commit();
+            wgmma_wait<0>();
+#pragma unroll
+            for (int c = 0; c < 5; c++) mla_decode_v3::acc_fence(acc[c]);
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                const float v = ((acc[0][e] + acc[1][e]) + (acc[2][e] + acc[3][e])) + acc[4][e];
+                const int row = 8 * (e >> 2) + 2 * t + (e & 1), key = 16 * w + g + 8 * ((e >> 1) & 1);
+                sS[row * kSRow + key] = v;
+            }
+        } else if constexpr (kQ8) {
             const int s0 = q8_first_step(w), ns = q8_steps(w);
 #pragma unroll
             for (int ks = 0; ks < 5; ks++) {
@@ -339,7 +464,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
             }
         }
 #pragma unroll
-        for (int nt = 0; nt < C::NTK; nt++) {
+        for (int nt = 0; nt < (kW8 ? 0 : C::NTK); nt++) {
             *reinterpret_cast<float2 *>(sS + (w * kM + g) * kSRow + nt * 8 + 2 * t) = make_float2(sp[nt][0], sp[nt][1]);
             *reinterpret_cast<float2 *>(sS + (w * kM + g + 8) * kSRow + nt * 8 + 2 * t) = make_float2(sp[nt][2], sp[nt][3]);
         }
@@ -351,7 +476,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
             s[u][0] = s[u][1] = s[u][2] = s[u][3] = 0.f;
             const int col = (w * C::NTW + u) * 8 + 2 * t;
 #pragma unroll
-            for (int v = 0; v < 4; v++) {
+            for (int v = 0; v < (kW8 ? 1 : 4); v++) { // kW8: one full S, no partials
                 const float2 a = *reinterpret_cast<const float2 *>(sS + (v * kM + g) * kSRow + col);
                 const float2 c = *reinterpret_cast<const float2 *>(sS + (v * kM + g + 8) * kSRow + col);
                 s[u][0] += a.x;
@@ -422,6 +547,8 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
         }
         __syncthreads();
 
+        if constexpr (kL2Pf) // prod / pref: the block after next (its indices have arrived by now)
+            if (tid == 32) l2_prefetch_block<kBN>(p, prod, pref);
         // ---- O += P V, V fragments from fp8 rows interleaved in registers ----
 #pragma unroll
         for (int kk = 0; kk < kBN / 16; kk++) {
@@ -431,10 +558,10 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
 #pragma unroll
             for (int J = 0; J < 4; J++) {
                 const int ch = 8 * w + 2 * J + (g >> 2), by = 4 * (g & 3);
-                const uint32_t w0 = *reinterpret_cast<const uint32_t *>(st + st8_off(r0, ch) + by);
-                const uint32_t w1 = *reinterpret_cast<const uint32_t *>(st + st8_off(r0 + 1, ch) + by);
-                const uint32_t w2 = *reinterpret_cast<const uint32_t *>(st + st8_off(r0 + 8, ch) + by);
-                const uint32_t w3 = *reinterpret_cast<const uint32_t *>(st + st8_off(r0 + 9, ch) + by);
+                const uint32_t w0 = *reinterpret_cast<const uint32_t *>(st + stage_off<kW8, kBN>(r0, ch) + by);
+                const uint32_t w1 = *reinterpret_cast<const uint32_t *>(st + stage_off<kW8, kBN>(r0 + 1, ch) + by);
+                const uint32_t w2 = *reinterpret_cast<const uint32_t *>(st + stage_off<kW8, kBN>(r0 + 8, ch) + by);
+                const uint32_t w3 = *reinterpret_cast<const uint32_t *>(st + stage_off<kW8, kBN>(r0 + 9, ch) + by);
                 uint32_t b0[4], b1[4];
                 conv4<kCvtV>(__byte_perm(w0, w1, 0x5140), b0[0], b0[1]);
                 conv4<kCvtV>(__byte_perm(w0, w1, 0x7362), b0[2], b0[3]);
