@@ -108,38 +108,61 @@ int v2_block_n()
 // "w8" 14% slower (B64 H16 32k, fp8 query).
 constexpr int kV2Q8 = mla_decode_v2::kConvQ8 | mla_decode_v2::kConvCvtV;
 constexpr int kV2W8 = mla_decode_v2::kConvW8 | mla_decode_v2::kConvCvtV;
+// MLA_DECODE_V2_LAYOUT (cvt only): "xor" (default) the swizzled stage; "h1" the same with the
+// shift-free conversion (kConvH1); "pad" padded stage rows and kConvH1 (kConvPad | kConvH1).
+constexpr int kV2Pad = mla_decode_v2::kConvPad | mla_decode_v2::kConvH1;
 int v2_conversion(bool q_fp8, int bn)
 {
+    using namespace mla_decode_v2;
     static const char *const names[] = {"cvt", "alu", "q8", "w8"};
-    static int cached = -1;
+    static const char *const layouts[] = {"xor", "h1", "pad"};
+    static int cached = -1, layout = -1, l2pf = -1;
     if (cached < 0) cached = env_choice("MLA_DECODE_V2_CONV", names, 4, 0);
-    static int l2pf = -1; // MLA_DECODE_V2_L2PF=1 (64-key blocks, cvt or w8): kConvL2Pf
+    if (layout < 0) layout = env_choice("MLA_DECODE_V2_LAYOUT", layouts, 3, 0);
+    // MLA_DECODE_V2_L2PF=1 (64-key blocks, cvt or w8): kConvL2Pf
     if (l2pf < 0) l2pf = getenv("MLA_DECODE_V2_L2PF") && !strcmp(getenv("MLA_DECODE_V2_L2PF"), "1");
-    if (cached == 1 && bn == 32) return mla_decode_v2::kConvAlu;
+    if (cached == 1 && bn == 32) return kConvAlu;
     if (cached == 2 && bn == 64 && q_fp8) return kV2Q8;
-    const int pf = bn == 64 && l2pf ? mla_decode_v2::kConvL2Pf : 0;
+    const int pf = bn == 64 && l2pf ? kConvL2Pf : 0;
     if (cached == 3 && bn == 64 && q_fp8) return kV2W8 | pf;
-    return mla_decode_v2::kConvCvt | pf;
+    if (layout == 1 && bn == 64 && !pf) return kConvCvt | kConvH1;
+    if (layout == 2 && !pf) return kConvCvt | kV2Pad;
+    return kConvCvt | pf;
 }
 
-// The v2 kernels: {cvt, q8, w8} with 64-key blocks, {cvt, alu} with 32.
-template <int kBN> void (*v2_kernel(int conv))(Params)
+// The instantiated v2 kernels: (conv, keys per block); v2_conversion returns only these.
+struct V2Form {
+    int conv, bn;
+    void (*kernel)(Params);
+};
+const V2Form kV2Forms[] = {
+    {mla_decode_v2::kConvCvt, 64, mla_decode_v2::decode_fp8_m16_kernel<mla_decode_v2::kConvCvt, 64>},
+    {kV2Q8, 64, mla_decode_v2::decode_fp8_m16_kernel<kV2Q8, 64>},
+    {kV2W8, 64, mla_decode_v2::decode_fp8_m16_kernel<kV2W8, 64>},
+    {kV2W8 | mla_decode_v2::kConvL2Pf, 64, mla_decode_v2::decode_fp8_m16_kernel<kV2W8 | mla_decode_v2::kConvL2Pf, 64>},
+    {mla_decode_v2::kConvCvt | mla_decode_v2::kConvL2Pf, 64,
+     mla_decode_v2::decode_fp8_m16_kernel<mla_decode_v2::kConvCvt | mla_decode_v2::kConvL2Pf, 64>},
+    {mla_decode_v2::kConvCvt | mla_decode_v2::kConvH1, 64,
+     mla_decode_v2::decode_fp8_m16_kernel<mla_decode_v2::kConvCvt | mla_decode_v2::kConvH1, 64>},
+    {mla_decode_v2::kConvCvt | kV2Pad, 64, mla_decode_v2::decode_fp8_m16_kernel<mla_decode_v2::kConvCvt | kV2Pad, 64>},
+    {mla_decode_v2::kConvCvt, 32, mla_decode_v2::decode_fp8_m16_kernel<mla_decode_v2::kConvCvt, 32>},
+    {mla_decode_v2::kConvAlu, 32, mla_decode_v2::decode_fp8_m16_kernel<mla_decode_v2::kConvAlu, 32>},
+    {mla_decode_v2::kConvCvt | kV2Pad, 32, mla_decode_v2::decode_fp8_m16_kernel<mla_decode_v2::kConvCvt | kV2Pad, 32>},
+};
+constexpr int kNumV2Forms = (int)(sizeof kV2Forms / sizeof kV2Forms[0]);
+void (*v2_kernel(int conv, int bn))(Params)
 {
-    using namespace mla_decode_v2;
-    if constexpr (kBN == 64) {
-        if (conv == kV2W8) return decode_fp8_m16_kernel<kV2W8, 64>;
-        if (conv == (kV2W8 | kConvL2Pf)) return decode_fp8_m16_kernel<kV2W8 | kConvL2Pf, 64>;
-        if (conv == (kConvCvt | kConvL2Pf)) return decode_fp8_m16_kernel<kConvCvt | kConvL2Pf, 64>;
-        return conv == kV2Q8 ? decode_fp8_m16_kernel<kV2Q8, 64> : decode_fp8_m16_kernel<kConvCvt, 64>;
-    } else {
-        return conv == kConvAlu ? decode_fp8_m16_kernel<kConvAlu, kBN> : decode_fp8_m16_kernel<kConvCvt, kBN>;
-    }
+    for (int i = 0; i < kNumV2Forms; i++)
+        if (kV2Forms[i].conv == conv && kV2Forms[i].bn == bn) return kV2Forms[i].kernel;
+    return nullptr;
 }
 int v2_smem_bytes(int conv, int bn)
 {
     using namespace mla_decode_v2;
-    if (bn == 32) return V2Cfg<32>::kSmem;
-    return (conv & kConvW8) ? V2Cfg<64>::kSmemW8 : V2Cfg<64>::kSmem;
+    const bool pad = (conv & kConvPad) != 0;
+    if (bn == 32) return pad ? V2Cfg<32, true>::kSmem : V2Cfg<32>::kSmem;
+    if (conv & kConvW8) return V2Cfg<64>::kSmemW8;
+    return pad ? V2Cfg<64, true>::kSmem : V2Cfg<64>::kSmem;
 }
 
 Plan make_plan(int num_sms, int q_len, int heads, Variant variant, bool fp8)
@@ -216,13 +239,10 @@ cudaError_t set_all_smem_attrs()
 {
     cudaError_t e = cudaSuccess;
     if (e == cudaSuccess) {
-        using mla_decode_v2::kConvL2Pf;
-        static const int conv[7] = {mla_decode_v2::kConvCvt, kV2Q8, kV2W8, mla_decode_v2::kConvCvt | kConvL2Pf,
-                                    kV2W8 | kConvL2Pf, mla_decode_v2::kConvCvt, mla_decode_v2::kConvAlu};
-        for (int i = 0; i < 7 && e == cudaSuccess; i++) {
-            const int bn = i < 5 ? 64 : 32;
-            auto k = bn == 64 ? v2_kernel<64>(conv[i]) : v2_kernel<32>(conv[i]);
-            const int bytes = v2_smem_bytes(conv[i], bn);
+        for (int i = 0; i < kNumV2Forms && e == cudaSuccess; i++) {
+            const int bn = kV2Forms[i].bn;
+            auto k = kV2Forms[i].kernel;
+            const int bytes = v2_smem_bytes(kV2Forms[i].conv, bn);
             e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
             if (e == cudaSuccess)
                 e = cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout,
@@ -294,8 +314,7 @@ cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, cudaStream_t st
 {
     using namespace mla_decode_v2;
     const int conv = v2_conversion(prm.q_fp8, pl.bn);
-    if (pl.bn == 64) return launch_split(v2_kernel<64>(conv), prm, pl, kNT, v2_smem_bytes(conv, 64), stream);
-    return launch_split(v2_kernel<32>(conv), prm, pl, kNT, v2_smem_bytes(conv, 32), stream);
+    return launch_split(v2_kernel(conv, pl.bn), prm, pl, kNT, v2_smem_bytes(conv, pl.bn), stream);
 }
 
 template <bool FP8> cudaError_t launch_v3(const Params &prm, const Plan &pl, cudaStream_t stream)

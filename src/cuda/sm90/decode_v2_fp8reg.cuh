@@ -26,12 +26,14 @@ using namespace mla_decode_v1;
 constexpr int kNT = 128, kM = 16;
 
 // BN keys per block (32: 4 stages; 64: 2 stages, half the per-key barrier and softmax cost).
-template <int BN> struct V2Cfg {
+// kPad: stage rows padded to 592 bytes (st8p_off) instead of the xor swizzle (st8_off).
+constexpr int kRowPad = kRow8 + 16;
+template <int BN, bool kPad = false> struct V2Cfg {
     static constexpr int NS = BN == 32 ? 4 : 2;
     static constexpr int SRow = BN + 8;   // floats per partial-score row (padding: 2-way at most)
     static constexpr int NTK = BN / 8;    // n-tiles of a warp's partial S (all keys)
     static constexpr int NTW = BN / 32;   // n-tiles a warp owns for the softmax
-    static constexpr int kStageBytes = BN * kRow8;
+    static constexpr int kStageBytes = BN * (kPad ? kRowPad : kRow8);
     static constexpr int offStage = 0;
     static constexpr int offS = offStage + NS * kStageBytes;
     static constexpr int offP = offS + 4 * kM * SRow * 4;
@@ -55,6 +57,12 @@ __device__ __forceinline__ uint32_t st8_off(int r, int c)
     const int s = c < 32 ? ((r & 7) ^ ((r & 1) << 2)) : (r & 3);
     return r * kRow8 + ((c ^ s) << 4);
 }
+// Padded stage rows: 592 bytes = 148 words, 20 banks apart mod 32, so rows g = 0..7 at one
+// chunk (K loads: 8 rows x 4 words) and rows {2t + e} at two adjacent chunks (V loads) land
+// on 32 distinct banks without a swizzle. Every address is then a per-thread base plus a
+// compile-time offset (the xor's per-load index math was ~1/4 of v2's instructions: ncu,
+// bench/NOTES.md 2026-12-03).
+__device__ __forceinline__ uint32_t st8p_off(int r, int c) { return (uint32_t)(r * kRowPad + (c << 4)); }
 
 // kConvW8 stage layout, the K-major tiles wgmma reads: dims [0, 512) as four column blocks
 // of R rows x 128 bytes (128-byte swizzle: chunk c of row r at c ^ (r & 7)), then the rope
@@ -65,13 +73,14 @@ template <int R> __device__ __forceinline__ uint32_t stw_off(int r, int c)
     return c < 32 ? (uint32_t)((c >> 3) * (R * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4))
                   : (uint32_t)(4 * R * 128 + r * 64 + (((c & 3) ^ ((r >> 1) & 3)) << 4));
 }
-template <bool kW8, int kBN> __device__ __forceinline__ uint32_t stage_off(int r, int c)
+template <bool kW8, bool kPad, int kBN> __device__ __forceinline__ uint32_t stage_off(int r, int c)
 {
     if constexpr (kW8) return stw_off<kBN>(r, c);
+    else if constexpr (kPad) return st8p_off(r, c);
     else return st8_off(r, c);
 }
 
-template <int kBN, bool kW8 = false>
+template <int kBN, bool kW8 = false, bool kPad = false>
 __device__ __forceinline__ void issue_block_v2(const Params &p, const Cursor &c, const Pref &f,
                                                uint8_t *stage, int *flags)
 {
@@ -98,6 +107,36 @@ __device__ __forceinline__ void issue_block_v2(const Params &p, const Cursor &c,
         const int lim0 = ok & 1 ? min(rows, ps) : 0;
         const int lim1 = ok & 2 ? rows : 0;
         const uint8_t *const kv = p.kv;
+        if constexpr (kPad) {
+            // Thread (warp w, lane l) copies chunk l of rows w + 4k (each copy instruction of a
+            // warp moves 512 contiguous bytes) and rope chunk 32 + (tid & 3) of rows tid / 4
+            // (+ 32): every source and destination is a per-thread base plus a compile-time
+            // offset, ~3 instructions per copy instead of ~20 for the stepped (row, chunk) form.
+            // Rows [0, 32) start at pg0; rows [32, 64) continue on the same page (page 64) or
+            // start page 1 (page 32). Sources stay in-bounds for masked rows (page 0 of the
+            // pool for invalid pages), so only the copy size is selected.
+            const int tid = (int)threadIdx.x, w = tid >> 5, l = tid & 31;
+            const uint8_t *hi = kBN > 32 ? (ps > 32 ? pg0 + 32 * kRow8 : pg1) : pg0;
+            const int lim_lo = ok & 1 ? rows : 0;
+            const int lim_hi = (ps > 32 ? ok & 1 : ok & 2) ? rows : 0;
+            const uint8_t *src_lo = pg0 + w * kRow8 + l * 16, *src_hi = hi + w * kRow8 + l * 16;
+            const uint32_t dst0 = sbase + (uint32_t)(w * kRowPad + l * 16);
+#pragma unroll
+            for (int k = 0; k < kBN / 4; k++) {
+                const bool upper = k >= 8; // row w + 4k >= 32
+                const bool valid = w + 4 * k < (upper ? lim_hi : lim_lo);
+                const uint8_t *src = (upper ? src_hi : src_lo) + (4 * k - (upper ? 32 : 0)) * kRow8;
+                cp_async16(dst0 + (uint32_t)(4 * k * kRowPad), src, valid ? 16 : 0);
+            }
+            const int rr = tid >> 2, rc = 32 + (tid & 3);
+#pragma unroll
+            for (int m = 0; m < kBN / 32; m++) {
+                const bool valid = rr + 32 * m < (m ? lim_hi : lim_lo);
+                cp_async16(sbase + st8p_off(rr + 32 * m, rc), (m ? hi : pg0) + rr * kRow8 + rc * 16, valid ? 16 : 0);
+            }
+            cp_async_commit();
+            return;
+        }
         int r = (int)threadIdx.x / 36, ch = (int)threadIdx.x % 36;
         static_assert(kNT % 36 == 20 && kNT / 36 == 3, "row/chunk stepping assumes 128 threads");
 #pragma unroll
@@ -264,9 +303,11 @@ __device__ __forceinline__ void load_q8_tile(const Params &p, int b, uint8_t *sQ
 // Four e4m3 bytes to two f16x2 words: with kCvt by the hardware conversion (exact values,
 // 1 instruction per pair), else by integer bit moves (values x 2^-8, ~4 instructions per
 // pair; see decode_v1_mma.cuh). kScaleK / kScaleV undo the factor.
-template <bool kCvt> __device__ __forceinline__ void conv4(uint32_t w, uint32_t &lo, uint32_t &hi)
+template <bool kCvt, bool kH1 = false> __device__ __forceinline__ void conv4(uint32_t w, uint32_t &lo, uint32_t &hi)
 {
-    if constexpr (kCvt) {
+    if constexpr (kCvt && kH1) {
+        mla_decode_ws::e4m3x4_to_f16x4(w, lo, hi); // halves as 16-bit operands: no shift
+    } else if constexpr (kCvt) {
         lo = e4m3x2_to_f16x2((uint16_t)(w & 0xffffu));
         hi = e4m3x2_to_f16x2((uint16_t)(w >> 16));
     } else {
@@ -276,13 +317,18 @@ template <bool kCvt> __device__ __forceinline__ void conv4(uint32_t w, uint32_t 
 
 // kConv picks the conversion per operand: bit 0 set, K by cvt; bit 1 set, V by cvt; a clear
 // bit uses the integer bit moves (x 2^-8, undone in the scores or the output). Bit 2
-// (kConvQ8, fp8 query only): no K conversion, QK^T in e4m3 MMAs. The launcher instantiates
-// kConvCvt (the default), kConvAlu and kConvQ8 | kConvCvtV; the mixed K/V forms measured
-// slower (bench/NOTES.md, 2026-12-03).
+// (kConvQ8, fp8 query only): no K conversion, QK^T in e4m3 MMAs. Bit 3 (kConvW8, fp8 query,
+// 64-key blocks): no K conversion, S^T = K Q^T as wgmma from a stage in wgmma's layout. The
+// launcher instantiates kConvCvt (the default), kConvAlu, kConvQ8 | kConvCvtV and
+// kConvW8 | kConvCvtV (kConvCvt and the w8 form also with kConvL2Pf); the mixed K/V forms
+// measured slower (bench/NOTES.md, 2026-12-03).
 constexpr int kConvAlu = 0, kConvCvtK = 1, kConvCvtV = 2, kConvCvt = 3, kConvQ8 = 4, kConvW8 = 8;
 // Not a conversion: bit 4 also prefetches the pages of the block after next into L2
 // (l2_prefetch_block) half an iteration before its shared-memory copy is issued.
 constexpr int kConvL2Pf = 16;
+// Layout and instruction-count bits: kConvPad, the padded stage rows (st8p_off); kConvH1,
+// the cvt conversion fed the high half of a word as a 16-bit operand (no shift).
+constexpr int kConvPad = 32, kConvH1 = 64;
 
 // One thread: bulk L2 prefetch of the rows of block c (indices f) below seq_len on valid pages.
 template <int kBN>
@@ -304,8 +350,9 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
 {
     constexpr bool kCvtK = (kConv & 1) != 0, kCvtV = (kConv & 2) != 0, kQ8 = (kConv & kConvQ8) != 0;
     constexpr bool kW8 = (kConv & kConvW8) != 0, kL2Pf = (kConv & kConvL2Pf) != 0;
+    constexpr bool kPad = (kConv & kConvPad) != 0 && !kW8, kH1 = (kConv & kConvH1) != 0;
     static_assert(!kW8 || kBN == 64, "the wgmma form takes 64 keys per block (M = 64)");
-    using C = V2Cfg<kBN>;
+    using C = V2Cfg<kBN, kPad>;
     constexpr int kNS = C::NS, kSRow = C::SRow, kStageBytes = C::kStageBytes;
     constexpr float kScaleK = kCvtK || kQ8 || kW8 ? 1.0f : kFp8TileScale, kScaleV = kCvtV ? 1.0f : kFp8TileScale;
     extern __shared__ __align__(128) uint8_t smem_raw[];
@@ -372,7 +419,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
     set_limits(seq0);
     int nprod = 0;
     for (; nprod < kNS - 1; nprod++) {
-        issue_block_v2<kBN, kW8>(p, prod, pref, sStage + nprod * kStageBytes, &sFlags[nprod]);
+        issue_block_v2<kBN, kW8, kPad>(p, prod, pref, sStage + nprod * kStageBytes, &sFlags[nprod]);
         cursor_next(p, part, tau, prod);
         pref = prefetch_block<kBN>(p, prod);
     }
@@ -393,7 +440,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
         cp_async_wait<kNS - 2>();
         if constexpr (kW8) mla_decode_v3::fence_proxy_async(); // stage and query stores -> wgmma
         __syncthreads();
-        issue_block_v2<kBN, kW8>(p, prod, pref, sStage + (nprod % kNS) * kStageBytes, &sFlags[nprod % kNS]);
+        issue_block_v2<kBN, kW8, kPad>(p, prod, pref, sStage + (nprod % kNS) * kStageBytes, &sFlags[nprod % kNS]);
         cursor_next(p, part, tau, prod);
         pref = prefetch_block<kBN>(p, prod);
         nprod++;
@@ -444,8 +491,8 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
 #pragma unroll
                 for (int nt = 0; nt < C::NTK; nt++) {
                     const int r = nt * 8 + g;
-                    const uint32_t k0 = *reinterpret_cast<const uint32_t *>(st + st8_off(r, ch) + 4 * t);
-                    const uint32_t k1 = *reinterpret_cast<const uint32_t *>(st + st8_off(r, ch + 1) + 4 * t);
+                    const uint32_t k0 = *reinterpret_cast<const uint32_t *>(st + stage_off<false, kPad, kBN>(r, ch) + 4 * t);
+                    const uint32_t k1 = *reinterpret_cast<const uint32_t *>(st + stage_off<false, kPad, kBN>(r, ch + 1) + 4 * t);
                     mma16832_e4m3(sp[nt], qf[ks], k0, k1);
                 }
             }
@@ -456,9 +503,9 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
 #pragma unroll
                 for (int nt = 0; nt < C::NTK; nt++) {
                     const int r = nt * 8 + g;
-                    const uint32_t kw = *reinterpret_cast<const uint32_t *>(st + st8_off(r, ch) + 4 * t);
+                    const uint32_t kw = *reinterpret_cast<const uint32_t *>(st + stage_off<false, kPad, kBN>(r, ch) + 4 * t);
                     uint32_t b0, b1;
-                    conv4<kCvtK>(kw, b0, b1);
+                    conv4<kCvtK, kH1>(kw, b0, b1);
                     mma16816<true>(sp[nt], qf[ks], b0, b1);
                 }
             }
@@ -558,15 +605,15 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
 #pragma unroll
             for (int J = 0; J < 4; J++) {
                 const int ch = 8 * w + 2 * J + (g >> 2), by = 4 * (g & 3);
-                const uint32_t w0 = *reinterpret_cast<const uint32_t *>(st + stage_off<kW8, kBN>(r0, ch) + by);
-                const uint32_t w1 = *reinterpret_cast<const uint32_t *>(st + stage_off<kW8, kBN>(r0 + 1, ch) + by);
-                const uint32_t w2 = *reinterpret_cast<const uint32_t *>(st + stage_off<kW8, kBN>(r0 + 8, ch) + by);
-                const uint32_t w3 = *reinterpret_cast<const uint32_t *>(st + stage_off<kW8, kBN>(r0 + 9, ch) + by);
+                const uint32_t w0 = *reinterpret_cast<const uint32_t *>(st + stage_off<kW8, kPad, kBN>(r0, ch) + by);
+                const uint32_t w1 = *reinterpret_cast<const uint32_t *>(st + stage_off<kW8, kPad, kBN>(r0 + 1, ch) + by);
+                const uint32_t w2 = *reinterpret_cast<const uint32_t *>(st + stage_off<kW8, kPad, kBN>(r0 + 8, ch) + by);
+                const uint32_t w3 = *reinterpret_cast<const uint32_t *>(st + stage_off<kW8, kPad, kBN>(r0 + 9, ch) + by);
                 uint32_t b0[4], b1[4];
-                conv4<kCvtV>(__byte_perm(w0, w1, 0x5140), b0[0], b0[1]);
-                conv4<kCvtV>(__byte_perm(w0, w1, 0x7362), b0[2], b0[3]);
-                conv4<kCvtV>(__byte_perm(w2, w3, 0x5140), b1[0], b1[1]);
-                conv4<kCvtV>(__byte_perm(w2, w3, 0x7362), b1[2], b1[3]);
+                conv4<kCvtV, kH1>(__byte_perm(w0, w1, 0x5140), b0[0], b0[1]);
+                conv4<kCvtV, kH1>(__byte_perm(w0, w1, 0x7362), b0[2], b0[3]);
+                conv4<kCvtV, kH1>(__byte_perm(w2, w3, 0x5140), b1[0], b1[1]);
+                conv4<kCvtV, kH1>(__byte_perm(w2, w3, 0x7362), b1[2], b1[3]);
 #pragma unroll
                 for (int jj = 0; jj < 4; jj++) mma16816<true>(o[4 * J + jj], a, b0[jj], b1[jj]);
             }
