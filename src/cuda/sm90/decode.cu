@@ -20,8 +20,8 @@ using mla_decode_v1::Params;
 
 // Kernel variants (MLA_DECODE_VARIANT selects one for comparison; default "v2"):
 //   "v2"  : rows <= 16 with an fp8 cache: decode_v2_fp8reg.cuh (MLA_DECODE_V2_BN=32|64 keys per
-//           block, default 64; MLA_DECODE_V2_CONV=alu|q8|w8 and MLA_DECODE_V2_L2PF=1:
-//           v2_conversion()); other
+//           block, default 64; MLA_DECODE_V2_CONV=alu|q8|w8, MLA_DECODE_V2_LAYOUT=xor|h1|pad
+//           and MLA_DECODE_V2_L2PF=1: v2_conversion()); other
 //           rows <= 32: decode_v1_mma.cuh "narrow" (32-key blocks, 128 threads, two CTAs per
 //           SM); rows 33..63: decode_v1_mma.cuh with M = 64 (64-key blocks, 256 threads, one
 //           CTA per SM), measured faster than two-per-SM M = 32 tiles at H = 128; rows >= 64:
@@ -108,8 +108,11 @@ int v2_block_n()
 // "w8" 14% slower (B64 H16 32k, fp8 query).
 constexpr int kV2Q8 = mla_decode_v2::kConvQ8 | mla_decode_v2::kConvCvtV;
 constexpr int kV2W8 = mla_decode_v2::kConvW8 | mla_decode_v2::kConvCvtV;
-// MLA_DECODE_V2_LAYOUT (cvt only): "xor" (default) the swizzled stage; "h1" the same with the
-// shift-free conversion (kConvH1); "pad" padded stage rows and kConvH1 (kConvPad | kConvH1).
+// MLA_DECODE_V2_LAYOUT (cvt only): "pad" (default) padded stage rows and the shift-free
+// conversion (kConvPad | kConvH1); "xor" the swizzled stage (the default before 2026-12-03);
+// "h1" the swizzled stage with the shift-free conversion. H200, ms (bench/NOTES.md): B64 H16
+// 32k xor 0.480, h1 0.455, pad 0.398; B128 4k 0.136 / 0.127 / 0.113; batch 1 64k 0.0306 /
+// 0.0296 / 0.0276. (w8 and L2PF keep the swizzled / wgmma layouts.)
 constexpr int kV2Pad = mla_decode_v2::kConvPad | mla_decode_v2::kConvH1;
 int v2_conversion(bool q_fp8, int bn)
 {
@@ -118,7 +121,7 @@ int v2_conversion(bool q_fp8, int bn)
     static const char *const layouts[] = {"xor", "h1", "pad"};
     static int cached = -1, layout = -1, l2pf = -1;
     if (cached < 0) cached = env_choice("MLA_DECODE_V2_CONV", names, 4, 0);
-    if (layout < 0) layout = env_choice("MLA_DECODE_V2_LAYOUT", layouts, 3, 0);
+    if (layout < 0) layout = env_choice("MLA_DECODE_V2_LAYOUT", layouts, 3, 2);
     // MLA_DECODE_V2_L2PF=1 (64-key blocks, cvt or w8): kConvL2Pf
     if (l2pf < 0) l2pf = getenv("MLA_DECODE_V2_L2PF") && !strcmp(getenv("MLA_DECODE_V2_L2PF"), "1");
     if (cached == 1 && bn == 32) return kConvAlu;

@@ -11,9 +11,12 @@
 //     fragment. For P V the k dim is keys: two key rows are interleaved with prmt, and the n
 //     order is permuted (n-tile j of a group of 4, lane group g <-> dim 4g + j) so that each
 //     4-byte load feeds 4 n-tiles and each thread ends with 8 consecutive output dims.
-//   * The stage is xor-swizzled by 16-byte chunk so that both access patterns are free of
-//     bank conflicts. (Loading it with one cp.async.bulk per key row into 592-byte padded
-//     rows was measured 17% slower and retired: bench/NOTES.md, Decode.)
+//   * Both access patterns must be free of bank conflicts. Default (kConvPad): stage rows
+//     padded to 592 bytes, filled by 16-byte cp.async whose sources and destinations, like
+//     the K and V loads, are a per-thread base plus compile-time offsets (17-18% faster on an
+//     H200 than the xor-swizzled 576-byte rows, whose per-load index math was most of v2's
+//     integer instructions: bench/NOTES.md, 2026-12-03). (One cp.async.bulk per padded row
+//     was measured 17% slower and retired.)
 // 128 threads, 32-key blocks, 4 stages, two CTAs per SM.
 #pragma once
 #include "decode_v1_mma.cuh"
