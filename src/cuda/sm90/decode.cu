@@ -20,8 +20,8 @@ using mla_decode_v1::Params;
 
 // Kernel variants (MLA_DECODE_VARIANT selects one for comparison; default "v2"):
 //   "v2"  : rows <= 16 with an fp8 cache: decode_v2_fp8reg.cuh (MLA_DECODE_V2_BN=32|64 keys per
-//           block, default 64; MLA_DECODE_V2_CONV=alu|q8|w8, MLA_DECODE_V2_LAYOUT=xor|h1|pad
-//           and MLA_DECODE_V2_L2PF=1: v2_conversion()); other
+//           block, default 64; MLA_DECODE_V2_CONV=alu|q8|w8 and MLA_DECODE_V2_LAYOUT=xor|h1|pad:
+//           v2_conversion()); other
 //           rows <= 32: decode_v1_mma.cuh "narrow" (32-key blocks, 128 threads, two CTAs per
 //           SM); rows 33..63: decode_v1_mma.cuh with M = 64 (64-key blocks, 256 threads, one
 //           CTA per SM), measured faster than two-per-SM M = 32 tiles at H = 128; rows >= 64:
@@ -103,69 +103,61 @@ int v2_block_n()
 // blocks, fp8 query only) QK^T in e4m3 MMAs, V by cvt; "w8" (64-key blocks, fp8 query only)
 // QK^T as one wgmma chain per block from the fp8 stage, V by cvt. Other combinations fall back
 // to "cvt".
-// Measured on an H200 (bench/NOTES.md, 2026-12-03): "cvt" is the fastest of all; K or V alone
-// by cvt (the other by integer moves) was 14-15% slower at B128 H16 32k, "q8" 10% slower,
-// "w8" 14% slower (B64 H16 32k, fp8 query).
+// Measured on an H200 (bench/NOTES.md, 2026-12-03), all on the xor layout: "cvt" is the fastest
+// of all; K or V alone by cvt (the other by integer moves) was 14-15% slower at B128 H16 32k,
+// "q8" 10% slower, "w8" 14% slower (B64 H16 32k, fp8 query). q8 and w8 keep their own layouts
+// and have not been compared with the padded one. (An L2 prefetch of the block after next
+// was 1-4% slower and was removed.)
 constexpr int kV2Q8 = mla_decode_v2::kConvQ8 | mla_decode_v2::kConvCvtV;
 constexpr int kV2W8 = mla_decode_v2::kConvW8 | mla_decode_v2::kConvCvtV;
 // MLA_DECODE_V2_LAYOUT (cvt only): "pad" (default) padded stage rows and the shift-free
 // conversion (kConvPad | kConvH1); "xor" the swizzled stage (the default before 2026-12-03);
 // "h1" the swizzled stage with the shift-free conversion. H200, ms (bench/NOTES.md): B64 H16
 // 32k xor 0.480, h1 0.455, pad 0.398; B128 4k 0.136 / 0.127 / 0.113; batch 1 64k 0.0306 /
-// 0.0296 / 0.0276. (w8 and L2PF keep the swizzled / wgmma layouts.)
+// 0.0296 / 0.0276.
 constexpr int kV2Pad = mla_decode_v2::kConvPad | mla_decode_v2::kConvH1;
 int v2_conversion(bool q_fp8, int bn)
 {
     using namespace mla_decode_v2;
     static const char *const names[] = {"cvt", "alu", "q8", "w8"};
     static const char *const layouts[] = {"xor", "h1", "pad"};
-    static int cached = -1, layout = -1, l2pf = -1;
+    static int cached = -1, layout = -1;
     if (cached < 0) cached = env_choice("MLA_DECODE_V2_CONV", names, 4, 0);
     if (layout < 0) layout = env_choice("MLA_DECODE_V2_LAYOUT", layouts, 3, 2);
-    // MLA_DECODE_V2_L2PF=1 (64-key blocks, cvt or w8): kConvL2Pf
-    if (l2pf < 0) l2pf = getenv("MLA_DECODE_V2_L2PF") && !strcmp(getenv("MLA_DECODE_V2_L2PF"), "1");
     if (cached == 1 && bn == 32) return kConvAlu;
     if (cached == 2 && bn == 64 && q_fp8) return kV2Q8;
-    const int pf = bn == 64 && l2pf ? kConvL2Pf : 0;
-    if (cached == 3 && bn == 64 && q_fp8) return kV2W8 | pf;
-    if (layout == 1 && bn == 64 && !pf) return kConvCvt | kConvH1;
-    if (layout == 2 && !pf) return kConvCvt | kV2Pad;
-    return kConvCvt | pf;
+    if (cached == 3 && bn == 64 && q_fp8) return kV2W8;
+    if (layout == 1 && bn == 64) return kConvCvt | kConvH1;
+    if (layout == 2) return kConvCvt | kV2Pad;
+    return kConvCvt;
 }
 
-// The instantiated v2 kernels: (conv, keys per block); v2_conversion returns only these.
+// The instantiated v2 kernels (v2_conversion returns only these) and their shared memory.
 struct V2Form {
     int conv, bn;
     void (*kernel)(Params);
+    int smem;
 };
-const V2Form kV2Forms[] = {
-    {mla_decode_v2::kConvCvt, 64, mla_decode_v2::decode_fp8_m16_kernel<mla_decode_v2::kConvCvt, 64>},
-    {kV2Q8, 64, mla_decode_v2::decode_fp8_m16_kernel<kV2Q8, 64>},
-    {kV2W8, 64, mla_decode_v2::decode_fp8_m16_kernel<kV2W8, 64>},
-    {kV2W8 | mla_decode_v2::kConvL2Pf, 64, mla_decode_v2::decode_fp8_m16_kernel<kV2W8 | mla_decode_v2::kConvL2Pf, 64>},
-    {mla_decode_v2::kConvCvt | mla_decode_v2::kConvL2Pf, 64,
-     mla_decode_v2::decode_fp8_m16_kernel<mla_decode_v2::kConvCvt | mla_decode_v2::kConvL2Pf, 64>},
-    {mla_decode_v2::kConvCvt | mla_decode_v2::kConvH1, 64,
-     mla_decode_v2::decode_fp8_m16_kernel<mla_decode_v2::kConvCvt | mla_decode_v2::kConvH1, 64>},
-    {mla_decode_v2::kConvCvt | kV2Pad, 64, mla_decode_v2::decode_fp8_m16_kernel<mla_decode_v2::kConvCvt | kV2Pad, 64>},
-    {mla_decode_v2::kConvCvt, 32, mla_decode_v2::decode_fp8_m16_kernel<mla_decode_v2::kConvCvt, 32>},
-    {mla_decode_v2::kConvAlu, 32, mla_decode_v2::decode_fp8_m16_kernel<mla_decode_v2::kConvAlu, 32>},
-    {mla_decode_v2::kConvCvt | kV2Pad, 32, mla_decode_v2::decode_fp8_m16_kernel<mla_decode_v2::kConvCvt | kV2Pad, 32>},
-};
-constexpr int kNumV2Forms = (int)(sizeof kV2Forms / sizeof kV2Forms[0]);
-void (*v2_kernel(int conv, int bn))(Params)
-{
-    for (int i = 0; i < kNumV2Forms; i++)
-        if (kV2Forms[i].conv == conv && kV2Forms[i].bn == bn) return kV2Forms[i].kernel;
-    return nullptr;
-}
-int v2_smem_bytes(int conv, int bn)
+template <int kConv, int kBN> constexpr V2Form v2_form()
 {
     using namespace mla_decode_v2;
-    const bool pad = (conv & kConvPad) != 0;
-    if (bn == 32) return pad ? V2Cfg<32, true>::kSmem : V2Cfg<32>::kSmem;
-    if (conv & kConvW8) return V2Cfg<64>::kSmemW8;
-    return pad ? V2Cfg<64, true>::kSmem : V2Cfg<64>::kSmem;
+    constexpr bool pad = (kConv & kConvPad) != 0;
+    return {kConv, kBN, decode_fp8_m16_kernel<kConv, kBN>,
+            (kConv & kConvW8) ? V2Cfg<kBN>::kSmemW8 : V2Cfg<kBN, pad>::kSmem};
+}
+const V2Form kV2Forms[] = {
+    v2_form<mla_decode_v2::kConvCvt | kV2Pad, 64>(), v2_form<mla_decode_v2::kConvCvt | kV2Pad, 32>(),
+    v2_form<mla_decode_v2::kConvCvt, 64>(),          v2_form<mla_decode_v2::kConvCvt, 32>(),
+    v2_form<mla_decode_v2::kConvCvt | mla_decode_v2::kConvH1, 64>(),
+    v2_form<mla_decode_v2::kConvAlu, 32>(),          v2_form<kV2Q8, 64>(),
+    v2_form<kV2W8, 64>(),
+};
+constexpr int kNumV2Forms = (int)(sizeof kV2Forms / sizeof kV2Forms[0]);
+const V2Form *v2_form_of(int conv, int bn)
+{
+    for (int i = 0; i < kNumV2Forms; i++)
+        if (kV2Forms[i].conv == conv && kV2Forms[i].bn == bn) return &kV2Forms[i];
+    return &kV2Forms[bn == 64 ? 0 : 1]; // not reached: v2_conversion returns listed forms
 }
 
 Plan make_plan(int num_sms, int q_len, int heads, Variant variant, bool fp8)
@@ -243,9 +235,8 @@ cudaError_t set_all_smem_attrs()
     cudaError_t e = cudaSuccess;
     if (e == cudaSuccess) {
         for (int i = 0; i < kNumV2Forms && e == cudaSuccess; i++) {
-            const int bn = kV2Forms[i].bn;
             auto k = kV2Forms[i].kernel;
-            const int bytes = v2_smem_bytes(kV2Forms[i].conv, bn);
+            const int bytes = kV2Forms[i].smem;
             e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
             if (e == cudaSuccess)
                 e = cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout,
@@ -316,8 +307,8 @@ cudaError_t launch_kernel(const Params &prm, const Plan &pl, cudaStream_t stream
 cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, cudaStream_t stream)
 {
     using namespace mla_decode_v2;
-    const int conv = v2_conversion(prm.q_fp8, pl.bn);
-    return launch_split(v2_kernel(conv, pl.bn), prm, pl, kNT, v2_smem_bytes(conv, pl.bn), stream);
+    const V2Form *f = v2_form_of(v2_conversion(prm.q_fp8, pl.bn), pl.bn);
+    return launch_split(f->kernel, prm, pl, kNT, f->smem, stream);
 }
 
 template <bool FP8> cudaError_t launch_v3(const Params &prm, const Plan &pl, cudaStream_t stream)

@@ -20,7 +20,7 @@
 // 128 threads, 32-key blocks, 4 stages, two CTAs per SM.
 #pragma once
 #include "decode_v1_mma.cuh"
-#include "ws_common.cuh" // wgmma helpers (kConvW8), L2 prefetch (kConvL2Pf)
+#include "ws_common.cuh" // wgmma helpers and e4m3x4_to_f16x4
 
 namespace mla_decode_v2 {
 
@@ -322,37 +322,18 @@ template <bool kCvt, bool kH1 = false> __device__ __forceinline__ void conv4(uin
 // bit uses the integer bit moves (x 2^-8, undone in the scores or the output). Bit 2
 // (kConvQ8, fp8 query only): no K conversion, QK^T in e4m3 MMAs. Bit 3 (kConvW8, fp8 query,
 // 64-key blocks): no K conversion, S^T = K Q^T as wgmma from a stage in wgmma's layout. The
-// launcher instantiates kConvCvt (the default), kConvAlu, kConvQ8 | kConvCvtV and
-// kConvW8 | kConvCvtV (kConvCvt and the w8 form also with kConvL2Pf); the mixed K/V forms
-// measured slower (bench/NOTES.md, 2026-12-03).
+// launcher instantiates kConvCvt (with the layout bits below), kConvAlu, kConvQ8 | kConvCvtV
+// and kConvW8 | kConvCvtV; the mixed K/V forms measured slower (bench/NOTES.md, 2026-12-03).
 constexpr int kConvAlu = 0, kConvCvtK = 1, kConvCvtV = 2, kConvCvt = 3, kConvQ8 = 4, kConvW8 = 8;
-// Not a conversion: bit 4 also prefetches the pages of the block after next into L2
-// (l2_prefetch_block) half an iteration before its shared-memory copy is issued.
-constexpr int kConvL2Pf = 16;
 // Layout and instruction-count bits: kConvPad, the padded stage rows (st8p_off); kConvH1,
 // the cvt conversion fed the high half of a word as a 16-bit operand (no shift).
 constexpr int kConvPad = 32, kConvH1 = 64;
 
-// One thread: bulk L2 prefetch of the rows of block c (indices f) below seq_len on valid pages.
-template <int kBN>
-__device__ __forceinline__ void l2_prefetch_block(const Params &p, const Cursor &c, const Pref &f)
-{
-    if (c.b >= p.batch) return;
-    const int key0 = c.blk * kBN, rows = min(kBN, f.seq - key0);
-    if (rows <= 0) return;
-    const size_t page_bytes = (size_t)p.page_size * kRow8;
-    const int r0 = min(rows, p.page_size - (key0 & (p.page_size - 1)));
-    if (f.idx0 >= 0 && f.idx0 < p.num_pages)
-        mla_decode_ws::prefetch_l2(p.kv + (size_t)f.idx0 * page_bytes + (size_t)(key0 & (p.page_size - 1)) * kRow8,
-                                   (uint32_t)(r0 * kRow8));
-    if (rows > r0 && f.idx1 >= 0 && f.idx1 < p.num_pages)
-        mla_decode_ws::prefetch_l2(p.kv + (size_t)f.idx1 * page_bytes, (uint32_t)((rows - r0) * kRow8));
-}
 template <int kConv, int kBN>
 __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_constant__ Params p)
 {
     constexpr bool kCvtK = (kConv & 1) != 0, kCvtV = (kConv & 2) != 0, kQ8 = (kConv & kConvQ8) != 0;
-    constexpr bool kW8 = (kConv & kConvW8) != 0, kL2Pf = (kConv & kConvL2Pf) != 0;
+    constexpr bool kW8 = (kConv & kConvW8) != 0;
     constexpr bool kPad = (kConv & kConvPad) != 0 && !kW8, kH1 = (kConv & kConvH1) != 0;
     static_assert(!kW8 || kBN == 64, "the wgmma form takes 64 keys per block (M = 64)");
     using C = V2Cfg<kBN, kPad>;
@@ -597,8 +578,6 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
         }
         __syncthreads();
 
-        if constexpr (kL2Pf) // prod / pref: the block after next (its indices have arrived by now)
-            if (tid == 32) l2_prefetch_block<kBN>(p, prod, pref);
         // ---- O += P V, V fragments from fp8 rows interleaved in registers ----
 #pragma unroll
         for (int kk = 0; kk < kBN / 16; kk++) {
