@@ -4,8 +4,10 @@
 #include "mla_cuda.h"
 #include "decode_v1_mma.cuh"
 #include "decode_v2_fp8reg.cuh"
+#include "decode_v2p_pipe.cuh"
 #include "decode_v3_wgmma.cuh"
 #include "decode_v6_seesaw.cuh"
+#include "tensor_map.h"
 
 #include <cuda_runtime.h>
 #include <math.h>
@@ -90,12 +92,22 @@ int seesaw_version(int rows)
     return v == kVariantV7 || (kV7Default && v == kVariantV2) ? 7 : 0;
 }
 
+// MLA_DECODE_V2_PIPE=1: version 2p (decode_v2p_pipe.cuh), the scores of block j+1 computed
+// beside P V of block j; 32-key blocks.
+bool v2_pipe()
+{
+    static const char *const names[] = {"0", "1"};
+    static int cached = -1;
+    if (cached < 0) cached = env_choice("MLA_DECODE_V2_PIPE", names, 2, 0);
+    return cached == 1;
+}
+
 int v2_block_n()
 {
     static const char *const names[] = {"32", "64"};
     static int cached = -1;
     if (cached < 0) cached = env_choice("MLA_DECODE_V2_BN", names, 2, 1);
-    return cached ? 64 : 32;
+    return cached && !v2_pipe() ? 64 : 32;
 }
 
 // v2's conversion (decode_v2_fp8reg.cuh kConv), MLA_DECODE_V2_CONV: "cvt" (default) K and V by
@@ -105,30 +117,36 @@ int v2_block_n()
 // to "cvt".
 // Measured on an H200 (bench/NOTES.md, 2026-12-03), all on the xor layout: "cvt" is the fastest
 // of all; K or V alone by cvt (the other by integer moves) was 14-15% slower at B128 H16 32k,
-// "q8" 10% slower, "w8" 14% slower (B64 H16 32k, fp8 query). q8 and w8 keep their own layouts
-// and have not been compared with the padded one. (An L2 prefetch of the block after next
-// was 1-4% slower and was removed.)
+// "q8" 10% slower, "w8" 14% slower (B64 H16 32k, fp8 query). On the padded layout (third
+// session of 2026-12-03) q8 was 5% slower than cvt (B64 32k 0.4133 vs 0.3932 ms), and K or V
+// alone by integer moves 20% slower; "q8" uses the padded layout unless xor or h1 is asked for.
+// (An L2 prefetch of the block after next was 1-4% slower and was removed.)
 constexpr int kV2Q8 = mla_decode_v2::kConvQ8 | mla_decode_v2::kConvCvtV;
 constexpr int kV2W8 = mla_decode_v2::kConvW8 | mla_decode_v2::kConvCvtV;
-// MLA_DECODE_V2_LAYOUT (cvt only): "pad" (default) padded stage rows and the shift-free
-// conversion (kConvPad | kConvH1); "xor" the swizzled stage (the default before 2026-12-03);
-// "h1" the swizzled stage with the shift-free conversion. H200, ms (bench/NOTES.md): B64 H16
-// 32k xor 0.480, h1 0.455, pad 0.398; B128 4k 0.136 / 0.127 / 0.113; batch 1 64k 0.0306 /
-// 0.0296 / 0.0276.
+// MLA_DECODE_V2_LAYOUT (cvt only): "tma" (default, 64-key blocks) the stage filled by TMA
+// boxes in the 128-byte-swizzled layout, waited on per-stage mbarriers (kConvTma; falls back to
+// "pad" when the tensor maps cannot be made); "pad" padded stage rows filled by cp.async and
+// the shift-free conversion (kConvPad | kConvH1; the default before the third session of
+// 2026-12-03, and still for 32-key blocks); "xor" the swizzled stage (the default before the
+// second); "h1" the swizzled stage with the shift-free conversion. H200, ms (bench/NOTES.md):
+// B64 H16 32k xor 0.480, h1 0.455, pad 0.398, tma 0.347; B128 4k 0.136 / 0.127 / 0.113 / 0.104;
+// batch 1 64k 0.0306 / 0.0296 / 0.0276 / 0.0275.
 constexpr int kV2Pad = mla_decode_v2::kConvPad | mla_decode_v2::kConvH1;
+constexpr int kV2Tma = mla_decode_v2::kConvCvt | mla_decode_v2::kConvH1 | mla_decode_v2::kConvTma;
 int v2_conversion(bool q_fp8, int bn)
 {
     using namespace mla_decode_v2;
     static const char *const names[] = {"cvt", "alu", "q8", "w8"};
-    static const char *const layouts[] = {"xor", "h1", "pad"};
+    static const char *const layouts[] = {"xor", "h1", "pad", "tma"};
     static int cached = -1, layout = -1;
     if (cached < 0) cached = env_choice("MLA_DECODE_V2_CONV", names, 4, 0);
-    if (layout < 0) layout = env_choice("MLA_DECODE_V2_LAYOUT", layouts, 3, 2);
+    if (layout < 0) layout = env_choice("MLA_DECODE_V2_LAYOUT", layouts, 4, 3);
     if (cached == 1 && bn == 32) return kConvAlu;
-    if (cached == 2 && bn == 64 && q_fp8) return kV2Q8;
+    if (cached == 2 && bn == 64 && q_fp8) return layout >= 2 ? kV2Q8 | kV2Pad : kV2Q8;
     if (cached == 3 && bn == 64 && q_fp8) return kV2W8;
     if (layout == 1 && bn == 64) return kConvCvt | kConvH1;
-    if (layout == 2) return kConvCvt | kV2Pad;
+    if (layout == 3 && bn == 64) return kV2Tma;
+    if (layout >= 2) return kConvCvt | kV2Pad;
     return kConvCvt;
 }
 
@@ -143,7 +161,9 @@ template <int kConv, int kBN> constexpr V2Form v2_form()
     using namespace mla_decode_v2;
     constexpr bool pad = (kConv & kConvPad) != 0;
     return {kConv, kBN, decode_fp8_m16_kernel<kConv, kBN>,
-            (kConv & kConvW8) ? V2Cfg<kBN>::kSmemW8 : V2Cfg<kBN, pad>::kSmem};
+            (kConv & kConvW8)    ? V2Cfg<kBN>::kSmemW8
+            : (kConv & kConvTma) ? V2Cfg<kBN>::kSmemTma
+                                 : V2Cfg<kBN, pad>::kSmem};
 }
 const V2Form kV2Forms[] = {
     v2_form<mla_decode_v2::kConvCvt | kV2Pad, 64>(), v2_form<mla_decode_v2::kConvCvt | kV2Pad, 32>(),
@@ -151,6 +171,7 @@ const V2Form kV2Forms[] = {
     v2_form<mla_decode_v2::kConvCvt | mla_decode_v2::kConvH1, 64>(),
     v2_form<mla_decode_v2::kConvAlu, 32>(),          v2_form<kV2Q8, 64>(),
     v2_form<kV2W8, 64>(),
+    v2_form<kV2Q8 | kV2Pad, 64>(),                   v2_form<kV2Tma, 64>(),
 };
 constexpr int kNumV2Forms = (int)(sizeof kV2Forms / sizeof kV2Forms[0]);
 const V2Form *v2_form_of(int conv, int bn)
@@ -248,6 +269,12 @@ cudaError_t set_all_smem_attrs()
             }
         }
     }
+    if (e == cudaSuccess) {
+        auto k = mla_decode_v2p::decode_fp8_m16_pipe_kernel<mla_decode_v2::kConvCvt | kV2Pad>;
+        e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_v2::V2Cfg<32, true>::kSmem);
+        if (e == cudaSuccess)
+            e = cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared);
+    }
     if (e == cudaSuccess) e = set_v3_smem_attr<true>();
     if (e == cudaSuccess) e = set_v3_smem_attr<false>();
     for (int bulk = 0; bulk < 2 && e == cudaSuccess; bulk++)
@@ -304,10 +331,41 @@ cudaError_t launch_kernel(const Params &prm, const Plan &pl, cudaStream_t stream
     return launch_split(mla_decode_v1::decode_kernel<FP8, M, BN, NT>, prm, pl, NT, Cfg<FP8, M, BN, NT>::kSmem, stream);
 }
 
+// The cache as TMA sees it in the kConvTma form (Params::kv_tma). False when the maps cannot
+// be made (no driver entry point, a base that is not 16-byte aligned); the caller falls back.
+bool encode_kv_maps(Params &prm)
+{
+    PFN_cuTensorMapEncodeTiled_v12000 encode = mla_tensor_map_encoder();
+    if (!encode || (uintptr_t)prm.kv % 16 != 0 || prm.num_pages < 1) return false;
+    const cuuint64_t dims[2] = {(cuuint64_t)mla_decode_v1::kRow8, (cuuint64_t)prm.num_pages * (cuuint64_t)prm.page_size};
+    const cuuint64_t strides[1] = {(cuuint64_t)mla_decode_v1::kRow8};
+    const cuuint32_t elem_strides[2] = {1, 1};
+    const cuuint32_t box_lat[2] = {128, 32}, box_rope[2] = {64, 32};
+    void *base = const_cast<uint8_t *>(prm.kv);
+    return encode(&prm.kv_tma[0], CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, base, dims, strides, box_lat, elem_strides,
+                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS &&
+           encode(&prm.kv_tma[1], CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, base, dims, strides, box_rope, elem_strides,
+                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, cudaStream_t stream)
 {
     using namespace mla_decode_v2;
-    const V2Form *f = v2_form_of(v2_conversion(prm.q_fp8, pl.bn), pl.bn);
+    int conv = v2_conversion(prm.q_fp8, pl.bn);
+    if (conv == kV2Tma) {
+        Params tp = prm;
+        if (encode_kv_maps(tp)) {
+            const V2Form *f = v2_form_of(conv, pl.bn);
+            return launch_split(f->kernel, tp, pl, kNT, f->smem, stream);
+        }
+        conv = kConvCvt | kV2Pad;
+    }
+    if (v2_pipe() && pl.bn == 32 && conv == (kConvCvt | kV2Pad))
+        return launch_split(mla_decode_v2p::decode_fp8_m16_pipe_kernel<kConvCvt | kV2Pad>, prm, pl, kNT,
+                            V2Cfg<32, true>::kSmem, stream);
+    const V2Form *f = v2_form_of(conv, pl.bn);
     return launch_split(f->kernel, prm, pl, kNT, f->smem, stream);
 }
 
@@ -389,7 +447,7 @@ extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode
                                    device_error_flags, &s, stream);
     if (e != cudaSuccess) return (int)e;
 
-    Params prm;
+    Params prm = {}; // kv_tma stays zero unless the TMA form encodes it
     prm.q = p->q;
     prm.kv = (const uint8_t *)p->kv_cache;
     prm.block_table = p->block_table;

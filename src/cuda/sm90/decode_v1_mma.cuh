@@ -19,6 +19,7 @@
 #include "mla_cuda.h"
 #include "../common/decode_split.cuh"
 
+#include <cuda.h> // CUtensorMap
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math.h>
@@ -42,6 +43,10 @@ struct Params {
     int batch, q_len, heads, rows, page_size, page_shift, num_pages, max_pages, causal, q_fp8;
     float scale_log2; // bmm1_scale * log2(e)
     float bmm2;
+    // The cache as a [pages * page_size, 576] byte tensor for TMA (version 2's kConvTma form
+    // only; unset otherwise): [0] 128-byte x 32-row boxes, 128-byte swizzle (dims 0..511);
+    // [1] 64-byte x 32-row boxes, 64-byte swizzle (the rope dims).
+    CUtensorMap kv_tma[2];
 };
 
 // BN keys per block, NT threads: (64, 256) with one CTA per SM ("wide", the first version),

@@ -11,13 +11,19 @@
 //     fragment. For P V the k dim is keys: two key rows are interleaved with prmt, and the n
 //     order is permuted (n-tile j of a group of 4, lane group g <-> dim 4g + j) so that each
 //     4-byte load feeds 4 n-tiles and each thread ends with 8 consecutive output dims.
-//   * Both access patterns must be free of bank conflicts. Default (kConvPad): stage rows
-//     padded to 592 bytes, filled by 16-byte cp.async whose sources and destinations, like
-//     the K and V loads, are a per-thread base plus compile-time offsets (17-18% faster on an
-//     H200 than the xor-swizzled 576-byte rows, whose per-load index math was most of v2's
-//     integer instructions: bench/NOTES.md, 2026-12-03). (One cp.async.bulk per padded row
-//     was measured 17% slower and retired.)
-// 128 threads, 32-key blocks, 4 stages, two CTAs per SM.
+//   * Both access patterns must be free of bank conflicts. Default (kConvTma, 64-key blocks):
+//     thread 0 fills a stage with ten TMA boxes (128-byte column blocks in the 128-byte
+//     swizzle, the rope block in the 64-byte one: stw_off's layout), counted on the stage's
+//     mbarrier; warp w's QK^T dims are then [128w, +128) plus 16 rope dims, so the swizzle
+//     of every K and V load is a per-thread constant. This took the copy issue (18 cp.async
+//     per thread per block, 16% of v2's stall samples, their address registers held until
+//     the LSU read them) off the math warps: 8-11% faster than kConvPad on an H200
+//     (bench/NOTES.md, 2026-12-03 third session). kConvPad: stage rows padded to 592 bytes,
+//     filled by 16-byte cp.async whose sources and destinations, like the K and V loads, are
+//     a per-thread base plus compile-time offsets (17-18% faster than the xor-swizzled
+//     576-byte rows, whose per-load index math was most of v2's integer instructions). (One
+//     cp.async.bulk per padded row was measured 17% slower and retired.)
+// 128 threads, 64-key blocks in 2 stages (or 32-key blocks in 4), two CTAs per SM.
 #pragma once
 #include "decode_v1_mma.cuh"
 #include "ws_common.cuh" // wgmma helpers and e4m3x4_to_f16x4
@@ -49,6 +55,9 @@ template <int BN, bool kPad = false> struct V2Cfg {
     // shared memory is aligned up at run time (the swizzle is a function of the address).
     static constexpr int offQ8 = (kSmem + 1023) & ~1023;
     static constexpr int kSmemW8 = offQ8 + kM * kRow8 + 1024;
+    // kConvTma: one mbarrier per stage after the rest; base aligned up to 1024 at run time.
+    static constexpr int offBar = (kSmem + 7) & ~7;
+    static constexpr int kSmemTma = offBar + 8 * NS + 1024;
 };
 
 // Byte offset of (row r, 16-byte chunk c) in a swizzled fp8 stage. Row r starts at bank
@@ -66,6 +75,13 @@ __device__ __forceinline__ uint32_t st8_off(int r, int c)
 // compile-time offset (the xor's per-load index math was ~1/4 of v2's instructions: ncu,
 // bench/NOTES.md 2026-12-03).
 __device__ __forceinline__ uint32_t st8p_off(int r, int c) { return (uint32_t)(r * kRowPad + (c << 4)); }
+
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+                 : "memory");
+}
 
 // kConvW8 stage layout, the K-major tiles wgmma reads: dims [0, 512) as four column blocks
 // of R rows x 128 bytes (128-byte swizzle: chunk c of row r at c ^ (r & 7)), then the rope
@@ -166,6 +182,41 @@ __device__ __forceinline__ void issue_block_v2(const Params &p, const Cursor &c,
     cp_async_commit();
 }
 
+// kConvTma: thread 0 moves key block c into `stage` (stw_off<kBN>'s layout, 1024-aligned) with
+// up to ten TMA boxes (32 rows each; per 32-row half: four 128-byte column blocks and the rope
+// block) counted on the stage's mbarrier. Halves on an invalid page or wholly past seq_len are
+// not loaded; the consumer zeroes their V bytes (and those of rows past seq_len), since stale
+// shared memory there could hold NaN patterns that P = 0 would not cancel.
+template <int kBN>
+__device__ __forceinline__ void issue_block_tma(const Params &p, const Cursor &c, const Pref &f, uint32_t stage,
+                                                int *flags, uint32_t bar)
+{
+    if (c.b >= p.batch || threadIdx.x != 0) return;
+    const int key0 = c.blk * kBN;
+    const int ok = block_page_mask<kBN>(p, key0, f);
+    *flags = ok;
+    int row[kBN / 32];
+    uint32_t bytes = 0;
+#pragma unroll
+    for (int h = 0; h < kBN / 32; h++) {
+        const bool two_pages = kBN > p.page_size; // page 32, 64-key block: half h is page h
+        const bool valid = (ok >> (two_pages ? h : 0)) & 1 && key0 + 32 * h < f.seq;
+        const int idx = two_pages && h ? f.idx1 : f.idx0;
+        row[h] = valid ? idx * p.page_size + (two_pages ? 0 : (key0 & (p.page_size - 1)) + 32 * h) : -1;
+        bytes += valid ? 32u * kRow8 : 0u;
+    }
+    mla_decode_v3::fence_proxy_async(); // earlier generic accesses to the stage before the async writes
+    mla_sm90::mbar_arrive_expect_tx(bar, bytes);
+#pragma unroll
+    for (int h = 0; h < kBN / 32; h++) {
+        if (row[h] < 0) continue;
+#pragma unroll
+        for (int cb = 0; cb < 4; cb++)
+            tma_load_2d(stage + (uint32_t)(cb * kBN * 128 + h * 32 * 128), &p.kv_tma[0], 128 * cb, row[h], bar);
+        tma_load_2d(stage + (uint32_t)(4 * kBN * 128 + h * 32 * 64), &p.kv_tma[1], 512, row[h], bar);
+    }
+}
+
 // Q fragments of warp w's 9 k-steps as f16 (fp8 Q exact; bf16 Q rounded, saturating) for
 // the permuted k order: qf[ks] = {row g dims (d, d+1), row g+8 (d, d+1), row g (d+2, d+3),
 // row g+8 (d+2, d+3)} with d = (9w + ks) * 16 + 4t; padding rows (>= p.rows) are zero.
@@ -180,21 +231,29 @@ template <bool kFp8> struct QWord {
 template <> struct QWord<true> {
     using T = uint32_t; // 4 e4m3
 };
-template <bool kFp8, typename F>
+// First dim of warp w's k-step ks: dims [144w, 144w + 144), or with kSplit128 (the kConvTma
+// stage, whose column blocks are 128 dims wide) dims [128w, 128w + 128) and rope dims
+// [512 + 16w, +16).
+template <bool kSplit128> __device__ __forceinline__ int warp_dim(int w, int ks)
+{
+    if constexpr (kSplit128) return ks < 8 ? 128 * w + 16 * ks : 512 + 16 * w;
+    else return 144 * w + 16 * ks;
+}
+template <bool kFp8, bool kSplit128 = false, typename F>
 __device__ __forceinline__ void load_q_frags_t(const Params &p, int b, int w, int g, int t, uint32_t (&qf)[9][4], F between)
 {
     using T = typename QWord<kFp8>::T;
     const bool v0 = g < p.rows, v1 = g + 8 < p.rows;
-    const size_t d0 = (size_t)(144 * w + 4 * t);
-    const size_t e0 = ((size_t)b * p.rows + min(g, p.rows - 1)) * kDqk + d0;
-    const size_t e1 = ((size_t)b * p.rows + min(g + 8, p.rows - 1)) * kDqk + d0;
+    const size_t e0 = ((size_t)b * p.rows + min(g, p.rows - 1)) * kDqk + 4 * t;
+    const size_t e1 = ((size_t)b * p.rows + min(g + 8, p.rows - 1)) * kDqk + 4 * t;
     constexpr int kElt = kFp8 ? 1 : 2; // bytes per Q element
     const uint8_t *q = (const uint8_t *)p.q;
     T x0[9], x1[9];
 #pragma unroll
     for (int ks = 0; ks < 9; ks++) {
-        x0[ks] = __ldg(reinterpret_cast<const T *>(q + (e0 + 16 * ks) * kElt));
-        x1[ks] = __ldg(reinterpret_cast<const T *>(q + (e1 + 16 * ks) * kElt));
+        const int d = warp_dim<kSplit128>(w, ks);
+        x0[ks] = __ldg(reinterpret_cast<const T *>(q + (e0 + d) * kElt));
+        x1[ks] = __ldg(reinterpret_cast<const T *>(q + (e1 + d) * kElt));
     }
     between();
 #pragma unroll
@@ -212,11 +271,11 @@ __device__ __forceinline__ void load_q_frags_t(const Params &p, int b, int w, in
         }
     }
 }
-template <typename F>
+template <bool kSplit128 = false, typename F>
 __device__ __forceinline__ void load_q_frags(const Params &p, int b, int w, int g, int t, uint32_t (&qf)[9][4], F between)
 {
-    if (p.q_fp8) load_q_frags_t<true>(p, b, w, g, t, qf, between);
-    else load_q_frags_t<false>(p, b, w, g, t, qf, between);
+    if (p.q_fp8) load_q_frags_t<true, kSplit128>(p, b, w, g, t, qf, between);
+    else load_q_frags_t<false, kSplit128>(p, b, w, g, t, qf, between);
 }
 
 // fp8 QK^T (kConv & kConvQ8, fp8 query only): the 576 dims are 18 k-steps of 32 for
@@ -328,20 +387,26 @@ constexpr int kConvAlu = 0, kConvCvtK = 1, kConvCvtV = 2, kConvCvt = 3, kConvQ8 
 // Layout and instruction-count bits: kConvPad, the padded stage rows (st8p_off); kConvH1,
 // the cvt conversion fed the high half of a word as a 16-bit operand (no shift).
 constexpr int kConvPad = 32, kConvH1 = 64;
+// kConvTma: the stage filled by TMA (issue_block_tma) in stw_off's swizzled layout, waited on
+// per-stage mbarriers; warp w's QK^T dims are [128w, +128) and rope [512 + 16w, +16)
+// (warp_dim<true>), so that each warp's K loads stay in one 128-byte column block.
+constexpr int kConvTma = 128;
 
 template <int kConv, int kBN>
 __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_constant__ Params p)
 {
     constexpr bool kCvtK = (kConv & 1) != 0, kCvtV = (kConv & 2) != 0, kQ8 = (kConv & kConvQ8) != 0;
     constexpr bool kW8 = (kConv & kConvW8) != 0;
-    constexpr bool kPad = (kConv & kConvPad) != 0 && !kW8, kH1 = (kConv & kConvH1) != 0;
+    constexpr bool kTma = (kConv & kConvTma) != 0;
+    constexpr bool kPad = (kConv & kConvPad) != 0 && !kW8 && !kTma, kH1 = (kConv & kConvH1) != 0;
+    static_assert(!kTma || (!kW8 && !kQ8), "the TMA form converts K");
     static_assert(!kW8 || kBN == 64, "the wgmma form takes 64 keys per block (M = 64)");
     using C = V2Cfg<kBN, kPad>;
     constexpr int kNS = C::NS, kSRow = C::SRow, kStageBytes = C::kStageBytes;
     constexpr float kScaleK = kCvtK || kQ8 || kW8 ? 1.0f : kFp8TileScale, kScaleV = kCvtV ? 1.0f : kFp8TileScale;
     extern __shared__ __align__(128) uint8_t smem_raw[];
     uint8_t *smem = smem_raw;
-    if constexpr (kW8) { // 1024-byte aligned base for the swizzled tiles (kSmemW8 has the slack)
+    if constexpr (kW8 || kTma) { // 1024-byte aligned base for the swizzled tiles (kSmemW8/kSmemTma have the slack)
         const uint32_t a = smem_u32(smem_raw);
         smem += ((a + 1023u) & ~1023u) - a;
     }
@@ -374,11 +439,11 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
     auto load_q = [&](int b, auto between) {
         if constexpr (kW8) load_q8_tile(p, b, smem + C::offQ8, between);
         else if constexpr (kQ8) load_q8_frags(p, b, w, g, t, qf, between);
-        else load_q_frags(p, b, w, g, t, qf, between);
+        else load_q_frags<kTma>(p, b, w, g, t, qf, between);
     };
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
     int lim_row[2] = {0, 0};
-    int lim_min = 0;
+    int lim_min = 0, cur_seq = 0;
     // Rows' key limits: lim_row for this thread's rows g and g + 8, lim_min the smallest over
     // the CTA's rows (the request's first token).
     auto set_limits = [&](int seq) {
@@ -388,11 +453,25 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
             lim_row[h] = p.causal ? seq - p.q_len + min(gr, p.rows - 1) / p.heads + 1 : seq;
         }
         lim_min = p.causal ? seq - p.q_len + 1 : seq;
+        cur_seq = seq;
     };
     // The first request's Q and seq_len are loaded together with the first block's
     // page indices and converted before the prologue's KV copies are issued: issued after
     // them, the Q loads queued behind the copies (15.6% of the stall samples at batch 1).
     // (Keeping the raw Q in registers across the copies instead spilled at 64-key blocks.)
+    const uint32_t barBase = smem_u32(smem + C::offBar); // kTma: one mbarrier per stage
+    if constexpr (kTma) {
+        if (tid == 0) {
+            for (int i = 0; i < kNS; i++) mla_sm90::mbar_init(barBase + 8u * i, 1);
+            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        }
+        __syncthreads();
+    }
+    // Block i into stage s (kTma: thread 0's TMA boxes, else every thread's cp.async).
+    auto issue = [&](int s, const Cursor &c, const Pref &f) {
+        if constexpr (kTma) issue_block_tma<kBN>(p, c, f, smem_u32(sStage + s * kStageBytes), &sFlags[s], barBase + 8u * s);
+        else issue_block_v2<kBN, kW8, kPad>(p, c, f, sStage + s * kStageBytes, &sFlags[s]);
+    };
     Cursor prod = cons;
     int seq0;
     Pref pref;
@@ -403,7 +482,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
     set_limits(seq0);
     int nprod = 0;
     for (; nprod < kNS - 1; nprod++) {
-        issue_block_v2<kBN, kW8, kPad>(p, prod, pref, sStage + nprod * kStageBytes, &sFlags[nprod]);
+        issue(nprod, prod, pref);
         cursor_next(p, part, tau, prod);
         pref = prefetch_block<kBN>(p, prod);
     }
@@ -421,15 +500,32 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
         // Blocks j .. j+kNS-2 are in flight; wait for block j. One barrier then serves both
         // "block j visible" and "block j-1 fully consumed" (its stage, sS, sP), and block
         // j+kNS-1 goes into block j-1's stage after it.
-        cp_async_wait<kNS - 2>();
+        if constexpr (kTma) mla_sm90::mbar_wait(barBase + 8u * stage, (uint32_t)(j / kNS) & 1u);
+        else cp_async_wait<kNS - 2>();
         if constexpr (kW8) mla_decode_v3::fence_proxy_async(); // stage and query stores -> wgmma
         __syncthreads();
-        issue_block_v2<kBN, kW8, kPad>(p, prod, pref, sStage + (nprod % kNS) * kStageBytes, &sFlags[nprod % kNS]);
+        issue(nprod % kNS, prod, pref);
         cursor_next(p, part, tau, prod);
         pref = prefetch_block<kBN>(p, prod);
         nprod++;
         const int pmask = sFlags[stage];
         const uint8_t *st = sStage + stage * kStageBytes;
+        if constexpr (kTma) {
+            // V bytes of rows that were not loaded (invalid page, wholly past seq_len) or lie
+            // past seq_len -> 0: stale bytes there could be NaN patterns, which P = 0 does not
+            // cancel. CTA-uniform; only a request's last block and bad pages take it.
+            const int key0 = cons.blk * kBN;
+            const int full_mask = kBN > p.page_size ? 3 : 1;
+            if (key0 + kBN > cur_seq || pmask != full_mask) {
+                for (int i = tid; i < kBN * 32; i += kNT) {
+                    const int r = i >> 5, cb = (i >> 3) & 3, c16 = i & 7;
+                    const bool ok = key0 + r < cur_seq && ((pmask >> (kBN > p.page_size ? r >> 5 : 0)) & 1);
+                    if (!ok) *reinterpret_cast<uint4 *>(sStage + stage * kStageBytes + cb * kBN * 128 + r * 128 + c16 * 16) = make_uint4(0, 0, 0, 0);
+                }
+                mla_decode_v3::fence_proxy_async(); // before a later TMA rewrites these bytes
+                __syncthreads();
+            }
+        }
 #ifdef MLA_V2_LOAD_ONLY // experiment builds only (bench/NOTES.md): the load pipeline without the math
         if (pmask >= 0) {
             const bool last = cons.blk + 1 >= cons.hi;
@@ -487,7 +583,13 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
 #pragma unroll
                 for (int nt = 0; nt < C::NTK; nt++) {
                     const int r = nt * 8 + g;
-                    const uint32_t kw = *reinterpret_cast<const uint32_t *>(st + stage_off<false, kPad, kBN>(r, ch) + 4 * t);
+                    uint32_t koff;
+                    if constexpr (kTma) // stw_off<kBN>(r, warp_dim<true>(w, ks) / 16) + 4t, spelled out per k-step
+                        koff = ks < 8 ? (uint32_t)(w * kBN * 128 + nt * 1024) + ((uint32_t)(g * 128 + (g << 4) + 4 * t) ^ (uint32_t)(ks << 4))
+                                      : (uint32_t)(4 * kBN * 128 + nt * 512 + g * 64 + ((w ^ ((g >> 1) & 3)) << 4) + 4 * t);
+                    else
+                        koff = stage_off<false, kPad, kBN>(r, ch) + 4 * t;
+                    const uint32_t kw = *reinterpret_cast<const uint32_t *>(st + koff);
                     uint32_t b0, b1;
                     conv4<kCvtK, kH1>(kw, b0, b1);
                     mma16816<true>(sp[nt], qf[ks], b0, b1);
@@ -587,10 +689,18 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
 #pragma unroll
             for (int J = 0; J < 4; J++) {
                 const int ch = 8 * w + 2 * J + (g >> 2), by = 4 * (g & 3);
-                const uint32_t w0 = *reinterpret_cast<const uint32_t *>(st + stage_off<kW8, kPad, kBN>(r0, ch) + by);
-                const uint32_t w1 = *reinterpret_cast<const uint32_t *>(st + stage_off<kW8, kPad, kBN>(r0 + 1, ch) + by);
-                const uint32_t w2 = *reinterpret_cast<const uint32_t *>(st + stage_off<kW8, kPad, kBN>(r0 + 8, ch) + by);
-                const uint32_t w3 = *reinterpret_cast<const uint32_t *>(st + stage_off<kW8, kPad, kBN>(r0 + 9, ch) + by);
+                // kTma (stw_off's layout, column block w): rows r0 + {0, 8} share (r & 7) = 2t,
+                // rows r0 + {1, 9} have 2t + 1.
+                auto voff = [&](int r, int e) -> uint32_t {
+                    if constexpr (kTma)
+                        return (uint32_t)(w * kBN * 128 + r * 128 + ((((2 * J + (g >> 2)) ^ (2 * t + e))) << 4) + by);
+                    else
+                        return stage_off<kW8, kPad, kBN>(r, ch) + by;
+                };
+                const uint32_t w0 = *reinterpret_cast<const uint32_t *>(st + voff(r0, 0));
+                const uint32_t w1 = *reinterpret_cast<const uint32_t *>(st + voff(r0 + 1, 1));
+                const uint32_t w2 = *reinterpret_cast<const uint32_t *>(st + voff(r0 + 8, 0));
+                const uint32_t w3 = *reinterpret_cast<const uint32_t *>(st + voff(r0 + 9, 1));
                 uint32_t b0[4], b1[4];
                 conv4<kCvtV, kH1>(__byte_perm(w0, w1, 0x5140), b0[0], b0[1]);
                 conv4<kCvtV, kH1>(__byte_perm(w0, w1, 0x7362), b0[2], b0[3]);

@@ -20,6 +20,7 @@
 // Performance history and numbers: bench/NOTES.md ("Prefill").
 #include "mla_cuda.h"
 #include "prefill_wgmma.cuh"
+#include "tensor_map.h"
 
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -527,26 +528,11 @@ static cudaError_t launch_prefill(const CUtensorMap &q, const CUtensorMap &k, co
     return cudaGetLastError();
 }
 
-// cuTensorMapEncodeTiled through the runtime's driver entry point (no -lcuda needed).
-static PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder()
-{
-    static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
-    if (!fn) {
-        void *ptr = nullptr;
-        cudaDriverEntryPointQueryResult q;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &q) ==
-                cudaSuccess &&
-            q == cudaDriverEntryPointSuccess)
-            fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
-    }
-    return fn;
-}
-
 // A [tokens, H, width] tensor viewed by TMA as 3-D (width, H, tokens); box = box_w x 1 x 128.
 static bool encode_map(CUtensorMap *map, const void *base, bool fp8, int width, int heads, int64_t tokens,
                        int box_w, CUtensorMapSwizzle swizzle)
 {
-    PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+    PFN_cuTensorMapEncodeTiled_v12000 encode = mla_tensor_map_encoder();
     if (!encode) return false;
     const uint64_t es = fp8 ? 1 : 2;
     const cuuint64_t dims[3] = {(cuuint64_t)width, (cuuint64_t)heads, (cuuint64_t)tokens};
@@ -618,7 +604,7 @@ extern "C" int mla_cuda_prefill_warmup(const mla_cuda_device_info *dev)
     // Raising the shared-memory limit also forces the module to load, so the first real call
     // pays for neither; LSE is a run-time argument of the same kernels. The tensor-map
     // encoder is looked up once here as well.
-    if (!tensor_map_encoder()) return (int)cudaErrorSymbolNotFound;
+    if (!mla_tensor_map_encoder()) return (int)cudaErrorSymbolNotFound;
     cudaError_t err;
     if ((err = set_prefill_attributes<false, false>()) != cudaSuccess) return (int)err;
     if ((err = set_prefill_attributes<false, true>()) != cudaSuccess) return (int)err;
