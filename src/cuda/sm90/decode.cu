@@ -4,7 +4,6 @@
 #include "mla_cuda.h"
 #include "decode_v1_mma.cuh"
 #include "decode_v2_fp8reg.cuh"
-#include "decode_v2p_pipe.cuh"
 #include "decode_v3_wgmma.cuh"
 #include "decode_v6_seesaw.cuh"
 #include "tensor_map.h"
@@ -92,22 +91,12 @@ int seesaw_version(int rows)
     return v == kVariantV7 || (kV7Default && v == kVariantV2) ? 7 : 0;
 }
 
-// MLA_DECODE_V2_PIPE=1: version 2p (decode_v2p_pipe.cuh), the scores of block j+1 computed
-// beside P V of block j; 32-key blocks.
-bool v2_pipe()
-{
-    static const char *const names[] = {"0", "1"};
-    static int cached = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_V2_PIPE", names, 2, 0);
-    return cached == 1;
-}
-
 int v2_block_n()
 {
     static const char *const names[] = {"32", "64"};
     static int cached = -1;
     if (cached < 0) cached = env_choice("MLA_DECODE_V2_BN", names, 2, 1);
-    return cached && !v2_pipe() ? 64 : 32;
+    return cached ? 64 : 32;
 }
 
 // v2's conversion (decode_v2_fp8reg.cuh kConv), MLA_DECODE_V2_CONV: "cvt" (default) K and V by
@@ -269,12 +258,6 @@ cudaError_t set_all_smem_attrs()
             }
         }
     }
-    if (e == cudaSuccess) {
-        auto k = mla_decode_v2p::decode_fp8_m16_pipe_kernel<mla_decode_v2::kConvCvt | kV2Pad>;
-        e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_v2::V2Cfg<32, true>::kSmem);
-        if (e == cudaSuccess)
-            e = cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared);
-    }
     if (e == cudaSuccess) e = set_v3_smem_attr<true>();
     if (e == cudaSuccess) e = set_v3_smem_attr<false>();
     for (int bulk = 0; bulk < 2 && e == cudaSuccess; bulk++)
@@ -362,9 +345,6 @@ cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, cudaStream_t st
         }
         conv = kConvCvt | kV2Pad;
     }
-    if (v2_pipe() && pl.bn == 32 && conv == (kConvCvt | kV2Pad))
-        return launch_split(mla_decode_v2p::decode_fp8_m16_pipe_kernel<kConvCvt | kV2Pad>, prm, pl, kNT,
-                            V2Cfg<32, true>::kSmem, stream);
     const V2Form *f = v2_form_of(conv, pl.bn);
     return launch_split(f->kernel, prm, pl, kNT, f->smem, stream);
 }

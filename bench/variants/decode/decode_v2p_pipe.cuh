@@ -8,7 +8,7 @@
 // for the scheduler to interleave), then the softmax of block j+1.
 // Three blocks are then resident (V of j, K of j+1, the copies in flight), so blocks are 32
 // keys in 4 stages: ~88 KB per CTA, two CTAs per SM as in version 2.
-// Opt-in (MLA_DECODE_V2_PIPE=1), kept with its numbers: slower than version 2 on an H200
+// Retired to bench/variants (was opt-in, MLA_DECODE_V2_PIPE=1, at commit b1b9857): slower than version 2 on an H200
 // (2026-12-03, ms, against version 2's padded form with 64-key blocks): B64 H16 32k 0.431 vs
 // 0.393, B128 4k 0.129 vs 0.116, batch 1 64k 0.0310 vs 0.0281; faster than version 2 with
 // 32-key blocks (B128 16k 0.446 vs 0.468). ncu: issued IPC 1.72 vs 1.64, but 15% more
@@ -17,7 +17,7 @@
 // scores of j+1 visible; every warp done with block j's stage and with P(j)), C (row maxima,
 // and at the end of a request's piece its row sums, visible).
 #pragma once
-#include "decode_v2_fp8reg.cuh"
+#include "decode_v2_fp8reg.cuh" // in src/cuda/sm90/ when restored
 
 namespace mla_decode_v2p {
 
