@@ -70,8 +70,8 @@ __global__ void probe(int iters, uint32_t seed, long long *cycles, float *sink)
             for (int i = 4; i < 8; i++) int_conv(w, i, it);
         }
         // Pin this iteration's results in program order: the conversions are plain (not
-        // volatile) code that the compiler may otherwise move across the clock reads (a first
-        // version timed 0 cycles for them).
+        // volatile) code that the compiler may otherwise move across the clock reads. (This
+        // alone did not fix the conversion-only modes' 0 cycles; the sink test below did.)
 #pragma unroll
         for (int i = 0; i < 16; i++) asm volatile("" : "+r"(w[i]));
     }

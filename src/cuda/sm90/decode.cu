@@ -21,7 +21,7 @@ using mla_decode_v1::Params;
 
 // Kernel variants (MLA_DECODE_VARIANT selects one for comparison; default "v2"):
 //   "v2"  : rows <= 16 with an fp8 cache: decode_v2_fp8reg.cuh (MLA_DECODE_V2_BN=32|64 keys per
-//           block, default 64; MLA_DECODE_V2_CONV=alu|q8|w8 and MLA_DECODE_V2_LAYOUT=xor|h1|pad:
+//           block, default 64; MLA_DECODE_V2_CONV=alu|q8|w8 and MLA_DECODE_V2_LAYOUT=tma|pad|xor|h1:
 //           v2_conversion()); other
 //           rows <= 32: decode_v1_mma.cuh "narrow" (32-key blocks, 128 threads, two CTAs per
 //           SM); rows 33..63: decode_v1_mma.cuh with M = 64 (64-key blocks, 256 threads, one

@@ -76,13 +76,6 @@ __device__ __forceinline__ uint32_t st8_off(int r, int c)
 // bench/NOTES.md 2026-12-03).
 __device__ __forceinline__ uint32_t st8p_off(int r, int c) { return (uint32_t)(r * kRowPad + (c << 4)); }
 
-__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar)
-{
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
-                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
-                 : "memory");
-}
-
 // kConvW8 stage layout, the K-major tiles wgmma reads: dims [0, 512) as four column blocks
 // of R rows x 128 bytes (128-byte swizzle: chunk c of row r at c ^ (r & 7)), then the rope
 // dims as one block of R rows x 64 bytes (64-byte swizzle: chunk c ^ ((r >> 1) & 3)). The V
@@ -123,9 +116,6 @@ __device__ __forceinline__ void issue_block_v2(const Params &p, const Cursor &c,
         // Rows of page 0 / page 1 that are copied (locals: the cp.async asm clobbers memory,
         // which would otherwise reload the parameters on every copy).
         const int ps = p.page_size;
-        const int lim0 = ok & 1 ? min(rows, ps) : 0;
-        const int lim1 = ok & 2 ? rows : 0;
-        const uint8_t *const kv = p.kv;
         if constexpr (kPad) {
             // Thread (warp w, lane l) copies chunk l of rows w + 4k (each copy instruction of a
             // warp moves 512 contiguous bytes) and rope chunk 32 + (tid & 3) of rows tid / 4
@@ -156,6 +146,9 @@ __device__ __forceinline__ void issue_block_v2(const Params &p, const Cursor &c,
             cp_async_commit();
             return;
         }
+        const int lim0 = ok & 1 ? min(rows, ps) : 0;
+        const int lim1 = ok & 2 ? rows : 0;
+        const uint8_t *const kv = p.kv;
         int r = (int)threadIdx.x / 36, ch = (int)threadIdx.x % 36;
         static_assert(kNT % 36 == 20 && kNT / 36 == 3, "row/chunk stepping assumes 128 threads");
 #pragma unroll
@@ -212,8 +205,8 @@ __device__ __forceinline__ void issue_block_tma(const Params &p, const Cursor &c
         if (row[h] < 0) continue;
 #pragma unroll
         for (int cb = 0; cb < 4; cb++)
-            tma_load_2d(stage + (uint32_t)(cb * kBN * 128 + h * 32 * 128), &p.kv_tma[0], 128 * cb, row[h], bar);
-        tma_load_2d(stage + (uint32_t)(4 * kBN * 128 + h * 32 * 64), &p.kv_tma[1], 512, row[h], bar);
+            mla_sm90::tma_load_2d(stage + (uint32_t)(cb * kBN * 128 + h * 32 * 128), &p.kv_tma[0], 128 * cb, row[h], bar);
+        mla_sm90::tma_load_2d(stage + (uint32_t)(4 * kBN * 128 + h * 32 * 64), &p.kv_tma[1], 512, row[h], bar);
     }
 }
 
@@ -455,10 +448,6 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
         lim_min = p.causal ? seq - p.q_len + 1 : seq;
         cur_seq = seq;
     };
-    // The first request's Q and seq_len are loaded together with the first block's
-    // page indices and converted before the prologue's KV copies are issued: issued after
-    // them, the Q loads queued behind the copies (15.6% of the stall samples at batch 1).
-    // (Keeping the raw Q in registers across the copies instead spilled at 64-key blocks.)
     const uint32_t barBase = smem_u32(smem + C::offBar); // kTma: one mbarrier per stage
     if constexpr (kTma) {
         if (tid == 0) {
@@ -472,6 +461,10 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
         if constexpr (kTma) issue_block_tma<kBN>(p, c, f, smem_u32(sStage + s * kStageBytes), &sFlags[s], barBase + 8u * s);
         else issue_block_v2<kBN, kW8, kPad>(p, c, f, sStage + s * kStageBytes, &sFlags[s]);
     };
+    // The first request's Q and seq_len are loaded together with the first block's
+    // page indices and converted before the prologue's KV copies are issued: issued after
+    // them, the Q loads queued behind the copies (15.6% of the stall samples at batch 1).
+    // (Keeping the raw Q in registers across the copies instead spilled at 64-key blocks.)
     Cursor prod = cons;
     int seq0;
     Pref pref;
@@ -520,7 +513,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
                 for (int i = tid; i < kBN * 32; i += kNT) {
                     const int r = i >> 5, cb = (i >> 3) & 3, c16 = i & 7;
                     const bool ok = key0 + r < cur_seq && ((pmask >> (kBN > p.page_size ? r >> 5 : 0)) & 1);
-                    if (!ok) *reinterpret_cast<uint4 *>(sStage + stage * kStageBytes + cb * kBN * 128 + r * 128 + c16 * 16) = make_uint4(0, 0, 0, 0);
+                    if (!ok) *reinterpret_cast<uint4 *>(const_cast<uint8_t *>(st) + cb * kBN * 128 + r * 128 + c16 * 16) = make_uint4(0, 0, 0, 0);
                 }
                 mla_decode_v3::fence_proxy_async(); // before a later TMA rewrites these bytes
                 __syncthreads();

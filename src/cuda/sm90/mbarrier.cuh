@@ -1,7 +1,8 @@
-// mbarrier and bulk-copy (cp.async.bulk, no tensor map) helpers for the sm90 decode kernels:
-// one thread moves whole contiguous pages of the KV cache into shared memory, and the
-// consumers wait on the stage's mbarrier instead of per-thread cp.async groups.
+// mbarrier and bulk-copy helpers for the sm90 decode kernels: one thread moves whole
+// contiguous pages (cp.async.bulk) or tensor-map boxes (TMA) of the KV cache into shared
+// memory, and the consumers wait on the stage's mbarrier instead of per-thread cp.async groups.
 #pragma once
+#include <cuda.h> // CUtensorMap
 #include <stdint.h>
 
 namespace mla_sm90 {
@@ -28,6 +29,15 @@ __device__ __forceinline__ void bulk_copy_g2s(uint32_t dst, const void *src, uin
 {
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
                  "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}
+
+// One TMA box of a 2-D tensor map at coordinates (c0 innermost, c1) into shared memory,
+// counted on the mbarrier at bar.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
                  : "memory");
 }
 
