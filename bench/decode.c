@@ -11,8 +11,9 @@
  * same run (cudaMemcpy D2D counting read + write; 8192^3 cuBLASLt GEMMs). "fp8roof" uses the
  * fp8 GEMM peak instead (the floor a kernel with fp8 tensor-core math would have).
  *
- * Usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16[,q8]]
- * (--case runs that one case only, page 64: for profilers such as ncu.) */
+ * Usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16[,q8]]...
+ * (--case, up to 64 times, runs those cases only, page 64: for A/B runs and profilers such as
+ * ncu.) */
 #include "mla.h"
 
 #include <stdio.h>
@@ -220,11 +221,13 @@ static int run_case(const bench_case *c, int reps)
 int main(int argc, char **argv)
 {
     int reps = 50, quick = 0;
-    bench_case one = {0, 0, 0, 0, 64, MLA_DTYPE_FP8_E4M3, "", 0};
+    static bench_case cases[64];
+    int n = 0, picked = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick")) quick = 1;
-        else if (!strcmp(argv[i], "--case") && i + 1 < argc) {
+        else if (!strcmp(argv[i], "--case") && i + 1 < argc && picked < 64) {
+            bench_case one = {0, 0, 0, 0, 64, MLA_DTYPE_FP8_E4M3, "", 0};
             char kv[16] = "";
             if (sscanf(argv[++i], "%d,%d,%d,%d,%15s", &one.batch, &one.q_len, &one.heads, &one.seq, kv) != 5 ||
                 one.batch < 1 || one.q_len < 1 || one.heads < 1 || one.seq < 1 ||
@@ -234,8 +237,9 @@ int main(int argc, char **argv)
             }
             one.kv = strncmp(kv, "fp8", 3) ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3;
             one.q_fp8 = strstr(kv, ",q8") != NULL;
+            cases[picked++] = one;
         } else {
-            fprintf(stderr, "usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16[,q8]]\n");
+            fprintf(stderr, "usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16[,q8]]...\n");
             return 2;
         }
     }
@@ -264,9 +268,12 @@ int main(int argc, char **argv)
     printf("| kv | B | q | H | seq | pg | ms | ms1 | GB/s | TFLOP/s | roof | fp8roof | bound |\n");
     printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     const mla_dtype F = MLA_DTYPE_FP8_E4M3, W = MLA_DTYPE_BF16;
-    static bench_case cases[64];
-    int n = 0;
-    if (one.batch) return run_case(&one, reps) ? 1 : 0;
+    if (picked) { // the --case list only, in order
+        int rc = 0;
+        for (int i = 0; i < picked; i++)
+            if (run_case(&cases[i], reps)) rc = 1;
+        return rc;
+    }
     const int bs16[] = {32, 64, 128}, seqs16[] = {4096, 16384, 32768};
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 3; j++)

@@ -91,6 +91,7 @@ combine_narrow_kernel(mla_decode_sched s, int rows, int dv, float bmm2_scale,
 {
     constexpr int U = kLoads / NC; // splits per round
     asm volatile("griddepcontrol.wait;\n" ::: "memory"); // the decode kernel's partials
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); // a next decode's scheduler may launch
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const int b = blockIdx.y;
@@ -163,6 +164,7 @@ combine_wide_kernel(mla_decode_sched s, int rows, int dv, int cl_shift, float bm
     __shared__ float weight[MLA_DECODE_MAX_PARTS];
     __shared__ __align__(16) float red[kWideRed];
     asm volatile("griddepcontrol.wait;\n" ::: "memory"); // the decode kernel's partials
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); // a next decode's scheduler may launch
     const int row = blockIdx.x, b = blockIdx.y;
     const int ns = load_early(s.num_splits + b);
     const int base = load_early(s.slot_base + b);

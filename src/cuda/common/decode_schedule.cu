@@ -36,14 +36,74 @@ __device__ int block_exclusive_scan(int v, int *total, int *warp_sums)
     return before;
 }
 
+// Part p's first request: the smallest b whose last part is >= p, or batch when that request
+// starts after p (no request reaches p). first/last: per-request part ranges.
+template <typename First, typename Last>
+__device__ __forceinline__ int part_first_request(int p, int batch, const First &first, const Last &last)
+{
+    int lo = 0, hi = batch;
+    while (lo < hi) {
+        const int mid = (lo + hi) >> 1;
+        if (last(mid) >= p) hi = mid;
+        else lo = mid + 1;
+    }
+    return lo < batch && first(lo) > p ? batch : lo;
+}
+
 __global__ void __launch_bounds__(kSchedThreads)
 decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_keys,
                        int block_n, int num_parts, uint32_t *flags, mla_decode_sched s)
 {
     __shared__ int warp_sums[32];
+    __shared__ int first_s[kSchedThreads], last_s[kSchedThreads];
     const int C = MLA_DECODE_OVERHEAD;
-    // The decode kernel may start launching now; it waits for this grid's completion.
+    // Launched as a programmatic dependent of whatever precedes it on the stream (so that its
+    // launch overlaps that grid's tail): wait for that grid before reading seq_lens, which it
+    // may have written, and before overwriting this workspace, which a previous decode's
+    // combine may still read. Then the decode kernel may start launching; it waits for this
+    // grid's completion.
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+    if (batch <= kSchedThreads) {
+        // One request per thread: every per-request value stays in a register or in shared
+        // memory, so the plan costs one global load (seq_lens) and two block scans, with no
+        // global round trips between the steps.
+        const int b = threadIdx.x;
+        int nb = 0, cost = 0;
+        if (b < batch) {
+            int len = seq_lens[b];
+            if (len < 0 || len > max_keys) {
+                if (flags) atomicOr(flags, MLA_DEVERR_SEQ_LEN);
+                len = len < 0 ? 0 : max_keys;
+            }
+            nb = max(1, (len + block_n - 1) / block_n); // an empty request still writes zeros / -inf
+            s.seq_eff[b] = len;
+            s.num_blocks[b] = nb;
+            cost = nb + C;
+        }
+        int total;
+        const int start = block_exclusive_scan(cost, &total, warp_sums);
+        const int tau = max(1, (total + num_parts - 1) / num_parts);
+        if (b == 0) *s.tau = tau;
+        int slots = 0;
+        if (b < batch) {
+            const int u0 = start + C;
+            const int first = u0 / tau, last = (u0 + nb - 1) / tau;
+            s.req_start[b] = start;
+            s.first_part[b] = first;
+            s.num_splits[b] = last - first + 1;
+            first_s[b] = first;
+            last_s[b] = last;
+            slots = last > first ? last - first + 1 : 0;
+        }
+        const int slot0 = block_exclusive_scan(slots, &total, warp_sums); // its barriers publish first_s / last_s
+        if (b < batch) s.slot_base[b] = slot0;
+        for (int p = threadIdx.x; p < num_parts; p += kSchedThreads)
+            s.part_begin[p] = part_first_request(p, batch, [&](int i) { return first_s[i]; },
+                                                 [&](int i) { return last_s[i]; });
+        return;
+    }
+    // Larger batches: the same plan in passes of kSchedThreads requests through the workspace.
     // 1. clamp lengths, count blocks, prefix-sum the cost.
     int carry = 0;
     for (int base = 0; base < batch; base += kSchedThreads) {
@@ -91,17 +151,9 @@ decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_
     __syncthreads();
 
     // 3. first request of each part: smallest b whose last part is >= p.
-    for (int p = threadIdx.x; p < num_parts; p += kSchedThreads) {
-        int lo = 0, hi = batch;
-        while (lo < hi) {
-            const int mid = (lo + hi) >> 1;
-            const int last = s.first_part[mid] + s.num_splits[mid] - 1;
-            if (last >= p) hi = mid;
-            else lo = mid + 1;
-        }
-        if (lo < batch && s.first_part[lo] > p) lo = batch; // no request reaches this part
-        s.part_begin[p] = lo;
-    }
+    for (int p = threadIdx.x; p < num_parts; p += kSchedThreads)
+        s.part_begin[p] = part_first_request(p, batch, [&](int i) { return s.first_part[i]; },
+                                             [&](int i) { return s.first_part[i] + s.num_splits[i] - 1; });
 }
 
 } // namespace
@@ -111,7 +163,15 @@ cudaError_t mla_launch_decode_schedule(const int32_t *seq_lens, int batch, int m
                                        uint32_t *device_error_flags, const mla_decode_sched *s,
                                        cudaStream_t stream)
 {
-    decode_schedule_kernel<<<1, kSchedThreads, 0, stream>>>(seq_lens, batch, max_keys, block_n,
-                                                            num_parts, device_error_flags, *s);
-    return cudaGetLastError();
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(1);
+    cfg.blockDim = dim3(kSchedThreads);
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, decode_schedule_kernel, seq_lens, batch, max_keys, block_n,
+                              num_parts, device_error_flags, *s);
 }
