@@ -240,13 +240,8 @@ cudaError_t launch_combine(const mla_decode_sched *s, int batch, int rows, int d
     const int dv4 = dv / 4;
     // Shapes from the expected splits per request (the actual counts are on the GPU only).
     const int expect = num_parts / batch + 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cudaLaunchAttribute attr;
+    cudaLaunchConfig_t cfg = mla_pdl_launch_config(dim3(1), dim3(1), 0, stream, &attr); // shape set below
     uint16_t *o = (uint16_t *)out;
     if (expect <= kLoads) {
         // Few splits: more columns per warp keeps kLoads float4s in flight per thread.

@@ -163,15 +163,8 @@ cudaError_t mla_launch_decode_schedule(const int32_t *seq_lens, int batch, int m
                                        uint32_t *device_error_flags, const mla_decode_sched *s,
                                        cudaStream_t stream)
 {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(1);
-    cfg.blockDim = dim3(kSchedThreads);
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cudaLaunchAttribute attr;
+    cudaLaunchConfig_t cfg = mla_pdl_launch_config(dim3(1), dim3(kSchedThreads), 0, stream, &attr);
     return cudaLaunchKernelEx(&cfg, decode_schedule_kernel, seq_lens, batch, max_keys, block_n,
                               num_parts, device_error_flags, *s);
 }

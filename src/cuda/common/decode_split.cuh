@@ -84,6 +84,24 @@ cudaError_t mla_launch_decode_schedule(const int32_t *seq_lens, int batch, int m
                                        uint32_t *device_error_flags, const mla_decode_sched *s,
                                        cudaStream_t stream);
 
+// A launch on `stream` as a programmatic dependent of the grid before it (PDL): the kernel may
+// start while that grid finishes and must wait for it (griddepcontrol.wait) before touching
+// memory that grid writes or reads. attr must outlive the launch call.
+static inline cudaLaunchConfig_t mla_pdl_launch_config(dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                                                       cudaLaunchAttribute *attr)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    attr->id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr->val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cfg;
+}
+
 // Merges the partials of split requests into out (bf16, scaled by bmm2_scale) and lse;
 // half_partials: part_o holds float16 values.
 cudaError_t mla_launch_decode_combine(const mla_decode_sched *s, int batch, int rows, int dv,

@@ -295,16 +295,9 @@ cudaError_t ensure_smem_attrs(int device)
 cudaError_t launch_split(void (*kernel)(Params), const Params &prm, const Plan &pl, int threads, int smem,
                          cudaStream_t stream)
 {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)pl.num_parts, (unsigned)pl.head_blocks);
-    cfg.blockDim = dim3((unsigned)threads);
-    cfg.dynamicSmemBytes = (size_t)smem;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg = mla_pdl_launch_config(dim3((unsigned)pl.num_parts, (unsigned)pl.head_blocks),
+                                                         dim3((unsigned)threads), (size_t)smem, stream, &attr);
     return cudaLaunchKernelEx(&cfg, kernel, prm);
 }
 
