@@ -10,6 +10,7 @@
 // work, so that the weights are computed while the partials arrive.
 #include "mla_cuda.h"
 #include "decode_split.cuh"
+#include "decode_trace.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -90,14 +91,25 @@ combine_narrow_kernel(mla_decode_sched s, int rows, int dv, float bmm2_scale,
                       uint16_t *__restrict__ out, float *__restrict__ lse_out)
 {
     constexpr int U = kLoads / NC; // splits per round
+#ifdef MLA_DECODE_TRACE
+    const unsigned long long trace_entry = mla_trace_now();
+#endif
     asm volatile("griddepcontrol.wait;\n" ::: "memory"); // the decode kernel's partials
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); // a next decode's scheduler may launch
+#ifdef MLA_DECODE_TRACE
+    mla_trace_comb_waited(trace_entry);
+#endif
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const int b = blockIdx.y;
     const int ns = load_early(s.num_splits + b);
     const int base = load_early(s.slot_base + b);
-    if (ns <= 1 || row >= rows) return; // no barriers below: warps may leave on their own
+    if (ns <= 1 || row >= rows) { // no barriers below: warps may leave on their own
+#ifdef MLA_DECODE_TRACE
+        mla_trace_comb_end();
+#endif
+        return;
+    }
     const int dv4 = dv >> 2;
     const int col4 = blockIdx.z * 32 * NC + lane;
     const size_t stride4 = (size_t)rows * dv4; // 4-column groups per slot
@@ -151,6 +163,9 @@ combine_narrow_kernel(mla_decode_sched s, int rows, int dv, float bmm2_scale,
         if (ok[k]) store_bf16x4(dst + 128 * k, acc[k], bmm2_scale);
     if (lse_out && blockIdx.z == 0 && lane == 0)
         lse_out[(size_t)b * rows + row] = mx == -INFINITY ? -INFINITY : mx + logf(sum);
+#ifdef MLA_DECODE_TRACE
+    mla_trace_comb_end();
+#endif
 }
 
 // One CTA per (query row, request, CL float4 columns); blockDim = CL * G, CL and G powers of
@@ -163,12 +178,23 @@ combine_wide_kernel(mla_decode_sched s, int rows, int dv, int cl_shift, float bm
 {
     __shared__ float weight[MLA_DECODE_MAX_PARTS];
     __shared__ __align__(16) float red[kWideRed];
+#ifdef MLA_DECODE_TRACE
+    const unsigned long long trace_entry = mla_trace_now();
+#endif
     asm volatile("griddepcontrol.wait;\n" ::: "memory"); // the decode kernel's partials
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); // a next decode's scheduler may launch
+#ifdef MLA_DECODE_TRACE
+    mla_trace_comb_waited(trace_entry);
+#endif
     const int row = blockIdx.x, b = blockIdx.y;
     const int ns = load_early(s.num_splits + b);
     const int base = load_early(s.slot_base + b);
-    if (ns <= 1) return; // uniform over the CTA
+    if (ns <= 1) { // uniform over the CTA
+#ifdef MLA_DECODE_TRACE
+        mla_trace_comb_end();
+#endif
+        return;
+    }
     const int CL = 1 << cl_shift, G = blockDim.x >> cl_shift;
     const int c = threadIdx.x & (CL - 1), g = threadIdx.x >> cl_shift;
     const int dv4 = dv >> 2;
@@ -230,6 +256,9 @@ combine_wide_kernel(mla_decode_sched s, int rows, int dv, int cl_shift, float bm
     }
     if (lse_out && blockIdx.z == 0 && threadIdx.x == 0)
         lse_out[(size_t)b * rows + row] = mx == -INFINITY ? -INFINITY : mx + logf(sum);
+#ifdef MLA_DECODE_TRACE
+    mla_trace_comb_end();
+#endif
 }
 
 template <bool kHalf>

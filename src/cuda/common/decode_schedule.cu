@@ -3,6 +3,7 @@
 // seq_lens; its cost is a few block-wide scans, independent of sequence length.
 #include "mla_cuda.h"
 #include "decode_split.cuh"
+#include "decode_trace.cuh"
 
 namespace {
 
@@ -62,8 +63,14 @@ decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_
     // may have written, and before overwriting this workspace, which a previous decode's
     // combine may still read. Then the decode kernel may start launching; it waits for this
     // grid's completion.
+#ifdef MLA_DECODE_TRACE
+    const unsigned long long trace_entry = mla_trace_now();
+#endif
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#ifdef MLA_DECODE_TRACE
+    mla_trace_sched_begin(trace_entry);
+#endif
     if (batch <= kSchedThreads) {
         // One request per thread: every per-request value stays in a register or in shared
         // memory, so the plan costs one global load (seq_lens) and two block scans, with no
@@ -101,6 +108,9 @@ decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_
         for (int p = threadIdx.x; p < num_parts; p += kSchedThreads)
             s.part_begin[p] = part_first_request(p, batch, [&](int i) { return first_s[i]; },
                                                  [&](int i) { return last_s[i]; });
+#ifdef MLA_DECODE_TRACE
+        mla_trace_sched_end();
+#endif
         return;
     }
     // Larger batches: the same plan in passes of kSchedThreads requests through the workspace.
@@ -154,6 +164,9 @@ decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_
     for (int p = threadIdx.x; p < num_parts; p += kSchedThreads)
         s.part_begin[p] = part_first_request(p, batch, [&](int i) { return s.first_part[i]; },
                                              [&](int i) { return s.first_part[i] + s.num_splits[i] - 1; });
+#ifdef MLA_DECODE_TRACE
+    mla_trace_sched_end();
+#endif
 }
 
 } // namespace

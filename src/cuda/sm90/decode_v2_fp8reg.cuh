@@ -27,6 +27,7 @@
 #pragma once
 #include "decode_v1_mma.cuh"
 #include "ws_common.cuh" // wgmma helpers and e4m3x4_to_f16x4
+#include "../common/decode_trace.cuh"
 
 namespace mla_decode_v2 {
 
@@ -413,15 +414,28 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
     const int part = blockIdx.x;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
+#ifdef MLA_DECODE_TRACE
+    const unsigned long long tr_entry = mla_trace_now();
+    unsigned long long tr_issued = 0, tr_first = 0;
+    int tr_blocks = 0;
+#endif
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#ifdef MLA_DECODE_TRACE
+    const unsigned long long tr_waited = mla_trace_now();
+#endif
     const int tau = *p.s.tau;
     const float qk_scale = p.scale_log2 * kScaleK;
 
     Cursor cons;
     {
         const int b0 = p.s.part_begin[part];
-        if (b0 >= p.batch) return;
+        if (b0 >= p.batch) {
+#ifdef MLA_DECODE_TRACE
+            mla_trace_split_end(tr_entry, tr_waited, 0, 0, 0);
+#endif
+            return;
+        }
         cursor_range(p, part, tau, b0, cons);
     }
     float o[16][4]; // n-tiles 4J + j of this warp's 128 dims (permuted, see header)
@@ -481,6 +495,9 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
     }
     bool new_req = false;
     const uint32_t pbase = smem_u32(sP);
+#ifdef MLA_DECODE_TRACE
+    tr_issued = mla_trace_now();
+#endif
 
     for (int j = 0; cons.b < p.batch; j++) {
         const int stage = j % kNS;
@@ -497,6 +514,10 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
         else cp_async_wait<kNS - 2>();
         if constexpr (kW8) mla_decode_v3::fence_proxy_async(); // stage and query stores -> wgmma
         __syncthreads();
+#ifdef MLA_DECODE_TRACE
+        if (j == 0) tr_first = mla_trace_now();
+        tr_blocks++;
+#endif
         issue(nprod % kNS, prod, pref);
         cursor_next(p, part, tau, prod);
         pref = prefetch_block<kBN>(p, prod);
@@ -771,6 +792,9 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
             new_req = true;
         }
     }
+#ifdef MLA_DECODE_TRACE
+    mla_trace_split_end(tr_entry, tr_waited, tr_issued, tr_first, tr_blocks);
+#endif
     cp_async_wait<0>();
 }
 

@@ -1,0 +1,198 @@
+// Probe: where the fixed cost of a decode call goes. Builds the decode launcher, scheduler and
+// combine with -DMLA_DECODE_TRACE (src/cuda/common/decode_trace.cuh: %globaltimer stamps at
+// each phase boundary), runs a graph of 16 back-to-back calls of one fp8-cache case twice (as
+// bench/decode's headline time does), and prints, per call of the second replay, the phase
+// times relative to the call's scheduler entry (us). Split-kernel stamps are per CTA (thread
+// 0): min / median / max over CTAs. Only the v2 kernel (H * q_len <= 16, fp8 cache) is traced.
+// Stamps cost a few instructions per CTA; the globaltimer's resolution is printed.
+// Build and run on the device:
+//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude -Isrc/core -Isrc/cuda
+//     --expt-relaxed-constexpr bench/probes/decode_trace.cu -o build/decode_trace
+//   build/decode_trace [B H seq]   (default 1 16 65536)
+#define MLA_DECODE_TRACE 1
+#include "../../src/cuda/common/decode_schedule.cu"
+#include "../../src/cuda/common/combine.cu"
+#include "../../src/cuda/sm90/decode.cu"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#define CK(x)                                                                                    \
+    do {                                                                                         \
+        cudaError_t e_ = (x);                                                                    \
+        if (e_ != cudaSuccess) {                                                                 \
+            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));          \
+            return 1;                                                                            \
+        }                                                                                        \
+    } while (0)
+
+// Random e4m3 bytes without NaN patterns, and bf16 values in [-1, 1).
+__global__ void fill_probe(uint8_t *kv, size_t n_kv, uint16_t *q, size_t n_q, uint32_t seed)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n_kv + n_q; i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+        h ^= h >> 15;
+        h *= 2246822519u;
+        h ^= h >> 13;
+        if (i < n_kv) {
+            uint8_t b = (uint8_t)h;
+            if ((b & 0x7f) == 0x7f) b ^= 0x01;
+            kv[i] = b;
+        } else {
+            const float f = (float)(h & 0xffff) / 32768.0f - 1.0f;
+            q[i - n_kv] = (uint16_t)(__float_as_uint(f) >> 16);
+        }
+    }
+}
+
+__global__ void trace_resolution(unsigned long long *out)
+{
+    // Smallest nonzero step of %globaltimer seen by one thread.
+    unsigned long long prev = mla_trace_now(), best = ~0ull;
+    for (int i = 0; i < 100000 && best > 1; i++) {
+        const unsigned long long t = mla_trace_now();
+        if (t != prev) {
+            best = t - prev < best ? t - prev : best;
+            prev = t;
+        }
+    }
+    *out = best;
+}
+
+static double us(unsigned long long t, unsigned long long t0) { return ((double)t - (double)t0) / 1000.0; }
+
+int main(int argc, char **argv)
+{
+    const int B = argc > 1 ? atoi(argv[1]) : 1, H = argc > 2 ? atoi(argv[2]) : 16;
+    const int seq = argc > 3 ? atoi(argv[3]) : 65536;
+    if (B < 1 || B > 1024 || H < 1 || H > 16 || seq < 1) {
+        fprintf(stderr, "usage: decode_trace [B (1..1024) H (1..16) seq]\n");
+        return 2;
+    }
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    mla_cuda_device_info dev = {0, prop.multiProcessorCount, prop.major * 10 + prop.minor, prop.sharedMemPerBlockOptin};
+    const int P = 64, pages_per_seq = (seq + P - 1) / P, num_pages = B * pages_per_seq;
+    const size_t n_kv = (size_t)num_pages * P * 576, n_q = (size_t)B * H * 576;
+    uint8_t *kv;
+    uint16_t *q, *out;
+    int32_t *table, *lens;
+    uint32_t *flags;
+    void *ws;
+    const size_t ws_bytes = mla_cuda_decode_workspace_size(&dev, B, 1, H, 512);
+    CK(cudaMalloc(&kv, n_kv));
+    CK(cudaMalloc(&q, n_q * 2));
+    CK(cudaMalloc(&out, (size_t)B * H * 512 * 2));
+    CK(cudaMalloc(&table, (size_t)num_pages * 4));
+    CK(cudaMalloc(&lens, (size_t)B * 4));
+    CK(cudaMalloc(&flags, 4));
+    CK(cudaMalloc(&ws, ws_bytes));
+    CK(cudaMemset(flags, 0, 4));
+    fill_probe<<<1024, 256>>>(kv, n_kv, q, n_q, 12345u);
+    std::vector<int32_t> h_table(num_pages), h_lens(B, seq);
+    for (int i = 0; i < num_pages; i++) h_table[i] = i;
+    srand(7);
+    for (int i = num_pages - 1; i > 0; i--) std::swap(h_table[i], h_table[rand() % (i + 1)]);
+    CK(cudaMemcpy(table, h_table.data(), h_table.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(lens, h_lens.data(), h_lens.size() * 4, cudaMemcpyHostToDevice));
+
+    cudaStream_t st;
+    CK(cudaStreamCreate(&st));
+    mla_decode_problem pr = {};
+    pr.batch = B;
+    pr.q_len = 1;
+    pr.num_heads = H;
+    pr.kv_lora_rank = 512;
+    pr.rope_dim = 64;
+    pr.page_size = P;
+    pr.num_pages = num_pages;
+    pr.max_pages_per_seq = pages_per_seq;
+    pr.max_seq_len = seq;
+    pr.causal = 1;
+    pr.q_dtype = MLA_DTYPE_BF16;
+    pr.kv_dtype = MLA_DTYPE_FP8_E4M3;
+    pr.bmm1_scale = 0.0625f;
+    pr.bmm2_scale = 1.0f;
+    pr.q = q;
+    pr.kv_cache = kv;
+    pr.block_table = table;
+    pr.seq_lens = lens;
+    pr.out = out;
+    pr.workspace = ws;
+    pr.workspace_bytes = ws_bytes;
+    pr.stream = st;
+    for (int i = 0; i < 3; i++)
+        if (mla_cuda_decode(&dev, &pr, flags) != 0) {
+            fprintf(stderr, "decode failed\n");
+            return 1;
+        }
+    CK(cudaStreamSynchronize(st));
+    enum { kChain = MLA_TRACE_CALLS };
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < kChain; i++) mla_cuda_decode(&dev, &pr, flags);
+    CK(cudaStreamEndCapture(st, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    CK(cudaGraphLaunch(ge, st));
+    CK(cudaEventRecord(e0, st));
+    CK(cudaGraphLaunch(ge, st));
+    CK(cudaEventRecord(e1, st));
+    CK(cudaStreamSynchronize(st));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+
+    static unsigned long long split[MLA_TRACE_CALLS][MLA_TRACE_CTAS][6];
+    unsigned long long sched[MLA_TRACE_CALLS][3], comb[MLA_TRACE_CALLS][3];
+    unsigned int calls = 0;
+    CK(cudaMemcpyFromSymbol(split, g_mla_trace_split, sizeof split));
+    CK(cudaMemcpyFromSymbol(sched, g_mla_trace_sched, sizeof sched));
+    CK(cudaMemcpyFromSymbol(comb, g_mla_trace_comb, sizeof comb));
+    CK(cudaMemcpyFromSymbol(&calls, g_mla_trace_call, sizeof calls));
+    unsigned long long *d_res, res = 0;
+    CK(cudaMalloc(&d_res, 8));
+    trace_resolution<<<1, 1>>>(d_res);
+    CK(cudaMemcpy(&res, d_res, 8, cudaMemcpyDeviceToHost));
+
+    const Plan pl = make_plan(dev.num_sms, 1, H, selected_variant(), true);
+    const int ctas = pl.num_parts * pl.head_blocks;
+    printf("decode_trace: %s, B %d H %d seq %d, %d CTAs of the split kernel; %.4f ms per call in the chain; "
+           "globaltimer step %llu ns; %u calls traced\n",
+           prop.name, B, H, seq, ctas, ms / kChain, res, calls);
+    printf("us from the call's scheduler entry. sched: wait done / end. split (min med max over CTAs): "
+           "entry, wait done, first block issued, first block ready, end; blocks per CTA (min-max). "
+           "combine: first entry / first wait done / last end. next: next call's scheduler entry.\n");
+    printf("| call | sched wait | sched end | split entry | split waited | issued | first ready | split end | blocks | comb entry | comb waited | comb end | next |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (unsigned int c = calls - kChain; c + 1 < calls; c++) {
+        const unsigned int s = c % MLA_TRACE_CALLS, n = (c + 1) % MLA_TRACE_CALLS;
+        const unsigned long long t0 = sched[s][0];
+        std::vector<double> col[5];
+        int bmin = 1 << 30, bmax = 0;
+        for (int k = 0; k < ctas && k < MLA_TRACE_CTAS; k++) {
+            const unsigned long long *r = split[s][k];
+            const int nb = (int)(r[5] & 0xffffffffu);
+            bmin = std::min(bmin, nb);
+            bmax = std::max(bmax, nb);
+            for (int f = 0; f < 5; f++)
+                if (r[f]) col[f].push_back(us(r[f], t0));
+        }
+        char cell[5][64];
+        for (int f = 0; f < 5; f++) {
+            std::vector<double> &v = col[f];
+            std::sort(v.begin(), v.end());
+            if (v.empty()) snprintf(cell[f], sizeof cell[f], "-");
+            else snprintf(cell[f], sizeof cell[f], "%.1f %.1f %.1f", v.front(), v[v.size() / 2], v.back());
+        }
+        printf("| %u | %.1f | %.1f | %s | %s | %s | %s | %s | %d-%d | %.1f | %.1f | %.1f | %.1f |\n", c,
+               us(sched[s][1], t0), us(sched[s][2], t0), cell[0], cell[1], cell[2], cell[3], cell[4], bmin, bmax,
+               comb[s][0] == ~0ull ? -1.0 : us(comb[s][0], t0), comb[s][1] == ~0ull ? -1.0 : us(comb[s][1], t0),
+               us(comb[s][2], t0), us(sched[n][0], t0));
+    }
+    return 0;
+}
