@@ -51,6 +51,35 @@ __device__ __forceinline__ int part_first_request(int p, int batch, const First 
     return lo < batch && first(lo) > p ? batch : lo;
 }
 
+// Request b's clamped length and key blocks into the plan (flags a length out of range);
+// returns its key blocks.
+__device__ __forceinline__ int plan_blocks(const int32_t *__restrict__ seq_lens, int b, int max_keys, int block_n,
+                                           uint32_t *flags, const mla_decode_sched &s)
+{
+    int len = seq_lens[b];
+    if (len < 0 || len > max_keys) {
+        if (flags) atomicOr(flags, MLA_DEVERR_SEQ_LEN);
+        len = len < 0 ? 0 : max_keys;
+    }
+    const int nb = max(1, (len + block_n - 1) / block_n); // an empty request still writes zeros / -inf
+    s.seq_eff[b] = len;
+    s.num_blocks[b] = nb;
+    return nb;
+}
+
+// Parts touching request b (first unit start, nb key blocks) into the plan: its first and last
+// part; returns the partial slots it needs (0 when one part covers it).
+__device__ __forceinline__ int plan_parts(int b, int start, int nb, int tau, const mla_decode_sched &s, int &first,
+                                          int &last)
+{
+    const int u0 = start + MLA_DECODE_OVERHEAD;
+    first = u0 / tau;
+    last = (u0 + nb - 1) / tau;
+    s.first_part[b] = first;
+    s.num_splits[b] = last - first + 1;
+    return last > first ? last - first + 1 : 0;
+}
+
 __global__ void __launch_bounds__(kSchedThreads)
 decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_keys,
                        int block_n, int num_parts, uint32_t *flags, mla_decode_sched s)
@@ -76,32 +105,15 @@ decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_
         // memory, so the plan costs one global load (seq_lens) and two block scans, with no
         // global round trips between the steps.
         const int b = threadIdx.x;
-        int nb = 0, cost = 0;
-        if (b < batch) {
-            int len = seq_lens[b];
-            if (len < 0 || len > max_keys) {
-                if (flags) atomicOr(flags, MLA_DEVERR_SEQ_LEN);
-                len = len < 0 ? 0 : max_keys;
-            }
-            nb = max(1, (len + block_n - 1) / block_n); // an empty request still writes zeros / -inf
-            s.seq_eff[b] = len;
-            s.num_blocks[b] = nb;
-            cost = nb + C;
-        }
+        const int nb = b < batch ? plan_blocks(seq_lens, b, max_keys, block_n, flags, s) : 0;
         int total;
-        const int start = block_exclusive_scan(cost, &total, warp_sums);
+        const int start = block_exclusive_scan(b < batch ? nb + C : 0, &total, warp_sums);
         const int tau = max(1, (total + num_parts - 1) / num_parts);
         if (b == 0) *s.tau = tau;
         int slots = 0;
         if (b < batch) {
-            const int u0 = start + C;
-            const int first = u0 / tau, last = (u0 + nb - 1) / tau;
             s.req_start[b] = start;
-            s.first_part[b] = first;
-            s.num_splits[b] = last - first + 1;
-            first_s[b] = first;
-            last_s[b] = last;
-            slots = last > first ? last - first + 1 : 0;
+            slots = plan_parts(b, start, nb, tau, s, first_s[b], last_s[b]);
         }
         const int slot0 = block_exclusive_scan(slots, &total, warp_sums); // its barriers publish first_s / last_s
         if (b < batch) s.slot_base[b] = slot0;
@@ -118,19 +130,7 @@ decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_
     int carry = 0;
     for (int base = 0; base < batch; base += kSchedThreads) {
         const int b = base + (int)threadIdx.x;
-        int cost = 0;
-        if (b < batch) {
-            int len = seq_lens[b];
-            if (len < 0 || len > max_keys) {
-                if (flags) atomicOr(flags, MLA_DEVERR_SEQ_LEN);
-                len = len < 0 ? 0 : max_keys;
-            }
-            int nb = (len + block_n - 1) / block_n;
-            if (nb < 1) nb = 1; // an empty request still writes zeros / -inf
-            s.seq_eff[b] = len;
-            s.num_blocks[b] = nb;
-            cost = nb + C;
-        }
+        const int cost = b < batch ? plan_blocks(seq_lens, b, max_keys, block_n, flags, s) + C : 0;
         int total;
         int before = block_exclusive_scan(cost, &total, warp_sums);
         if (b < batch) s.req_start[b] = carry + before;
@@ -144,15 +144,8 @@ decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_
     carry = 0;
     for (int base = 0; base < batch; base += kSchedThreads) {
         const int b = base + (int)threadIdx.x;
-        int slots = 0;
-        if (b < batch) {
-            const int u0 = s.req_start[b] + C;
-            const int first = u0 / tau;
-            const int last = (u0 + s.num_blocks[b] - 1) / tau;
-            s.first_part[b] = first;
-            s.num_splits[b] = last - first + 1;
-            slots = last > first ? last - first + 1 : 0;
-        }
+        int slots = 0, first, last;
+        if (b < batch) slots = plan_parts(b, s.req_start[b], s.num_blocks[b], tau, s, first, last);
         int total;
         int before = block_exclusive_scan(slots, &total, warp_sums);
         if (b < batch) s.slot_base[b] = carry + before;
