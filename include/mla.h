@@ -225,7 +225,8 @@ typedef struct mla_decode_args {
     mla_tensor seq_lens;    /* i32 [batch]: KV length including the q_len new tokens, >= 0 */
     mla_tensor out;         /* bf16 [batch, q_len, H, kv_lora_rank] */
     mla_tensor lse;         /* optional f32 [batch, q_len, H], natural log, -inf if no key */
-    void *workspace;        /* optional: NULL uses the backend's cached per-device workspace */
+    void *workspace;        /* optional: NULL uses the backend's cached per-device workspace;
+                             * a caller's buffer must be 16-byte aligned */
     size_t workspace_bytes; /* must be >= mla_decode_workspace_size(...) when workspace given */
     int max_seq_len;        /* optional upper bound on seq_lens (0 = unknown) */
     int no_causal_mask;     /* 1: every query token sees all seq_len keys (default causal) */

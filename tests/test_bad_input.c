@@ -156,6 +156,9 @@ TEST(bad_input_decode_each_argument)
     CASE(a.max_seq_len = 50, MLA_ERR_INVALID_ARGUMENT, "exceeds max_seq_len");
     CASE(a.no_causal_mask = 7, MLA_ERR_INVALID_ARGUMENT, "no_causal_mask");
     CASE(a.workspace_bytes = 16, MLA_ERR_NULL_POINTER, "workspace");
+    char ws_buf[64];
+    CASE((a.workspace = ws_buf + (((uintptr_t)ws_buf & 15u) == 8 ? 0 : 8), a.workspace_bytes = 32),
+         MLA_ERR_INVALID_ARGUMENT, "16-byte aligned");
     mla_scales bad_scales = {.softmax_scale = NAN, .q_scale = 1, .k_scale = 1, .v_scale = 1,
                              .o_scale = 1};
     CASE(a.scales = &bad_scales, MLA_ERR_INVALID_ARGUMENT, "softmax_scale");

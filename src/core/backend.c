@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -307,6 +308,11 @@ mla_status mla_decode(mla_backend *be, const mla_decode_args *a)
         return mla_set_error(MLA_ERR_NULL_POINTER,
                              "%s: workspace_bytes = %zu but workspace is NULL", op,
                              a->workspace_bytes);
+    /* The GPU kernels read the workspace with 16-byte loads (cudaMalloc gives 256-byte
+     * alignment; an offset into a larger buffer may not). */
+    if (a->workspace && ((uintptr_t)a->workspace & 15u) != 0)
+        return mla_set_error(MLA_ERR_INVALID_ARGUMENT,
+                             "%s: workspace %p is not 16-byte aligned", op, a->workspace);
     if (B == 0) return MLA_OK;
 
     int capacity = (int)(max_pages * cfg->page_size);
