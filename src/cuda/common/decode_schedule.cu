@@ -80,12 +80,27 @@ __device__ __forceinline__ int plan_parts(int b, int start, int nb, int tau, con
     return last > first ? last - first + 1 : 0;
 }
 
+// Part p's start record (decode_split.cuh): its first request b0 (from part_first_request),
+// the key blocks of b0 it begins and ends at, and b0's seq_eff. start/nb/seq: b0's first unit,
+// key blocks and clamped length.
+__device__ __forceinline__ void plan_part_start(int p, int b0, int batch, int tau, int start, int nb, int seq,
+                                                const mla_decode_sched &s)
+{
+    int4 r = make_int4(batch, 0, 0, 0);
+    if (b0 < batch) {
+        const int s0 = start + MLA_DECODE_OVERHEAD;
+        r = make_int4(b0, max(0, p * tau - s0), min(nb, (p + 1) * tau - s0), seq);
+    }
+    reinterpret_cast<int4 *>(s.part_start)[p] = r;
+}
+
 __global__ void __launch_bounds__(kSchedThreads)
 decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_keys,
                        int block_n, int num_parts, uint32_t *flags, mla_decode_sched s)
 {
     __shared__ int warp_sums[32];
     __shared__ int first_s[kSchedThreads], last_s[kSchedThreads];
+    __shared__ int start_s[kSchedThreads], nb_s[kSchedThreads], seq_s[kSchedThreads];
     const int C = MLA_DECODE_OVERHEAD;
     // Launched as a programmatic dependent of whatever precedes it on the stream (so that its
     // launch overlaps that grid's tail): wait for that grid before reading seq_lens, which it
@@ -114,12 +129,18 @@ decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_
         if (b < batch) {
             s.req_start[b] = start;
             slots = plan_parts(b, start, nb, tau, s, first_s[b], last_s[b]);
+            start_s[b] = start;
+            nb_s[b] = nb;
+            seq_s[b] = s.seq_eff[b]; // this thread's own store
         }
-        const int slot0 = block_exclusive_scan(slots, &total, warp_sums); // its barriers publish first_s / last_s
+        const int slot0 = block_exclusive_scan(slots, &total, warp_sums); // its barriers publish the *_s arrays
         if (b < batch) s.slot_base[b] = slot0;
-        for (int p = threadIdx.x; p < num_parts; p += kSchedThreads)
-            s.part_begin[p] = part_first_request(p, batch, [&](int i) { return first_s[i]; },
-                                                 [&](int i) { return last_s[i]; });
+        for (int p = threadIdx.x; p < num_parts; p += kSchedThreads) {
+            const int b0 = part_first_request(p, batch, [&](int i) { return first_s[i]; },
+                                              [&](int i) { return last_s[i]; });
+            const int i = min(b0, batch - 1);
+            plan_part_start(p, b0, batch, tau, start_s[i], nb_s[i], seq_s[i], s);
+        }
 #ifdef MLA_DECODE_TRACE
         mla_trace_sched_end();
 #endif
@@ -153,10 +174,13 @@ decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_
     }
     __syncthreads();
 
-    // 3. first request of each part: smallest b whose last part is >= p.
-    for (int p = threadIdx.x; p < num_parts; p += kSchedThreads)
-        s.part_begin[p] = part_first_request(p, batch, [&](int i) { return s.first_part[i]; },
-                                             [&](int i) { return s.first_part[i] + s.num_splits[i] - 1; });
+    // 3. each part's start record (first request: smallest b whose last part is >= p).
+    for (int p = threadIdx.x; p < num_parts; p += kSchedThreads) {
+        const int b0 = part_first_request(p, batch, [&](int i) { return s.first_part[i]; },
+                                          [&](int i) { return s.first_part[i] + s.num_splits[i] - 1; });
+        const int i = min(b0, batch - 1);
+        plan_part_start(p, b0, batch, tau, s.req_start[i], s.num_blocks[i], s.seq_eff[i], s);
+    }
 #ifdef MLA_DECODE_TRACE
     mla_trace_sched_end();
 #endif

@@ -22,6 +22,9 @@
 
 // Device pointers into the workspace (all int32 except the float partials).
 typedef struct mla_decode_sched {
+    int *part_start;  // [num_parts][4] part p's first piece: request (batch when the part is
+                      // empty), first key block, key-block end, the request's seq_eff; one
+                      // 16-byte load starts a decode CTA
     int *tau;         // [1] units per part
     int *req_start;   // [batch] first unit of request b
     int *num_blocks;  // [batch] key blocks of request b (>= 1)
@@ -29,7 +32,6 @@ typedef struct mla_decode_sched {
     int *first_part;  // [batch] first part touching request b
     int *num_splits;  // [batch] parts touching request b
     int *slot_base;   // [batch] first partial slot of request b (when num_splits > 1)
-    int *part_begin;  // [num_parts] first request of part p (batch when the part is empty)
     float *part_lse;  // [max_slots, rows]
     float *part_o;    // [max_slots, rows, dv] (float16 elements when the partials are half)
 } mla_decode_sched;
@@ -53,7 +55,7 @@ static inline mla_decode_split_layout mla_decode_split_layout_make(int batch, in
     // Each part holds at most two split pieces (its first and last request), and there are
     // at most batch + num_parts - 1 pieces in all.
     L.max_slots = num_parts + (batch < num_parts ? batch : num_parts);
-    size_t ints = 1 + 6 * (size_t)batch + (size_t)num_parts;
+    size_t ints = 4 * (size_t)num_parts + 1 + 6 * (size_t)batch; // part_start first (16-byte aligned)
     L.off_lse = mla_align256(ints * 4);
     L.off_o = mla_align256(L.off_lse + (size_t)L.max_slots * rows * 4);
     L.total_bytes = L.off_o + (size_t)L.max_slots * rows * dv * 4;
@@ -64,14 +66,14 @@ static inline mla_decode_sched mla_decode_sched_from(void *ws, const mla_decode_
 {
     mla_decode_sched s;
     int *w = (int *)ws;
-    s.tau = w;
-    s.req_start = w + 1;
+    s.part_start = w;
+    s.tau = w + 4 * L->num_parts;
+    s.req_start = s.tau + 1;
     s.num_blocks = s.req_start + L->batch;
     s.seq_eff = s.num_blocks + L->batch;
     s.first_part = s.seq_eff + L->batch;
     s.num_splits = s.first_part + L->batch;
     s.slot_base = s.num_splits + L->batch;
-    s.part_begin = s.slot_base + L->batch;
     s.part_lse = (float *)((char *)ws + L->off_lse);
     s.part_o = (float *)((char *)ws + L->off_o);
     return s;

@@ -189,11 +189,38 @@ __device__ __forceinline__ void cursor_next(const Params &p, int part, int tau, 
     else c.b = p.batch;
 }
 
+// Part `part`'s first cursor from the scheduler's start record (one 16-byte load, instead of
+// part_begin and then the request's range); returns that request's seq_eff. c.b = batch for an
+// empty part.
+__device__ __forceinline__ int part_first_cursor(const Params &p, int part, Cursor &c)
+{
+    const int4 r = reinterpret_cast<const int4 *>(p.s.part_start)[part];
+    c.b = r.x;
+    c.blk = r.y;
+    c.hi = r.z;
+    return r.w;
+}
+
 // Index data of the next block to load, fetched one block ahead so that the global-load
 // latency of seq_len / block-table reads stays off the load-issue path.
 struct Pref {
     int seq, idx0, idx1;
 };
+// prefetch_block_seq: the same when the request's seq_eff is already known (a CTA's first
+// block), so the block-table load does not wait for it.
+template <int BN>
+__device__ __forceinline__ Pref prefetch_block_seq(const Params &p, const Cursor &c, int seq)
+{
+    Pref f = {0, -1, -1};
+    if (c.b < p.batch) {
+        f.seq = seq;
+        const int key0 = c.blk * BN;
+        const int32_t *row = p.block_table + (size_t)c.b * p.max_pages + (key0 >> p.page_shift);
+        if (key0 < f.seq) f.idx0 = row[0];
+        if (BN > p.page_size && key0 + p.page_size < f.seq) f.idx1 = row[1];
+    }
+    return f;
+}
 template <int BN>
 __device__ __forceinline__ Pref prefetch_block(const Params &p, const Cursor &c)
 {
@@ -379,13 +406,10 @@ __global__ void __launch_bounds__(NT, (NT == 128 ? 2 : 1)) decode_kernel(const _
     const float v_scale = FP8 ? kFp8TileScale : 1.0f;
 
     Cursor cons;
-    {
-        const int b0 = p.s.part_begin[part];
-        if (b0 >= p.batch) return; // empty part (uniform over the CTA)
-        cursor_range(p, part, tau, b0, cons);
-    }
+    const int seq0 = part_first_cursor(p, part, cons);
+    if (cons.b >= p.batch) return; // empty part (uniform over the CTA)
     Cursor prod = cons;
-    Pref pref = prefetch_block<BN>(p, prod);
+    Pref pref = prefetch_block_seq<BN>(p, prod, seq0);
     // Prologue: fp8 keeps NS blocks in flight (a stage frees as soon as it is converted);
     // bf16 computes from the stage itself, so NS-1 ahead.
     int nprod = 0;

@@ -419,6 +419,18 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
     unsigned long long tr_issued = 0, tr_first = 0;
     int tr_blocks = 0;
 #endif
+    // Before waiting for the scheduler (none of this reads its plan): the tensor maps and
+    // the stage barriers, off the path from the plan to the first copy.
+    const uint32_t barBase = smem_u32(smem + C::offBar); // kTma: one mbarrier per stage
+    if constexpr (kTma) {
+        if (tid == 0) {
+            mla_sm90::tma_prefetch_map(&p.kv_tma[0]);
+            mla_sm90::tma_prefetch_map(&p.kv_tma[1]);
+            for (int i = 0; i < kNS; i++) mla_sm90::mbar_init(barBase + 8u * i, 1);
+            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        }
+        __syncthreads();
+    }
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #ifdef MLA_DECODE_TRACE
@@ -428,15 +440,12 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
     const float qk_scale = p.scale_log2 * kScaleK;
 
     Cursor cons;
-    {
-        const int b0 = p.s.part_begin[part];
-        if (b0 >= p.batch) {
+    const int seq0 = part_first_cursor(p, part, cons);
+    if (cons.b >= p.batch) {
 #ifdef MLA_DECODE_TRACE
-            mla_trace_split_end(tr_entry, tr_waited, 0, 0, 0);
+        mla_trace_split_end(tr_entry, tr_waited, 0, 0, 0);
 #endif
-            return;
-        }
-        cursor_range(p, part, tau, b0, cons);
+        return;
     }
     float o[16][4]; // n-tiles 4J + j of this warp's 128 dims (permuted, see header)
 #pragma unroll
@@ -462,30 +471,19 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
         lim_min = p.causal ? seq - p.q_len + 1 : seq;
         cur_seq = seq;
     };
-    const uint32_t barBase = smem_u32(smem + C::offBar); // kTma: one mbarrier per stage
-    if constexpr (kTma) {
-        if (tid == 0) {
-            for (int i = 0; i < kNS; i++) mla_sm90::mbar_init(barBase + 8u * i, 1);
-            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        }
-        __syncthreads();
-    }
     // Block i into stage s (kTma: thread 0's TMA boxes, else every thread's cp.async).
     auto issue = [&](int s, const Cursor &c, const Pref &f) {
         if constexpr (kTma) issue_block_tma<kBN>(p, c, f, smem_u32(sStage + s * kStageBytes), &sFlags[s], barBase + 8u * s);
         else issue_block_v2<kBN, kW8, kPad>(p, c, f, sStage + s * kStageBytes, &sFlags[s]);
     };
-    // The first request's Q and seq_len are loaded together with the first block's
-    // page indices and converted before the prologue's KV copies are issued: issued after
-    // them, the Q loads queued behind the copies (15.6% of the stall samples at batch 1).
-    // (Keeping the raw Q in registers across the copies instead spilled at 64-key blocks.)
+    // The first request's Q is loaded together with the first block's page indices (its
+    // seq_len came with the start record) and converted before the prologue's KV copies are
+    // issued: issued after them, the Q loads queued behind the copies (15.6% of the stall
+    // samples at batch 1). (Keeping the raw Q in registers across the copies instead spilled
+    // at 64-key blocks.)
     Cursor prod = cons;
-    int seq0;
     Pref pref;
-    load_q(cons.b, [&] {
-        seq0 = p.s.seq_eff[cons.b];
-        pref = prefetch_block<kBN>(p, prod);
-    });
+    load_q(cons.b, [&] { pref = prefetch_block_seq<kBN>(p, prod, seq0); });
     set_limits(seq0);
     int nprod = 0;
     for (; nprod < kNS - 1; nprod++) {

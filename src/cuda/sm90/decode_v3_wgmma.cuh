@@ -301,13 +301,10 @@ __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_const
     if constexpr (FP8) __syncthreads(); // barriers initialised before anyone uses them
 
     Cursor cons;
-    {
-        const int b0 = p.s.part_begin[part];
-        if (b0 >= p.batch) return; // empty part (uniform over the CTA)
-        mla_decode_v1::cursor_range(p, part, tau, b0, cons);
-    }
+    const int seq0 = mla_decode_v1::part_first_cursor(p, part, cons);
+    if (cons.b >= p.batch) return; // empty part (uniform over the CTA)
     Cursor prod = cons;
-    Pref pref = mla_decode_v1::prefetch_block<kBN>(p, prod);
+    Pref pref = mla_decode_v1::prefetch_block_seq<kBN>(p, prod, seq0);
     // Prologue: fp8 keeps kNS blocks in flight (a stage frees as soon as it is converted);
     // bf16 computes from the stage itself, so kNS-1 ahead.
     int nprod = 0;

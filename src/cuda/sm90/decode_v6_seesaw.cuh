@@ -336,11 +336,8 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
     const int tau = *p.s.tau;
     Cursor a;
-    {
-        const int b0 = p.s.part_begin[part];
-        if (b0 >= p.batch) return; // empty part (uniform over the CTA)
-        mla_decode_v1::cursor_range(p, part, tau, b0, a);
-    }
+    mla_decode_v1::part_first_cursor(p, part, a);
+    if (a.b >= p.batch) return; // empty part (uniform over the CTA)
     if (tid >= kMathThreads) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegProducer));
         if constexpr (kBulk) produce_bulk(p, part, tau, a, aTile, aBar, sFlags);

@@ -34,6 +34,12 @@ __device__ __forceinline__ void bulk_copy_g2s(uint32_t dst, const void *src, uin
 
 // One TMA box of a 2-D tensor map at coordinates (c0 innermost, c1) into shared memory,
 // counted on the mbarrier at bar.
+// Fetches a tensor map (a __grid_constant__ parameter) ahead of its first TMA, so that the
+// first copy does not wait for the descriptor.
+__device__ __forceinline__ void tma_prefetch_map(const CUtensorMap *map)
+{
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");
+}
 __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar)
 {
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
