@@ -2,12 +2,15 @@
 // of each split request into the bf16 output and the optional LSE. Requests written directly
 // by the decode kernel (one split) return at once. Two shapes, picked from the expected
 // splits per request:
-//   narrow (<= 8 splits): one warp per (query row, 128 * NC columns), 8 rows per CTA; the
-//     warp computes its row's weights with shuffles and sums the splits in order.
+//   narrow (<= 16 splits): one warp per (query row, 128 * NC columns), 8 rows per CTA; the
+//     warp computes its row's weights with shuffles and sums the splits in order, 8 per
+//     round. (Up to 8 before: at batch 32, 16 heads, 9 expected splits, the wide shape's
+//     2048 CTAs of 128 threads took 5.5% longer per call, bench/NOTES.md 2026-12-03 fifth.)
 //   wide (many splits): one CTA per (query row, request, 4 * CL columns); G groups of CL
 //     threads each sum every G-th split, then the CTA adds the G sums.
 // Both keep 8 float4 loads in flight per thread and issue the first ones before the LSE
-// work, so that the weights are computed while the partials arrive.
+// work, so that the weights are computed while the partials arrive; both read the split
+// counts and slots before waiting for the decode kernel.
 #include "mla_cuda.h"
 #include "decode_split.cuh"
 #include "decode_trace.cuh"
@@ -22,6 +25,10 @@ constexpr int kLoads = 8;          // float4 loads in flight per thread and roun
 constexpr int kNarrowRows = 8;     // warps (query rows) per narrow CTA
 constexpr int kWideThreads = 512;  // most threads of a wide CTA
 constexpr int kWideMinLanes = 8;   // fewest float4 columns of a wide CTA (128-byte rows)
+#ifndef MLA_COMBINE_NARROW_MAX // experiment builds may move the narrow / wide boundary
+#define MLA_COMBINE_NARROW_MAX 16
+#endif
+constexpr int kNarrowMax = MLA_COMBINE_NARROW_MAX; // expected splits per request the narrow shape takes
 constexpr int kTargetCtas = 264;   // ~two CTAs per SM on a 132-SM H100 / H200
 // red holds G rows of 4 * CL + 4 floats: 4 * threads + 4 * G, G <= threads / kWideMinLanes.
 constexpr int kWideRed = 4 * kWideThreads + 4 * (kWideThreads / kWideMinLanes);
@@ -94,6 +101,11 @@ combine_narrow_kernel(mla_decode_sched s, int rows, int dv, float bmm2_scale,
 #ifdef MLA_DECODE_TRACE
     const unsigned long long trace_entry = mla_trace_now();
 #endif
+    // The split counts and slots come from the scheduler, which finished before the decode
+    // kernel let this grid launch: read them while that kernel finishes.
+    const int b = blockIdx.y;
+    const int ns = load_early(s.num_splits + b);
+    const int base = load_early(s.slot_base + b);
     asm volatile("griddepcontrol.wait;\n" ::: "memory"); // the decode kernel's partials
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); // a next decode's scheduler may launch
 #ifdef MLA_DECODE_TRACE
@@ -101,9 +113,6 @@ combine_narrow_kernel(mla_decode_sched s, int rows, int dv, float bmm2_scale,
 #endif
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    const int b = blockIdx.y;
-    const int ns = load_early(s.num_splits + b);
-    const int base = load_early(s.slot_base + b);
     if (ns <= 1 || row >= rows) { // no barriers below: warps may leave on their own
 #ifdef MLA_DECODE_TRACE
         mla_trace_comb_end();
@@ -181,14 +190,14 @@ combine_wide_kernel(mla_decode_sched s, int rows, int dv, int cl_shift, float bm
 #ifdef MLA_DECODE_TRACE
     const unsigned long long trace_entry = mla_trace_now();
 #endif
+    const int row = blockIdx.x, b = blockIdx.y;
+    const int ns = load_early(s.num_splits + b); // the scheduler's, as in the narrow kernel
+    const int base = load_early(s.slot_base + b);
     asm volatile("griddepcontrol.wait;\n" ::: "memory"); // the decode kernel's partials
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); // a next decode's scheduler may launch
 #ifdef MLA_DECODE_TRACE
     mla_trace_comb_waited(trace_entry);
 #endif
-    const int row = blockIdx.x, b = blockIdx.y;
-    const int ns = load_early(s.num_splits + b);
-    const int base = load_early(s.slot_base + b);
     if (ns <= 1) { // uniform over the CTA
 #ifdef MLA_DECODE_TRACE
         mla_trace_comb_end();
@@ -213,14 +222,14 @@ combine_wide_kernel(mla_decode_sched s, int rows, int dv, int cl_shift, float bm
     };
     load_round(0);
 
+    // Every thread fetches LSEs (one round trip for up to blockDim.x splits), then warp 0
+    // turns them into weights.
+    for (int i = threadIdx.x; i < ns; i += blockDim.x) weight[i] = __ldg(s.part_lse + (size_t)(base + i) * rows + row);
+    __syncthreads();
     float mx = -INFINITY, sum = 0.0f;
     if (threadIdx.x < 32) {
         const int lane = threadIdx.x;
-        for (int i = lane; i < ns; i += 32) {
-            const float l = __ldg(s.part_lse + (size_t)(base + i) * rows + row);
-            weight[i] = l;
-            mx = fmaxf(mx, l);
-        }
+        for (int i = lane; i < ns; i += 32) mx = fmaxf(mx, weight[i]);
         mx = warp_max(mx);
         for (int i = lane; i < ns; i += 32) sum += mx == -INFINITY ? 0.0f : expf(weight[i] - mx);
         sum = warp_sum(sum);
@@ -272,7 +281,7 @@ cudaError_t launch_combine(const mla_decode_sched *s, int batch, int rows, int d
     cudaLaunchAttribute attr;
     cudaLaunchConfig_t cfg = mla_pdl_launch_config(dim3(1), dim3(1), 0, stream, &attr); // shape set below
     uint16_t *o = (uint16_t *)out;
-    if (expect <= kLoads) {
+    if (expect <= kNarrowMax) {
         // Few splits: more columns per warp keeps kLoads float4s in flight per thread.
         const int nc = expect <= 2 ? 4 : expect <= 4 ? 2 : 1;
         const int warps = rows < kNarrowRows ? rows : kNarrowRows;
