@@ -153,6 +153,8 @@ int main(int argc, char **argv)
     CK(cudaMemcpyFromSymbol(split, g_mla_trace_split, sizeof split));
     CK(cudaMemcpyFromSymbol(sched, g_mla_trace_sched, sizeof sched));
     CK(cudaMemcpyFromSymbol(comb, g_mla_trace_comb, sizeof comb));
+    static unsigned long long combc[MLA_TRACE_CALLS][MLA_TRACE_CTAS][3];
+    CK(cudaMemcpyFromSymbol(combc, g_mla_trace_combc, sizeof combc));
     CK(cudaMemcpyFromSymbol(&calls, g_mla_trace_call, sizeof calls));
     unsigned long long *d_res, res = 0;
     CK(cudaMalloc(&d_res, 8));
@@ -166,9 +168,14 @@ int main(int argc, char **argv)
            prop.name, B, H, seq, ctas, ms / kChain, res, calls);
     printf("us from the call's scheduler entry. sched: wait done / end. split (min med max over CTAs): "
            "entry, wait done, first block issued, first block ready, end; blocks per CTA (min-max). "
-           "combine: first entry / first wait done / last end. next: next call's scheduler entry.\n");
+           "combine (min med max over its CTAs): entry, wait done, end. next: next call's scheduler entry.\n");
     printf("| call | sched wait | sched end | split entry | split waited | issued | first ready | split end | blocks | comb entry | comb waited | comb end | next |\n");
     printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    auto triple = [](std::vector<double> &v, char *cell, size_t n) {
+        std::sort(v.begin(), v.end());
+        if (v.empty()) snprintf(cell, n, "-");
+        else snprintf(cell, n, "%.1f %.1f %.1f", v.front(), v[v.size() / 2], v.back());
+    };
     for (unsigned int c = calls - kChain; c + 1 < calls; c++) {
         const unsigned int s = c % MLA_TRACE_CALLS, n = (c + 1) % MLA_TRACE_CALLS;
         const unsigned long long t0 = sched[s][0];
@@ -182,17 +189,20 @@ int main(int argc, char **argv)
             for (int f = 0; f < 5; f++)
                 if (r[f]) col[f].push_back(us(r[f], t0));
         }
-        char cell[5][64];
-        for (int f = 0; f < 5; f++) {
-            std::vector<double> &v = col[f];
-            std::sort(v.begin(), v.end());
-            if (v.empty()) snprintf(cell[f], sizeof cell[f], "-");
-            else snprintf(cell[f], sizeof cell[f], "%.1f %.1f %.1f", v.front(), v[v.size() / 2], v.back());
+        char cell[5][64], ccell[3][64];
+        for (int f = 0; f < 5; f++) triple(col[f], cell[f], sizeof cell[f]);
+        // Combine CTAs of this call: those whose wait ended after this call's scheduler entry
+        // and before the next call's (a CTA that left early keeps an older stamp).
+        std::vector<double> ccol[3];
+        for (int k = 0; k < MLA_TRACE_CTAS; k++) {
+            const unsigned long long *r = combc[s][k];
+            if (r[1] < t0 || r[1] > t0 + 10000000ull) continue;
+            for (int f = 0; f < 3; f++) ccol[f].push_back(us(r[f], t0));
         }
-        printf("| %u | %.1f | %.1f | %s | %s | %s | %s | %s | %d-%d | %.1f | %.1f | %.1f | %.1f |\n", c,
+        for (int f = 0; f < 3; f++) triple(ccol[f], ccell[f], sizeof ccell[f]);
+        printf("| %u | %.1f | %.1f | %s | %s | %s | %s | %s | %d-%d | %s | %s | %s | %.1f |\n", c,
                us(sched[s][1], t0), us(sched[s][2], t0), cell[0], cell[1], cell[2], cell[3], cell[4], bmin, bmax,
-               comb[s][0] == ~0ull ? -1.0 : us(comb[s][0], t0), comb[s][1] == ~0ull ? -1.0 : us(comb[s][1], t0),
-               us(comb[s][2], t0), us(sched[n][0], t0));
+               ccell[0], ccell[1], ccell[2], us(sched[n][0], t0));
     }
     return 0;
 }

@@ -14,6 +14,8 @@ __device__ unsigned long long g_mla_trace_split[MLA_TRACE_CALLS][MLA_TRACE_CTAS]
 // Scheduler: entry, after its wait, end. Combine: min entry, min after wait, max end.
 __device__ unsigned long long g_mla_trace_sched[MLA_TRACE_CALLS][3];
 __device__ unsigned long long g_mla_trace_comb[MLA_TRACE_CALLS][3];
+// Combine, per call slot and CTA: entry, after its wait (thread 0), latest warp end.
+__device__ unsigned long long g_mla_trace_combc[MLA_TRACE_CALLS][MLA_TRACE_CTAS][3];
 __device__ unsigned int g_mla_trace_call; // calls so far; the scheduler counts after its wait
 
 __device__ __forceinline__ unsigned long long mla_trace_now()
@@ -66,15 +68,31 @@ __device__ __forceinline__ void mla_trace_split_end(unsigned long long t0, unsig
     r[5] = ((unsigned long long)mla_trace_smid() << 32) | (unsigned int)blocks;
 }
 // Combine, thread 0 after its wait; every warp's lane 0 where the warp ends.
+// Per-CTA ends are kept with atomicMax and never reset: %globaltimer only grows, so a slot's
+// stale value from 16 calls earlier is always overtaken.
+__device__ __forceinline__ unsigned int mla_trace_comb_cta()
+{
+    return blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+}
 __device__ __forceinline__ void mla_trace_comb_waited(unsigned long long t_entry)
 {
     if (threadIdx.x != 0) return;
     const unsigned int id = mla_trace_slot();
+    const unsigned long long now = mla_trace_now();
     atomicMin(&g_mla_trace_comb[id][0], t_entry);
-    atomicMin(&g_mla_trace_comb[id][1], mla_trace_now());
+    atomicMin(&g_mla_trace_comb[id][1], now);
+    const unsigned int cta = mla_trace_comb_cta();
+    if (cta < MLA_TRACE_CTAS) {
+        g_mla_trace_combc[id][cta][0] = t_entry;
+        g_mla_trace_combc[id][cta][1] = now;
+    }
 }
 __device__ __forceinline__ void mla_trace_comb_end()
 {
-    if ((threadIdx.x & 31) == 0) atomicMax(&g_mla_trace_comb[mla_trace_slot()][2], mla_trace_now());
+    if ((threadIdx.x & 31) != 0) return;
+    const unsigned int id = mla_trace_slot(), cta = mla_trace_comb_cta();
+    const unsigned long long now = mla_trace_now();
+    atomicMax(&g_mla_trace_comb[id][2], now);
+    if (cta < MLA_TRACE_CTAS) atomicMax(&g_mla_trace_combc[id][cta][2], now);
 }
 #endif
