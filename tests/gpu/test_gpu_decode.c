@@ -338,6 +338,25 @@ TEST(gpu_decode_uneven_batches)
     }
 }
 
+TEST(gpu_decode_mid_batches)
+{
+    /* Batches of 18-37 requests on 264 parts expect 8-15 splits per request: the combine's
+     * narrow shape with two rounds of splits (src/cuda/common/combine.cu). */
+    static const int batches[] = {24, 32};
+    for (int i = 0; i < 2; i++) {
+        const int B = batches[i];
+        int *lens = xmalloc((size_t)B * sizeof(int));
+        for (int b = 0; b < B; b++) lens[b] = mla_test_rand_int(1500, 4200);
+        gdecode_case c = base_case(B, 1, 16, 64, MLA_DTYPE_FP8_E4M3, lens);
+        c.with_lse = i;
+        run_gpu_decode_case(&c, i ? "batch 32 fp8 H16" : "batch 24 fp8 H16");
+        c = base_case(B, 1, 16, 64, MLA_DTYPE_BF16, lens);
+        c.with_lse = !i;
+        run_gpu_decode_case(&c, i ? "batch 32 bf16 H16" : "batch 24 bf16 H16");
+        free(lens);
+    }
+}
+
 TEST(gpu_decode_full_range_cache_values)
 {
     /* Cache values over the whole e4m3 range (+-448): the fp8-cache kernels may keep split
