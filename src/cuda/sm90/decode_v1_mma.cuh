@@ -206,14 +206,13 @@ __device__ __forceinline__ int part_first_cursor(const Params &p, int part, Curs
 struct Pref {
     int seq, idx0, idx1;
 };
-// prefetch_block_seq: the same when the request's seq_eff is already known (a CTA's first
-// block), so the block-table load does not wait for it.
-template <int BN>
-__device__ __forceinline__ Pref prefetch_block_seq(const Params &p, const Cursor &c, int seq)
+// seq() gives the request's seq_eff; it is called only for a cursor inside the batch.
+template <int BN, typename Seq>
+__device__ __forceinline__ Pref prefetch_block_with(const Params &p, const Cursor &c, Seq seq)
 {
     Pref f = {0, -1, -1};
     if (c.b < p.batch) {
-        f.seq = seq;
+        f.seq = seq();
         const int key0 = c.blk * BN;
         const int32_t *row = p.block_table + (size_t)c.b * p.max_pages + (key0 >> p.page_shift);
         if (key0 < f.seq) f.idx0 = row[0];
@@ -221,18 +220,15 @@ __device__ __forceinline__ Pref prefetch_block_seq(const Params &p, const Cursor
     }
     return f;
 }
-template <int BN>
-__device__ __forceinline__ Pref prefetch_block(const Params &p, const Cursor &c)
+template <int BN> __device__ __forceinline__ Pref prefetch_block(const Params &p, const Cursor &c)
 {
-    Pref f = {0, -1, -1};
-    if (c.b < p.batch) {
-        f.seq = p.s.seq_eff[c.b];
-        const int key0 = c.blk * BN;
-        const int32_t *row = p.block_table + (size_t)c.b * p.max_pages + (key0 >> p.page_shift);
-        if (key0 < f.seq) f.idx0 = row[0];
-        if (BN > p.page_size && key0 + p.page_size < f.seq) f.idx1 = row[1];
-    }
-    return f;
+    return prefetch_block_with<BN>(p, c, [&] { return p.s.seq_eff[c.b]; });
+}
+// The same when the request's seq_eff is already known (a CTA's first block, from its start
+// record), so that the block-table load does not wait for a seq_eff load.
+template <int BN> __device__ __forceinline__ Pref prefetch_block_seq(const Params &p, const Cursor &c, int seq)
+{
+    return prefetch_block_with<BN>(p, c, [=] { return seq; });
 }
 
 // Valid pages of the key block starting at key0 (bit k: page k of the block holds keys below
