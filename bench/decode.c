@@ -11,9 +11,10 @@
  * same run (cudaMemcpy D2D counting read + write; 8192^3 cuBLASLt GEMMs). "fp8roof" uses the
  * fp8 GEMM peak instead (the floor a kernel with fp8 tensor-core math would have).
  *
- * Usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16[,q8]]...
+ * Usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16[,q8][,long=N]]...
  * (--case, up to 64 times, runs those cases only, page 64: for A/B runs and profilers such as
- * ncu.) */
+ * ncu. long=N: request 0 has N keys, the others seq: the split-KV balance for one long request
+ * among short ones.) */
 #include "mla.h"
 
 #include <stdio.h>
@@ -37,6 +38,7 @@ typedef struct bench_case {
     mla_dtype kv;
     const char *note;
     int q_fp8; /* fp8 query (q_scale 1) instead of bf16 */
+    int long_seq; /* > 0: request 0 has this many keys instead of seq */
 } bench_case;
 
 static double g_copy_gbps, g_bf16_tflops, g_fp8_tflops;
@@ -45,8 +47,11 @@ static int run_case(const bench_case *c, int reps)
 {
     const int B = c->batch, L = c->q_len, H = c->heads, P = c->page;
     const size_t esz = mla_dtype_size(c->kv);
-    const int pages_per_seq = (c->seq + P - 1) / P;
-    const size_t set_pages = (size_t)B * pages_per_seq;
+    const int seq0 = c->long_seq > 0 ? c->long_seq : c->seq; /* request 0's keys */
+    const int max_seq = seq0 > c->seq ? seq0 : c->seq;
+    const int pages_per_seq = (max_seq + P - 1) / P; /* block-table row length */
+    const int pages0 = (seq0 + P - 1) / P, pages_rest = (c->seq + P - 1) / P;
+    const size_t set_pages = (size_t)pages0 + (size_t)(B - 1) * pages_rest; /* pages a set reads */
     const size_t set_bytes = set_pages * P * DQK * esz;
     /* enough sets that one rotation touches > 4x the 50 MB L2, at most 8 */
     int nsets = (int)((200u << 20) / set_bytes) + 1;
@@ -76,25 +81,33 @@ static int run_case(const bench_case *c, int reps)
     CUDA_OK(cudaMalloc(&q, q_bytes));
     CUDA_OK(cudaMalloc(&out, out_bytes));
     CUDA_OK(cudaMalloc(&ws, ws_bytes));
-    CUDA_OK(cudaMalloc(&tables, (size_t)nsets * B * pages_per_seq * 4));
+    const size_t table_len = (size_t)B * pages_per_seq; /* entries of one set's block table */
+    CUDA_OK(cudaMalloc(&tables, (size_t)nsets * table_len * 4));
     CUDA_OK(cudaMalloc(&seqs, (size_t)B * 4));
     if (fill_device(cache, total_pages * P * DQK * esz, c->kv, 1.0f) ||
         fill_device(q, q_bytes, qdt, 2.0f))
         return -1;
-    /* each set owns its own pages, shuffled */
-    int32_t *ht = malloc((size_t)nsets * B * pages_per_seq * 4), *hs = malloc((size_t)B * 4);
-    for (size_t i = 0; i < total_pages; i++) ht[i] = (int32_t)i;
+    /* each set owns its own pages, shuffled; table entries past a request's length point at
+     * page 0 (never read) */
+    int32_t *ht = malloc((size_t)nsets * table_len * 4), *hs = malloc((size_t)B * 4);
+    int32_t *perm = malloc(set_pages * 4);
     for (int s = 0; s < nsets; s++) {
-        int32_t *t = ht + (size_t)s * set_pages;
+        for (size_t i = 0; i < set_pages; i++) perm[i] = (int32_t)(s * set_pages + i);
         for (size_t i = set_pages - 1; i > 0; i--) {
             size_t j = rand_u32() % (i + 1);
-            int32_t x = t[i];
-            t[i] = t[j];
-            t[j] = x;
+            int32_t x = perm[i];
+            perm[i] = perm[j];
+            perm[j] = x;
         }
+        int32_t *t = ht + (size_t)s * table_len;
+        size_t next = 0;
+        for (int b = 0; b < B; b++)
+            for (int k = 0; k < pages_per_seq; k++)
+                t[(size_t)b * pages_per_seq + k] = k < (b ? pages_rest : pages0) ? perm[next++] : 0;
     }
-    for (int b = 0; b < B; b++) hs[b] = c->seq;
-    CUDA_OK(cudaMemcpy(tables, ht, (size_t)nsets * B * pages_per_seq * 4, cudaMemcpyHostToDevice));
+    free(perm);
+    for (int b = 0; b < B; b++) hs[b] = b ? c->seq : seq0;
+    CUDA_OK(cudaMemcpy(tables, ht, (size_t)nsets * table_len * 4, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(seqs, hs, (size_t)B * 4, cudaMemcpyHostToDevice));
     free(ht);
     free(hs);
@@ -109,13 +122,13 @@ static int run_case(const bench_case *c, int reps)
         memset(&a, 0, sizeof a);
         a.q = mla_tensor_contiguous(q, qdt, dev, 4, (int64_t[]){B, L, H, DQK});
         a.kv_cache = mla_tensor_contiguous(cache, c->kv, dev, 3, (int64_t[]){(int64_t)total_pages, P, DQK});
-        a.block_table = mla_tensor_contiguous((int32_t *)tables + (size_t)s * set_pages, MLA_DTYPE_I32,
+        a.block_table = mla_tensor_contiguous((int32_t *)tables + (size_t)s * table_len, MLA_DTYPE_I32,
                                               dev, 2, (int64_t[]){B, pages_per_seq});
         a.seq_lens = mla_tensor_contiguous(seqs, MLA_DTYPE_I32, dev, 1, (int64_t[]){B});
         a.out = mla_tensor_contiguous(out, MLA_DTYPE_BF16, dev, 4, (int64_t[]){B, L, H, DV});
         a.workspace = ws;
         a.workspace_bytes = ws_bytes;
-        a.max_seq_len = c->seq;
+        a.max_seq_len = max_seq;
         a.stream = st;
         /* one plain call first: surfaces errors outside capture */
         if (mla_decode(be, &a) != MLA_OK) {
@@ -188,18 +201,20 @@ static int run_case(const bench_case *c, int reps)
     uint32_t flags = 0;
     mla_backend_device_errors(be, &flags);
 
-    const double keys = (double)B * c->seq;
+    const double keys = (double)(B - 1) * c->seq + seq0;
     const double bytes = keys * DQK * esz + (double)q_bytes + (double)out_bytes;
     const double flops = 2.0 * H * L * keys * (DQK + DV);
     const double t_mem = bytes / (g_copy_gbps * 1e9);
     const double t_mma = flops / (g_bf16_tflops * 1e12), t_fp8 = flops / (g_fp8_tflops * 1e12);
     const double sec = ms * 1e-3;
-    printf("| %-4s | %3d | %d | %3d | %6d | %2d | %8.4f | %8.4f | %6.0f | %6.1f | %5.1f%% | %5.1f%% | %s%s |\n",
+    char long_note[48];
+    snprintf(long_note, sizeof long_note, ", request 0: %d keys", seq0);
+    printf("| %-4s | %3d | %d | %3d | %6d | %2d | %8.4f | %8.4f | %6.0f | %6.1f | %5.1f%% | %5.1f%% | %s%s%s |\n",
            c->kv == MLA_DTYPE_FP8_E4M3 ? (c->q_fp8 ? "fp8/q8" : "fp8") : (c->q_fp8 ? "bf16/q8" : "bf16"), B, L, H, c->seq, P, ms, ms_single,
            bytes / sec / 1e9, flops / sec / 1e12,
            100.0 * (t_mem > t_mma ? t_mem : t_mma) / sec,
            100.0 * (t_mem > t_fp8 ? t_mem : t_fp8) / sec, t_mem > t_mma ? "mem" : "mma",
-           flags ? " FLAGS!" : "");
+           c->long_seq > 0 ? long_note : "", flags ? " FLAGS!" : "");
     fflush(stdout);
 
     for (int i = 0; i <= reps; i++) cudaEventDestroy(ev[i]);
@@ -227,19 +242,26 @@ int main(int argc, char **argv)
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--case") && i + 1 < argc && picked < 64) {
-            bench_case one = {0, 0, 0, 0, 64, MLA_DTYPE_FP8_E4M3, "", 0};
-            char kv[16] = "";
-            if (sscanf(argv[++i], "%d,%d,%d,%d,%15s", &one.batch, &one.q_len, &one.heads, &one.seq, kv) != 5 ||
-                one.batch < 1 || one.q_len < 1 || one.heads < 1 || one.seq < 1 ||
-                (strcmp(kv, "fp8") && strcmp(kv, "bf16") && strcmp(kv, "fp8,q8") && strcmp(kv, "bf16,q8"))) {
-                fprintf(stderr, "decode bench: --case wants B,q_len,H,seq,fp8|bf16[,q8] (got '%s')\n", argv[i]);
+            bench_case one = {0, 0, 0, 0, 64, MLA_DTYPE_FP8_E4M3, "", 0, 0};
+            char rest[64] = "";
+            int ok = sscanf(argv[++i], "%d,%d,%d,%d,%63s", &one.batch, &one.q_len, &one.heads, &one.seq, rest) == 5 &&
+                     one.batch >= 1 && one.q_len >= 1 && one.heads >= 1 && one.seq >= 1;
+            /* rest: fp8|bf16, then optional q8 and long=N, comma-separated */
+            int tok_i = 0;
+            for (char *tok = strtok(rest, ","); ok && tok; tok = strtok(NULL, ","), tok_i++) {
+                if (tok_i == 0 && (!strcmp(tok, "fp8") || !strcmp(tok, "bf16")))
+                    one.kv = strcmp(tok, "fp8") ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3;
+                else if (tok_i > 0 && !strcmp(tok, "q8")) one.q_fp8 = 1;
+                else if (tok_i > 0 && sscanf(tok, "long=%d", &one.long_seq) == 1 && one.long_seq >= 1) continue;
+                else ok = 0;
+            }
+            if (!ok || tok_i == 0) {
+                fprintf(stderr, "decode bench: --case wants B,q_len,H,seq,fp8|bf16[,q8][,long=N] (got '%s')\n", argv[i]);
                 return 2;
             }
-            one.kv = strncmp(kv, "fp8", 3) ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3;
-            one.q_fp8 = strstr(kv, ",q8") != NULL;
             cases[picked++] = one;
         } else {
-            fprintf(stderr, "usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16[,q8]]...\n");
+            fprintf(stderr, "usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16[,q8][,long=N]]...\n");
             return 2;
         }
     }
@@ -278,25 +300,27 @@ int main(int argc, char **argv)
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 3; j++)
             if (!quick || (bs16[i] == 64 && seqs16[j] != 16384))
-                cases[n++] = (bench_case){bs16[i], 1, 16, seqs16[j], 64, F, "", 0};
+                cases[n++] = (bench_case){bs16[i], 1, 16, seqs16[j], 64, F, "", 0, 0};
     const int bs128[] = {64, 128}, seqs128[] = {4096, 8192, 16384};
     for (int i = 0; i < 2; i++)
         for (int j = 0; j < 3; j++)
             if (!quick || (bs128[i] == 64 && seqs128[j] == 4096))
-                cases[n++] = (bench_case){bs128[i], 1, 128, seqs128[j], 64, F, "", 0};
-    cases[n++] = (bench_case){1, 1, 16, 65536, 64, F, "", 0};
-    cases[n++] = (bench_case){1, 1, 128, 65536, 64, F, "", 0};
-    cases[n++] = (bench_case){64, 1, 16, 4096, 64, W, "", 0};
+                cases[n++] = (bench_case){bs128[i], 1, 128, seqs128[j], 64, F, "", 0, 0};
+    cases[n++] = (bench_case){1, 1, 16, 65536, 64, F, "", 0, 0};
+    cases[n++] = (bench_case){1, 1, 128, 65536, 64, F, "", 0, 0};
+    cases[n++] = (bench_case){64, 1, 16, 4096, 64, W, "", 0, 0};
     if (!quick) {
-        cases[n++] = (bench_case){128, 1, 16, 32768, 64, W, "", 0};
-        cases[n++] = (bench_case){64, 1, 128, 4096, 64, W, "", 0};
-        cases[n++] = (bench_case){128, 1, 128, 8192, 64, W, "", 0};
-        cases[n++] = (bench_case){1, 1, 16, 65536, 64, W, "", 0};
-        cases[n++] = (bench_case){1, 1, 128, 65536, 64, W, "", 0};
-        cases[n++] = (bench_case){64, 4, 16, 8192, 64, F, "", 0};
-        cases[n++] = (bench_case){4, 4, 16, 81920, 64, F, "", 0};
-        cases[n++] = (bench_case){4, 4, 32, 81920, 64, F, "", 0};
-        cases[n++] = (bench_case){64, 1, 16, 16384, 32, F, "", 0};
+        cases[n++] = (bench_case){128, 1, 16, 32768, 64, W, "", 0, 0};
+        cases[n++] = (bench_case){64, 1, 128, 4096, 64, W, "", 0, 0};
+        cases[n++] = (bench_case){128, 1, 128, 8192, 64, W, "", 0, 0};
+        cases[n++] = (bench_case){1, 1, 16, 65536, 64, W, "", 0, 0};
+        cases[n++] = (bench_case){1, 1, 128, 65536, 64, W, "", 0, 0};
+        cases[n++] = (bench_case){64, 4, 16, 8192, 64, F, "", 0, 0};
+        cases[n++] = (bench_case){4, 4, 16, 81920, 64, F, "", 0, 0};
+        cases[n++] = (bench_case){4, 4, 32, 81920, 64, F, "", 0, 0};
+        cases[n++] = (bench_case){64, 1, 16, 16384, 32, F, "", 0, 0};
+        /* one 128k request among 63 of 1k: the split-KV balance (the uneven case) */
+        cases[n++] = (bench_case){64, 1, 16, 1024, 64, F, "", 0, 131072};
     }
     int rc = 0;
     for (int i = 0; i < n; i++)
