@@ -357,6 +357,21 @@ TEST(gpu_decode_mid_batches)
     }
 }
 
+TEST(gpu_decode_one_long_among_short)
+{
+    /* One long request among 63 short ones (the issue's uneven case, scaled down): the long
+     * one is split over most of the 264 parts, so the combine's narrow shape (chosen from the
+     * batch: ~5 splits expected) merges well over 100 splits in rounds, while the short ones
+     * take one or two parts each and share parts with each other and with the long one. */
+    const int B = 64;
+    int *lens = xmalloc((size_t)B * sizeof(int));
+    for (int b = 0; b < B; b++) lens[b] = mla_test_rand_int(800, 1200);
+    lens[mla_test_rand_int(0, B - 1)] = mla_test_rand_int(30000, 40000);
+    gdecode_case c = base_case(B, 1, 16, 64, MLA_DTYPE_FP8_E4M3, lens);
+    run_gpu_decode_case(&c, "one long among 63 short fp8 H16");
+    free(lens);
+}
+
 TEST(gpu_decode_full_range_cache_values)
 {
     /* Cache values over the whole e4m3 range (+-448): the fp8-cache kernels may keep split
