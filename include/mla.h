@@ -232,10 +232,36 @@ typedef struct mla_decode_args {
     int no_causal_mask;     /* 1: every query token sees all seq_len keys (default causal) */
     const mla_scales *scales;
     void *stream;
+    const struct mla_decode_plan *plan; /* optional: a plan built for this batch (below);
+                                         * NULL plans inside the call */
 } mla_decode_args;
 
 /* Rows whose causal window holds no key (seq_len < q_len - i) get zero output and -inf LSE. */
 mla_status mla_decode(mla_backend *backend, const mla_decode_args *args);
+
+/* Decode plans: the split-KV schedule of one batch, built once and used by every layer's
+ * mla_decode of that forward step (as FlashMLA's tile-scheduler metadata or FlashInfer's plan),
+ * so that the scheduling step (one small kernel, ~3 us on an H200) runs once per step instead
+ * of once per layer. A plan is for one backend, batch, q_len and block-table width
+ * (max_pages_per_seq); mla_decode refuses any other with MLA_ERR_INVALID_ARGUMENT. The
+ * seq_lens of every call that uses it must hold the values it was built from: when index
+ * checks ran for both the build and the call (mla_config.skip_index_check = 0, outside graph
+ * capture) mla_decode compares them and refuses a difference; otherwise a call with other
+ * lengths computes with the planned ones (kernels still stay inside the block table). Build and use a plan on one
+ * stream, in order; rebuilding it while queued calls still use it is safe on that stream.
+ * On the CPU backend a plan holds no schedule (mla_decode plans nothing there) but the same
+ * checks apply. */
+typedef struct mla_decode_plan mla_decode_plan;
+/* batch in 1..2^24, q_len in 1..caps.max_q_len, max_pages_per_seq >= 1. Allocates the plan's
+ * device memory (do it outside graph capture). */
+mla_status mla_decode_plan_create(mla_backend *backend, int batch, int q_len, int max_pages_per_seq,
+                                  mla_decode_plan **out);
+/* Builds the plan from seq_lens (i32 [batch] on the backend's device), queued on `stream`;
+ * graph-capturable. Checks the lengths against the block-table capacity when index checks
+ * run (and remembers them for mla_decode's comparison). A failed build leaves the plan
+ * unbuilt. */
+mla_status mla_decode_plan_build(mla_decode_plan *plan, const mla_tensor *seq_lens, void *stream);
+void mla_decode_plan_destroy(mla_decode_plan *plan); /* NULL is a no-op */
 
 /* Workspace bytes a caller-supplied buffer needs for decode of up to `batch` requests of
  * `q_len` tokens (the backend's cached workspace is sized by the same rule). At least

@@ -212,6 +212,90 @@ TEST(bad_input_decode_short_seq_gives_zero_rows_not_error)
     decode_case_free(&c);
 }
 
+TEST(bad_input_decode_plan)
+{
+    decode_case c;
+    decode_case_init(&c);
+    mla_decode_plan *plan = NULL;
+    /* creation */
+    CHECK_STATUS(mla_decode_plan_create(NULL, B, L, MAXP, &plan), MLA_ERR_NULL_POINTER);
+    CHECK_STATUS(mla_decode_plan_create(c.be, B, L, MAXP, NULL), MLA_ERR_NULL_POINTER);
+    CHECK_STATUS(mla_decode_plan_create(c.be, 0, L, MAXP, &plan), MLA_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(mla_last_error(), "batch = 0"));
+    CHECK_STATUS(mla_decode_plan_create(c.be, B, 0, MAXP, &plan), MLA_ERR_UNSUPPORTED);
+    CHECK_STATUS(mla_decode_plan_create(c.be, B, 1 << 20, MAXP, &plan), MLA_ERR_UNSUPPORTED);
+    CHECK_STATUS(mla_decode_plan_create(c.be, B, L, 0, &plan), MLA_ERR_INVALID_ARGUMENT);
+    CHECK(plan == NULL);
+    mla_decode_plan_destroy(NULL);
+    CHECK_STATUS(mla_decode_plan_create(c.be, B, L, MAXP, &plan), MLA_OK);
+
+    /* reference output without a plan */
+    CHECK_STATUS(mla_decode(c.be, &c.args), MLA_OK);
+    const size_t out_bytes = (size_t)B * L * H * R * 2, lse_bytes = (size_t)B * L * H * 4;
+    uint8_t *ref_out = malloc(out_bytes), *ref_lse = malloc(lse_bytes);
+    memcpy(ref_out, c.out.ptr, out_bytes);
+    memcpy(ref_lse, c.lse.ptr, lse_bytes);
+
+    mla_decode_args a = c.args;
+    a.plan = plan;
+    expect_decode_error(&c, &a, MLA_ERR_INVALID_ARGUMENT, "not built", "unbuilt plan");
+    /* builds that fail leave it unbuilt */
+    CHECK_STATUS(mla_decode_plan_build(NULL, &c.args.seq_lens, NULL), MLA_ERR_NULL_POINTER);
+    CHECK_STATUS(mla_decode_plan_build(plan, NULL, NULL), MLA_ERR_NULL_POINTER);
+    mla_tensor wrong = c.args.seq_lens;
+    wrong.shape[0] = B + 1;
+    CHECK_STATUS(mla_decode_plan_build(plan, &wrong, NULL), MLA_ERR_SHAPE_MISMATCH);
+    c.seq_lens[1] = MAXP * PAGE + 1;
+    CHECK_STATUS(mla_decode_plan_build(plan, &c.args.seq_lens, NULL), MLA_ERR_OUT_OF_RANGE);
+    CHECK(strstr(mla_last_error(), "seq_lens[1] = 97"));
+    c.seq_lens[1] = 33;
+    expect_decode_error(&c, &a, MLA_ERR_INVALID_ARGUMENT, "not built", "plan after a failed build");
+
+    /* built: the same results as without a plan, bit for bit */
+    CHECK_STATUS(mla_decode_plan_build(plan, &c.args.seq_lens, NULL), MLA_OK);
+    guarded_reset(&c.out);
+    guarded_reset(&c.lse);
+    CHECK_STATUS(mla_decode(c.be, &a), MLA_OK);
+    CHECK(memcmp(c.out.ptr, ref_out, out_bytes) == 0 && memcmp(c.lse.ptr, ref_lse, lse_bytes) == 0);
+
+    /* lengths that differ from the plan's are refused; rebuilding accepts them */
+    c.seq_lens[0] = 69;
+    expect_decode_error(&c, &a, MLA_ERR_INVALID_ARGUMENT, "seq_lens[0] = 69 differs from the 70",
+                        "changed seq_lens");
+    CHECK_STATUS(mla_decode_plan_build(plan, &c.args.seq_lens, NULL), MLA_OK);
+    CHECK_STATUS(mla_decode(c.be, &a), MLA_OK);
+    c.seq_lens[0] = 70;
+    CHECK_STATUS(mla_decode_plan_build(plan, &c.args.seq_lens, NULL), MLA_OK);
+
+    /* a plan for another shape or backend */
+    mla_decode_plan *other = NULL;
+    CHECK_STATUS(mla_decode_plan_create(c.be, B - 1, L, MAXP, &other), MLA_OK);
+    a.plan = other;
+    expect_decode_error(&c, &a, MLA_ERR_INVALID_ARGUMENT, "the plan is for batch 1", "plan batch");
+    mla_decode_plan_destroy(other);
+    CHECK_STATUS(mla_decode_plan_create(c.be, B, 1, MAXP, &other), MLA_OK);
+    a.plan = other;
+    expect_decode_error(&c, &a, MLA_ERR_INVALID_ARGUMENT, "q_len 1", "plan q_len");
+    mla_decode_plan_destroy(other);
+    CHECK_STATUS(mla_decode_plan_create(c.be, B, L, MAXP + 1, &other), MLA_OK);
+    a.plan = other;
+    expect_decode_error(&c, &a, MLA_ERR_INVALID_ARGUMENT, "4 pages", "plan width");
+    mla_decode_plan_destroy(other);
+    mla_backend *be2 = NULL;
+    CHECK_STATUS(mla_backend_create("cpu", mla_backend_config(c.be), &be2), MLA_OK);
+    CHECK_STATUS(mla_decode_plan_create(be2, B, L, MAXP, &other), MLA_OK);
+    CHECK_STATUS(mla_decode_plan_build(other, &c.args.seq_lens, NULL), MLA_OK);
+    a.plan = other;
+    expect_decode_error(&c, &a, MLA_ERR_INVALID_ARGUMENT, "another backend", "plan of another backend");
+    mla_decode_plan_destroy(other);
+    mla_backend_destroy(be2);
+
+    mla_decode_plan_destroy(plan);
+    free(ref_out);
+    free(ref_lse);
+    decode_case_free(&c);
+}
+
 /* ---- prefill ---- */
 enum { PH = 2, PN = 16, PR = 8, PV = 16, PD = PN + PR };
 

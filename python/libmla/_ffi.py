@@ -133,6 +133,7 @@ class MlaDecodeArgs(Structure):
         ("no_causal_mask", c_int),
         ("scales", POINTER(MlaScales)),
         ("stream", c_void_p),
+        ("plan", c_void_p),  # mla_decode_plan * (C only for now; None plans in the call)
     ]
 
 

@@ -254,6 +254,138 @@ static mla_status check_decode_indices(const char *op, const int32_t *seq_lens,
     return MLA_OK;
 }
 
+/* ---- decode plans ---- */
+
+struct mla_decode_plan {
+    mla_backend *be;
+    int batch, q_len, max_pages; /* what it was created for (max_pages: block-table width) */
+    void *mem;                   /* device schedule; NULL where the kernel set plans nothing */
+    size_t bytes;
+    int built;
+    int32_t *lens;               /* the seq_lens of the last build when they were checked */
+};
+
+mla_status mla_decode_plan_create(mla_backend *be, int batch, int q_len, int max_pages_per_seq,
+                                  mla_decode_plan **out)
+{
+    static const char op[] = "mla_decode_plan_create";
+    mla_clear_error();
+    if (!be || !out)
+        return mla_set_error(MLA_ERR_NULL_POINTER, "%s: %s is NULL", op, be ? "out" : "backend");
+    *out = NULL;
+    if (batch < 1 || batch > (1 << 24))
+        return mla_set_error(MLA_ERR_INVALID_ARGUMENT, "%s: batch = %d is outside [1, 2^24]", op, batch);
+    if (q_len < 1 || q_len > be->caps.max_q_len)
+        return mla_set_error(MLA_ERR_UNSUPPORTED, "%s: q_len = %d is outside [1, %d]", op, q_len,
+                             be->caps.max_q_len);
+    if (max_pages_per_seq < 1 || (int64_t)max_pages_per_seq * be->cfg.page_size > INT32_MAX)
+        return mla_set_error(MLA_ERR_INVALID_ARGUMENT,
+                             "%s: max_pages_per_seq = %d must be >= 1 with a capacity "
+                             "(x page_size %d) below 2^31",
+                             op, max_pages_per_seq, be->cfg.page_size);
+    mla_decode_plan *pl = calloc(1, sizeof *pl);
+    if (!pl) return mla_set_error(MLA_ERR_OUT_OF_MEMORY, "%s: out of host memory", op);
+    pl->be = be;
+    pl->batch = batch;
+    pl->q_len = q_len;
+    pl->max_pages = max_pages_per_seq;
+    pl->bytes = be->ks->decode_plan_size && be->ks->run_decode_plan
+                    ? be->ks->decode_plan_size(be->state, &be->cfg, batch, q_len)
+                    : 0;
+    if (pl->bytes) {
+        mla_status st = be->ks->alloc(&be->cfg, pl->bytes, &pl->mem);
+        if (st != MLA_OK) {
+            free(pl);
+            return st;
+        }
+    }
+    *out = pl;
+    return MLA_OK;
+}
+
+void mla_decode_plan_destroy(mla_decode_plan *pl)
+{
+    if (!pl) return;
+    if (pl->mem) pl->be->ks->free(&pl->be->cfg, pl->mem);
+    free(pl->lens);
+    free(pl);
+}
+
+mla_status mla_decode_plan_build(mla_decode_plan *pl, const mla_tensor *seq_lens, void *stream)
+{
+    static const char op[] = "mla_decode_plan_build";
+    mla_clear_error();
+    if (!pl || !seq_lens)
+        return mla_set_error(MLA_ERR_NULL_POINTER, "%s: %s is NULL", op, pl ? "seq_lens" : "plan");
+    mla_backend *be = pl->be;
+    const mla_config *cfg = &be->cfg;
+    pl->built = 0;
+    MLA_TRY(mla_check_tensor(seq_lens, op, "seq_lens", &cfg->device, MLA_DT(MLA_DTYPE_I32), 1,
+                             (int64_t[]){pl->batch}, 0));
+    free(pl->lens);
+    pl->lens = NULL;
+    if (index_check_enabled(be, stream)) {
+        const void *sl;
+        void *owned;
+        MLA_TRY(index_to_host(be, seq_lens, stream, &sl, &owned));
+        const int32_t *v = sl;
+        const int64_t capacity = (int64_t)pl->max_pages * cfg->page_size;
+        mla_status st = MLA_OK;
+        for (int b = 0; b < pl->batch && st == MLA_OK; b++)
+            if (v[b] < 0 || v[b] > capacity)
+                st = mla_set_error(MLA_ERR_OUT_OF_RANGE,
+                                   "%s: seq_lens[%d] = %d is outside [0, %lld] (%d pages of %d "
+                                   "tokens per sequence)",
+                                   op, b, v[b], (long long)capacity, pl->max_pages, cfg->page_size);
+        if (st == MLA_OK) {
+            pl->lens = malloc((size_t)pl->batch * sizeof *pl->lens);
+            if (pl->lens) memcpy(pl->lens, v, (size_t)pl->batch * sizeof *pl->lens);
+            else st = mla_set_error(MLA_ERR_OUT_OF_MEMORY, "%s: out of host memory", op);
+        }
+        free(owned);
+        if (st != MLA_OK) return st;
+    }
+    if (pl->mem) {
+        mla_decode_problem p = {
+            .batch = pl->batch,
+            .q_len = pl->q_len,
+            .num_heads = cfg->num_heads,
+            .kv_lora_rank = cfg->kv_lora_rank,
+            .rope_dim = cfg->qk_rope_head_dim,
+            .page_size = cfg->page_size,
+            .max_pages_per_seq = pl->max_pages,
+            .max_seq_len = pl->max_pages * cfg->page_size,
+            .causal = 1,
+            .q_dtype = MLA_DTYPE_BF16,
+            .kv_dtype = cfg->kv_cache_dtype,
+            .seq_lens = seq_lens->data,
+            .plan = pl->mem,
+            .stream = stream,
+        };
+        MLA_TRY(be->ks->run_decode_plan(be->state, &p));
+    }
+    pl->built = 1;
+    return MLA_OK;
+}
+
+/* A call's plan against the call: same backend, same batch / q_len / block-table width, built. */
+static mla_status check_decode_plan(const char *op, const mla_backend *be, const mla_decode_plan *pl,
+                                    int64_t batch, int64_t q_len, int64_t max_pages)
+{
+    if (pl->be != be)
+        return mla_set_error(MLA_ERR_INVALID_ARGUMENT, "%s: the plan belongs to another backend", op);
+    if (pl->batch != batch || pl->q_len != q_len || pl->max_pages != max_pages)
+        return mla_set_error(MLA_ERR_INVALID_ARGUMENT,
+                             "%s: the plan is for batch %d, q_len %d and a block table %d pages "
+                             "wide; this call has batch %lld, q_len %lld, %lld pages",
+                             op, pl->batch, pl->q_len, pl->max_pages, (long long)batch,
+                             (long long)q_len, (long long)max_pages);
+    if (!pl->built)
+        return mla_set_error(MLA_ERR_INVALID_ARGUMENT,
+                             "%s: the plan is not built (mla_decode_plan_build, or its last build failed)", op);
+    return MLA_OK;
+}
+
 mla_status mla_decode(mla_backend *be, const mla_decode_args *a)
 {
     static const char op[] = "mla_decode";
@@ -313,6 +445,7 @@ mla_status mla_decode(mla_backend *be, const mla_decode_args *a)
     if (a->workspace && ((uintptr_t)a->workspace & 15u) != 0)
         return mla_set_error(MLA_ERR_INVALID_ARGUMENT,
                              "%s: workspace %p is not 16-byte aligned", op, a->workspace);
+    if (a->plan) MLA_TRY(check_decode_plan(op, be, a->plan, B, L, max_pages));
     if (B == 0) return MLA_OK;
 
     int capacity = (int)(max_pages * cfg->page_size);
@@ -326,6 +459,17 @@ mla_status mla_decode(mla_backend *be, const mla_decode_args *a)
         if (st == MLA_OK)
             st = check_decode_indices(op, sl, bt, (int)B, (int)max_pages, cfg->page_size,
                                       (int)num_pages, a->max_seq_len, &max_seen);
+        if (st == MLA_OK && a->plan && a->plan->lens) {
+            const int32_t *now = sl;
+            for (int b = 0; b < (int)B; b++)
+                if (now[b] != a->plan->lens[b]) {
+                    st = mla_set_error(MLA_ERR_INVALID_ARGUMENT,
+                                       "%s: seq_lens[%d] = %d differs from the %d the plan was "
+                                       "built from (rebuild it with mla_decode_plan_build)",
+                                       op, b, now[b], a->plan->lens[b]);
+                    break;
+                }
+        }
         free(sl_owned);
         free(bt_owned);
         if (st != MLA_OK) return st;
@@ -355,6 +499,7 @@ mla_status mla_decode(mla_backend *be, const mla_decode_args *a)
         .seq_lens = a->seq_lens.data,
         .out = a->out.data,
         .lse = a->lse.data,
+        .plan = a->plan ? a->plan->mem : NULL,
         .stream = a->stream,
     };
     size_t needed = be->ks->decode_workspace_size

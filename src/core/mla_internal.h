@@ -41,6 +41,9 @@ typedef struct mla_decode_problem {
     float *lse;                 /* NULL or [batch, q_len, H] */
     void *workspace;            /* >= decode_workspace_size(batch, q_len) bytes */
     size_t workspace_bytes;
+    void *plan;                 /* NULL, or decode_plan_size(batch, q_len) bytes of device
+                                 * memory: run_decode_plan writes the split schedule there and
+                                 * run_decode uses it instead of scheduling */
     void *stream;
 } mla_decode_problem;
 
@@ -165,6 +168,12 @@ typedef struct mla_kernel_set {
     size_t (*decode_workspace_size)(void *state, const mla_config *cfg, int batch, int q_len);
 
     mla_status (*run_decode)(void *state, const mla_decode_problem *p);
+    /* (optional) A decode plan built once and reused by several run_decode calls: its bytes
+     * for (batch, q_len) (0 or NULL: the kernel set plans nothing ahead), and the step that
+     * writes it into p->plan from p->seq_lens (only the shape fields, seq_lens, plan and
+     * stream of p are set). */
+    size_t (*decode_plan_size)(void *state, const mla_config *cfg, int batch, int q_len);
+    mla_status (*run_decode_plan)(void *state, const mla_decode_problem *p);
     mla_status (*run_prefill)(void *state, const mla_prefill_problem *p);
     mla_status (*run_merge_state)(void *state, const mla_merge_problem *p);
     mla_status (*run_kv_cache_write)(void *state, const mla_cache_write_problem *p);

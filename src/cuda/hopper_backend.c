@@ -225,6 +225,18 @@ static mla_status hopper_run_decode(void *state, const mla_decode_problem *p)
     HOPPER_RUN("mla_decode", mla_cuda_decode(&s_->dev, p, s_->device_error_flags));
 }
 
+static size_t hopper_decode_plan_size(void *state, const mla_config *cfg, int batch, int q_len)
+{
+    hopper_state *s = state;
+    return mla_cuda_decode_plan_size(&s->dev, batch, q_len, cfg->num_heads,
+                                     cfg->kv_cache_dtype == MLA_DTYPE_FP8_E4M3);
+}
+
+static mla_status hopper_run_decode_plan(void *state, const mla_decode_problem *p)
+{
+    HOPPER_RUN("mla_decode_plan_build", mla_cuda_decode_plan(&s_->dev, p, s_->device_error_flags));
+}
+
 static mla_status hopper_run_prefill(void *state, const mla_prefill_problem *p)
 {
     MLA_TRY(check_aligned("mla_prefill", "q", p->q));
@@ -336,6 +348,8 @@ const mla_kernel_set mla_hopper_kernel_set = {
     .device_errors = hopper_device_errors,
     .decode_workspace_size = hopper_decode_workspace_size,
     .run_decode = hopper_run_decode,
+    .decode_plan_size = hopper_decode_plan_size,
+    .run_decode_plan = hopper_run_decode_plan,
     .run_prefill = hopper_run_prefill,
     .run_merge_state = hopper_run_merge_state,
     .run_kv_cache_write = hopper_run_kv_cache_write,

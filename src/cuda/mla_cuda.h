@@ -28,6 +28,12 @@ size_t mla_cuda_decode_workspace_size(const mla_cuda_device_info *dev, int batch
                                       int num_heads, int kv_lora_rank);
 int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode_problem *p,
                     uint32_t *device_error_flags);
+/* A decode plan (the split schedule alone) kept apart from the workspace: its bytes, and the
+ * scheduling step writing it into p->plan. mla_cuda_decode with p->plan set skips that step. */
+size_t mla_cuda_decode_plan_size(const mla_cuda_device_info *dev, int batch, int q_len,
+                                 int num_heads, int fp8_kv);
+int mla_cuda_decode_plan(const mla_cuda_device_info *dev, const mla_decode_problem *p,
+                         uint32_t *device_error_flags);
 
 int mla_cuda_prefill(const mla_cuda_device_info *dev, const mla_prefill_problem *p);
 int mla_cuda_merge_state(const mla_merge_problem *p);

@@ -568,3 +568,157 @@ TEST(gpu_decode_cuda_graph_replay)
     mla_backend_destroy(gpu);
     mla_backend_destroy(cpu);
 }
+
+/* One decode plan shared by three "layers" (different queries and caches, the same batch):
+ * built eagerly and then inside a CUDA graph together with the layers' decodes, replayed with
+ * new seq_lens. Every layer's output is checked against the CPU backend. Then, on a backend
+ * that checks index contents, a call whose seq_lens differ from the plan's is refused. */
+static void plan_layers_case(int H, int L, mla_dtype kv, const char *label)
+{
+    enum { NL = 3 };
+    const int B = 6, D = 576, R = 512, P = 64, max_pages = 256, num_pages = 1200;
+    mla_config cfg, ccfg;
+    gdecode_case c0 = base_case(B, L, H, P, kv, NULL);
+    config_for(&cfg, &c0, MLA_DEVICE_CUDA);
+    config_for(&ccfg, &c0, MLA_DEVICE_CPU);
+    mla_backend *gpu = NULL, *cpu = NULL;
+    CHECK_STATUS(mla_backend_create("hopper", &cfg, &gpu), MLA_OK);
+    CHECK_STATUS(mla_backend_create("cpu", &ccfg, &cpu), MLA_OK);
+    if (!gpu || !cpu) {
+        mla_backend_destroy(gpu);
+        mla_backend_destroy(cpu);
+        return;
+    }
+    const int esz = kv == MLA_DTYPE_FP8_E4M3 ? 1 : 2;
+    const size_t cache_bytes = (size_t)num_pages * P * D * esz;
+    const int64_t q_elems = (int64_t)B * L * H * D, out_elems = (int64_t)B * L * H * R;
+    uint8_t *cache[NL];
+    uint16_t *q[NL];
+    void *d_cache[NL], *d_q[NL], *d_out[NL];
+    for (int l = 0; l < NL; l++) {
+        cache[l] = xmalloc(cache_bytes);
+        oracle_fill(kv, cache[l], NULL, (int64_t)num_pages * P * D, -1.0f, 1.0f);
+        q[l] = xmalloc((size_t)q_elems * 2);
+        oracle_fill(MLA_DTYPE_BF16, q[l], NULL, q_elems, -2.0f, 2.0f);
+        d_cache[l] = to_device(cache[l], cache_bytes);
+        d_q[l] = to_device(q[l], (size_t)q_elems * 2);
+        d_out[l] = to_device(NULL, (size_t)out_elems * 2);
+    }
+    int32_t *table = xmalloc((size_t)B * max_pages * 4), seq[6];
+    void *d_table = to_device(NULL, (size_t)B * max_pages * 4), *d_seq = to_device(NULL, sizeof seq);
+    size_t ws = 0;
+    CHECK_STATUS(mla_decode_workspace_size(gpu, B, L, &ws), MLA_OK);
+    void *d_ws = to_device(NULL, ws);
+    cudaStream_t stream;
+    cudaStreamCreate(&stream);
+    mla_decode_plan *plan = NULL;
+    CHECK_STATUS(mla_decode_plan_create(gpu, B, L, max_pages, &plan), MLA_OK);
+    mla_tensor seq_t = dev_tensor(d_seq, MLA_DTYPE_I32, 1, B, 0, 0, 0);
+    mla_decode_args a[NL];
+    for (int l = 0; l < NL; l++) {
+        memset(&a[l], 0, sizeof a[l]);
+        a[l].q = dev_tensor(d_q[l], MLA_DTYPE_BF16, 4, B, L, H, D);
+        a[l].kv_cache = dev_tensor(d_cache[l], kv, 3, num_pages, P, D, 0);
+        a[l].block_table = dev_tensor(d_table, MLA_DTYPE_I32, 2, B, max_pages, 0, 0);
+        a[l].seq_lens = seq_t;
+        a[l].out = dev_tensor(d_out[l], MLA_DTYPE_BF16, 4, B, L, H, R);
+        a[l].workspace = l < 2 ? d_ws : NULL; /* layer 2: the backend's cached workspace */
+        a[l].workspace_bytes = l < 2 ? ws : 0;
+        a[l].stream = stream;
+        a[l].plan = plan;
+    }
+    uint16_t *out = xmalloc((size_t)out_elems * 2), *ref_out = xmalloc((size_t)out_elems * 2);
+    double *ref = xmalloc((size_t)out_elems * sizeof(double));
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    for (int rep = 0; rep < 3; rep++) {
+        /* rep 0: eager build + layers; rep 1 captures the same sequence into a graph and
+         * launches it; rep 2 launches it again after new seq_lens and tables. */
+        for (int b = 0; b < B; b++) {
+            seq[b] = b == 1 ? 0 : b == 3 ? mla_test_rand_int(8000, max_pages * P) : mla_test_rand_int(1, 900);
+            for (int j = 0; j < max_pages; j++) table[b * max_pages + j] = mla_test_rand_int(0, num_pages - 1);
+        }
+        cudaMemcpy(d_table, table, (size_t)B * max_pages * 4, cudaMemcpyHostToDevice);
+        cudaMemcpy(d_seq, seq, sizeof seq, cudaMemcpyHostToDevice);
+        for (int l = 0; l < NL; l++) cudaMemset(d_out[l], 0xff, (size_t)out_elems * 2);
+        if (rep == 0) {
+            CHECK_STATUS(mla_decode_plan_build(plan, &seq_t, stream), MLA_OK);
+            for (int l = 0; l < NL; l++) CHECK_STATUS(mla_decode(gpu, &a[l]), MLA_OK);
+        } else {
+            if (rep == 1) {
+                CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal) == cudaSuccess);
+                CHECK_STATUS(mla_decode_plan_build(plan, &seq_t, stream), MLA_OK);
+                for (int l = 0; l < NL; l++) CHECK_STATUS(mla_decode(gpu, &a[l]), MLA_OK);
+                CHECK(cudaStreamEndCapture(stream, &graph) == cudaSuccess);
+                CHECK(graph && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+            }
+            if (!exec) break;
+            CHECK(cudaGraphLaunch(exec, stream) == cudaSuccess);
+        }
+        CHECK(cudaStreamSynchronize(stream) == cudaSuccess);
+        for (int l = 0; l < NL; l++) {
+            cudaMemcpy(out, d_out[l], (size_t)out_elems * 2, cudaMemcpyDeviceToHost);
+            mla_decode_args h = a[l];
+            h.q = host_tensor(q[l], MLA_DTYPE_BF16, 4, B, L, H, D);
+            h.kv_cache = host_tensor(cache[l], kv, 3, num_pages, P, D, 0);
+            h.block_table = host_tensor(table, MLA_DTYPE_I32, 2, B, max_pages, 0, 0);
+            h.seq_lens = host_tensor(seq, MLA_DTYPE_I32, 1, B, 0, 0, 0);
+            h.out = host_tensor(ref_out, MLA_DTYPE_BF16, 4, B, L, H, R);
+            h.workspace = NULL;
+            h.workspace_bytes = 0;
+            h.stream = NULL;
+            h.plan = NULL;
+            CHECK_STATUS(mla_decode(cpu, &h), MLA_OK);
+            for (int64_t i = 0; i < out_elems; i++) ref[i] = mla_bf16_to_float(ref_out[i]);
+            oracle_report r = oracle_compare_bf16(out, ref, out_elems, out_tol);
+            char what[96];
+            snprintf(what, sizeof what, "%s rep %d layer %d", label, rep, l);
+            report(what, "out", &r);
+        }
+    }
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+
+    /* With index checks on, a call whose seq_lens differ from the plan's is refused. */
+    mla_config chk = cfg;
+    chk.skip_index_check = 0;
+    mla_backend *checked = NULL;
+    mla_decode_plan *plan2 = NULL;
+    CHECK_STATUS(mla_backend_create("hopper", &chk, &checked), MLA_OK);
+    if (checked) {
+        CHECK_STATUS(mla_decode_plan_create(checked, B, L, max_pages, &plan2), MLA_OK);
+        CHECK_STATUS(mla_decode_plan_build(plan2, &seq_t, stream), MLA_OK);
+        mla_decode_args c = a[0];
+        c.plan = plan2;
+        CHECK_STATUS(mla_decode(checked, &c), MLA_OK);
+        seq[0] += 1;
+        cudaMemcpy(d_seq, seq, sizeof seq, cudaMemcpyHostToDevice);
+        CHECK_STATUS(mla_decode(checked, &c), MLA_ERR_INVALID_ARGUMENT);
+        CHECK_MSG(strstr(mla_last_error(), "differs from"), "message: %s", mla_last_error());
+        c.plan = plan; /* another backend's plan */
+        CHECK_STATUS(mla_decode(checked, &c), MLA_ERR_INVALID_ARGUMENT);
+        CHECK(cudaStreamSynchronize(stream) == cudaSuccess);
+    }
+    mla_decode_plan_destroy(plan2);
+    mla_backend_destroy(checked);
+
+    mla_decode_plan_destroy(plan);
+    cudaStreamDestroy(stream);
+    for (int l = 0; l < NL; l++) {
+        cudaFree(d_cache[l]);
+        cudaFree(d_q[l]);
+        cudaFree(d_out[l]);
+        free(cache[l]);
+        free(q[l]);
+    }
+    cudaFree(d_table); cudaFree(d_seq); cudaFree(d_ws);
+    free(table); free(out); free(ref_out); free(ref);
+    mla_backend_destroy(gpu);
+    mla_backend_destroy(cpu);
+}
+
+TEST(gpu_decode_plan_shared_by_layers)
+{
+    plan_layers_case(16, 1, MLA_DTYPE_FP8_E4M3, "plan H16 fp8");   /* the v2 kernel */
+    plan_layers_case(128, 2, MLA_DTYPE_BF16, "plan H128 q_len 2 bf16");
+}

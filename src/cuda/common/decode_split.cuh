@@ -62,10 +62,12 @@ static inline mla_decode_split_layout mla_decode_split_layout_make(int batch, in
     return L;
 }
 
-static inline mla_decode_sched mla_decode_sched_from(void *ws, const mla_decode_split_layout *L)
+// The plan's int arrays at `plan` (the first L->off_lse bytes of the layout), the partials in
+// `ws` at their layout offsets. Both are the workspace unless the caller keeps a separate plan.
+static inline mla_decode_sched mla_decode_sched_at(void *plan, void *ws, const mla_decode_split_layout *L)
 {
     mla_decode_sched s;
-    int *w = (int *)ws;
+    int *w = (int *)plan;
     s.part_start = w;
     s.tau = w + 4 * L->num_parts;
     s.req_start = s.tau + 1;
@@ -77,6 +79,11 @@ static inline mla_decode_sched mla_decode_sched_from(void *ws, const mla_decode_
     s.part_lse = (float *)((char *)ws + L->off_lse);
     s.part_o = (float *)((char *)ws + L->off_o);
     return s;
+}
+
+static inline mla_decode_sched mla_decode_sched_from(void *ws, const mla_decode_split_layout *L)
+{
+    return mla_decode_sched_at(ws, ws, L);
 }
 
 // Fills the schedule from seq_lens (one CTA). Flags MLA_DEVERR_SEQ_LEN for seq_len < 0 or

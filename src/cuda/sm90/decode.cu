@@ -392,8 +392,20 @@ extern "C" size_t mla_cuda_decode_workspace_size(const mla_cuda_device_info *dev
     return need > rule ? need : rule;
 }
 
-extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode_problem *p,
-                               uint32_t *device_error_flags)
+// A separate plan (mla_decode_plan in the public API) holds the layout's int arrays: the
+// first off_lse bytes. The layout depends on (batch, q_len, heads, kv dtype) and, through the
+// selected variant's part count and block size, on MLA_DECODE_VARIANT / MLA_DECODE_V2_BN,
+// which are read once per process, so a plan and the calls that use it always agree.
+extern "C" size_t mla_cuda_decode_plan_size(const mla_cuda_device_info *dev, int batch, int q_len,
+                                            int num_heads, int fp8_kv)
+{
+    if (batch < 1) batch = 1;
+    if (q_len < 1) q_len = 1;
+    const Plan pl = make_plan(dev->num_sms, q_len, num_heads, selected_variant(), fp8_kv != 0);
+    return mla_decode_split_layout_make(batch, pl.rows, mla_decode_v1::kDv, pl.num_parts).off_lse;
+}
+
+static int check_decode_problem(const mla_decode_problem *p)
 {
     if (p->kv_lora_rank != mla_decode_v1::kDv || p->rope_dim != mla_decode_v1::kDqk - mla_decode_v1::kDv)
         return (int)cudaErrorNotSupported;
@@ -403,6 +415,31 @@ extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode
     if (p->q_dtype != MLA_DTYPE_FP8_E4M3 && p->q_dtype != MLA_DTYPE_BF16)
         return (int)cudaErrorNotSupported;
     if (p->num_heads < 1 || p->q_len < 1) return (int)cudaErrorInvalidValue;
+    return (int)cudaSuccess;
+}
+
+// The scheduling step alone, into p->plan (plan bytes as above): what a call without a plan
+// runs first. Uses batch, q_len, heads, kv dtype, page size, block-table width, seq_lens.
+extern "C" int mla_cuda_decode_plan(const mla_cuda_device_info *dev, const mla_decode_problem *p,
+                                    uint32_t *device_error_flags)
+{
+    int rc = check_decode_problem(p);
+    if (rc != (int)cudaSuccess || p->batch < 1) return rc;
+    if (!p->plan) return (int)cudaErrorInvalidValue;
+    const Plan pl = make_plan(dev->num_sms, p->q_len, p->num_heads, selected_variant(),
+                              p->kv_dtype == MLA_DTYPE_FP8_E4M3);
+    const mla_decode_split_layout L =
+        mla_decode_split_layout_make(p->batch, pl.rows, mla_decode_v1::kDv, pl.num_parts);
+    const mla_decode_sched s = mla_decode_sched_at(p->plan, p->plan, &L); // no partials used
+    return (int)mla_launch_decode_schedule(p->seq_lens, p->batch, p->max_pages_per_seq * p->page_size, pl.bn,
+                                           pl.num_parts, device_error_flags, &s, (cudaStream_t)p->stream);
+}
+
+extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode_problem *p,
+                               uint32_t *device_error_flags)
+{
+    int rc = check_decode_problem(p);
+    if (rc != (int)cudaSuccess) return rc;
     if (p->batch < 1) return (int)cudaSuccess;
 
     const Plan pl = make_plan(dev->num_sms, p->q_len, p->num_heads, selected_variant(),
@@ -414,11 +451,17 @@ extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode
     if (e != cudaSuccess) return (int)e;
 
     cudaStream_t stream = (cudaStream_t)p->stream;
-    const mla_decode_sched s = mla_decode_sched_from(p->workspace, &L);
-    const int max_keys = p->max_pages_per_seq * p->page_size;
-    e = mla_launch_decode_schedule(p->seq_lens, p->batch, max_keys, pl.bn, pl.num_parts,
-                                   device_error_flags, &s, stream);
-    if (e != cudaSuccess) return (int)e;
+    // With a plan built earlier (same batch, q_len and seq_lens: the base backend checks what
+    // it can), the scheduling step is skipped; the split kernel then waits (PDL) on whatever
+    // precedes it, and the plan's scheduler grid finished before that.
+    const mla_decode_sched s = p->plan ? mla_decode_sched_at(p->plan, p->workspace, &L)
+                                       : mla_decode_sched_from(p->workspace, &L);
+    if (!p->plan) {
+        const int max_keys = p->max_pages_per_seq * p->page_size;
+        e = mla_launch_decode_schedule(p->seq_lens, p->batch, max_keys, pl.bn, pl.num_parts,
+                                       device_error_flags, &s, stream);
+        if (e != cudaSuccess) return (int)e;
+    }
 
     Params prm = {}; // kv_tma stays zero unless the TMA form encodes it
     prm.q = p->q;
