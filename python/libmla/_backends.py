@@ -5,6 +5,7 @@ so it must not happen per call, and never inside a CUDA graph capture)."""
 import ctypes
 import os
 import threading
+import weakref
 
 from . import _ffi
 from ._arrays import is_capturing
@@ -12,6 +13,7 @@ from ._ffi import DEVICE_CPU, DEVICE_CUDA, DTYPE_NAMES, MLARuntimeError, MLAValu
 
 _cache = {}
 _lock = threading.Lock()
+_plans = weakref.WeakSet()  # live DecodePlans: released before their backend is destroyed
 
 
 def choose_backend_name(explicit, dev_type):
@@ -91,10 +93,17 @@ def backend_page_sizes(name):
     return [info.caps.page_sizes[i] for i in range(min(info.caps.num_page_sizes, 4))]
 
 
+def register_plan(plan):
+    _plans.add(plan)
+
+
 def clear():
-    """Destroy every cached backend (tensors from earlier calls stay valid: they are yours)."""
+    """Destroy every cached backend (tensors from earlier calls stay valid: they are yours).
+    Decode plans made on them are released first and refuse further use."""
     with _lock:
         lib = _ffi.lib()
+        for plan in list(_plans):
+            plan.close()
         for handle in _cache.values():
             lib.mla_backend_destroy(handle)
         _cache.clear()

@@ -133,7 +133,7 @@ class MlaDecodeArgs(Structure):
         ("no_causal_mask", c_int),
         ("scales", POINTER(MlaScales)),
         ("stream", c_void_p),
-        ("plan", c_void_p),  # mla_decode_plan * (C only for now; None plans in the call)
+        ("plan", c_void_p),  # mla_decode_plan * (ops.DecodePlan); None plans in the call
     ]
 
 
@@ -245,6 +245,9 @@ _PROTOTYPES = {
     "mla_backend_device_errors": (c_int, [c_void_p, POINTER(c_uint32)]),
     "mla_decode": (c_int, [c_void_p, POINTER(MlaDecodeArgs)]),
     "mla_decode_workspace_size": (c_int, [c_void_p, c_int, c_int, POINTER(c_size_t)]),
+    "mla_decode_plan_create": (c_int, [c_void_p, c_int, c_int, c_int, POINTER(c_void_p)]),
+    "mla_decode_plan_build": (c_int, [c_void_p, POINTER(MlaTensor), c_void_p]),
+    "mla_decode_plan_destroy": (None, [c_void_p]),
     "mla_prefill": (c_int, [c_void_p, POINTER(MlaPrefillArgs)]),
     "mla_merge_state": (c_int, [c_void_p, POINTER(MlaMergeStateArgs)]),
     "mla_kv_cache_write": (c_int, [c_void_p, POINTER(MlaKvCacheWriteArgs)]),

@@ -73,7 +73,8 @@ def _f32_result(arr_in, result):
 def mla_decode(query, kv_cache, workspace_buffer, kv_lora_rank, qk_rope_head_dim, block_tables,
                seq_lens, max_seq_len, softmax_scale, output_scale=1.0, out=None,
                causal_mask=True, return_lse=False, *, lse_out=None, is_var_seq=True,
-               enable_pdl=False, backend=None, dtype=None, kv_dtype=None, stream=None):
+               enable_pdl=False, backend=None, dtype=None, kv_dtype=None, stream=None,
+               plan=None):
     """Paged MLA decode: out[b, i, h] = softmax(q . K^T * softmax_scale) V * output_scale.
 
     query        [batch, q_len, heads, kv_lora_rank + qk_rope_head_dim] bf16 or fp8_e4m3
@@ -86,6 +87,7 @@ def mla_decode(query, kv_cache, workspace_buffer, kv_lora_rank, qk_rope_head_dim
     natural log, when return_lse). numpy float32 query/kv_cache are converted to bf16 (or to
     the dtype= / kv_dtype= named); with a float32 query the returned out is float32.
     is_var_seq and enable_pdl are accepted for tokenspeed compatibility and ignored.
+    plan: a DecodePlan built from these seq_lens (shared by the layers of one step), or None.
     """
     del is_var_seq, enable_pdl
     rank = _int_arg(kv_lora_rank, "kv_lora_rank", 1)
@@ -150,6 +152,8 @@ def mla_decode(query, kv_cache, workspace_buffer, kv_lora_rank, qk_rope_head_dim
     args.no_causal_mask = 0 if causal_mask else 1
     args.scales = ctypes.pointer(scales)
     args.stream = stream_of(dev_type, dev_index, stream)
+    if plan is not None:
+        args.plan = plan._pointer_for(handle)
     _ffi.check(_ffi.lib().mla_decode(handle, ctypes.byref(args)), "mla_decode")
     result = o.obj if out is not None else _f32_result(q, o.obj)
     if return_lse:
@@ -190,6 +194,77 @@ def decode_workspace_size(batch_size, q_len, num_heads, kv_lora_rank=512, qk_rop
                                                       ctypes.byref(nbytes)),
                "mla_decode_workspace_size")
     return int(nbytes.value)
+
+
+class DecodePlan:
+    """The split-KV schedule of one decode batch (mla_decode_plan in mla.h), built once per
+    forward step and passed as mla_decode(..., plan=) by every layer, so that the GPU's
+    scheduling step runs once per step instead of once per layer.
+
+    Made for the configuration mla_decode would use (heads, dims, page_size, kv_dtype, q_len,
+    device, backend) and for batch_size requests with block tables max_pages_per_seq wide;
+    mla_decode refuses it for any other. build(seq_lens) must be called (again) whenever the
+    lengths change: with index checks on, a call whose seq_lens differ from the plan's is
+    refused. close() (or clear_backends()) releases it."""
+
+    def __init__(self, batch_size, q_len, num_heads, max_pages_per_seq, kv_lora_rank=512,
+                 qk_rope_head_dim=64, *, page_size=64, kv_dtype="fp8_e4m3", device=None,
+                 backend=None):
+        self._ptr = None
+        self.batch_size = _int_arg(batch_size, "batch_size", 1)
+        self.q_len = _int_arg(q_len, "q_len", 1)
+        self.max_pages_per_seq = _int_arg(max_pages_per_seq, "max_pages_per_seq", 1)
+        self._dev = _parse_device(device)
+        name = _backends.choose_backend_name(backend, self._dev[0])
+        self._handle = _backends.get_backend(
+            name, self._dev[0], self._dev[1], num_heads=_int_arg(num_heads, "num_heads", 1),
+            kv_lora_rank=_int_arg(kv_lora_rank, "kv_lora_rank", 1),
+            qk_rope_head_dim=_int_arg(qk_rope_head_dim, "qk_rope_head_dim", 0),
+            page_size=_int_arg(page_size, "page_size", 1),
+            kv_dtype=parse_dtype(kv_dtype, "kv_dtype"), max_q_len=self.q_len)
+        ptr = ctypes.c_void_p()
+        _ffi.check(_ffi.lib().mla_decode_plan_create(self._handle, self.batch_size, self.q_len,
+                                                       self.max_pages_per_seq, ctypes.byref(ptr)),
+                   "mla_decode_plan_create")
+        self._ptr = ptr.value
+        _backends.register_plan(self)
+
+    def build(self, seq_lens, stream=None):
+        """Plans the batch from seq_lens (int32 [batch_size] on the plan's device), on `stream`
+        (torch's current stream by default); graph-capturable on CUDA."""
+        self._check_open()
+        sl = wrap(seq_lens, "seq_lens", dtypes={DTYPE_I32}, ndims=(1,))
+        expect_shape(sl, [("batch_size", self.batch_size)])
+        if (sl.dev_type, sl.dev_index) != self._dev:
+            raise MLAValueError(f"seq_lens is on {sl.device_str}, not on the plan's device")
+        tensor = sl.tensor()
+        _ffi.check(_ffi.lib().mla_decode_plan_build(self._ptr, ctypes.byref(tensor),
+                                                      stream_of(*self._dev, stream)),
+                   "mla_decode_plan_build")
+        return self
+
+    def close(self):
+        if self._ptr:
+            _ffi.lib().mla_decode_plan_destroy(self._ptr)
+            self._ptr = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the library may be gone
+            pass
+
+    def _check_open(self):
+        if not self._ptr:
+            raise MLAValueError("the decode plan is closed (close() or clear_backends())")
+
+    def _pointer_for(self, handle):
+        self._check_open()
+        if handle != self._handle:
+            raise MLAValueError("the decode plan was made for another configuration (backend, "
+                                "device, heads, dims, page_size, kv_dtype or q_len) than this "
+                                "call's")
+        return self._ptr
 
 
 # ---- prefill ------------------------------------------------------------------------------

@@ -232,3 +232,50 @@ def test_concurrent_calls_from_threads(rng):
         parallel = list(pool.map(run, cases))
     for case, got in zip(cases, parallel):
         assert np.array_equal(got, run(case))
+
+
+def test_decode_plan_shared_by_layers(rng):
+    """A DecodePlan built once serves several decodes of the batch ("layers") with the same
+    results as planning in each call; it is refused for another batch shape or other
+    seq_lens, and after it is closed."""
+    batch, q_len, heads, page = 3, 2, 16, 64
+    case = make_case(rng, batch, q_len, heads, page, "fp8_e4m3")
+    width = case["block_table"].shape[1]
+    plan = libmla.DecodePlan(batch, q_len, heads, width, RANK, ROPE, page_size=page,
+                             kv_dtype="fp8_e4m3", device="cpu")
+    assert plan.build(case["seq_lens"]) is plan
+    for layer in range(2):
+        q = ref.fp8_encode(rng.standard_normal(case["q_bits"].shape)) if layer else case["q_bits"]
+        args = (q, case["kv_bits"], None, RANK, ROPE, case["block_table"], case["seq_lens"],
+                None, 0.09)
+        kw = dict(return_lse=True, dtype="fp8_e4m3" if layer else "bf16", kv_dtype="fp8_e4m3")
+        if layer:  # an fp8 query: the same backend, so the same plan
+            q_dec = ref.fp8_decode(q)
+        got, got_lse = libmla.mla_decode(*args, plan=plan, **kw)
+        want, want_lse = libmla.mla_decode(*args, **kw)
+        assert np.array_equal(got, want) and np.array_equal(got_lse, want_lse)
+        if layer:
+            oracle, _ = ref.decode_ref(q_dec, case["kv_val"], case["block_table"],
+                                       case["seq_lens"], RANK, 0.09, causal=True)
+            ref.assert_close(ref.bf16_bits_to_f64(got), oracle, OUT_ATOL, OUT_RTOL, "out")
+
+    changed = case["seq_lens"].copy()
+    changed[1] -= 1
+    with pytest.raises(libmla.MLAError, match="differs from"):
+        libmla.mla_decode(case["q_bits"], case["kv_bits"], None, RANK, ROPE,
+                          case["block_table"], changed, None, 0.09, dtype="bf16",
+                          kv_dtype="fp8_e4m3", plan=plan)
+    with pytest.raises(libmla.MLAError, match="the plan is for batch 3"):
+        libmla.mla_decode(case["q_bits"][:2], case["kv_bits"], None, RANK, ROPE,
+                          case["block_table"][:2], case["seq_lens"][:2], None, 0.09,
+                          dtype="bf16", kv_dtype="fp8_e4m3", plan=plan)
+    with pytest.raises(libmla.MLAValueError, match="another configuration"):
+        libmla.mla_decode(case["q_bits"], case["kv_bits"].astype(np.float32), None, RANK, ROPE,
+                          case["block_table"], case["seq_lens"], None, 0.09, dtype="bf16",
+                          kv_dtype="bf16", plan=plan)
+    with pytest.raises(libmla.MLAValueError, match="batch_size"):
+        plan.build(case["seq_lens"][:2])
+    plan.close()
+    plan.close()
+    with pytest.raises(libmla.MLAValueError, match="closed"):
+        plan.build(case["seq_lens"])
