@@ -45,6 +45,27 @@ typedef struct bench_case {
 
 static double g_copy_gbps, g_bf16_tflops, g_fp8_tflops;
 
+/* Median of n timed launches of a graph (after one warm-up launch), ms; t: n floats. */
+static int median_launch_ms(cudaGraphExec_t g, cudaStream_t st, float *t, int n, double *ms)
+{
+    cudaEvent_t c0, c1;
+    CUDA_OK(cudaEventCreate(&c0));
+    CUDA_OK(cudaEventCreate(&c1));
+    CUDA_OK(cudaGraphLaunch(g, st));
+    for (int i = 0; i < n; i++) {
+        CUDA_OK(cudaEventRecord(c0, st));
+        CUDA_OK(cudaGraphLaunch(g, st));
+        CUDA_OK(cudaEventRecord(c1, st));
+        CUDA_OK(cudaEventSynchronize(c1));
+        cudaEventElapsedTime(&t[i], c0, c1);
+    }
+    cudaEventDestroy(c0);
+    cudaEventDestroy(c1);
+    qsort(t, (size_t)n, sizeof(float), cmp_float);
+    *ms = t[n / 2];
+    return 0;
+}
+
 static int run_case(const bench_case *c, int reps)
 {
     const int B = c->batch, L = c->q_len, H = c->heads, P = c->page;
@@ -209,33 +230,14 @@ static int run_case(const bench_case *c, int reps)
     const double ms_single = t[reps / 2];
     const int chain_reps = reps / 4 > 5 ? reps / 4 : 5;
     float *tc = malloc(sizeof(float) * (size_t)chain_reps);
-    cudaEvent_t c0, c1;
-    cudaEventCreate(&c0);
-    cudaEventCreate(&c1);
-    CUDA_OK(cudaGraphLaunch(chain, st));
-    for (int i = 0; i < chain_reps; i++) {
-        CUDA_OK(cudaEventRecord(c0, st));
-        CUDA_OK(cudaGraphLaunch(chain, st));
-        CUDA_OK(cudaEventRecord(c1, st));
-        CUDA_OK(cudaEventSynchronize(c1));
-        cudaEventElapsedTime(&tc[i], c0, c1);
-    }
-    qsort(tc, (size_t)chain_reps, sizeof(float), cmp_float);
-    const double ms = tc[chain_reps / 2] / kChain;
-    CUDA_OK(cudaGraphLaunch(chain_plan, st));
-    for (int i = 0; i < chain_reps; i++) {
-        CUDA_OK(cudaEventRecord(c0, st));
-        CUDA_OK(cudaGraphLaunch(chain_plan, st));
-        CUDA_OK(cudaEventRecord(c1, st));
-        CUDA_OK(cudaEventSynchronize(c1));
-        cudaEventElapsedTime(&tc[i], c0, c1);
-    }
-    qsort(tc, (size_t)chain_reps, sizeof(float), cmp_float);
-    const double ms_plan = tc[chain_reps / 2] / kChain;
+    double ms = 0, ms_plan = 0;
+    if (median_launch_ms(chain, st, tc, chain_reps, &ms) ||
+        median_launch_ms(chain_plan, st, tc, chain_reps, &ms_plan))
+        return -1;
+    ms /= kChain;
+    ms_plan /= kChain;
     cudaGraphExecDestroy(chain_plan);
     mla_decode_plan_destroy(plan);
-    cudaEventDestroy(c0);
-    cudaEventDestroy(c1);
     free(tc);
     cudaGraphExecDestroy(chain);
     free(args);

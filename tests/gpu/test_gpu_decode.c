@@ -482,6 +482,26 @@ TEST(gpu_decode_caller_workspace)
     run_gpu_decode_case(&c, "caller workspace H 128");
 }
 
+/* The CPU backend's twin of device decode args `a` (bf16 query, page-64 cache, no LSE): the
+ * same shapes and scales over host copies, no workspace, stream or plan. */
+static mla_decode_args host_twin(const mla_decode_args *a, void *q, void *cache, mla_dtype kv,
+                                 int64_t num_pages, int32_t *table, int32_t *seq, uint16_t *out)
+{
+    const int64_t B = a->q.shape[0], L = a->q.shape[1], H = a->q.shape[2];
+    mla_decode_args h = *a;
+    h.q = host_tensor(q, MLA_DTYPE_BF16, 4, B, L, H, 576);
+    h.kv_cache = host_tensor(cache, kv, 3, num_pages, 64, 576, 0);
+    h.block_table = host_tensor(table, MLA_DTYPE_I32, 2, B, a->block_table.shape[1], 0, 0);
+    h.seq_lens = host_tensor(seq, MLA_DTYPE_I32, 1, B, 0, 0, 0);
+    h.out = host_tensor(out, MLA_DTYPE_BF16, 4, B, L, H, 512);
+    memset(&h.lse, 0, sizeof h.lse);
+    h.workspace = NULL;
+    h.workspace_bytes = 0;
+    h.stream = NULL;
+    h.plan = NULL;
+    return h;
+}
+
 /* Captured once into a CUDA graph, replayed with new seq_lens and block tables written into
  * the same buffers: the results must follow the new data (scheduling happens on the GPU). */
 TEST(gpu_decode_cuda_graph_replay)
@@ -545,15 +565,7 @@ TEST(gpu_decode_cuda_graph_replay)
         CHECK(cudaGraphLaunch(exec, stream) == cudaSuccess);
         CHECK(cudaStreamSynchronize(stream) == cudaSuccess);
         cudaMemcpy(out, d_out, (size_t)out_elems * 2, cudaMemcpyDeviceToHost);
-        mla_decode_args h = a;
-        h.q = host_tensor(q, MLA_DTYPE_BF16, 4, B, L, H, D);
-        h.kv_cache = host_tensor(cache, MLA_DTYPE_FP8_E4M3, 3, num_pages, P, D, 0);
-        h.block_table = host_tensor(table, MLA_DTYPE_I32, 2, B, max_pages, 0, 0);
-        h.seq_lens = host_tensor(seq, MLA_DTYPE_I32, 1, B, 0, 0, 0);
-        h.out = host_tensor(ref_out, MLA_DTYPE_BF16, 4, B, L, H, R);
-        h.workspace = NULL;
-        h.workspace_bytes = 0;
-        h.stream = NULL;
+        mla_decode_args h = host_twin(&a, q, cache, MLA_DTYPE_FP8_E4M3, num_pages, table, seq, ref_out);
         CHECK_STATUS(mla_decode(cpu, &h), MLA_OK);
         for (int64_t i = 0; i < out_elems; i++) ref[i] = mla_bf16_to_float(ref_out[i]);
         oracle_report r = oracle_compare_bf16(out, ref, out_elems, out_tol);
@@ -658,16 +670,7 @@ static void plan_layers_case(int H, int L, mla_dtype kv, const char *label)
         CHECK(cudaStreamSynchronize(stream) == cudaSuccess);
         for (int l = 0; l < NL; l++) {
             cudaMemcpy(out, d_out[l], (size_t)out_elems * 2, cudaMemcpyDeviceToHost);
-            mla_decode_args h = a[l];
-            h.q = host_tensor(q[l], MLA_DTYPE_BF16, 4, B, L, H, D);
-            h.kv_cache = host_tensor(cache[l], kv, 3, num_pages, P, D, 0);
-            h.block_table = host_tensor(table, MLA_DTYPE_I32, 2, B, max_pages, 0, 0);
-            h.seq_lens = host_tensor(seq, MLA_DTYPE_I32, 1, B, 0, 0, 0);
-            h.out = host_tensor(ref_out, MLA_DTYPE_BF16, 4, B, L, H, R);
-            h.workspace = NULL;
-            h.workspace_bytes = 0;
-            h.stream = NULL;
-            h.plan = NULL;
+            mla_decode_args h = host_twin(&a[l], q[l], cache[l], kv, num_pages, table, seq, ref_out);
             CHECK_STATUS(mla_decode(cpu, &h), MLA_OK);
             for (int64_t i = 0; i < out_elems; i++) ref[i] = mla_bf16_to_float(ref_out[i]);
             oracle_report r = oracle_compare_bf16(out, ref, out_elems, out_tol);
