@@ -261,7 +261,8 @@ mla_status mla_decode_plan_create(mla_backend *backend, int batch, int q_len, in
  * run (and remembers them for mla_decode's comparison). A failed build leaves the plan
  * unbuilt. */
 mla_status mla_decode_plan_build(mla_decode_plan *plan, const mla_tensor *seq_lens, void *stream);
-void mla_decode_plan_destroy(mla_decode_plan *plan); /* NULL is a no-op */
+/* NULL is a no-op. Destroy a plan before its backend, and not while queued work uses it. */
+void mla_decode_plan_destroy(mla_decode_plan *plan);
 
 /* Workspace bytes a caller-supplied buffer needs for decode of up to `batch` requests of
  * `q_len` tokens (the backend's cached workspace is sized by the same rule). At least
