@@ -247,8 +247,9 @@ mla_status mla_decode(mla_backend *backend, const mla_decode_args *args);
  * seq_lens of every call that uses it must hold the values it was built from: when index
  * checks ran for both the build and the call (mla_config.skip_index_check = 0, outside graph
  * capture) mla_decode compares them and refuses a difference; otherwise a call with other
- * lengths computes with the planned ones (kernels still stay inside the block table). Build and use a plan on one
- * stream, in order; rebuilding it while queued calls still use it is safe on that stream.
+ * lengths computes with the planned ones (kernels still stay inside the block table). Build
+ * and use a plan on one stream, in order; rebuilding it while queued calls still use it is
+ * safe on that stream.
  * On the CPU backend a plan holds no schedule (mla_decode plans nothing there) but the same
  * checks apply. */
 typedef struct mla_decode_plan mla_decode_plan;

@@ -247,7 +247,10 @@ TEST(bad_input_decode_plan)
     CHECK_STATUS(mla_decode_plan_build(plan, &wrong, NULL), MLA_ERR_SHAPE_MISMATCH);
     c.seq_lens[1] = MAXP * PAGE + 1;
     CHECK_STATUS(mla_decode_plan_build(plan, &c.args.seq_lens, NULL), MLA_ERR_OUT_OF_RANGE);
-    CHECK(strstr(mla_last_error(), "seq_lens[1] = 97"));
+    CHECK(strstr(mla_last_error(), "seq_lens[1] = 97 exceeds the block table capacity 96"));
+    c.seq_lens[1] = -1;
+    CHECK_STATUS(mla_decode_plan_build(plan, &c.args.seq_lens, NULL), MLA_ERR_OUT_OF_RANGE);
+    CHECK(strstr(mla_last_error(), "mla_decode_plan_build: seq_lens[1] = -1 is negative"));
     c.seq_lens[1] = 33;
     expect_decode_error(&c, &a, MLA_ERR_INVALID_ARGUMENT, "not built", "plan after a failed build");
 

@@ -23,6 +23,6 @@ __all__ = [
     "MLAError", "MLARuntimeError", "MLAValueError", "library_path",
     "bf16_to_float32", "float32_to_bf16", "float32_to_fp8", "fp8_to_float32",
     "DecodePlan", "backend_info", "backends", "clear_backends", "decode_workspace_size",
-    "device_errors", "get_num_sm", "kv_cache_write", "kv_pack", "merge_state", "mla_decode", "mla_prefill",
-    "quantize_fp8", "tokenspeed_mla_decode", "tokenspeed_mla_prefill", "version",
+    "device_errors", "get_num_sm", "kv_cache_write", "kv_pack", "merge_state", "mla_decode",
+    "mla_prefill", "quantize_fp8", "tokenspeed_mla_decode", "tokenspeed_mla_prefill", "version",
 ]

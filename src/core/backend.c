@@ -220,22 +220,29 @@ static mla_status check_scales(const char *op, const mla_scales *s)
 
 /* ---- decode ---- */
 
+/* seq_lens[b] = s against a block table max_pages wide (decode calls and plan builds). */
+static mla_status check_seq_len(const char *op, int b, int s, int max_pages, int page_size)
+{
+    const int64_t capacity = (int64_t)max_pages * page_size;
+    if (s < 0)
+        return mla_set_error(MLA_ERR_OUT_OF_RANGE, "%s: seq_lens[%d] = %d is negative", op, b, s);
+    if (s > capacity)
+        return mla_set_error(MLA_ERR_OUT_OF_RANGE,
+                             "%s: seq_lens[%d] = %d exceeds the block table capacity %lld "
+                             "(%d pages of %d tokens)",
+                             op, b, s, (long long)capacity, max_pages, page_size);
+    return MLA_OK;
+}
+
 static mla_status check_decode_indices(const char *op, const int32_t *seq_lens,
                                        const int32_t *block_table, int batch, int max_pages,
                                        int page_size, int num_pages, int max_seq_len_arg,
                                        int *max_seen)
 {
-    int64_t capacity = (int64_t)max_pages * page_size;
     *max_seen = 0;
     for (int b = 0; b < batch; b++) {
         int s = seq_lens[b];
-        if (s < 0)
-            return mla_set_error(MLA_ERR_OUT_OF_RANGE, "%s: seq_lens[%d] = %d is negative", op, b, s);
-        if (s > capacity)
-            return mla_set_error(MLA_ERR_OUT_OF_RANGE,
-                                 "%s: seq_lens[%d] = %d exceeds the block table capacity %lld "
-                                 "(%d pages of %d tokens)",
-                                 op, b, s, (long long)capacity, max_pages, page_size);
+        MLA_TRY(check_seq_len(op, b, s, max_pages, page_size));
         if (max_seq_len_arg > 0 && s > max_seq_len_arg)
             return mla_set_error(MLA_ERR_INVALID_ARGUMENT,
                                  "%s: seq_lens[%d] = %d exceeds max_seq_len = %d", op, b, s,
@@ -260,7 +267,6 @@ struct mla_decode_plan {
     mla_backend *be;
     int batch, q_len, max_pages; /* what it was created for (max_pages: block-table width) */
     void *mem;                   /* device schedule; NULL where the kernel set plans nothing */
-    size_t bytes;
     int built;
     int32_t *lens;               /* the seq_lens of the last build when they were checked */
 };
@@ -289,11 +295,11 @@ mla_status mla_decode_plan_create(mla_backend *be, int batch, int q_len, int max
     pl->batch = batch;
     pl->q_len = q_len;
     pl->max_pages = max_pages_per_seq;
-    pl->bytes = be->ks->decode_plan_size && be->ks->run_decode_plan
-                    ? be->ks->decode_plan_size(be->state, &be->cfg, batch, q_len)
-                    : 0;
-    if (pl->bytes) {
-        mla_status st = be->ks->alloc(&be->cfg, pl->bytes, &pl->mem);
+    const size_t bytes = be->ks->decode_plan_size && be->ks->run_decode_plan
+                             ? be->ks->decode_plan_size(be->state, &be->cfg, batch, q_len)
+                             : 0;
+    if (bytes) {
+        mla_status st = be->ks->alloc(&be->cfg, bytes, &pl->mem);
         if (st != MLA_OK) {
             free(pl);
             return st;
@@ -329,14 +335,9 @@ mla_status mla_decode_plan_build(mla_decode_plan *pl, const mla_tensor *seq_lens
         void *owned;
         MLA_TRY(index_to_host(be, seq_lens, stream, &sl, &owned));
         const int32_t *v = sl;
-        const int64_t capacity = (int64_t)pl->max_pages * cfg->page_size;
         mla_status st = MLA_OK;
         for (int b = 0; b < pl->batch && st == MLA_OK; b++)
-            if (v[b] < 0 || v[b] > capacity)
-                st = mla_set_error(MLA_ERR_OUT_OF_RANGE,
-                                   "%s: seq_lens[%d] = %d is outside [0, %lld] (%d pages of %d "
-                                   "tokens per sequence)",
-                                   op, b, v[b], (long long)capacity, pl->max_pages, cfg->page_size);
+            st = check_seq_len(op, b, v[b], pl->max_pages, cfg->page_size);
         if (st == MLA_OK) {
             pl->lens = malloc((size_t)pl->batch * sizeof *pl->lens);
             if (pl->lens) memcpy(pl->lens, v, (size_t)pl->batch * sizeof *pl->lens);
@@ -355,8 +356,8 @@ mla_status mla_decode_plan_build(mla_decode_plan *pl, const mla_tensor *seq_lens
             .page_size = cfg->page_size,
             .max_pages_per_seq = pl->max_pages,
             .max_seq_len = pl->max_pages * cfg->page_size,
-            .causal = 1,
-            .q_dtype = MLA_DTYPE_BF16,
+            .causal = 1,                 /* the schedule depends on neither causal nor */
+            .q_dtype = MLA_DTYPE_BF16,   /* the query dtype; any supported value */
             .kv_dtype = cfg->kv_cache_dtype,
             .seq_lens = seq_lens->data,
             .plan = pl->mem,
