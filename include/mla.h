@@ -413,7 +413,12 @@ typedef struct mla_metadata_args {
  * req_capacity)], extend_lens in their range, and every slot of every used req_to_token row
  * non-negative and page-aligned (message names request, token, slot and page_size). CUDA
  * backends build on the device with a kernel; a misaligned or negative page there becomes a
- * -1 block-table entry that the attention kernels skip and flag (mla_backend_device_errors). */
+ * -1 block-table entry that the attention kernels skip and flag (mla_backend_device_errors).
+ * For decode and target_verify the build also builds a decode plan (section 4) that every
+ * forward call of the batch (one per layer) uses, so the split-KV scheduling runs once per
+ * build instead of once per layer; while a graph exists over the metadata it plans the graph's
+ * max_batch rows. The metadata's seq_lens must not change between a build and its forwards
+ * (with index checks on, a forward refuses a change). */
 mla_status mla_metadata_build(mla_batch_metadata *metadata, const mla_metadata_args *args);
 
 /* Views of the built metadata (valid until the next build or destroy), for callers that run

@@ -116,8 +116,10 @@ static inline void check_view(sv_env *e, const sv_batch *b, mla_batch_metadata *
 }
 
 
-/* Runs one forward of `mode` over batch b (new tokens b.ext, written through the call) and
- * compares out, lse and the cache with the oracle. */
+/* Runs the forward of `mode` over batch b (new tokens b.ext, written through the call) and
+ * compares out, lse and the cache with the oracle. Decode and target_verify run it for two
+ * layers of one build (the second with a fresh query and no cache write), as a model does:
+ * they share the build's decode plan. */
 static inline void run_decode_mode(sv_env *e, sv_batch *b, mla_forward_mode mode, int q_len,
                             int quantize_q, int with_lse, int max_batch)
 {
@@ -130,54 +132,60 @@ static inline void run_decode_mode(sv_env *e, sv_batch *b, mla_forward_mode mode
              *kpe = malloc((size_t)T * e->P * 2), *out = malloc((size_t)T * H * R * 2);
     float *lse = malloc((size_t)T * H * 4);
     int32_t *slots = malloc((size_t)(T ? T : 1) * 4);
-    oracle_fill_bf16(q, NULL, (int64_t)T * H * D, -1.0f, 1.0f);
     for (int i = 0, n = 0; i < b->B; i++)
         for (int j = 0; j < b->ext[i]; j++, n++)
             slots[n] = e->r2t[(int64_t)b->rows[i] * e->req_cap + b->seq[i] - b->ext[i] + j];
     sv_make_latent(e, T, slots, ckv, kpe);
-    void *dq = sv_dev_copy(e, q, (size_t)T * H * D * 2), *dckv = sv_dev_copy(e, ckv, (size_t)T * R * 2),
+    void *dq = sv_alloc(e, (size_t)T * H * D * 2), *dckv = sv_dev_copy(e, ckv, (size_t)T * R * 2),
          *dkpe = sv_dev_copy(e, kpe, (size_t)T * e->P * 2), *dout = sv_alloc(e, (size_t)T * H * R * 2),
          *dlse = sv_alloc(e, (size_t)T * H * 4);
-    sv_poison(e, dout, (size_t)T * H * R * 2);
-    sv_poison(e, dlse, (size_t)T * H * 4);
-    mla_forward_args fa = {
-        .q = sv_t3(e, dq, MLA_DTYPE_BF16, T, H, D),
-        .out = sv_t3(e, dout, MLA_DTYPE_BF16, T, H, R),
-        .c_kv = sv_t2(e, dckv, MLA_DTYPE_BF16, T, R),
-        .k_pe = sv_t2(e, dkpe, MLA_DTYPE_BF16, T, e->P),
-        .kv_cache = sv_cache_tensor(e),
-        .quantize_q = quantize_q,
-    };
-    if (with_lse) fa.lse = sv_t2(e, dlse, MLA_DTYPE_F32, T, H);
-    mla_status st = mode == MLA_FORWARD_DECODE          ? mla_forward_decode(e->be, md, &fa)
-                    : mode == MLA_FORWARD_TARGET_VERIFY ? mla_forward_target_verify(e->be, md, &fa)
-                                                        : mla_forward_draft_extend(e->be, md, &fa);
-    CHECK_STATUS(st, MLA_OK);
-    sv_download(e, out, dout, (size_t)T * H * R * 2);
-    sv_download(e, lse, dlse, (size_t)T * H * 4);
-    sv_check_cache(e, mla_forward_mode_name(mode));
-    /* Oracle: token j of request i sees its first seq - ext + j + 1 tokens. */
     double *ref = malloc((size_t)T * H * R * sizeof *ref), *ref_lse = malloc((size_t)T * H * sizeof *ref_lse);
     double *qv = malloc((size_t)H * D * sizeof *qv);
-    const double qs = e->cfg.scales.q_scale;
-    const double bmm1 = e->cfg.scales.softmax_scale, bmm2 = e->cfg.scales.o_scale;
-    for (int i = 0, n = 0; i < b->B; i++)
-        for (int j = 0; j < b->ext[i]; j++, n++) {
-            for (int k = 0; k < H * D; k++) {
-                double x = oracle_bf16_value(q[(int64_t)n * H * D + k]);
-                qv[k] = quantize_q ? oracle_fp8_value(oracle_fp8_from_double(x / qs)) * qs : x;
-            }
-            sv_oracle_decode_token(e, b->rows[i], b->seq[i] - b->ext[i] + j + 1, qv, bmm1, bmm2,
-                                   ref + (int64_t)n * H * R, ref_lse + (int64_t)n * H);
+    const int layers = mode == MLA_FORWARD_DRAFT_EXTEND ? 1 : 2;
+    for (int layer = 0; layer < layers; layer++) {
+        oracle_fill_bf16(q, NULL, (int64_t)T * H * D, -1.0f, 1.0f);
+        sv_upload(e, dq, q, (size_t)T * H * D * 2);
+        sv_poison(e, dout, (size_t)T * H * R * 2);
+        sv_poison(e, dlse, (size_t)T * H * 4);
+        mla_forward_args fa = {
+            .q = sv_t3(e, dq, MLA_DTYPE_BF16, T, H, D),
+            .out = sv_t3(e, dout, MLA_DTYPE_BF16, T, H, R),
+            .kv_cache = sv_cache_tensor(e),
+            .quantize_q = quantize_q,
+        };
+        if (layer == 0) { /* the new tokens enter the cache once */
+            fa.c_kv = sv_t2(e, dckv, MLA_DTYPE_BF16, T, R);
+            fa.k_pe = sv_t2(e, dkpe, MLA_DTYPE_BF16, T, e->P);
         }
-    oracle_report rep = oracle_compare_bf16(out, ref, (int64_t)T * H * R, SV_OUT_TOL);
-    if (!rep.ok) oracle_print_report(mla_forward_mode_name(mode), &rep);
-    CHECK_MSG(rep.ok, "%s (q_len %d, quantize_q %d): output differs from the oracle",
-              mla_forward_mode_name(mode), q_len, quantize_q);
-    if (with_lse) {
-        rep = oracle_compare_f32(lse, ref_lse, (int64_t)T * H, SV_LSE_TOL);
-        if (!rep.ok) oracle_print_report("lse", &rep);
-        CHECK_MSG(rep.ok, "%s: lse differs from the oracle", mla_forward_mode_name(mode));
+        if (with_lse) fa.lse = sv_t2(e, dlse, MLA_DTYPE_F32, T, H);
+        mla_status st = mode == MLA_FORWARD_DECODE          ? mla_forward_decode(e->be, md, &fa)
+                        : mode == MLA_FORWARD_TARGET_VERIFY ? mla_forward_target_verify(e->be, md, &fa)
+                                                            : mla_forward_draft_extend(e->be, md, &fa);
+        CHECK_STATUS(st, MLA_OK);
+        sv_download(e, out, dout, (size_t)T * H * R * 2);
+        sv_download(e, lse, dlse, (size_t)T * H * 4);
+        sv_check_cache(e, mla_forward_mode_name(mode));
+        /* Oracle: token j of request i sees its first seq - ext + j + 1 tokens. */
+        const double qs = e->cfg.scales.q_scale;
+        const double bmm1 = e->cfg.scales.softmax_scale, bmm2 = e->cfg.scales.o_scale;
+        for (int i = 0, n = 0; i < b->B; i++)
+            for (int j = 0; j < b->ext[i]; j++, n++) {
+                for (int k = 0; k < H * D; k++) {
+                    double x = oracle_bf16_value(q[(int64_t)n * H * D + k]);
+                    qv[k] = quantize_q ? oracle_fp8_value(oracle_fp8_from_double(x / qs)) * qs : x;
+                }
+                sv_oracle_decode_token(e, b->rows[i], b->seq[i] - b->ext[i] + j + 1, qv, bmm1, bmm2,
+                                       ref + (int64_t)n * H * R, ref_lse + (int64_t)n * H);
+            }
+        oracle_report rep = oracle_compare_bf16(out, ref, (int64_t)T * H * R, SV_OUT_TOL);
+        if (!rep.ok) oracle_print_report(mla_forward_mode_name(mode), &rep);
+        CHECK_MSG(rep.ok, "%s (q_len %d, quantize_q %d, layer %d): output differs from the oracle",
+                  mla_forward_mode_name(mode), q_len, quantize_q, layer);
+        if (with_lse) {
+            rep = oracle_compare_f32(lse, ref_lse, (int64_t)T * H, SV_LSE_TOL);
+            if (!rep.ok) oracle_print_report("lse", &rep);
+            CHECK_MSG(rep.ok, "%s layer %d: lse differs from the oracle", mla_forward_mode_name(mode), layer);
+        }
     }
     free(q);
     free(ckv);

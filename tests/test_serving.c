@@ -431,6 +431,68 @@ TEST(serving_graph_replay_bit_identical_to_eager)
     sv_destroy(&e);
 }
 
+/* The decode forwards of a build share the decode plan the build made: a change to the
+ * metadata's seq_lens after the build is refused (the plan no longer matches them). With a
+ * graph over the metadata the build plans max_batch rows; once the graph is gone, forwards on
+ * that build run without the plan, and the next build plans the batch again. */
+TEST(serving_decode_plan_of_a_build)
+{
+    sv_env e;
+    if (sv_init(&e, "cpu", cpu_dev, 0, 32, MLA_DTYPE_FP8_E4M3, 256, 16, 300)) return;
+    enum { CAP = 5, B = 3 };
+    const int H = e.H, D = e.D, R = e.R;
+    mla_batch_metadata *md = NULL;
+    CHECK_STATUS(mla_metadata_create(e.be, CAP, 300, &md), MLA_OK);
+    uint16_t *q = malloc((size_t)CAP * H * D * 2), *out = malloc((size_t)CAP * H * R * 2),
+             *first = malloc((size_t)B * H * R * 2);
+    oracle_fill_bf16(q, NULL, (int64_t)CAP * H * D, -1, 1);
+    mla_forward_args ga = {
+        .q = sv_t3(&e, q, MLA_DTYPE_BF16, CAP, H, D),
+        .out = sv_t3(&e, out, MLA_DTYPE_BF16, CAP, H, R),
+        .kv_cache = sv_cache_tensor(&e),
+    };
+    mla_forward_args ea = ga;
+    ea.q.shape[0] = ea.out.shape[0] = B;
+    sv_batch b;
+    make_batch(&e, &b, B, 2, 300, 0, 0); /* every token already cached: no writes needed */
+    mla_metadata_args a = batch_args(&e, &b, MLA_FORWARD_DECODE, 1);
+    CHECK_STATUS(mla_metadata_build(md, &a), MLA_OK);
+    CHECK_STATUS(mla_forward_decode(e.be, md, &ea), MLA_OK);
+    memcpy(first, out, (size_t)B * H * R * 2);
+    mla_metadata_view v;
+    CHECK_STATUS(mla_metadata_get(md, &v), MLA_OK);
+    int32_t *sl = v.seq_lens.data; /* host memory on the CPU backend */
+    sl[1] -= 1;
+    CHECK_STATUS(mla_forward_decode(e.be, md, &ea), MLA_ERR_INVALID_ARGUMENT);
+    CHECK_MSG(strstr(mla_last_error(), "plan") != NULL, "message: %s", mla_last_error());
+    sl[1] += 1;
+    CHECK_STATUS(mla_forward_decode(e.be, md, &ea), MLA_OK);
+
+    mla_graph *g = NULL;
+    CHECK_STATUS(mla_graph_capture(e.be, md, MLA_FORWARD_DECODE, 1, &ga, &g), MLA_OK);
+    CHECK_STATUS(mla_metadata_build(md, &a), MLA_OK); /* plans CAP rows: the graph's shape */
+    memset(out, 0xff, (size_t)CAP * H * R * 2);
+    CHECK_STATUS(mla_forward_decode(e.be, md, &ea), MLA_OK);
+    CHECK(memcmp(out, first, (size_t)B * H * R * 2) == 0);
+    CHECK_STATUS(mla_graph_replay(g, NULL, NULL), MLA_OK);
+    CHECK(memcmp(out, first, (size_t)B * H * R * 2) == 0);
+    mla_graph_destroy(g);
+    memset(out, 0xff, (size_t)CAP * H * R * 2);
+    CHECK_STATUS(mla_forward_decode(e.be, md, &ea), MLA_OK); /* B rows: runs without the plan */
+    CHECK(memcmp(out, first, (size_t)B * H * R * 2) == 0);
+    sl[1] -= 1; /* not refused: no plan to disagree with */
+    CHECK_STATUS(mla_forward_decode(e.be, md, &ea), MLA_OK);
+    sl[1] += 1;
+    CHECK_STATUS(mla_metadata_build(md, &a), MLA_OK); /* plans B rows again */
+    sl[1] -= 1;
+    CHECK_STATUS(mla_forward_decode(e.be, md, &ea), MLA_ERR_INVALID_ARGUMENT);
+    free(q);
+    free(out);
+    free(first);
+    mla_metadata_destroy(md);
+    sv_destroy(&e);
+}
+
 /* ---- argument checks of the forward calls ---- */
 
 TEST(serving_forward_rejects_bad_input)

@@ -263,9 +263,18 @@ static mla_status check_decode_indices(const char *op, const int32_t *seq_lens,
 
 /* ---- decode plans ---- */
 
+static size_t plan_bytes(const mla_backend *be, int batch, int q_len)
+{
+    return be->ks->decode_plan_size && be->ks->run_decode_plan
+               ? be->ks->decode_plan_size(be->state, &be->cfg, batch, q_len)
+               : 0;
+}
+
 struct mla_decode_plan {
     mla_backend *be;
-    int batch, q_len, max_pages; /* what it was created for (max_pages: block-table width) */
+    int batch, q_len, max_pages; /* what it serves now (max_pages: block-table width) */
+    int alloc_batch;             /* what mem was sized for (the serving layer re-aims plans) */
+    size_t bytes;                /* of mem */
     void *mem;                   /* device schedule; NULL where the kernel set plans nothing */
     int built;
     int32_t *lens;               /* the seq_lens of the last build when they were checked */
@@ -292,20 +301,31 @@ mla_status mla_decode_plan_create(mla_backend *be, int batch, int q_len, int max
     mla_decode_plan *pl = calloc(1, sizeof *pl);
     if (!pl) return mla_set_error(MLA_ERR_OUT_OF_MEMORY, "%s: out of host memory", op);
     pl->be = be;
-    pl->batch = batch;
+    pl->batch = pl->alloc_batch = batch;
     pl->q_len = q_len;
     pl->max_pages = max_pages_per_seq;
-    const size_t bytes = be->ks->decode_plan_size && be->ks->run_decode_plan
-                             ? be->ks->decode_plan_size(be->state, &be->cfg, batch, q_len)
-                             : 0;
-    if (bytes) {
-        mla_status st = be->ks->alloc(&be->cfg, bytes, &pl->mem);
+    pl->bytes = plan_bytes(be, batch, q_len);
+    if (pl->bytes) {
+        mla_status st = be->ks->alloc(&be->cfg, pl->bytes, &pl->mem);
         if (st != MLA_OK) {
             free(pl);
             return st;
         }
     }
     *out = pl;
+    return MLA_OK;
+}
+
+mla_status mla_decode_plan_set_batch(mla_decode_plan *pl, int batch)
+{
+    if (batch < 1 || batch > pl->alloc_batch || plan_bytes(pl->be, batch, pl->q_len) > pl->bytes)
+        return mla_set_error(MLA_ERR_INTERNAL,
+                             "mla_decode_plan_set_batch: batch %d does not fit a plan made for %d",
+                             batch, pl->alloc_batch);
+    pl->batch = batch;
+    pl->built = 0;
+    free(pl->lens);
+    pl->lens = NULL;
     return MLA_OK;
 }
 
@@ -466,7 +486,8 @@ mla_status mla_decode(mla_backend *be, const mla_decode_args *a)
                 if (now[b] != a->plan->lens[b]) {
                     st = mla_set_error(MLA_ERR_INVALID_ARGUMENT,
                                        "%s: seq_lens[%d] = %d differs from the %d the plan was "
-                                       "built from (rebuild it with mla_decode_plan_build)",
+                                       "built from (rebuild it with mla_decode_plan_build, or "
+                                       "the batch metadata that made it)",
                                        op, b, now[b], a->plan->lens[b]);
                     break;
                 }

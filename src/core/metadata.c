@@ -145,7 +145,8 @@ static mla_status metadata_create(const char *op, mla_backend *be, int max_batch
     if (st == MLA_OK) {
         md->host_seq_lens = calloc((size_t)max_batch, sizeof(int32_t));
         md->host_extend_lens = calloc((size_t)max_batch, sizeof(int32_t));
-        if (!md->host_seq_lens || !md->host_extend_lens)
+        md->plans = calloc((size_t)md->caps.max_q_len + 1, sizeof *md->plans);
+        if (!md->host_seq_lens || !md->host_extend_lens || !md->plans)
             st = mla_set_error(MLA_ERR_OUT_OF_MEMORY, "%s: out of host memory", op);
     }
     if (st != MLA_OK) {
@@ -167,9 +168,41 @@ void mla_metadata_destroy(mla_batch_metadata *md)
 {
     if (!md) return;
     free_buffers(md);
+    if (md->plans)
+        for (int l = 0; l <= md->caps.max_q_len; l++) mla_decode_plan_destroy(md->plans[l]);
+    free(md->plans);
     free(md->host_seq_lens);
     free(md->host_extend_lens);
     free(md);
+}
+
+/* ---- decode plans ---- */
+
+mla_status mla_serving_plan_decode(mla_batch_metadata *md, int rows, int q_len, void *stream)
+{
+    md->plan_rows = 0;
+    if (rows < 1) return MLA_OK;
+    mla_decode_plan **pl = &md->plans[q_len];
+    if (!*pl) {
+        /* Creation allocates, which a stream capture forbids: that build's forwards then
+         * schedule inline, as they would without plans. */
+        if (md->ks->stream_is_capturing && md->ks->stream_is_capturing(stream)) return MLA_OK;
+        MLA_TRY(mla_decode_plan_create(md->backend, md->capacity, q_len, md->max_pages_per_seq, pl));
+    }
+    MLA_TRY(mla_decode_plan_set_batch(*pl, rows));
+    const mla_tensor sl =
+        mla_tensor_contiguous(md->seq_lens, MLA_DTYPE_I32, md->cfg.device, 1, (int64_t[]){rows});
+    MLA_TRY(mla_decode_plan_build(*pl, &sl, stream));
+    md->plan_rows = rows;
+    md->plan_q_len = q_len;
+    return MLA_OK;
+}
+
+const mla_decode_plan *mla_serving_decode_plan(const mla_batch_metadata *md, int rows, int q_len)
+{
+    return md->plan_rows > 0 && md->plan_rows == rows && md->plan_q_len == q_len
+               ? md->plans[q_len]
+               : NULL;
 }
 
 /* ---- checks ---- */
@@ -322,6 +355,7 @@ static mla_status build_metadata(mla_batch_metadata *md, const mla_metadata_args
     if (!md) return mla_set_error(MLA_ERR_NULL_POINTER, "%s: metadata is NULL", op);
     md->built = 0; /* until this build succeeds: any failure leaves the metadata unusable */
     if (!a) return mla_set_error(MLA_ERR_NULL_POINTER, "%s: args is NULL", op);
+    md->plan_rows = 0;
     const mla_device *dev = &md->cfg.device;
     const uint32_t i32 = MLA_DT(MLA_DTYPE_I32);
     const int ragged = a->mode == MLA_FORWARD_DRAFT_EXTEND || a->mode == MLA_FORWARD_EXTEND;
@@ -507,6 +541,11 @@ static mla_status build_metadata(mla_batch_metadata *md, const mla_metadata_args
                                  "%s: backend '%s' provides no metadata kernel", op, md->ks->name);
         MLA_TRY(md->ks->run_build_metadata(&md->cfg, &p));
     }
+    /* The decode modes' forwards (one per layer) share one split schedule. While a graph is
+     * captured over the metadata they run max_batch rows, so that is what gets planned. */
+    if (!ragged)
+        MLA_TRY(mla_serving_plan_decode(md, md->graph_users > 0 ? md->capacity : (int)B, q_len,
+                                        a->stream));
     md->built = 1;
     md->mode = a->mode;
     md->batch = (int)B;

@@ -202,6 +202,10 @@ void mla_hopper_capabilities(mla_capabilities *caps);
 /* Registry lookup by name (NULL when unknown). */
 const mla_kernel_set *mla_find_kernel_set(const char *name);
 
+/* Re-aims a decode plan at `batch` <= the batch it was created for, keeping its memory (which
+ * CUDA graphs may have captured); it is then unbuilt. The serving layer's plans use it. */
+mla_status mla_decode_plan_set_batch(mla_decode_plan *plan, int batch);
+
 /* ---- helpers shared by kernel sets ---- */
 /* Hardware-style conversions, used by the CPU kernels (defined in src/core/convert.c). */
 static inline float mla_load_as_float(const void *base, mla_dtype dtype, int64_t i);

@@ -163,6 +163,7 @@ static mla_status decode_padded_like_graph(mla_backend *be, mla_batch_metadata *
         .out = mla_view4(po, MLA_DTYPE_BF16, dev, cap, L, H, R),
         .max_seq_len = md->max_pages_per_seq * c->page_size,
         .scales = a->scales,
+        .plan = mla_serving_decode_plan(md, cap, L),
         .stream = a->stream,
     };
     if (pl) d.lse = mla_view3(pl, MLA_DTYPE_F32, dev, cap, L, H);
@@ -204,6 +205,7 @@ mla_status mla_forward_uniform(mla_backend *be, mla_batch_metadata *md, const ch
                        : md->host_known ? md->max_seq_len
                                         : 0,
         .scales = a->scales,
+        .plan = mla_serving_decode_plan(md, batch, L), /* the build's: shared by the layers */
         .stream = a->stream,
     };
     if (a->lse.data) d.lse = mla_view3(a->lse.data, MLA_DTYPE_F32, dev, batch, L, H);

@@ -53,6 +53,11 @@ struct mla_batch_metadata {
     int32_t *host_seq_lens;    /* [capacity] (after seq_len_offset) */
     int32_t *host_extend_lens; /* [capacity] */
     int graph_users;           /* graphs captured over these buffers: no reallocation */
+    /* Decode plans of the decode modes: one per q_len ([caps.max_q_len + 1]), sized for
+     * capacity requests, made on first use and kept until destroy (graphs capture their
+     * memory). The last build planned plan_rows requests of plan_q_len tokens (0: none). */
+    mla_decode_plan **plans;
+    int plan_rows, plan_q_len;
     mla_scratch scratch[MLA_SCRATCH_COUNT];
 };
 
@@ -86,6 +91,12 @@ mla_status mla_check_metadata_indices(const char *op, mla_forward_mode mode, int
                                       int req_capacity, int max_context, int page_size,
                                       mla_row_reader read_row, void *read_ctx,
                                       int64_t *max_slot);
+
+/* Plans the split-KV schedule of `rows` requests of q_len tokens from the metadata's
+ * seq_lens (rows 0 plans nothing), so that every forward call of the build can skip it. */
+mla_status mla_serving_plan_decode(mla_batch_metadata *md, int rows, int q_len, void *stream);
+/* The plan of the last build when it covers a decode over `rows` requests of q_len tokens. */
+const mla_decode_plan *mla_serving_decode_plan(const mla_batch_metadata *md, int rows, int q_len);
 
 /* backend, metadata and args non-NULL, and the metadata made for this backend. */
 mla_status mla_serving_check_call(mla_backend *be, mla_batch_metadata *md,
