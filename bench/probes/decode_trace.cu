@@ -8,7 +8,8 @@
 // Build and run on the device:
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude -Isrc/core -Isrc/cuda
 //     --expt-relaxed-constexpr bench/probes/decode_trace.cu -o build/decode_trace
-//   build/decode_trace [B H seq]   (default 1 16 65536)
+//   build/decode_trace [B H seq [long]]   (default 1 16 65536; long: request 0's keys, as
+//   bench/decode's long=N; MLA_DECODE_HEAVY_COMBINE=1 traces the heavy-request combine)
 #define MLA_DECODE_TRACE 1
 #include "../../src/cuda/common/decode_schedule.cu"
 #include "../../src/cuda/common/combine.cu"
@@ -66,15 +67,16 @@ static double us(unsigned long long t, unsigned long long t0) { return ((double)
 int main(int argc, char **argv)
 {
     const int B = argc > 1 ? atoi(argv[1]) : 1, H = argc > 2 ? atoi(argv[2]) : 16;
-    const int seq = argc > 3 ? atoi(argv[3]) : 65536;
-    if (B < 1 || B > 1024 || H < 1 || H > 16 || seq < 1) {
-        fprintf(stderr, "usage: decode_trace [B (1..1024) H (1..16) seq]\n");
+    const int seq = argc > 3 ? atoi(argv[3]) : 65536, long_seq = argc > 4 ? atoi(argv[4]) : seq;
+    if (B < 1 || B > 1024 || H < 1 || H > 16 || seq < 1 || long_seq < 1) {
+        fprintf(stderr, "usage: decode_trace [B (1..1024) H (1..16) seq [long]]\n");
         return 2;
     }
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     mla_cuda_device_info dev = {0, prop.multiProcessorCount, prop.major * 10 + prop.minor, prop.sharedMemPerBlockOptin};
-    const int P = 64, pages_per_seq = (seq + P - 1) / P, num_pages = B * pages_per_seq;
+    const int P = 64, pages_per_seq = ((seq > long_seq ? seq : long_seq) + P - 1) / P,
+              num_pages = B * pages_per_seq;
     const size_t n_kv = (size_t)num_pages * P * 576, n_q = (size_t)B * H * 576;
     uint8_t *kv;
     uint16_t *q, *out;
@@ -92,6 +94,7 @@ int main(int argc, char **argv)
     CK(cudaMemset(flags, 0, 4));
     fill_probe<<<1024, 256>>>(kv, n_kv, q, n_q, 12345u);
     std::vector<int32_t> h_table(num_pages), h_lens(B, seq);
+    h_lens[0] = long_seq;
     for (int i = 0; i < num_pages; i++) h_table[i] = i;
     srand(7);
     for (int i = num_pages - 1; i > 0; i--) std::swap(h_table[i], h_table[rand() % (i + 1)]);
@@ -109,7 +112,7 @@ int main(int argc, char **argv)
     pr.page_size = P;
     pr.num_pages = num_pages;
     pr.max_pages_per_seq = pages_per_seq;
-    pr.max_seq_len = seq;
+    pr.max_seq_len = seq > long_seq ? seq : long_seq;
     pr.causal = 1;
     pr.q_dtype = MLA_DTYPE_BF16;
     pr.kv_dtype = MLA_DTYPE_FP8_E4M3;
@@ -163,9 +166,9 @@ int main(int argc, char **argv)
 
     const Plan pl = make_plan(dev.num_sms, 1, H, selected_variant(), true);
     const int ctas = pl.num_parts * pl.head_blocks;
-    printf("decode_trace: %s, B %d H %d seq %d, %d CTAs of the split kernel; %.4f ms per call in the chain; "
-           "globaltimer step %llu ns; %u calls traced\n",
-           prop.name, B, H, seq, ctas, ms / kChain, res, calls);
+    printf("decode_trace: %s, B %d H %d seq %d (request 0: %d), %d CTAs of the split kernel; %.4f ms per call "
+           "in the chain; globaltimer step %llu ns; %u calls traced\n",
+           prop.name, B, H, seq, long_seq, ctas, ms / kChain, res, calls);
     printf("us from the call's scheduler entry. sched: wait done / end. split (min med max over CTAs): "
            "entry, wait done, first block issued, first block ready, end; blocks per CTA (min-max). "
            "combine (min med max over its CTAs): entry, wait done, end. next: next call's scheduler entry.\n");

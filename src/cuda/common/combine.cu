@@ -11,6 +11,12 @@
 // Both keep 8 float4 loads in flight per thread and issue the first ones before the LSE
 // work, so that the weights are computed while the partials arrive; both read the split
 // counts and slots before waiting for the decode kernel.
+// Heavy requests (opt-in, MLA_DECODE_HEAVY_COMBINE=1): in an uneven batch the narrow shape
+// gives a request of many splits (one 128k request among 1k ones: ~170) only its own few
+// CTAs, each looping over every split in rounds of 8 loads. With the option the scheduler
+// lists the requests of more than MLA_DECODE_HEAVY_SPLITS splits, their own CTAs skip them,
+// and extra CTAs of the same grid (blockIdx.y >= batch) share their (row, 128 columns) items
+// out, all warps of a CTA splitting the splits of one item.
 #include "mla_cuda.h"
 #include "decode_split.cuh"
 #include "decode_trace.cuh"
@@ -18,6 +24,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 namespace {
 
@@ -89,12 +97,88 @@ __device__ __forceinline__ void store_bf16x4(uint16_t *dst, float4 a, float scal
     *reinterpret_cast<uint2 *>(dst) = packed;
 }
 
+bool heavy_from_env()
+{
+    const char *v = getenv("MLA_DECODE_HEAVY_COMBINE");
+    return v && strcmp(v, "1") == 0;
+}
+
+// The heavy requests' items, (request, query row, 128 columns), for worker CTA `worker` of
+// `workers`: warp w sums splits w, w + warps, ... of the item (kLoads per round), every warp
+// computes the row's max and sum from the LSEs in shared memory, and warp 0 adds the warps'
+// sums.
+template <bool kHalf>
+__device__ __forceinline__ void combine_heavy_items(const mla_decode_sched &s, int rows, int dv,
+                                                 float bmm2_scale, uint16_t *__restrict__ out,
+                                                 float *__restrict__ lse_out, int worker, int workers)
+{
+    __shared__ float lse_s[MLA_DECODE_MAX_PARTS];
+    __shared__ __align__(16) float4 red_s[kNarrowRows][32];
+    const int warps = blockDim.x >> 5, wp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int dv4 = dv >> 2, chunks = (dv4 + 31) / 32;
+    const int items = s.heavy[0] * rows * chunks;
+    for (int it = worker; it < items; it += workers) { // uniform over the CTA
+        const int h = it / (rows * chunks), rem = it - h * rows * chunks;
+        const int row = rem / chunks, ch = rem - row * chunks;
+        const int b = s.heavy[1 + h];
+        const int ns = s.num_splits[b], base = s.slot_base[b];
+        const int col4 = ch * 32 + lane;
+        const bool ok = col4 < dv4;
+        const size_t stride4 = (size_t)rows * dv4;
+        const size_t src = (size_t)base * stride4 + (size_t)row * dv4 + col4;
+        float4 v[kLoads] = {};
+        auto load_round = [&](int i0) {
+#pragma unroll
+            for (int u = 0; u < kLoads; u++) {
+                const int i = i0 + wp + u * warps;
+                if (i < ns && ok) v[u] = load_part4<kHalf>(s.part_o, src + (size_t)i * stride4);
+            }
+        };
+        load_round(0); // in flight during the LSE work
+        const float *lse = s.part_lse + (size_t)base * rows + row;
+        for (int i = threadIdx.x; i < ns; i += blockDim.x) lse_s[i] = __ldg(lse + (size_t)i * rows);
+        __syncthreads();
+        float mx = -INFINITY;
+        for (int i = lane; i < ns; i += 32) mx = fmaxf(mx, lse_s[i]);
+        mx = warp_max(mx);
+        float sum = 0.0f;
+        for (int i = lane; i < ns; i += 32) sum += mx == -INFINITY ? 0.0f : expf(lse_s[i] - mx);
+        sum = warp_sum(sum);
+        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int i0 = 0; i0 < ns; i0 += kLoads * warps) {
+            if (i0 > 0) load_round(i0);
+#pragma unroll
+            for (int u = 0; u < kLoads; u++) {
+                const int i = i0 + wp + u * warps;
+                if (i < ns && ok && mx != -INFINITY) fma4(acc, expf(lse_s[i] - mx) / sum, v[u]);
+            }
+        }
+        red_s[wp][lane] = acc;
+        __syncthreads();
+        if (wp == 0) {
+            float4 r = red_s[0][lane];
+            for (int k = 1; k < warps; k++) {
+                const float4 t = red_s[k][lane];
+                r.x += t.x;
+                r.y += t.y;
+                r.z += t.z;
+                r.w += t.w;
+            }
+            if (ok) store_bf16x4(out + ((size_t)b * rows + row) * dv + (size_t)col4 * 4, r, bmm2_scale);
+            if (lse_out && ch == 0 && lane == 0)
+                lse_out[(size_t)b * rows + row] = mx == -INFINITY ? -INFINITY : mx + logf(sum);
+        }
+        __syncthreads(); // lse_s and red_s are reused by the next item
+    }
+}
+
 // One warp per (query row, request, 32 * NC float4 columns): lane c owns float4 columns
 // c, c + 32, ... of the chunk. The lane-strided max / sum and the in-order sum over splits
 // are those of the former one-warp kernel, so results match it bit for bit.
-template <int NC, bool kHalf>
+// kHeavy: CTAs with blockIdx.y >= batch merge the heavy requests (above), the others skip them.
+template <int NC, bool kHalf, bool kHeavy>
 __global__ void __launch_bounds__(32 * kNarrowRows, NC == 1 ? 4 : 3)
-combine_narrow_kernel(mla_decode_sched s, int rows, int dv, float bmm2_scale,
+combine_narrow_kernel(mla_decode_sched s, int batch, int rows, int dv, float bmm2_scale,
                       uint16_t *__restrict__ out, float *__restrict__ lse_out)
 {
     constexpr int U = kLoads / NC; // splits per round
@@ -104,16 +188,29 @@ combine_narrow_kernel(mla_decode_sched s, int rows, int dv, float bmm2_scale,
     // The split counts and slots come from the scheduler, which finished before the decode
     // kernel let this grid launch: read them while that kernel finishes.
     const int b = blockIdx.y;
-    const int ns = load_early(s.num_splits + b);
-    const int base = load_early(s.slot_base + b);
+    const bool worker = kHeavy && b >= batch;
+    const int ns = worker ? 0 : load_early(s.num_splits + b);
+    const int base = worker ? 0 : load_early(s.slot_base + b);
     asm volatile("griddepcontrol.wait;\n" ::: "memory"); // the decode kernel's partials
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); // a next decode's scheduler may launch
 #ifdef MLA_DECODE_TRACE
     mla_trace_comb_waited(trace_entry);
 #endif
+    if constexpr (kHeavy) {
+        if (worker) {
+            const int per_y = gridDim.x * gridDim.z;
+            combine_heavy_items<kHalf>(s, rows, dv, bmm2_scale, out, lse_out,
+                                       (b - batch) * per_y + blockIdx.x * gridDim.z + blockIdx.z,
+                                       (gridDim.y - batch) * per_y);
+#ifdef MLA_DECODE_TRACE
+            mla_trace_comb_end();
+#endif
+            return;
+        }
+    }
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (ns <= 1 || row >= rows) { // no barriers below: warps may leave on their own
+    if (ns <= 1 || (kHeavy && ns > MLA_DECODE_HEAVY_SPLITS) || row >= rows) { // no barriers below: warps may leave on their own
 #ifdef MLA_DECODE_TRACE
         mla_trace_comb_end();
 #endif
@@ -285,14 +382,25 @@ cudaError_t launch_combine(const mla_decode_sched *s, int batch, int rows, int d
         // Few splits: more columns per warp keeps kLoads float4s in flight per thread.
         const int nc = expect <= 2 ? 4 : expect <= 4 ? 2 : 1;
         const int warps = rows < kNarrowRows ? rows : kNarrowRows;
-        cfg.gridDim = dim3((unsigned)((rows + warps - 1) / warps), (unsigned)batch,
-                           (unsigned)((dv4 + 32 * nc - 1) / (32 * nc)));
+        const unsigned gx = (unsigned)((rows + warps - 1) / warps), gz = (unsigned)((dv4 + 32 * nc - 1) / (32 * nc));
+        cfg.gridDim = dim3(gx, (unsigned)batch, gz);
         cfg.blockDim = dim3(32u * warps);
+        if (mla_decode_heavy_combine()) {
+            // About one worker CTA per two parts: a heavy request has more than
+            // MLA_DECODE_HEAVY_SPLITS parts, so there are at most num_parts / 24 of them.
+            const unsigned per_y = gx * gz, want = (unsigned)(num_parts / 2 > 1 ? num_parts / 2 : 1);
+            cfg.gridDim.y += (want + per_y - 1) / per_y;
+            if (nc == 4)
+                return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<4, kHalf, true>, *s, batch, rows, dv, bmm2_scale, o, lse);
+            if (nc == 2)
+                return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<2, kHalf, true>, *s, batch, rows, dv, bmm2_scale, o, lse);
+            return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<1, kHalf, true>, *s, batch, rows, dv, bmm2_scale, o, lse);
+        }
         if (nc == 4)
-            return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<4, kHalf>, *s, rows, dv, bmm2_scale, o, lse);
+            return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<4, kHalf, false>, *s, batch, rows, dv, bmm2_scale, o, lse);
         if (nc == 2)
-            return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<2, kHalf>, *s, rows, dv, bmm2_scale, o, lse);
-        return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<1, kHalf>, *s, rows, dv, bmm2_scale, o, lse);
+            return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<2, kHalf, false>, *s, batch, rows, dv, bmm2_scale, o, lse);
+        return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<1, kHalf, false>, *s, batch, rows, dv, bmm2_scale, o, lse);
     }
     // Many splits: narrow the column chunk until the grid fills the GPU, then give each
     // thread at most kLoads splits (one round) where the block size allows.
@@ -310,6 +418,12 @@ cudaError_t launch_combine(const mla_decode_sched *s, int batch, int rows, int d
 }
 
 } // namespace
+
+bool mla_decode_heavy_combine(void)
+{
+    static const bool on = heavy_from_env();
+    return on;
+}
 
 cudaError_t mla_launch_decode_combine(const mla_decode_sched *s, int batch, int rows, int dv,
                                       int num_parts, bool half_partials, float bmm2_scale,
