@@ -108,19 +108,20 @@ bool heavy_from_env()
 // computes the row's max and sum from the LSEs in shared memory, and warp 0 adds the warps'
 // sums.
 template <bool kHalf>
-__device__ __forceinline__ void combine_heavy_items(const mla_decode_sched &s, int rows, int dv,
-                                                 float bmm2_scale, uint16_t *__restrict__ out,
-                                                 float *__restrict__ lse_out, int worker, int workers)
+__device__ __forceinline__ void combine_heavy_items(const mla_decode_sched &s, int batch, int rows, int dv,
+                                                    float bmm2_scale, uint16_t *__restrict__ out,
+                                                    float *__restrict__ lse_out, int worker, int workers)
 {
+    const int *heavy = mla_decode_heavy_list(s, batch);
     __shared__ float lse_s[MLA_DECODE_MAX_PARTS];
     __shared__ __align__(16) float4 red_s[kNarrowRows][32];
     const int warps = blockDim.x >> 5, wp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int dv4 = dv >> 2, chunks = (dv4 + 31) / 32;
-    const int items = s.heavy[0] * rows * chunks;
+    const int items = heavy[0] * rows * chunks;
     for (int it = worker; it < items; it += workers) { // uniform over the CTA
         const int h = it / (rows * chunks), rem = it - h * rows * chunks;
         const int row = rem / chunks, ch = rem - row * chunks;
-        const int b = s.heavy[1 + h];
+        const int b = heavy[1 + h];
         const int ns = s.num_splits[b], base = s.slot_base[b];
         const int col4 = ch * 32 + lane;
         const bool ok = col4 < dv4;
@@ -177,9 +178,9 @@ __device__ __forceinline__ void combine_heavy_items(const mla_decode_sched &s, i
 // are those of the former one-warp kernel, so results match it bit for bit.
 // kHeavy: CTAs with blockIdx.y >= batch merge the heavy requests (above), the others skip them.
 template <int NC, bool kHalf, bool kHeavy>
-__global__ void __launch_bounds__(32 * kNarrowRows, NC == 1 ? 4 : 3)
-combine_narrow_kernel(mla_decode_sched s, int batch, int rows, int dv, float bmm2_scale,
-                      uint16_t *__restrict__ out, float *__restrict__ lse_out)
+__device__ __forceinline__ void combine_narrow(const mla_decode_sched &s, int batch, int rows, int dv,
+                                               float bmm2_scale, uint16_t *__restrict__ out,
+                                               float *__restrict__ lse_out)
 {
     constexpr int U = kLoads / NC; // splits per round
 #ifdef MLA_DECODE_TRACE
@@ -199,7 +200,7 @@ combine_narrow_kernel(mla_decode_sched s, int batch, int rows, int dv, float bmm
     if constexpr (kHeavy) {
         if (worker) {
             const int per_y = gridDim.x * gridDim.z;
-            combine_heavy_items<kHalf>(s, rows, dv, bmm2_scale, out, lse_out,
+            combine_heavy_items<kHalf>(s, batch, rows, dv, bmm2_scale, out, lse_out,
                                        (b - batch) * per_y + blockIdx.x * gridDim.z + blockIdx.z,
                                        (gridDim.y - batch) * per_y);
 #ifdef MLA_DECODE_TRACE
@@ -272,6 +273,23 @@ combine_narrow_kernel(mla_decode_sched s, int batch, int rows, int dv, float bmm
 #ifdef MLA_DECODE_TRACE
     mla_trace_comb_end();
 #endif
+}
+
+template <int NC, bool kHalf>
+__global__ void __launch_bounds__(32 * kNarrowRows, NC == 1 ? 4 : 3)
+combine_narrow_kernel(mla_decode_sched s, int rows, int dv, float bmm2_scale,
+                      uint16_t *__restrict__ out, float *__restrict__ lse_out)
+{
+    combine_narrow<NC, kHalf, false>(s, 0, rows, dv, bmm2_scale, out, lse_out);
+}
+
+// The narrow shape with the heavy-request workers (grid y = batch + worker rows).
+template <int NC, bool kHalf>
+__global__ void __launch_bounds__(32 * kNarrowRows, NC == 1 ? 4 : 3)
+combine_narrow_heavy_kernel(mla_decode_sched s, int batch, int rows, int dv, float bmm2_scale,
+                            uint16_t *__restrict__ out, float *__restrict__ lse_out)
+{
+    combine_narrow<NC, kHalf, true>(s, batch, rows, dv, bmm2_scale, out, lse_out);
 }
 
 // One CTA per (query row, request, CL float4 columns); blockDim = CL * G, CL and G powers of
@@ -391,16 +409,16 @@ cudaError_t launch_combine(const mla_decode_sched *s, int batch, int rows, int d
             const unsigned per_y = gx * gz, want = (unsigned)(num_parts / 2 > 1 ? num_parts / 2 : 1);
             cfg.gridDim.y += (want + per_y - 1) / per_y;
             if (nc == 4)
-                return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<4, kHalf, true>, *s, batch, rows, dv, bmm2_scale, o, lse);
+                return cudaLaunchKernelEx(&cfg, combine_narrow_heavy_kernel<4, kHalf>, *s, batch, rows, dv, bmm2_scale, o, lse);
             if (nc == 2)
-                return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<2, kHalf, true>, *s, batch, rows, dv, bmm2_scale, o, lse);
-            return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<1, kHalf, true>, *s, batch, rows, dv, bmm2_scale, o, lse);
+                return cudaLaunchKernelEx(&cfg, combine_narrow_heavy_kernel<2, kHalf>, *s, batch, rows, dv, bmm2_scale, o, lse);
+            return cudaLaunchKernelEx(&cfg, combine_narrow_heavy_kernel<1, kHalf>, *s, batch, rows, dv, bmm2_scale, o, lse);
         }
         if (nc == 4)
-            return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<4, kHalf, false>, *s, batch, rows, dv, bmm2_scale, o, lse);
+            return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<4, kHalf>, *s, rows, dv, bmm2_scale, o, lse);
         if (nc == 2)
-            return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<2, kHalf, false>, *s, batch, rows, dv, bmm2_scale, o, lse);
-        return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<1, kHalf, false>, *s, batch, rows, dv, bmm2_scale, o, lse);
+            return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<2, kHalf>, *s, rows, dv, bmm2_scale, o, lse);
+        return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<1, kHalf>, *s, rows, dv, bmm2_scale, o, lse);
     }
     // Many splits: narrow the column chunk until the grid fills the GPU, then give each
     // thread at most kLoads splits (one round) where the block size allows.

@@ -94,10 +94,13 @@ __device__ __forceinline__ void plan_part_start(int p, int b0, int batch, int ta
     reinterpret_cast<int4 *>(s.part_start)[p] = r;
 }
 
+// kHeavy: also list the requests of more than MLA_DECODE_HEAVY_SPLITS splits (mla_decode_heavy_list).
+template <bool kHeavy>
 __global__ void __launch_bounds__(kSchedThreads)
 decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_keys,
-                       int block_n, int num_parts, int heavy_min, uint32_t *flags, mla_decode_sched s)
+                       int block_n, int num_parts, uint32_t *flags, mla_decode_sched s)
 {
+    constexpr int heavy_min = MLA_DECODE_HEAVY_SPLITS;
     __shared__ int warp_sums[32];
     __shared__ int first_s[kSchedThreads], last_s[kSchedThreads];
     __shared__ int start_s[kSchedThreads], nb_s[kSchedThreads], seq_s[kSchedThreads];
@@ -135,11 +138,11 @@ decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_
         }
         const int slot0 = block_exclusive_scan(slots, &total, warp_sums); // its barriers publish the *_s arrays
         if (b < batch) s.slot_base[b] = slot0;
-        if (heavy_min > 0) { // uniform: every thread reaches the scan's barriers
+        if constexpr (kHeavy) { // every thread reaches the scan's barriers
             const int heavy = b < batch && last_s[b] - first_s[b] + 1 > heavy_min;
             const int at = block_exclusive_scan(heavy, &total, warp_sums);
-            if (heavy) s.heavy[1 + at] = b;
-            if (b == 0) s.heavy[0] = total;
+            if (heavy) mla_decode_heavy_list(s, batch)[1 + at] = b;
+            if (b == 0) mla_decode_heavy_list(s, batch)[0] = total;
         }
         for (int p = threadIdx.x; p < num_parts; p += kSchedThreads) {
             const int b0 = part_first_request(p, batch, [&](int i) { return first_s[i]; },
@@ -178,17 +181,17 @@ decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_
         if (b < batch) s.slot_base[b] = carry + before;
         carry += total;
     }
-    if (heavy_min > 0) { // the heavy-request list (num_splits[b] was written by this thread)
+    if constexpr (kHeavy) { // the heavy-request list (num_splits[b] was written by this thread)
         carry = 0;
         for (int base = 0; base < batch; base += kSchedThreads) {
             const int b = base + (int)threadIdx.x;
             const int heavy = b < batch && s.num_splits[b] > heavy_min;
             int total;
             const int at = block_exclusive_scan(heavy, &total, warp_sums);
-            if (heavy) s.heavy[1 + carry + at] = b;
+            if (heavy) mla_decode_heavy_list(s, batch)[1 + carry + at] = b;
             carry += total;
         }
-        if (threadIdx.x == 0) s.heavy[0] = carry;
+        if (threadIdx.x == 0) mla_decode_heavy_list(s, batch)[0] = carry;
     }
     __syncthreads();
 
@@ -213,7 +216,9 @@ cudaError_t mla_launch_decode_schedule(const int32_t *seq_lens, int batch, int m
 {
     cudaLaunchAttribute attr;
     cudaLaunchConfig_t cfg = mla_pdl_launch_config(dim3(1), dim3(kSchedThreads), 0, stream, &attr);
-    const int heavy_min = mla_decode_heavy_combine() ? MLA_DECODE_HEAVY_SPLITS : 0;
-    return cudaLaunchKernelEx(&cfg, decode_schedule_kernel, seq_lens, batch, max_keys, block_n,
-                              num_parts, heavy_min, device_error_flags, *s);
+    if (mla_decode_heavy_combine())
+        return cudaLaunchKernelEx(&cfg, decode_schedule_kernel<true>, seq_lens, batch, max_keys, block_n,
+                                  num_parts, device_error_flags, *s);
+    return cudaLaunchKernelEx(&cfg, decode_schedule_kernel<false>, seq_lens, batch, max_keys, block_n,
+                              num_parts, device_error_flags, *s);
 }

@@ -35,8 +35,6 @@ typedef struct mla_decode_sched {
     int *first_part;  // [batch] first part touching request b
     int *num_splits;  // [batch] parts touching request b
     int *slot_base;   // [batch] first partial slot of request b (when num_splits > 1)
-    int *heavy;       // [1 + batch] heavy-request combine only: the count of requests with
-                      // more than MLA_DECODE_HEAVY_SPLITS splits, then their indices
     float *part_lse;  // [max_slots, rows]
     float *part_o;    // [max_slots, rows, dv] (float16 elements when the partials are half)
 } mla_decode_sched;
@@ -47,6 +45,20 @@ typedef struct mla_decode_split_layout {
 } mla_decode_split_layout;
 
 static inline size_t mla_align256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+// Whether the heavy-request combine is on (MLA_DECODE_HEAVY_COMBINE=1, read once per process,
+// so a plan and the calls that use it agree): the layout then holds the heavy-request list,
+// the scheduler fills it and the narrow combine shape gets extra CTAs that merge them.
+bool mla_decode_heavy_combine(void);
+
+// The heavy-request list, [1 + batch] ints after slot_base (only with the heavy-request
+// combine): the count of requests of more than MLA_DECODE_HEAVY_SPLITS splits, then their
+// indices. Not a field of mla_decode_sched, whose size is part of every decode kernel's
+// parameters (one more pointer there changed the SASS of v7 and of several v2 forms).
+static inline __host__ __device__ int *mla_decode_heavy_list(const mla_decode_sched &s, int batch)
+{
+    return s.slot_base + batch;
+}
 
 // rows = q_len * heads (query rows of one request).
 static inline mla_decode_split_layout mla_decode_split_layout_make(int batch, int rows, int dv,
@@ -60,7 +72,8 @@ static inline mla_decode_split_layout mla_decode_split_layout_make(int batch, in
     // Each part holds at most two split pieces (its first and last request), and there are
     // at most batch + num_parts - 1 pieces in all.
     L.max_slots = num_parts + (batch < num_parts ? batch : num_parts);
-    size_t ints = 4 * (size_t)num_parts + 2 + 7 * (size_t)batch; // part_start first (16-byte aligned)
+    size_t ints = 4 * (size_t)num_parts + 1 + 6 * (size_t)batch; // part_start first (16-byte aligned)
+    if (mla_decode_heavy_combine()) ints += 1 + (size_t)batch;    // the heavy-request list
     L.off_lse = mla_align256(ints * 4);
     L.off_o = mla_align256(L.off_lse + (size_t)L.max_slots * rows * 4);
     L.total_bytes = L.off_o + (size_t)L.max_slots * rows * dv * 4;
@@ -81,7 +94,6 @@ static inline mla_decode_sched mla_decode_sched_at(void *plan, void *ws, const m
     s.first_part = s.seq_eff + L->batch;
     s.num_splits = s.first_part + L->batch;
     s.slot_base = s.num_splits + L->batch;
-    s.heavy = s.slot_base + L->batch;
     s.part_lse = (float *)((char *)ws + L->off_lse);
     s.part_o = (float *)((char *)ws + L->off_o);
     return s;
@@ -91,11 +103,6 @@ static inline mla_decode_sched mla_decode_sched_from(void *ws, const mla_decode_
 {
     return mla_decode_sched_at(ws, ws, L);
 }
-
-// Whether the heavy-request combine is on (MLA_DECODE_HEAVY_COMBINE=1, read once per process,
-// so a plan and the calls that use it agree): the scheduler then lists the heavy requests and
-// the narrow combine shape gets extra CTAs that merge them.
-bool mla_decode_heavy_combine(void);
 
 // Fills the schedule from seq_lens (one CTA). Flags MLA_DEVERR_SEQ_LEN for seq_len < 0 or
 // beyond max_keys (then clamps).
