@@ -211,7 +211,8 @@ __device__ __forceinline__ void combine_narrow(const mla_decode_sched &s, int ba
     }
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (ns <= 1 || (kHeavy && ns > MLA_DECODE_HEAVY_SPLITS) || row >= rows) { // no barriers below: warps may leave on their own
+    // No barriers below: warps may leave on their own. Heavy requests are the workers' here.
+    if (ns <= 1 || (kHeavy && ns > MLA_DECODE_HEAVY_SPLITS) || row >= rows) {
 #ifdef MLA_DECODE_TRACE
         mla_trace_comb_end();
 #endif
