@@ -325,6 +325,11 @@ TEST(gpu_decode_uneven_batches)
             int r = mla_test_rand_int(0, 9);
             lens[b] = r == 0 ? 0 : r < 8 || rep == 2 ? mla_test_rand_int(1, 200) : mla_test_rand_int(1000, 6000);
         }
+        if (rep == 2) { /* two long ones, ~35 and ~26 splits: heavy requests (the option
+                         * MLA_DECODE_HEAVY_COMBINE) listed by the scheduler's multi-pass path */
+            lens[5] = 40000;
+            lens[B - 3] = 30000;
+        }
         gdecode_case c = base_case(B, rep ? 1 : 2, 16, 64, MLA_DTYPE_FP8_E4M3, lens);
         run_gpu_decode_case(&c, rep == 2 ? "uneven batch 1100" : rep ? "uneven batch 300" : "uneven batch 40 q_len 2");
         if (rep == 2) {
