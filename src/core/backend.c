@@ -337,10 +337,12 @@ void mla_decode_plan_destroy(mla_decode_plan *pl)
     free(pl);
 }
 
-mla_status mla_decode_plan_build(mla_decode_plan *pl, const mla_tensor *seq_lens, void *stream)
+/* The build; host_lens: the seq_lens' values when the caller already holds them (no read
+ * back from the device for the checks), else NULL. */
+static mla_status build_plan(mla_decode_plan *pl, const mla_tensor *seq_lens, const int32_t *host_lens,
+                             void *stream)
 {
     static const char op[] = "mla_decode_plan_build";
-    mla_clear_error();
     if (!pl || !seq_lens)
         return mla_set_error(MLA_ERR_NULL_POINTER, "%s: %s is NULL", op, pl ? "seq_lens" : "plan");
     mla_backend *be = pl->be;
@@ -351,9 +353,9 @@ mla_status mla_decode_plan_build(mla_decode_plan *pl, const mla_tensor *seq_lens
     free(pl->lens);
     pl->lens = NULL;
     if (index_check_enabled(be, stream)) {
-        const void *sl;
-        void *owned;
-        MLA_TRY(index_to_host(be, seq_lens, stream, &sl, &owned));
+        const void *sl = host_lens;
+        void *owned = NULL;
+        if (!sl) MLA_TRY(index_to_host(be, seq_lens, stream, &sl, &owned));
         const int32_t *v = sl;
         mla_status st = MLA_OK;
         for (int b = 0; b < pl->batch && st == MLA_OK; b++)
@@ -387,6 +389,18 @@ mla_status mla_decode_plan_build(mla_decode_plan *pl, const mla_tensor *seq_lens
     }
     pl->built = 1;
     return MLA_OK;
+}
+
+mla_status mla_decode_plan_build(mla_decode_plan *pl, const mla_tensor *seq_lens, void *stream)
+{
+    mla_clear_error();
+    return build_plan(pl, seq_lens, NULL, stream);
+}
+
+mla_status mla_decode_plan_build_known(mla_decode_plan *pl, const mla_tensor *seq_lens,
+                                       const int32_t *host_lens, void *stream)
+{
+    return build_plan(pl, seq_lens, host_lens, stream);
 }
 
 /* A call's plan against the call: same backend, same batch / q_len / block-table width, built. */

@@ -45,11 +45,11 @@ static mla_status metadata_all_inactive(mla_batch_metadata *md, mla_forward_mode
     if (st == MLA_OK) st = mla_serving_copy(md, md->slots, neg, slots * 4, stream);
     free(zeros);
     free(neg);
-    /* The captured forward reads this plan's memory; every build while the graph exists
-     * re-plans it for max_batch rows. */
-    if (st == MLA_OK) st = mla_serving_plan_decode(md, md->capacity, q_len, stream);
     if (st != MLA_OK) return st;
     memset(md->host_seq_lens, 0, rows * 4);
+    /* The captured forward reads this plan's memory; every build while the graph exists
+     * re-plans it for max_batch rows. */
+    MLA_TRY(mla_serving_plan_decode(md, md->capacity, q_len, md->host_seq_lens, stream));
     md->built = 1;
     md->mode = mode;
     md->batch = md->capacity;

@@ -178,7 +178,8 @@ void mla_metadata_destroy(mla_batch_metadata *md)
 
 /* ---- decode plans ---- */
 
-mla_status mla_serving_plan_decode(mla_batch_metadata *md, int rows, int q_len, void *stream)
+mla_status mla_serving_plan_decode(mla_batch_metadata *md, int rows, int q_len,
+                                   const int32_t *host_lens, void *stream)
 {
     md->plan_rows = 0;
     if (rows < 1) return MLA_OK;
@@ -192,7 +193,7 @@ mla_status mla_serving_plan_decode(mla_batch_metadata *md, int rows, int q_len, 
     MLA_TRY(mla_decode_plan_set_batch(*pl, rows));
     const mla_tensor sl =
         mla_tensor_contiguous(md->seq_lens, MLA_DTYPE_I32, md->cfg.device, 1, (int64_t[]){rows});
-    MLA_TRY(mla_decode_plan_build(*pl, &sl, stream));
+    MLA_TRY(mla_decode_plan_build_known(*pl, &sl, host_lens, stream));
     md->plan_rows = rows;
     md->plan_q_len = q_len;
     return MLA_OK;
@@ -487,6 +488,7 @@ static mla_status build_metadata(mla_batch_metadata *md, const mla_metadata_args
             md->host_seq_lens[b] = sl[b] + seq_len_offset;
             md->host_extend_lens[b] = e;
         }
+        for (int b = (int)B; b < md->capacity; b++) md->host_seq_lens[b] = 0; /* inactive rows */
     } else {
         max_seq = md->max_pages_per_seq * md->cfg.page_size;
     }
@@ -545,7 +547,7 @@ static mla_status build_metadata(mla_batch_metadata *md, const mla_metadata_args
      * captured over the metadata they run max_batch rows, so that is what gets planned. */
     if (!ragged)
         MLA_TRY(mla_serving_plan_decode(md, md->graph_users > 0 ? md->capacity : (int)B, q_len,
-                                        a->stream));
+                                        host_known ? md->host_seq_lens : NULL, a->stream));
     md->built = 1;
     md->mode = a->mode;
     md->batch = (int)B;

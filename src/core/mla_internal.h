@@ -205,6 +205,10 @@ const mla_kernel_set *mla_find_kernel_set(const char *name);
 /* Re-aims a decode plan at `batch` <= the batch it was created for, keeping its memory (which
  * CUDA graphs may have captured); it is then unbuilt. The serving layer's plans use it. */
 mla_status mla_decode_plan_set_batch(mla_decode_plan *plan, int batch);
+/* mla_decode_plan_build for a caller that holds the seq_lens' values on the host
+ * (host_lens[batch], equal to the tensor; NULL: read them back when index checks run). */
+mla_status mla_decode_plan_build_known(mla_decode_plan *plan, const mla_tensor *seq_lens,
+                                       const int32_t *host_lens, void *stream);
 
 /* ---- helpers shared by kernel sets ---- */
 /* Hardware-style conversions, used by the CPU kernels (defined in src/core/convert.c). */

@@ -93,8 +93,10 @@ mla_status mla_check_metadata_indices(const char *op, mla_forward_mode mode, int
                                       int64_t *max_slot);
 
 /* Plans the split-KV schedule of `rows` requests of q_len tokens from the metadata's
- * seq_lens (rows 0 plans nothing), so that every forward call of the build can skip it. */
-mla_status mla_serving_plan_decode(mla_batch_metadata *md, int rows, int q_len, void *stream);
+ * seq_lens (rows 0 plans nothing), so that every forward call of the build can skip it.
+ * host_lens: those seq_lens on the host ([rows]), or NULL to read them back for the checks. */
+mla_status mla_serving_plan_decode(mla_batch_metadata *md, int rows, int q_len,
+                                   const int32_t *host_lens, void *stream);
 /* The plan of the last build when it covers a decode over `rows` requests of q_len tokens. */
 const mla_decode_plan *mla_serving_decode_plan(const mla_batch_metadata *md, int rows, int q_len);
 
