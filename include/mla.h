@@ -436,6 +436,12 @@ typedef struct mla_metadata_view {
     mla_tensor cu_seqlens_q;  /* i32 [batch + 1] new tokens */
     mla_tensor cu_seqlens_kv; /* i32 [batch + 1] seq_lens */
     mla_tensor new_slots;   /* i32 [num_new_tokens] cache slot of each new token */
+    /* decode and target_verify: the build's decode plan, for an mla_decode over the first
+     * decode_plan_batch rows of block_table / seq_lens with q_len tokens (batch, or max_batch
+     * while a graph exists over the metadata); NULL (and 0) when the build made none (ragged
+     * modes, an empty batch, a first build of that q_len during stream capture). */
+    const mla_decode_plan *decode_plan;
+    int decode_plan_batch;
 } mla_metadata_view;
 mla_status mla_metadata_get(const mla_batch_metadata *metadata, mla_metadata_view *view);
 

@@ -76,6 +76,11 @@ static inline void check_view(sv_env *e, const sv_batch *b, mla_batch_metadata *
     CHECK(v.batch == b->B);
     CHECK(v.max_batch == max_batch);
     CHECK(v.num_new_tokens == total_new(b));
+    /* Decode modes plan their batch (no graph here); the ragged modes plan nothing. */
+    const int planned = (v.mode == MLA_FORWARD_DECODE || v.mode == MLA_FORWARD_TARGET_VERIFY) && b->B > 0;
+    CHECK_MSG((v.decode_plan != NULL) == planned && v.decode_plan_batch == (planned ? b->B : 0),
+              "%s batch %d: view plan %p for %d rows", mla_forward_mode_name(v.mode), b->B,
+              (const void *)v.decode_plan, v.decode_plan_batch);
     /* Host copies of the metadata buffers (downloaded on device backends). */
     const size_t bt_n = (size_t)max_batch * v.max_pages_per_seq, n_new = (size_t)v.num_new_tokens;
     int32_t *bt = malloc(bt_n * 4), *sl = malloc((size_t)max_batch * 4), *cq = malloc((size_t)(b->B + 1) * 4),

@@ -431,10 +431,11 @@ TEST(serving_graph_replay_bit_identical_to_eager)
     sv_destroy(&e);
 }
 
-/* The decode forwards of a build share the decode plan the build made: a change to the
- * metadata's seq_lens after the build is refused (the plan no longer matches them). With a
- * graph over the metadata the build plans max_batch rows; once the graph is gone, forwards on
- * that build run without the plan, and the next build plans the batch again. */
+/* The decode forwards of a build share the decode plan the build made (also in the metadata
+ * view, for a caller's own mla_decode): a change to the metadata's seq_lens after the build is
+ * refused (the plan no longer matches them). With a graph over the metadata the build plans
+ * max_batch rows; once the graph is gone, forwards on that build run without the plan, and
+ * the next build plans the batch again. */
 TEST(serving_decode_plan_of_a_build)
 {
     sv_env e;
@@ -462,6 +463,22 @@ TEST(serving_decode_plan_of_a_build)
     mla_metadata_view v;
     CHECK_STATUS(mla_metadata_get(md, &v), MLA_OK);
     int32_t *sl = v.seq_lens.data; /* host memory on the CPU backend */
+    /* The view's plan serves a caller's own mla_decode over the same rows. */
+    CHECK(v.decode_plan != NULL && v.decode_plan_batch == B);
+    mla_decode_args d = {
+        .q = mla_tensor_contiguous(q, MLA_DTYPE_BF16, cpu_dev, 4, (int64_t[]){B, 1, H, D}),
+        .kv_cache = ga.kv_cache,
+        .block_table = v.block_table,
+        .seq_lens = v.seq_lens,
+        .out = mla_tensor_contiguous(out, MLA_DTYPE_BF16, cpu_dev, 4, (int64_t[]){B, 1, H, R}),
+        .plan = v.decode_plan,
+    };
+    d.block_table.shape[0] = d.seq_lens.shape[0] = B;
+    memset(out, 0xff, (size_t)CAP * H * R * 2);
+    CHECK_STATUS(mla_decode(e.be, &d), MLA_OK);
+    CHECK(memcmp(out, first, (size_t)B * H * R * 2) == 0);
+    d.block_table.shape[0] = d.seq_lens.shape[0] = d.q.shape[0] = d.out.shape[0] = B - 1;
+    CHECK_STATUS(mla_decode(e.be, &d), MLA_ERR_INVALID_ARGUMENT); /* not the plan's batch */
     sl[1] -= 1;
     CHECK_STATUS(mla_forward_decode(e.be, md, &ea), MLA_ERR_INVALID_ARGUMENT);
     CHECK_MSG(strstr(mla_last_error(), "plan") != NULL, "message: %s", mla_last_error());
@@ -471,6 +488,8 @@ TEST(serving_decode_plan_of_a_build)
     mla_graph *g = NULL;
     CHECK_STATUS(mla_graph_capture(e.be, md, MLA_FORWARD_DECODE, 1, &ga, &g), MLA_OK);
     CHECK_STATUS(mla_metadata_build(md, &a), MLA_OK); /* plans CAP rows: the graph's shape */
+    CHECK_STATUS(mla_metadata_get(md, &v), MLA_OK);
+    CHECK(v.decode_plan != NULL && v.decode_plan_batch == CAP);
     memset(out, 0xff, (size_t)CAP * H * R * 2);
     CHECK_STATUS(mla_forward_decode(e.be, md, &ea), MLA_OK);
     CHECK(memcmp(out, first, (size_t)B * H * R * 2) == 0);
@@ -484,6 +503,8 @@ TEST(serving_decode_plan_of_a_build)
     CHECK_STATUS(mla_forward_decode(e.be, md, &ea), MLA_OK);
     sl[1] += 1;
     CHECK_STATUS(mla_metadata_build(md, &a), MLA_OK); /* plans B rows again */
+    CHECK_STATUS(mla_metadata_get(md, &v), MLA_OK);
+    CHECK(v.decode_plan != NULL && v.decode_plan_batch == B);
     sl[1] -= 1;
     CHECK_STATUS(mla_forward_decode(e.be, md, &ea), MLA_ERR_INVALID_ARGUMENT);
     free(q);

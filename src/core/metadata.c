@@ -593,6 +593,8 @@ mla_status mla_metadata_get(const mla_batch_metadata *md, mla_metadata_view *v)
     v->cu_seqlens_kv = mla_tensor_contiguous(md->cu_seqlens_kv, MLA_DTYPE_I32, dev, 1, &n);
     n = md->num_new_tokens;
     v->new_slots = mla_tensor_contiguous(md->slots, MLA_DTYPE_I32, dev, 1, &n);
+    v->decode_plan = mla_serving_decode_plan(md, md->plan_rows, md->plan_q_len);
+    v->decode_plan_batch = v->decode_plan ? md->plan_rows : 0;
     return MLA_OK;
 }
 
