@@ -507,6 +507,66 @@ static mla_decode_args host_twin(const mla_decode_args *a, void *q, void *cache,
     return h;
 }
 
+TEST(gpu_decode_batch_above_grid_limit)
+{
+    /* 70000 requests: more than CUDA's 65535 on a grid's y dimension, where the narrow
+     * combine puts the request, so it launches in chunks. Requests of up to 3 key blocks
+     * (some split over two parts, also past request 65535) share a small page pool; one
+     * head keeps the buffers small. Checked against the CPU backend. */
+    const int B = 70000, L = 1, H = 1, D = 576, R = 512, P = 64, max_pages = 3, num_pages = 64;
+    mla_config cfg, ccfg;
+    gdecode_case c0 = base_case(B, L, H, P, MLA_DTYPE_FP8_E4M3, NULL);
+    config_for(&cfg, &c0, MLA_DEVICE_CUDA);
+    config_for(&ccfg, &c0, MLA_DEVICE_CPU);
+    mla_backend *gpu = NULL, *cpu = NULL;
+    CHECK_STATUS(mla_backend_create("hopper", &cfg, &gpu), MLA_OK);
+    CHECK_STATUS(mla_backend_create("cpu", &ccfg, &cpu), MLA_OK);
+    if (!gpu || !cpu) {
+        mla_backend_destroy(gpu);
+        mla_backend_destroy(cpu);
+        return;
+    }
+    const size_t cache_bytes = (size_t)num_pages * P * D;
+    const int64_t q_elems = (int64_t)B * L * H * D, out_elems = (int64_t)B * L * H * R;
+    uint8_t *cache = xmalloc(cache_bytes);
+    oracle_fill(MLA_DTYPE_FP8_E4M3, cache, NULL, (int64_t)num_pages * P * D, -1.0f, 1.0f);
+    uint16_t *q = xmalloc((size_t)q_elems * 2), *out = xmalloc((size_t)out_elems * 2),
+             *ref_out = xmalloc((size_t)out_elems * 2);
+    oracle_fill(MLA_DTYPE_BF16, q, NULL, q_elems, -2.0f, 2.0f);
+    int32_t *table = xmalloc((size_t)B * max_pages * 4), *seq = xmalloc((size_t)B * 4);
+    for (int b = 0; b < B; b++) {
+        seq[b] = mla_test_rand_int(1, max_pages * P);
+        for (int j = 0; j < max_pages; j++) table[(size_t)b * max_pages + j] = mla_test_rand_int(0, num_pages - 1);
+    }
+    void *d_q = to_device(q, (size_t)q_elems * 2), *d_cache = to_device(cache, cache_bytes);
+    void *d_table = to_device(table, (size_t)B * max_pages * 4), *d_seq = to_device(seq, (size_t)B * 4);
+    void *d_out = to_device(NULL, (size_t)out_elems * 2);
+    cudaMemset(d_out, 0xff, (size_t)out_elems * 2);
+    mla_decode_args a;
+    memset(&a, 0, sizeof a);
+    a.q = dev_tensor(d_q, MLA_DTYPE_BF16, 4, B, L, H, D);
+    a.kv_cache = dev_tensor(d_cache, MLA_DTYPE_FP8_E4M3, 3, num_pages, P, D, 0);
+    a.block_table = dev_tensor(d_table, MLA_DTYPE_I32, 2, B, max_pages, 0, 0);
+    a.seq_lens = dev_tensor(d_seq, MLA_DTYPE_I32, 1, B, 0, 0, 0);
+    a.out = dev_tensor(d_out, MLA_DTYPE_BF16, 4, B, L, H, R);
+    CHECK_STATUS(mla_decode(gpu, &a), MLA_OK);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess);
+    cudaMemcpy(out, d_out, (size_t)out_elems * 2, cudaMemcpyDeviceToHost);
+    mla_decode_args h = host_twin(&a, q, cache, MLA_DTYPE_FP8_E4M3, num_pages, table, seq, ref_out);
+    CHECK_STATUS(mla_decode(cpu, &h), MLA_OK);
+    double *ref = xmalloc((size_t)out_elems * sizeof(double));
+    for (int64_t i = 0; i < out_elems; i++) ref[i] = mla_bf16_to_float(ref_out[i]);
+    oracle_report r = oracle_compare_bf16(out, ref, out_elems, out_tol);
+    report("batch 70000", "out", &r);
+    uint32_t flags = 0;
+    CHECK_STATUS(mla_backend_device_errors(gpu, &flags), MLA_OK);
+    CHECK_MSG(flags == 0, "device error flags 0x%x", flags);
+    cudaFree(d_q); cudaFree(d_cache); cudaFree(d_table); cudaFree(d_seq); cudaFree(d_out);
+    free(cache); free(q); free(out); free(ref_out); free(ref); free(table); free(seq);
+    mla_backend_destroy(gpu);
+    mla_backend_destroy(cpu);
+}
+
 /* Captured once into a CUDA graph, replayed with new seq_lens and block tables written into
  * the same buffers: the results must follow the new data (scheduling happens on the GPU). */
 TEST(gpu_decode_cuda_graph_replay)

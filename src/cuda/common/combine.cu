@@ -38,6 +38,7 @@ constexpr int kWideMinLanes = 8;   // fewest float4 columns of a wide CTA (128-b
 #endif
 constexpr int kNarrowMax = MLA_COMBINE_NARROW_MAX; // expected splits per request the narrow shape takes
 constexpr int kTargetCtas = 264;   // ~two CTAs per SM on a 132-SM H100 / H200
+constexpr unsigned kMaxGridY = 65535; // CUDA's limit on gridDim.y (the narrow shape's requests)
 // red holds G rows of 4 * CL + 4 floats: 4 * threads + 4 * G, G <= threads / kWideMinLanes.
 constexpr int kWideRed = 4 * kWideThreads + 4 * (kWideThreads / kWideMinLanes);
 
@@ -404,22 +405,35 @@ cudaError_t launch_combine(const mla_decode_sched *s, int batch, int rows, int d
         const unsigned gx = (unsigned)((rows + warps - 1) / warps), gz = (unsigned)((dv4 + 32 * nc - 1) / (32 * nc));
         cfg.gridDim = dim3(gx, (unsigned)batch, gz);
         cfg.blockDim = dim3(32u * warps);
-        if (mla_decode_heavy_combine()) {
-            // About one worker CTA per two parts: a heavy request has more than
-            // MLA_DECODE_HEAVY_SPLITS parts, so there are at most num_parts / 24 of them.
-            const unsigned per_y = gx * gz, want = (unsigned)(num_parts / 2 > 1 ? num_parts / 2 : 1);
-            cfg.gridDim.y += (want + per_y - 1) / per_y;
+        // About one worker CTA per two parts: a heavy request has more than
+        // MLA_DECODE_HEAVY_SPLITS parts, so there are at most num_parts / 24 of them.
+        const unsigned per_y = gx * gz, want = (unsigned)(num_parts / 2 > 1 ? num_parts / 2 : 1);
+        const unsigned worker_y = (want + per_y - 1) / per_y;
+        if (mla_decode_heavy_combine() && (unsigned)batch + worker_y <= kMaxGridY) {
+            cfg.gridDim.y += worker_y;
             if (nc == 4)
                 return cudaLaunchKernelEx(&cfg, combine_narrow_heavy_kernel<4, kHalf>, *s, batch, rows, dv, bmm2_scale, o, lse);
             if (nc == 2)
                 return cudaLaunchKernelEx(&cfg, combine_narrow_heavy_kernel<2, kHalf>, *s, batch, rows, dv, bmm2_scale, o, lse);
             return cudaLaunchKernelEx(&cfg, combine_narrow_heavy_kernel<1, kHalf>, *s, batch, rows, dv, bmm2_scale, o, lse);
         }
-        if (nc == 4)
-            return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<4, kHalf>, *s, rows, dv, bmm2_scale, o, lse);
-        if (nc == 2)
-            return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<2, kHalf>, *s, rows, dv, bmm2_scale, o, lse);
-        return cudaLaunchKernelEx(&cfg, combine_narrow_kernel<1, kHalf>, *s, rows, dv, bmm2_scale, o, lse);
+        // One launch per kMaxGridY requests (grid y holds the request): launch c sees request
+        // b0 + y as its request y (split counts, slot bases and outputs shifted; the slots are
+        // absolute). Without the heavy workers every request is merged by its own CTAs.
+        for (int b0 = 0; b0 < batch; b0 += (int)kMaxGridY) {
+            const int n = batch - b0 < (int)kMaxGridY ? batch - b0 : (int)kMaxGridY;
+            mla_decode_sched c = *s;
+            c.num_splits += b0;
+            c.slot_base += b0;
+            uint16_t *oc = o + (size_t)b0 * rows * dv;
+            float *lc = lse ? lse + (size_t)b0 * rows : NULL;
+            cfg.gridDim.y = (unsigned)n;
+            cudaError_t e = nc == 4   ? cudaLaunchKernelEx(&cfg, combine_narrow_kernel<4, kHalf>, c, rows, dv, bmm2_scale, oc, lc)
+                            : nc == 2 ? cudaLaunchKernelEx(&cfg, combine_narrow_kernel<2, kHalf>, c, rows, dv, bmm2_scale, oc, lc)
+                                      : cudaLaunchKernelEx(&cfg, combine_narrow_kernel<1, kHalf>, c, rows, dv, bmm2_scale, oc, lc);
+            if (e != cudaSuccess) return e;
+        }
+        return cudaSuccess;
     }
     // Many splits: narrow the column chunk until the grid fills the GPU, then give each
     // thread at most kLoads splits (one round) where the block size allows.
