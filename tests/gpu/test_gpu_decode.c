@@ -507,6 +507,39 @@ static mla_decode_args host_twin(const mla_decode_args *a, void *q, void *cache,
     return h;
 }
 
+/* The "hopper" backend for case c0's configuration and its CPU twin; 0 (and none) when
+ * either cannot be created. */
+static int gpu_cpu_pair(const gdecode_case *c0, mla_backend **gpu, mla_backend **cpu)
+{
+    mla_config cfg, ccfg;
+    config_for(&cfg, c0, MLA_DEVICE_CUDA);
+    config_for(&ccfg, c0, MLA_DEVICE_CPU);
+    *gpu = *cpu = NULL;
+    CHECK_STATUS(mla_backend_create("hopper", &cfg, gpu), MLA_OK);
+    CHECK_STATUS(mla_backend_create("cpu", &ccfg, cpu), MLA_OK);
+    if (*gpu && *cpu) return 1;
+    mla_backend_destroy(*gpu);
+    mla_backend_destroy(*cpu);
+    return 0;
+}
+
+/* Runs the CPU twin of device args `a` over host copies (see host_twin) and compares the
+ * device's output `out` (downloaded) with it. */
+static void check_vs_cpu(mla_backend *cpu, const char *label, const mla_decode_args *a, void *q, void *cache,
+                         mla_dtype kv, int64_t num_pages, int32_t *table, int32_t *seq, const uint16_t *out)
+{
+    const int64_t n = a->out.shape[0] * a->out.shape[1] * a->out.shape[2] * a->out.shape[3];
+    uint16_t *ref_out = xmalloc((size_t)n * 2);
+    double *ref = xmalloc((size_t)n * sizeof(double));
+    mla_decode_args h = host_twin(a, q, cache, kv, num_pages, table, seq, ref_out);
+    CHECK_STATUS(mla_decode(cpu, &h), MLA_OK);
+    for (int64_t i = 0; i < n; i++) ref[i] = mla_bf16_to_float(ref_out[i]);
+    oracle_report r = oracle_compare_bf16(out, ref, n, out_tol);
+    report(label, "out", &r);
+    free(ref_out);
+    free(ref);
+}
+
 TEST(gpu_decode_batch_above_grid_limit)
 {
     /* 70000 requests: more than CUDA's 65535 on a grid's y dimension, where the narrow
@@ -514,24 +547,14 @@ TEST(gpu_decode_batch_above_grid_limit)
      * (some split over two parts, also past request 65535) share a small page pool; one
      * head keeps the buffers small. Checked against the CPU backend. */
     const int B = 70000, L = 1, H = 1, D = 576, R = 512, P = 64, max_pages = 3, num_pages = 64;
-    mla_config cfg, ccfg;
-    gdecode_case c0 = base_case(B, L, H, P, MLA_DTYPE_FP8_E4M3, NULL);
-    config_for(&cfg, &c0, MLA_DEVICE_CUDA);
-    config_for(&ccfg, &c0, MLA_DEVICE_CPU);
-    mla_backend *gpu = NULL, *cpu = NULL;
-    CHECK_STATUS(mla_backend_create("hopper", &cfg, &gpu), MLA_OK);
-    CHECK_STATUS(mla_backend_create("cpu", &ccfg, &cpu), MLA_OK);
-    if (!gpu || !cpu) {
-        mla_backend_destroy(gpu);
-        mla_backend_destroy(cpu);
-        return;
-    }
+    const gdecode_case c0 = base_case(B, L, H, P, MLA_DTYPE_FP8_E4M3, NULL);
+    mla_backend *gpu, *cpu;
+    if (!gpu_cpu_pair(&c0, &gpu, &cpu)) return;
     const size_t cache_bytes = (size_t)num_pages * P * D;
     const int64_t q_elems = (int64_t)B * L * H * D, out_elems = (int64_t)B * L * H * R;
     uint8_t *cache = xmalloc(cache_bytes);
     oracle_fill(MLA_DTYPE_FP8_E4M3, cache, NULL, (int64_t)num_pages * P * D, -1.0f, 1.0f);
-    uint16_t *q = xmalloc((size_t)q_elems * 2), *out = xmalloc((size_t)out_elems * 2),
-             *ref_out = xmalloc((size_t)out_elems * 2);
+    uint16_t *q = xmalloc((size_t)q_elems * 2), *out = xmalloc((size_t)out_elems * 2);
     oracle_fill(MLA_DTYPE_BF16, q, NULL, q_elems, -2.0f, 2.0f);
     int32_t *table = xmalloc((size_t)B * max_pages * 4), *seq = xmalloc((size_t)B * 4);
     for (int b = 0; b < B; b++) {
@@ -552,17 +575,12 @@ TEST(gpu_decode_batch_above_grid_limit)
     CHECK_STATUS(mla_decode(gpu, &a), MLA_OK);
     CHECK(cudaDeviceSynchronize() == cudaSuccess);
     cudaMemcpy(out, d_out, (size_t)out_elems * 2, cudaMemcpyDeviceToHost);
-    mla_decode_args h = host_twin(&a, q, cache, MLA_DTYPE_FP8_E4M3, num_pages, table, seq, ref_out);
-    CHECK_STATUS(mla_decode(cpu, &h), MLA_OK);
-    double *ref = xmalloc((size_t)out_elems * sizeof(double));
-    for (int64_t i = 0; i < out_elems; i++) ref[i] = mla_bf16_to_float(ref_out[i]);
-    oracle_report r = oracle_compare_bf16(out, ref, out_elems, out_tol);
-    report("batch 70000", "out", &r);
+    check_vs_cpu(cpu, "batch 70000", &a, q, cache, MLA_DTYPE_FP8_E4M3, num_pages, table, seq, out);
     uint32_t flags = 0;
     CHECK_STATUS(mla_backend_device_errors(gpu, &flags), MLA_OK);
     CHECK_MSG(flags == 0, "device error flags 0x%x", flags);
     cudaFree(d_q); cudaFree(d_cache); cudaFree(d_table); cudaFree(d_seq); cudaFree(d_out);
-    free(cache); free(q); free(out); free(ref_out); free(ref); free(table); free(seq);
+    free(cache); free(q); free(out); free(table); free(seq);
     mla_backend_destroy(gpu);
     mla_backend_destroy(cpu);
 }
@@ -572,19 +590,9 @@ TEST(gpu_decode_batch_above_grid_limit)
 TEST(gpu_decode_cuda_graph_replay)
 {
     const int B = 4, L = 2, H = 16, D = 576, R = 512, P = 64, max_pages = 40, num_pages = 200;
-    mla_config cfg;
-    gdecode_case c0 = base_case(B, L, H, P, MLA_DTYPE_FP8_E4M3, NULL);
-    config_for(&cfg, &c0, MLA_DEVICE_CUDA);
-    mla_backend *gpu = NULL, *cpu = NULL;
-    CHECK_STATUS(mla_backend_create("hopper", &cfg, &gpu), MLA_OK);
-    mla_config ccfg;
-    config_for(&ccfg, &c0, MLA_DEVICE_CPU);
-    CHECK_STATUS(mla_backend_create("cpu", &ccfg, &cpu), MLA_OK);
-    if (!gpu || !cpu) {
-        mla_backend_destroy(gpu);
-        mla_backend_destroy(cpu);
-        return;
-    }
+    const gdecode_case c0 = base_case(B, L, H, P, MLA_DTYPE_FP8_E4M3, NULL);
+    mla_backend *gpu, *cpu;
+    if (!gpu_cpu_pair(&c0, &gpu, &cpu)) return;
     const size_t cache_bytes = (size_t)num_pages * P * D;
     uint8_t *cache = xmalloc(cache_bytes);
     oracle_fill(MLA_DTYPE_FP8_E4M3, cache, NULL, (int64_t)num_pages * P * D, -1.0f, 1.0f);
@@ -617,8 +625,7 @@ TEST(gpu_decode_cuda_graph_replay)
     CHECK_STATUS(mla_decode(gpu, &a), MLA_OK);
     CHECK(cudaStreamEndCapture(stream, &graph) == cudaSuccess);
     CHECK(graph && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
-    uint16_t *out = xmalloc((size_t)out_elems * 2), *ref_out = xmalloc((size_t)out_elems * 2);
-    double *ref = xmalloc((size_t)out_elems * sizeof(double));
+    uint16_t *out = xmalloc((size_t)out_elems * 2);
     for (int rep = 0; rep < 3 && exec; rep++) {
         for (int b = 0; b < B; b++) {
             seq[b] = mla_test_rand_int(rep == 1 ? 0 : 1, rep == 2 ? max_pages * P : 600);
@@ -630,18 +637,14 @@ TEST(gpu_decode_cuda_graph_replay)
         CHECK(cudaGraphLaunch(exec, stream) == cudaSuccess);
         CHECK(cudaStreamSynchronize(stream) == cudaSuccess);
         cudaMemcpy(out, d_out, (size_t)out_elems * 2, cudaMemcpyDeviceToHost);
-        mla_decode_args h = host_twin(&a, q, cache, MLA_DTYPE_FP8_E4M3, num_pages, table, seq, ref_out);
-        CHECK_STATUS(mla_decode(cpu, &h), MLA_OK);
-        for (int64_t i = 0; i < out_elems; i++) ref[i] = mla_bf16_to_float(ref_out[i]);
-        oracle_report r = oracle_compare_bf16(out, ref, out_elems, out_tol);
-        report("graph replay", "out", &r);
+        check_vs_cpu(cpu, "graph replay", &a, q, cache, MLA_DTYPE_FP8_E4M3, num_pages, table, seq, out);
     }
     if (exec) cudaGraphExecDestroy(exec);
     if (graph) cudaGraphDestroy(graph);
     cudaStreamDestroy(stream);
     cudaFree(d_q); cudaFree(d_cache); cudaFree(d_table); cudaFree(d_seq); cudaFree(d_out);
     cudaFree(d_ws);
-    free(cache); free(q); free(out); free(ref_out); free(ref);
+    free(cache); free(q); free(out);
     mla_backend_destroy(gpu);
     mla_backend_destroy(cpu);
 }
@@ -654,18 +657,9 @@ static void plan_layers_case(int H, int L, mla_dtype kv, const char *label)
 {
     enum { NL = 3 };
     const int B = 6, D = 576, R = 512, P = 64, max_pages = 256, num_pages = 1200;
-    mla_config cfg, ccfg;
-    gdecode_case c0 = base_case(B, L, H, P, kv, NULL);
-    config_for(&cfg, &c0, MLA_DEVICE_CUDA);
-    config_for(&ccfg, &c0, MLA_DEVICE_CPU);
-    mla_backend *gpu = NULL, *cpu = NULL;
-    CHECK_STATUS(mla_backend_create("hopper", &cfg, &gpu), MLA_OK);
-    CHECK_STATUS(mla_backend_create("cpu", &ccfg, &cpu), MLA_OK);
-    if (!gpu || !cpu) {
-        mla_backend_destroy(gpu);
-        mla_backend_destroy(cpu);
-        return;
-    }
+    const gdecode_case c0 = base_case(B, L, H, P, kv, NULL);
+    mla_backend *gpu, *cpu;
+    if (!gpu_cpu_pair(&c0, &gpu, &cpu)) return;
     const int esz = kv == MLA_DTYPE_FP8_E4M3 ? 1 : 2;
     const size_t cache_bytes = (size_t)num_pages * P * D * esz;
     const int64_t q_elems = (int64_t)B * L * H * D, out_elems = (int64_t)B * L * H * R;
@@ -704,8 +698,7 @@ static void plan_layers_case(int H, int L, mla_dtype kv, const char *label)
         a[l].stream = stream;
         a[l].plan = plan;
     }
-    uint16_t *out = xmalloc((size_t)out_elems * 2), *ref_out = xmalloc((size_t)out_elems * 2);
-    double *ref = xmalloc((size_t)out_elems * sizeof(double));
+    uint16_t *out = xmalloc((size_t)out_elems * 2);
     cudaGraph_t graph = NULL;
     cudaGraphExec_t exec = NULL;
     for (int rep = 0; rep < 3; rep++) {
@@ -735,20 +728,17 @@ static void plan_layers_case(int H, int L, mla_dtype kv, const char *label)
         CHECK(cudaStreamSynchronize(stream) == cudaSuccess);
         for (int l = 0; l < NL; l++) {
             cudaMemcpy(out, d_out[l], (size_t)out_elems * 2, cudaMemcpyDeviceToHost);
-            mla_decode_args h = host_twin(&a[l], q[l], cache[l], kv, num_pages, table, seq, ref_out);
-            CHECK_STATUS(mla_decode(cpu, &h), MLA_OK);
-            for (int64_t i = 0; i < out_elems; i++) ref[i] = mla_bf16_to_float(ref_out[i]);
-            oracle_report r = oracle_compare_bf16(out, ref, out_elems, out_tol);
             char what[96];
             snprintf(what, sizeof what, "%s rep %d layer %d", label, rep, l);
-            report(what, "out", &r);
+            check_vs_cpu(cpu, what, &a[l], q[l], cache[l], kv, num_pages, table, seq, out);
         }
     }
     if (exec) cudaGraphExecDestroy(exec);
     if (graph) cudaGraphDestroy(graph);
 
     /* With index checks on, a call whose seq_lens differ from the plan's is refused. */
-    mla_config chk = cfg;
+    mla_config chk;
+    config_for(&chk, &c0, MLA_DEVICE_CUDA);
     chk.skip_index_check = 0;
     mla_backend *checked = NULL;
     mla_decode_plan *plan2 = NULL;
@@ -780,7 +770,7 @@ static void plan_layers_case(int H, int L, mla_dtype kv, const char *label)
         free(q[l]);
     }
     cudaFree(d_table); cudaFree(d_seq); cudaFree(d_ws);
-    free(table); free(out); free(ref_out); free(ref);
+    free(table); free(out);
     mla_backend_destroy(gpu);
     mla_backend_destroy(cpu);
 }
