@@ -274,7 +274,6 @@ struct mla_decode_plan {
     mla_backend *be;
     int batch, q_len, max_pages; /* what it serves now (max_pages: block-table width) */
     int alloc_batch;             /* what mem was sized for (the serving layer re-aims plans) */
-    size_t bytes;                /* of mem */
     void *mem;                   /* device schedule; NULL where the kernel set plans nothing */
     int built;
     int32_t *lens;               /* the seq_lens of the last build when they were checked */
@@ -304,9 +303,9 @@ mla_status mla_decode_plan_create(mla_backend *be, int batch, int q_len, int max
     pl->batch = pl->alloc_batch = batch;
     pl->q_len = q_len;
     pl->max_pages = max_pages_per_seq;
-    pl->bytes = plan_bytes(be, batch, q_len);
-    if (pl->bytes) {
-        mla_status st = be->ks->alloc(&be->cfg, pl->bytes, &pl->mem);
+    const size_t bytes = plan_bytes(be, batch, q_len);
+    if (bytes) {
+        mla_status st = be->ks->alloc(&be->cfg, bytes, &pl->mem);
         if (st != MLA_OK) {
             free(pl);
             return st;
@@ -318,7 +317,8 @@ mla_status mla_decode_plan_create(mla_backend *be, int batch, int q_len, int max
 
 mla_status mla_decode_plan_set_batch(mla_decode_plan *pl, int batch)
 {
-    if (batch < 1 || batch > pl->alloc_batch || plan_bytes(pl->be, batch, pl->q_len) > pl->bytes)
+    if (batch < 1 || batch > pl->alloc_batch ||
+        plan_bytes(pl->be, batch, pl->q_len) > plan_bytes(pl->be, pl->alloc_batch, pl->q_len))
         return mla_set_error(MLA_ERR_INTERNAL,
                              "mla_decode_plan_set_batch: batch %d does not fit a plan made for %d",
                              batch, pl->alloc_batch);
