@@ -9,7 +9,7 @@
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude -Isrc/core -Isrc/cuda
 //     --expt-relaxed-constexpr bench/probes/decode_trace.cu -o build/decode_trace
 //   build/decode_trace [B H seq [long]]   (default 1 16 65536; long: request 0's keys, as
-//   bench/decode's long=N; MLA_DECODE_HEAVY_COMBINE=1 traces the heavy-request combine)
+//   bench/decode's long=N)
 #define MLA_DECODE_TRACE 1
 #include "../../src/cuda/common/decode_schedule.cu"
 #include "../../src/cuda/common/combine.cu"

@@ -325,8 +325,8 @@ TEST(gpu_decode_uneven_batches)
             int r = mla_test_rand_int(0, 9);
             lens[b] = r == 0 ? 0 : r < 8 || rep == 2 ? mla_test_rand_int(1, 200) : mla_test_rand_int(1000, 6000);
         }
-        if (rep == 2) { /* two long ones, ~35 and ~26 splits: heavy requests (the option
-                         * MLA_DECODE_HEAVY_COMBINE) listed by the scheduler's multi-pass path */
+        if (rep == 2) { /* two long ones, ~35 and ~26 splits: heavy requests (merged by the
+                         * combine's worker CTAs) listed by the scheduler's multi-pass path */
             lens[5] = 40000;
             lens[B - 3] = 30000;
         }
@@ -374,6 +374,33 @@ TEST(gpu_decode_one_long_among_short)
     lens[mla_test_rand_int(0, B - 1)] = mla_test_rand_int(30000, 40000);
     gdecode_case c = base_case(B, 1, 16, 64, MLA_DTYPE_FP8_E4M3, lens);
     run_gpu_decode_case(&c, "one long among 63 short fp8 H16");
+    free(lens);
+}
+
+TEST(gpu_decode_heavy_requests_across_shapes)
+{
+    /* Two requests of many splits (~60-90 of the 264 parts) among 48 short ones: the combine's
+     * worker CTAs merge them, one item per (request, query row, column chunk) with the whole
+     * CTA. The worker CTA has the narrow shape's block: 1, 2 or 4 warps for 1-4 query rows
+     * (3 rows round up to 4, one warp idle), 8 warps above; bf16 caches give float32
+     * partials, fp8 caches with H * q_len <= 16 float16 ones. */
+    static const struct { int heads, q_len, bf16; } shapes[] = {
+        {1, 1, 0}, {3, 1, 1}, {2, 2, 0}, {16, 1, 1}, {32, 2, 0},
+    };
+    const int B = 50;
+    int *lens = xmalloc((size_t)B * sizeof(int));
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        for (int b = 0; b < B; b++) lens[b] = mla_test_rand_int(200, 1200);
+        lens[mla_test_rand_int(0, 24)] = mla_test_rand_int(28000, 32000);
+        lens[mla_test_rand_int(25, B - 1)] = mla_test_rand_int(18000, 22000);
+        gdecode_case c = base_case(B, shapes[k].q_len, shapes[k].heads, 64,
+                                   shapes[k].bf16 ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3, lens);
+        c.with_lse = k != 2;
+        char label[96];
+        snprintf(label, sizeof label, "heavy requests H%d q_len %d %s", shapes[k].heads, shapes[k].q_len,
+                 shapes[k].bf16 ? "bf16" : "fp8");
+        run_gpu_decode_case(&c, label);
+    }
     free(lens);
 }
 

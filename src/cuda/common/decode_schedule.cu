@@ -94,8 +94,7 @@ __device__ __forceinline__ void plan_part_start(int p, int b0, int batch, int ta
     reinterpret_cast<int4 *>(s.part_start)[p] = r;
 }
 
-// kHeavy: also list the requests of more than MLA_DECODE_HEAVY_SPLITS splits (mla_decode_heavy_list).
-template <bool kHeavy>
+// Also lists the requests of more than MLA_DECODE_HEAVY_SPLITS splits (mla_decode_heavy_list).
 __global__ void __launch_bounds__(kSchedThreads)
 decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_keys,
                        int block_n, int num_parts, uint32_t *flags, mla_decode_sched s)
@@ -138,7 +137,7 @@ decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_
         }
         const int slot0 = block_exclusive_scan(slots, &total, warp_sums); // its barriers publish the *_s arrays
         if (b < batch) s.slot_base[b] = slot0;
-        if constexpr (kHeavy) { // every thread reaches the scan's barriers
+        { // every thread reaches the scan's barriers
             const int heavy = b < batch && last_s[b] - first_s[b] + 1 > heavy_min;
             const int at = block_exclusive_scan(heavy, &total, warp_sums);
             if (heavy) mla_decode_heavy_list(s, batch)[1 + at] = b;
@@ -181,7 +180,7 @@ decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_
         if (b < batch) s.slot_base[b] = carry + before;
         carry += total;
     }
-    if constexpr (kHeavy) { // the heavy-request list (num_splits[b] was written by this thread)
+    { // the heavy-request list (num_splits[b] was written by this thread)
         carry = 0;
         for (int base = 0; base < batch; base += kSchedThreads) {
             const int b = base + (int)threadIdx.x;
@@ -216,9 +215,6 @@ cudaError_t mla_launch_decode_schedule(const int32_t *seq_lens, int batch, int m
 {
     cudaLaunchAttribute attr;
     cudaLaunchConfig_t cfg = mla_pdl_launch_config(dim3(1), dim3(kSchedThreads), 0, stream, &attr);
-    if (mla_decode_heavy_combine())
-        return cudaLaunchKernelEx(&cfg, decode_schedule_kernel<true>, seq_lens, batch, max_keys, block_n,
-                                  num_parts, device_error_flags, *s);
-    return cudaLaunchKernelEx(&cfg, decode_schedule_kernel<false>, seq_lens, batch, max_keys, block_n,
-                              num_parts, device_error_flags, *s);
+    return cudaLaunchKernelEx(&cfg, decode_schedule_kernel, seq_lens, batch, max_keys, block_n, num_parts,
+                              device_error_flags, *s);
 }

@@ -19,8 +19,8 @@
 
 #define MLA_DECODE_OVERHEAD 2    // per-request cost in blocks (Q load, epilogue, combine)
 #define MLA_DECODE_MAX_PARTS 1024
-// With the heavy-request combine (opt-in, MLA_DECODE_HEAVY_COMBINE=1): a request of more
-// splits than this is merged by extra combine CTAs that share it out, not by its own few.
+// A request of more splits than this is merged by extra combine CTAs that share it out (the
+// heavy-request list below), not by its own few narrow CTAs.
 #define MLA_DECODE_HEAVY_SPLITS 24
 
 // Device pointers into the workspace (all int32 except the float partials).
@@ -46,14 +46,8 @@ typedef struct mla_decode_split_layout {
 
 static inline size_t mla_align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
-// Whether the heavy-request combine is on (MLA_DECODE_HEAVY_COMBINE=1, read once per process,
-// so a plan and the calls that use it agree): the layout then holds the heavy-request list,
-// the scheduler fills it and the narrow combine shape gets extra CTAs that merge them.
-bool mla_decode_heavy_combine(void);
-
-// The heavy-request list, [1 + batch] ints after slot_base (only with the heavy-request
-// combine): the count of requests of more than MLA_DECODE_HEAVY_SPLITS splits, then their
-// indices. Not a field of mla_decode_sched, whose size is part of every decode kernel's
+// The heavy-request list, [1 + batch] ints after slot_base, filled by the scheduler: the
+// count of requests of more than MLA_DECODE_HEAVY_SPLITS splits, then their indices. Not a field of mla_decode_sched, whose size is part of every decode kernel's
 // parameters (one more pointer there changed the SASS of v7 and of several v2 forms).
 static inline __host__ __device__ int *mla_decode_heavy_list(const mla_decode_sched &s, int batch)
 {
@@ -72,8 +66,8 @@ static inline mla_decode_split_layout mla_decode_split_layout_make(int batch, in
     // Each part holds at most two split pieces (its first and last request), and there are
     // at most batch + num_parts - 1 pieces in all.
     L.max_slots = num_parts + (batch < num_parts ? batch : num_parts);
-    size_t ints = 4 * (size_t)num_parts + 1 + 6 * (size_t)batch; // part_start first (16-byte aligned)
-    if (mla_decode_heavy_combine()) ints += 1 + (size_t)batch;    // the heavy-request list
+    // part_start first (16-byte aligned), then tau, six per-request arrays and the heavy list
+    const size_t ints = 4 * (size_t)num_parts + 1 + 6 * (size_t)batch + 1 + (size_t)batch;
     L.off_lse = mla_align256(ints * 4);
     L.off_o = mla_align256(L.off_lse + (size_t)L.max_slots * rows * 4);
     L.total_bytes = L.off_o + (size_t)L.max_slots * rows * dv * 4;
