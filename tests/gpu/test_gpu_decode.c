@@ -567,47 +567,81 @@ static void check_vs_cpu(mla_backend *cpu, const char *label, const mla_decode_a
     free(ref);
 }
 
+/* A random cache of num_pages 64-key pages (values in [-1, 1]) and a random bf16 query
+ * [B, L, H, 576] (in [-2, 2]), on the host and uploaded. */
+typedef struct rand_inputs {
+    uint8_t *cache;
+    uint16_t *q;
+    void *d_cache, *d_q;
+} rand_inputs;
+static rand_inputs rand_inputs_make(mla_dtype kv, int64_t num_pages, int64_t B, int L, int H)
+{
+    const size_t cache_bytes = (size_t)num_pages * 64 * 576 * (kv == MLA_DTYPE_FP8_E4M3 ? 1 : 2);
+    const int64_t q_elems = B * L * H * 576;
+    rand_inputs in;
+    in.cache = xmalloc(cache_bytes);
+    oracle_fill(kv, in.cache, NULL, num_pages * 64 * 576, -1.0f, 1.0f);
+    in.q = xmalloc((size_t)q_elems * 2);
+    oracle_fill(MLA_DTYPE_BF16, in.q, NULL, q_elems, -2.0f, 2.0f);
+    in.d_cache = to_device(in.cache, cache_bytes);
+    in.d_q = to_device(in.q, (size_t)q_elems * 2);
+    return in;
+}
+static void rand_inputs_free(rand_inputs *in)
+{
+    cudaFree(in->d_cache);
+    cudaFree(in->d_q);
+    free(in->cache);
+    free(in->q);
+}
+
+/* Device decode args over those inputs: a [B, max_pages] block table, seq_lens and a
+ * [B, L, H, 512] output at the given device pointers; no LSE, workspace, stream or plan. */
+static mla_decode_args dev_decode_args(const rand_inputs *in, mla_dtype kv, int64_t num_pages, int64_t B, int L,
+                                       int H, int max_pages, void *d_table, void *d_seq, void *d_out)
+{
+    mla_decode_args a;
+    memset(&a, 0, sizeof a);
+    a.q = dev_tensor(in->d_q, MLA_DTYPE_BF16, 4, B, L, H, 576);
+    a.kv_cache = dev_tensor(in->d_cache, kv, 3, num_pages, 64, 576, 0);
+    a.block_table = dev_tensor(d_table, MLA_DTYPE_I32, 2, B, max_pages, 0, 0);
+    a.seq_lens = dev_tensor(d_seq, MLA_DTYPE_I32, 1, B, 0, 0, 0);
+    a.out = dev_tensor(d_out, MLA_DTYPE_BF16, 4, B, L, H, 512);
+    return a;
+}
+
 TEST(gpu_decode_batch_above_grid_limit)
 {
     /* 70000 requests: more than CUDA's 65535 on a grid's y dimension, where the narrow
      * combine puts the request, so it launches in chunks. Requests of up to 3 key blocks
      * (some split over two parts, also past request 65535) share a small page pool; one
      * head keeps the buffers small. Checked against the CPU backend. */
-    const int B = 70000, L = 1, H = 1, D = 576, R = 512, P = 64, max_pages = 3, num_pages = 64;
+    const int B = 70000, L = 1, H = 1, P = 64, max_pages = 3, num_pages = 64;
     const gdecode_case c0 = base_case(B, L, H, P, MLA_DTYPE_FP8_E4M3, NULL);
     mla_backend *gpu, *cpu;
     if (!gpu_cpu_pair(&c0, &gpu, &cpu)) return;
-    const size_t cache_bytes = (size_t)num_pages * P * D;
-    const int64_t q_elems = (int64_t)B * L * H * D, out_elems = (int64_t)B * L * H * R;
-    uint8_t *cache = xmalloc(cache_bytes);
-    oracle_fill(MLA_DTYPE_FP8_E4M3, cache, NULL, (int64_t)num_pages * P * D, -1.0f, 1.0f);
-    uint16_t *q = xmalloc((size_t)q_elems * 2), *out = xmalloc((size_t)out_elems * 2);
-    oracle_fill(MLA_DTYPE_BF16, q, NULL, q_elems, -2.0f, 2.0f);
+    const int64_t out_elems = (int64_t)B * L * H * 512;
+    rand_inputs in = rand_inputs_make(MLA_DTYPE_FP8_E4M3, num_pages, B, L, H);
+    uint16_t *out = xmalloc((size_t)out_elems * 2);
     int32_t *table = xmalloc((size_t)B * max_pages * 4), *seq = xmalloc((size_t)B * 4);
     for (int b = 0; b < B; b++) {
         seq[b] = mla_test_rand_int(1, max_pages * P);
         for (int j = 0; j < max_pages; j++) table[(size_t)b * max_pages + j] = mla_test_rand_int(0, num_pages - 1);
     }
-    void *d_q = to_device(q, (size_t)q_elems * 2), *d_cache = to_device(cache, cache_bytes);
     void *d_table = to_device(table, (size_t)B * max_pages * 4), *d_seq = to_device(seq, (size_t)B * 4);
     void *d_out = to_device(NULL, (size_t)out_elems * 2);
     cudaMemset(d_out, 0xff, (size_t)out_elems * 2);
-    mla_decode_args a;
-    memset(&a, 0, sizeof a);
-    a.q = dev_tensor(d_q, MLA_DTYPE_BF16, 4, B, L, H, D);
-    a.kv_cache = dev_tensor(d_cache, MLA_DTYPE_FP8_E4M3, 3, num_pages, P, D, 0);
-    a.block_table = dev_tensor(d_table, MLA_DTYPE_I32, 2, B, max_pages, 0, 0);
-    a.seq_lens = dev_tensor(d_seq, MLA_DTYPE_I32, 1, B, 0, 0, 0);
-    a.out = dev_tensor(d_out, MLA_DTYPE_BF16, 4, B, L, H, R);
+    mla_decode_args a = dev_decode_args(&in, MLA_DTYPE_FP8_E4M3, num_pages, B, L, H, max_pages, d_table, d_seq, d_out);
     CHECK_STATUS(mla_decode(gpu, &a), MLA_OK);
     CHECK(cudaDeviceSynchronize() == cudaSuccess);
     cudaMemcpy(out, d_out, (size_t)out_elems * 2, cudaMemcpyDeviceToHost);
-    check_vs_cpu(cpu, "batch 70000", &a, q, cache, MLA_DTYPE_FP8_E4M3, num_pages, table, seq, out);
+    check_vs_cpu(cpu, "batch 70000", &a, in.q, in.cache, MLA_DTYPE_FP8_E4M3, num_pages, table, seq, out);
     uint32_t flags = 0;
     CHECK_STATUS(mla_backend_device_errors(gpu, &flags), MLA_OK);
     CHECK_MSG(flags == 0, "device error flags 0x%x", flags);
-    cudaFree(d_q); cudaFree(d_cache); cudaFree(d_table); cudaFree(d_seq); cudaFree(d_out);
-    free(cache); free(q); free(out); free(table); free(seq);
+    rand_inputs_free(&in);
+    cudaFree(d_table); cudaFree(d_seq); cudaFree(d_out);
+    free(out); free(table); free(seq);
     mla_backend_destroy(gpu);
     mla_backend_destroy(cpu);
 }
@@ -616,33 +650,21 @@ TEST(gpu_decode_batch_above_grid_limit)
  * the same buffers: the results must follow the new data (scheduling happens on the GPU). */
 TEST(gpu_decode_cuda_graph_replay)
 {
-    const int B = 4, L = 2, H = 16, D = 576, R = 512, P = 64, max_pages = 40, num_pages = 200;
+    const int B = 4, L = 2, H = 16, P = 64, max_pages = 40, num_pages = 200;
     const gdecode_case c0 = base_case(B, L, H, P, MLA_DTYPE_FP8_E4M3, NULL);
     mla_backend *gpu, *cpu;
     if (!gpu_cpu_pair(&c0, &gpu, &cpu)) return;
-    const size_t cache_bytes = (size_t)num_pages * P * D;
-    uint8_t *cache = xmalloc(cache_bytes);
-    oracle_fill(MLA_DTYPE_FP8_E4M3, cache, NULL, (int64_t)num_pages * P * D, -1.0f, 1.0f);
-    const int64_t q_elems = (int64_t)B * L * H * D, out_elems = (int64_t)B * L * H * R;
-    uint16_t *q = xmalloc((size_t)q_elems * 2);
-    oracle_fill(MLA_DTYPE_BF16, q, NULL, q_elems, -2.0f, 2.0f);
+    const int64_t out_elems = (int64_t)B * L * H * 512;
+    rand_inputs in = rand_inputs_make(MLA_DTYPE_FP8_E4M3, num_pages, B, L, H);
     int32_t table[4 * 40], seq[4];
-    void *d_q = to_device(q, (size_t)q_elems * 2), *d_cache = to_device(cache, cache_bytes);
     void *d_table = to_device(NULL, sizeof table), *d_seq = to_device(NULL, sizeof seq);
-    void *d_out = NULL, *d_ws = NULL;
-    cudaMalloc(&d_out, (size_t)out_elems * 2);
+    void *d_out = to_device(NULL, (size_t)out_elems * 2), *d_ws = NULL;
     size_t ws = 0;
     CHECK_STATUS(mla_decode_workspace_size(gpu, B, L, &ws), MLA_OK);
     cudaMalloc(&d_ws, ws);
     cudaStream_t stream;
     cudaStreamCreate(&stream);
-    mla_decode_args a;
-    memset(&a, 0, sizeof a);
-    a.q = dev_tensor(d_q, MLA_DTYPE_BF16, 4, B, L, H, D);
-    a.kv_cache = dev_tensor(d_cache, MLA_DTYPE_FP8_E4M3, 3, num_pages, P, D, 0);
-    a.block_table = dev_tensor(d_table, MLA_DTYPE_I32, 2, B, max_pages, 0, 0);
-    a.seq_lens = dev_tensor(d_seq, MLA_DTYPE_I32, 1, B, 0, 0, 0);
-    a.out = dev_tensor(d_out, MLA_DTYPE_BF16, 4, B, L, H, R);
+    mla_decode_args a = dev_decode_args(&in, MLA_DTYPE_FP8_E4M3, num_pages, B, L, H, max_pages, d_table, d_seq, d_out);
     a.workspace = d_ws;
     a.workspace_bytes = ws;
     a.stream = stream;
@@ -664,14 +686,14 @@ TEST(gpu_decode_cuda_graph_replay)
         CHECK(cudaGraphLaunch(exec, stream) == cudaSuccess);
         CHECK(cudaStreamSynchronize(stream) == cudaSuccess);
         cudaMemcpy(out, d_out, (size_t)out_elems * 2, cudaMemcpyDeviceToHost);
-        check_vs_cpu(cpu, "graph replay", &a, q, cache, MLA_DTYPE_FP8_E4M3, num_pages, table, seq, out);
+        check_vs_cpu(cpu, "graph replay", &a, in.q, in.cache, MLA_DTYPE_FP8_E4M3, num_pages, table, seq, out);
     }
     if (exec) cudaGraphExecDestroy(exec);
     if (graph) cudaGraphDestroy(graph);
     cudaStreamDestroy(stream);
-    cudaFree(d_q); cudaFree(d_cache); cudaFree(d_table); cudaFree(d_seq); cudaFree(d_out);
-    cudaFree(d_ws);
-    free(cache); free(q); free(out);
+    rand_inputs_free(&in);
+    cudaFree(d_table); cudaFree(d_seq); cudaFree(d_out); cudaFree(d_ws);
+    free(out);
     mla_backend_destroy(gpu);
     mla_backend_destroy(cpu);
 }
@@ -683,23 +705,15 @@ TEST(gpu_decode_cuda_graph_replay)
 static void plan_layers_case(int H, int L, mla_dtype kv, const char *label)
 {
     enum { NL = 3 };
-    const int B = 6, D = 576, R = 512, P = 64, max_pages = 256, num_pages = 1200;
+    const int B = 6, P = 64, max_pages = 256, num_pages = 1200;
     const gdecode_case c0 = base_case(B, L, H, P, kv, NULL);
     mla_backend *gpu, *cpu;
     if (!gpu_cpu_pair(&c0, &gpu, &cpu)) return;
-    const int esz = kv == MLA_DTYPE_FP8_E4M3 ? 1 : 2;
-    const size_t cache_bytes = (size_t)num_pages * P * D * esz;
-    const int64_t q_elems = (int64_t)B * L * H * D, out_elems = (int64_t)B * L * H * R;
-    uint8_t *cache[NL];
-    uint16_t *q[NL];
-    void *d_cache[NL], *d_q[NL], *d_out[NL];
+    const int64_t out_elems = (int64_t)B * L * H * 512;
+    rand_inputs in[NL];
+    void *d_out[NL];
     for (int l = 0; l < NL; l++) {
-        cache[l] = xmalloc(cache_bytes);
-        oracle_fill(kv, cache[l], NULL, (int64_t)num_pages * P * D, -1.0f, 1.0f);
-        q[l] = xmalloc((size_t)q_elems * 2);
-        oracle_fill(MLA_DTYPE_BF16, q[l], NULL, q_elems, -2.0f, 2.0f);
-        d_cache[l] = to_device(cache[l], cache_bytes);
-        d_q[l] = to_device(q[l], (size_t)q_elems * 2);
+        in[l] = rand_inputs_make(kv, num_pages, B, L, H);
         d_out[l] = to_device(NULL, (size_t)out_elems * 2);
     }
     int32_t *table = xmalloc((size_t)B * max_pages * 4), seq[6];
@@ -714,12 +728,7 @@ static void plan_layers_case(int H, int L, mla_dtype kv, const char *label)
     mla_tensor seq_t = dev_tensor(d_seq, MLA_DTYPE_I32, 1, B, 0, 0, 0);
     mla_decode_args a[NL];
     for (int l = 0; l < NL; l++) {
-        memset(&a[l], 0, sizeof a[l]);
-        a[l].q = dev_tensor(d_q[l], MLA_DTYPE_BF16, 4, B, L, H, D);
-        a[l].kv_cache = dev_tensor(d_cache[l], kv, 3, num_pages, P, D, 0);
-        a[l].block_table = dev_tensor(d_table, MLA_DTYPE_I32, 2, B, max_pages, 0, 0);
-        a[l].seq_lens = seq_t;
-        a[l].out = dev_tensor(d_out[l], MLA_DTYPE_BF16, 4, B, L, H, R);
+        a[l] = dev_decode_args(&in[l], kv, num_pages, B, L, H, max_pages, d_table, d_seq, d_out[l]);
         a[l].workspace = l < 2 ? d_ws : NULL; /* layer 2: the backend's cached workspace */
         a[l].workspace_bytes = l < 2 ? ws : 0;
         a[l].stream = stream;
@@ -757,7 +766,7 @@ static void plan_layers_case(int H, int L, mla_dtype kv, const char *label)
             cudaMemcpy(out, d_out[l], (size_t)out_elems * 2, cudaMemcpyDeviceToHost);
             char what[96];
             snprintf(what, sizeof what, "%s rep %d layer %d", label, rep, l);
-            check_vs_cpu(cpu, what, &a[l], q[l], cache[l], kv, num_pages, table, seq, out);
+            check_vs_cpu(cpu, what, &a[l], in[l].q, in[l].cache, kv, num_pages, table, seq, out);
         }
     }
     if (exec) cudaGraphExecDestroy(exec);
@@ -790,11 +799,8 @@ static void plan_layers_case(int H, int L, mla_dtype kv, const char *label)
     mla_decode_plan_destroy(plan);
     cudaStreamDestroy(stream);
     for (int l = 0; l < NL; l++) {
-        cudaFree(d_cache[l]);
-        cudaFree(d_q[l]);
+        rand_inputs_free(&in[l]);
         cudaFree(d_out[l]);
-        free(cache[l]);
-        free(q[l]);
     }
     cudaFree(d_table); cudaFree(d_seq); cudaFree(d_ws);
     free(table); free(out);
