@@ -47,8 +47,9 @@ typedef struct mla_decode_split_layout {
 static inline size_t mla_align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
 // The heavy-request list, [1 + batch] ints after slot_base, filled by the scheduler: the
-// count of requests of more than MLA_DECODE_HEAVY_SPLITS splits, then their indices. Not a field of mla_decode_sched, whose size is part of every decode kernel's
-// parameters (one more pointer there changed the SASS of v7 and of several v2 forms).
+// count of requests of more than MLA_DECODE_HEAVY_SPLITS splits, then their indices. Not a
+// field of mla_decode_sched, whose size is part of every decode kernel's parameters (one more
+// pointer there changed the SASS of v7 and of several v2 forms).
 static inline __host__ __device__ int *mla_decode_heavy_list(const mla_decode_sched &s, int batch)
 {
     return s.slot_base + batch;
