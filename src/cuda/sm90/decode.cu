@@ -27,17 +27,21 @@ using mla_decode_v1::Params;
 //           SM); rows 33..63: decode_v1_mma.cuh with M = 64 (64-key blocks, 256 threads, one
 //           CTA per SM), measured faster than two-per-SM M = 32 tiles at H = 128; rows >= 64:
 //           fp8 cache: decode_v6_seesaw.cuh with the bulk producer ("v7", kV7Default below);
-//           bf16 cache: decode_v3_wgmma.cuh (wgmma, same plan as v1 M = 64; kV3Default).
+//           bf16 cache: decode_v6_seesaw.cuh with the TMA producer ("v9", kV9Default), or
+//           decode_v3_wgmma.cuh (wgmma, same plan as v1 M = 64; kV3Default) when the tensor
+//           map cannot be made.
 //   "v1"  : as "v2" without decode_v2_fp8reg.cuh, decode_v3_wgmma.cuh and the seesaw (mma.sync
 //           only).
 //   "wide": decode_v1_mma.cuh as first written for every shape: M = 16, 32 or 64, 64-key
 //           blocks, 256 threads, one CTA per SM.
-//   "v3"  : as "v2" with rows >= 64 on decode_v3_wgmma.cuh for both cache types.
+//   "v3"  : as "v2" with rows >= 64 on decode_v3_wgmma.cuh for both cache types (the bf16
+//           default before v9).
 //   "v6"  : as "v2" with rows >= 64 and an fp8 cache on decode_v6_seesaw.cuh with the register
 //           producer (a producer warpgroup feeding two math warpgroups that take key blocks in
 //           pairs; measured slower than v3).
-//   "v7"  : as "v2" (rows >= 64 and an fp8 cache on the seesaw with the bulk producer: raw fp8
-//           bulk-copied into the freed tile and converted in place) whatever kV7Default says.
+//   "v7"  : as "v2" (rows >= 64 on the seesaw: with an fp8 cache the bulk producer, raw fp8
+//           bulk-copied into the freed tile and converted in place; with a bf16 cache the TMA
+//           producer, "v9") whatever kV7Default and kV9Default say.
 //   (A "v4" with fp8 QK^T for rows >= 64 was measured and retired: bench/variants/decode/;
 //   so was a "v5" that fed v3's math from a producer warpgroup.)
 struct Plan {
@@ -89,6 +93,16 @@ int seesaw_version(int rows)
     if (rows < 64) return 0;
     if (v == kVariantV6) return 6;
     return v == kVariantV7 || (kV7Default && v == kVariantV2) ? 7 : 0;
+}
+
+// Whether the default variant uses the seesaw with the TMA producer ("v9") for rows >= 64
+// with a bf16 cache ("v7" selects it whatever this says): 1.17-1.36x faster than v3 on an
+// H200, same run (bench/NOTES.md, 2026-12-03 tenth session: B128 H128 8k 0.843 -> 0.620 ms).
+constexpr bool kV9Default = true;
+bool bf16_seesaw(int rows)
+{
+    const Variant v = selected_variant();
+    return rows >= 64 && (v == kVariantV7 || (kV9Default && v == kVariantV2));
 }
 
 int v2_block_n()
@@ -261,8 +275,11 @@ cudaError_t set_all_smem_attrs()
     if (e == cudaSuccess) e = set_v3_smem_attr<true>();
     if (e == cudaSuccess) e = set_v3_smem_attr<false>();
     for (int bulk = 0; bulk < 2 && e == cudaSuccess; bulk++)
-        e = cudaFuncSetAttribute(bulk ? mla_decode_v6::decode_seesaw_fp8_kernel<true>
-                                      : mla_decode_v6::decode_seesaw_fp8_kernel<false>,
+        e = cudaFuncSetAttribute(bulk ? mla_decode_v6::decode_seesaw_kernel<mla_decode_v6::kProdBulk>
+                                      : mla_decode_v6::decode_seesaw_kernel<mla_decode_v6::kProdRegs>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_v6::V6Cfg::kSmem);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(mla_decode_v6::decode_seesaw_kernel<mla_decode_v6::kProdTmaBf16>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_v6::V6Cfg::kSmem);
     if (e == cudaSuccess) e = set_smem_attr<true, 16, 32, 128>();
     if (e == cudaSuccess) e = set_smem_attr<true, 32, 32, 128>();
@@ -326,6 +343,21 @@ bool encode_kv_maps(Params &prm)
                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+// The bf16 cache as the v9 seesaw's TMA producer sees it (Params::kv_tma[0]): rows of 576
+// bf16, boxes of 64 dims x 32 rows in the 128-byte swizzle (one column block of half a tile).
+bool encode_kv_maps_bf16(Params &prm)
+{
+    PFN_cuTensorMapEncodeTiled_v12000 encode = mla_tensor_map_encoder();
+    if (!encode || (uintptr_t)prm.kv % 16 != 0 || prm.num_pages < 1) return false;
+    const cuuint64_t dims[2] = {(cuuint64_t)mla_decode_v1::kDqk, (cuuint64_t)prm.num_pages * (cuuint64_t)prm.page_size};
+    const cuuint64_t strides[1] = {(cuuint64_t)mla_decode_v1::kDqk * 2};
+    const cuuint32_t elem_strides[2] = {1, 1};
+    const cuuint32_t box[2] = {64, 32};
+    return encode(&prm.kv_tma[0], CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<uint8_t *>(prm.kv), dims, strides,
+                  box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, cudaStream_t stream)
 {
     using namespace mla_decode_v2;
@@ -360,9 +392,15 @@ template <bool FP8> cudaError_t launch_variant(const Params &prm, const Plan &pl
     if (runs_v2_fp8_m16(pl, FP8)) return launch_v2_fp8_m16(prm, pl, stream);
     // The wgmma kernel uses the plan of the v1 M = 64 kernel (64-key blocks, one CTA per SM).
     if (FP8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && seesaw_version(pl.rows))
-        return launch_split(seesaw_version(pl.rows) == 7 ? mla_decode_v6::decode_seesaw_fp8_kernel<true>
-                                                         : mla_decode_v6::decode_seesaw_fp8_kernel<false>,
+        return launch_split(seesaw_version(pl.rows) == 7 ? mla_decode_v6::decode_seesaw_kernel<mla_decode_v6::kProdBulk>
+                                                         : mla_decode_v6::decode_seesaw_kernel<mla_decode_v6::kProdRegs>,
                             prm, pl, mla_decode_v6::kNT, mla_decode_v6::V6Cfg::kSmem, stream);
+    if (!FP8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && bf16_seesaw(pl.rows)) {
+        Params tp = prm;
+        if (encode_kv_maps_bf16(tp))
+            return launch_split(mla_decode_v6::decode_seesaw_kernel<mla_decode_v6::kProdTmaBf16>, tp, pl,
+                                mla_decode_v6::kNT, mla_decode_v6::V6Cfg::kSmem, stream);
+    }
     if (pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && use_wgmma(pl.rows))
         return launch_v3<FP8>(prm, pl, stream);
     if (pl.bn == 32) {

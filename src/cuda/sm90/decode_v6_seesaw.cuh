@@ -1,10 +1,12 @@
-// Split-KV MLA decode, versions 6 and 7: FlashMLA-style "seesaw" of two math warpgroups fed
-// by a producer warpgroup, fp8 cache, H * q_len >= 64 (MLA_DECODE_VARIANT=v6 | v7).
-//   v6 (kBulk = false): v5's register producer (global -> registers -> fp16 tile). Correct,
-//     but 8-9% slower than v3 on an H100: the producer cannot keep enough of a block in
-//     flight in 56 registers (bench/NOTES.md "Decode", v6/v7).
-//   v7 (kBulk = true, the default for an fp8 cache): the raw fp8 block is bulk-copied into
-//     the freed tile and converted in place; 1.18-1.28x faster than v3 (same run, H100).
+// Split-KV MLA decode, versions 6, 7 and 9: FlashMLA-style "seesaw" of two math warpgroups
+// fed by a producer warpgroup, H * q_len >= 64 (MLA_DECODE_VARIANT=v6 | v7).
+//   v6 (kProdRegs, fp8 cache): v5's register producer (global -> registers -> fp16 tile).
+//     Correct, but 8-9% slower than v3 on an H100: the producer cannot keep enough of a block
+//     in flight in 56 registers (bench/NOTES.md "Decode", v6/v7).
+//   v7 (kProdBulk, the default for an fp8 cache): the raw fp8 block is bulk-copied into the
+//     freed tile and converted in place; 1.18-1.28x faster than v3 (same run, H100).
+//   v9 (kProdTmaBf16, bf16 cache): no conversion; the producer's thread 0 loads each block
+//     into the freed tile with TMA boxes in the wgmma layout; bf16 MMAs.
 // ptxas (-Xptxas -v, setmaxnreg 56/224): math warpgroups without spills; producer 4 bytes (v6),
 // 20 bytes (v7). A request's first P V chain overwrites O (scale-d = 0): zeroing o[128] at
 // each request end spilled ~1 KB.
@@ -259,6 +261,62 @@ __device__ __forceinline__ void produce_bulk(const Params &p, int part, int tau,
     }
 }
 
+// ---------------------------------------------------------------- TMA producer (bf16 cache, v9)
+// A bf16 block needs no conversion: the producer's thread 0 moves it into the freed tile in
+// the wgmma layout with TMA boxes of 64 dims x 32 rows (128-byte swizzle; Params::kv_tma[0]
+// as decode.cu's encode_kv_maps_bf16 makes it), counted on full[T] (expected bytes plus its
+// one arrival). Halves on an invalid page or wholly past seq_len are not loaded; the math
+// warpgroups zero the V rows that were not loaded or lie past seq_len (zero_v_rows).
+__device__ __forceinline__ void issue_tma_bf16(const Params &p, const Cursor &c, const Pref &f, uint32_t aT,
+                                               uint32_t bar, int *sFlags, int T)
+{
+    const int key0 = c.blk * kBN;
+    const int ok = mla_decode_v1::block_page_mask<kBN>(p, key0, f, true);
+    sFlags[T] = ok;
+    const bool two_pages = kBN > p.page_size; // page 32: half h is page h
+    int row[2];
+    uint32_t bytes = 0;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const bool valid = ((ok >> (two_pages ? h : 0)) & 1) && key0 + 32 * h < f.seq;
+        const int idx = two_pages && h ? f.idx1 : f.idx0;
+        row[h] = valid ? idx * p.page_size + (two_pages ? 0 : (key0 & (p.page_size - 1)) + 32 * h) : -1;
+        bytes += valid ? 32u * kDqk * 2u : 0u;
+    }
+    mla_decode_v3::fence_proxy_async(); // earlier generic accesses to the tile before the async writes
+    mla_sm90::mbar_arrive_expect_tx(bar, bytes);
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        if (row[h] < 0) continue;
+#pragma unroll
+        for (int cb = 0; cb < kDqk / 64; cb++)
+            mla_sm90::tma_load_2d(aT + (uint32_t)(cb * kBlk + h * 32 * 128), &p.kv_tma[0], 64 * cb, row[h], bar);
+    }
+}
+
+// Thread 0 of the producer warpgroup: blocks paired into tiles as in produce(); the next
+// block's page indices are loaded before the wait for its tile.
+__device__ __forceinline__ void produce_tma_bf16(const Params &p, int part, int tau, Cursor c, uint32_t aTile,
+                                                 uint32_t aBar, int *sFlags)
+{
+    mla_sm90::tma_prefetch_map(&p.kv_tma[0]);
+    Pref f = mla_decode_v1::prefetch_block<kBN>(p, c);
+    int pos = 0;
+    uint32_t ephase = 0; // bit T: parity of tile T's next "empty" completion to wait for, ^1
+    while (c.b < p.batch) {
+        Cursor n = c;
+        mla_decode_v1::cursor_next(p, part, tau, n);
+        const Pref fn = mla_decode_v1::prefetch_block<kBN>(p, n);
+        const int T = pos;
+        mla_sm90::mbar_wait(aBar + 8u * (2 + T), ((ephase >> T) & 1u) ^ 1u);
+        ephase ^= 1u << T;
+        issue_tma_bf16(p, c, f, aTile + (uint32_t)(T * kTile), aBar + 8u * T, sFlags, T);
+        pos = pos == 0 && n.b == c.b ? 1 : 0;
+        f = fn;
+        c = n;
+    }
+}
+
 // ---------------------------------------------------------------- math warpgroups
 
 __device__ __forceinline__ void bar_arrive(int id, int threads)
@@ -266,11 +324,29 @@ __device__ __forceinline__ void bar_arrive(int id, int threads)
     asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+// v9: V rows of the tile at aT that were not loaded (invalid page, half past seq_len) or lie
+// past seq_len -> 0 in this warpgroup's columns [256 wg, +256), which only it reads: stale
+// bytes there could be NaN patterns, which P = 0 does not cancel. Uniform over the warpgroup;
+// only a request's last block and bad pages take it. Call after every read of those columns
+// by the other warpgroup's S (the hand-off barriers order it).
+__device__ __forceinline__ void zero_v_rows(uint32_t aT, int wg, int key0, int seq, int pmask, int page_size)
+{
+    const bool two_pages = kBN > page_size;
+    if (key0 + kBN <= seq && pmask == (two_pages ? 3 : 1)) return;
+    for (int i = (int)threadIdx.x & 127; i < kBN * 32; i += 128) {
+        const int r = i >> 5, cb = 4 * wg + ((i >> 3) & 3);
+        const bool ok = key0 + r < seq && ((pmask >> (two_pages ? r >> 5 : 0)) & 1);
+        if (!ok) st_shared16(aT + (uint32_t)(cb * kBlk + r * 128 + (i & 7) * 16), make_uint4(0, 0, 0, 0));
+    }
+    mla_decode_v3::fence_proxy_async(); // zeros -> this warpgroup's wgmma and the next TMA writes
+    mla_decode_v1::named_bar(kBarWg + wg, 128);
+}
+
 // O[:, 256 wg ..] += P V for the tile at aT: P in its rope column block, V = its column blocks
 // 4 wg .. 4 wg + 3 read N-major. Issues, commits and waits. fresh: the request's first chain
 // overwrites O (scale-d = 0 on its first k-step) instead of O being zeroed by ordinary
 // stores (128 of them per request end made ptxas spill).
-__device__ __forceinline__ void pv_chain(float (&o)[128], uint32_t aT, int wg, bool fresh)
+template <bool kF16> __device__ __forceinline__ void pv_chain(float (&o)[128], uint32_t aT, int wg, bool fresh)
 {
     using namespace mla_sm90;
     using mla_decode_v3::desc_add;
@@ -280,7 +356,7 @@ __device__ __forceinline__ void pv_chain(float (&o)[128], uint32_t aT, int wg, b
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < kBN / 16; ks++)
-        mla_decode_v3::wgmma_m64n256k16_ss_tb<true>(o, desc_add(dp0, (uint32_t)(ks * 32)),
+        mla_decode_v3::wgmma_m64n256k16_ss_tb<kF16>(o, desc_add(dp0, (uint32_t)(ks * 32)),
                                                      desc_add(dv0, (uint32_t)(ks * 16 * 128)), ks > 0 || !fresh);
     wgmma_commit();
     wgmma_wait<0>();
@@ -301,9 +377,11 @@ __device__ __forceinline__ void scale_o(float (&o)[128], float a0, float a1)
     }
 }
 
-// kBulk: the bulk in-place producer (v7) instead of the register producer (v6).
-template <bool kBulk>
-__global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_constant__ Params p)
+// kProd: the register producer (v6), the bulk in-place producer (v7), both for an fp8 cache
+// (fp16 tiles and MMAs), or the TMA producer for a bf16 cache (v9: bf16 tiles and MMAs).
+constexpr int kProdRegs = 0, kProdBulk = 1, kProdTmaBf16 = 2;
+template <int kProd>
+__global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_constant__ Params p)
 {
     using namespace mla_sm90; // wgmma_fence / commit / wait, smem_desc, mbar_*
     using mla_decode_v3::acc_fence;
@@ -324,7 +402,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
     const int tid = threadIdx.x;
     if (tid == 0) {
         for (int i = 0; i < 2; i++) {
-            mbar_init(aBar + 8u * i, kNT - kMathThreads);  // full: every producer thread
+            mbar_init(aBar + 8u * i, kProd == kProdTmaBf16 ? 1 : kNT - kMathThreads); // full: every producer thread (v9: the TMA issue)
             mbar_init(aBar + 8u * (2 + i), kMathThreads);  // empty: every math thread
             mbar_init(aBar + 8u * (4 + i), 1);             // raw: thread 0's arrive + the bytes
         }
@@ -340,8 +418,13 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
     if (a.b >= p.batch) return; // empty part (uniform over the CTA)
     if (tid >= kMathThreads) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegProducer));
-        if constexpr (kBulk) produce_bulk(p, part, tau, a, aTile, aBar, sFlags);
-        else produce(p, part, tau, a, aTile, aBar, sFlags);
+        if constexpr (kProd == kProdTmaBf16) {
+            if (tid == kMathThreads) produce_tma_bf16(p, part, tau, a, aTile, aBar, sFlags);
+        } else if constexpr (kProd == kProdBulk) {
+            produce_bulk(p, part, tau, a, aTile, aBar, sFlags);
+        } else {
+            produce(p, part, tau, a, aTile, aBar, sFlags);
+        }
         return;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegMath));
@@ -352,11 +435,13 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
     const int qd = lane & 3;
     const float qk_scale = p.scale_log2;
     const uint32_t aMine = aTile + (uint32_t)(wg * kTile); // the tile of this warpgroup's block
+    constexpr bool kF16 = kProd != kProdTmaBf16; // fp16 tiles (fp8 cache) or bf16 (bf16 cache)
 
     float o[128]; // written first by each request's first P V chain (scale-d = 0)
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
     int lim_row[2] = {0, 0};
     int lim_min = 0;
+    int cur_seq = 0; // v9: the request's seq_len (zero_v_rows)
     bool new_req = true;
     bool fresh = true;   // O holds nothing of this request yet (its first P V overwrites it)
     uint32_t phases = 0; // bit T: parity of tile T's next "full" completion
@@ -367,7 +452,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
         const bool has_b = bcur.b == a.b; // a request never reappears in a part's walk
         if (new_req) {
             mla_decode_v1::named_bar(kBarMath, kMathThreads); // the previous request is done with Q
-            mla_decode_v3::load_q<true>(p, a.b, hb, sQ);
+            mla_decode_v3::load_q<kProd != kProdTmaBf16>(p, a.b, hb, sQ);
             const int seq = p.s.seq_eff[a.b];
 #pragma unroll
             for (int h = 0; h < 2; h++) {
@@ -375,6 +460,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
                 lim_row[h] = p.causal ? seq - p.q_len + min(gr, p.rows - 1) / p.heads + 1 : seq;
             }
             lim_min = p.causal ? seq - p.q_len + 1 : seq;
+            if constexpr (kProd == kProdTmaBf16) cur_seq = seq;
             new_req = false;
             fence_proxy_async(); // this thread's Q stores -> wgmma
             mla_decode_v1::named_bar(kBarMath, kMathThreads);
@@ -398,7 +484,8 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
 #pragma unroll
             for (int ks = 0; ks < kDqk / 16; ks++) {
                 const uint32_t off = (uint32_t)((ks >> 2) * kBlk + (ks & 3) * 32);
-                wgmma_m64n64k16_f16(s, desc_add(dq0, off), desc_add(dk0, off), ks > 0);
+                if constexpr (kProd == kProdTmaBf16) wgmma_m64n64k16_bf16(s, desc_add(dq0, off), desc_add(dk0, off), ks > 0);
+                else wgmma_m64n64k16_f16(s, desc_add(dq0, off), desc_add(dk0, off), ks > 0);
             }
             wgmma_commit();
             wgmma_wait<0>();
@@ -465,9 +552,9 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
 #pragma unroll
             for (int i = 0; i < 8; i++) {
                 *reinterpret_cast<uint32_t *>(sP + blk_off(r_lo, i) + 4 * qd) =
-                    mla_decode_v1::pack2<true>(s[4 * i + 0], s[4 * i + 1]);
+                    mla_decode_v1::pack2<kProd != kProdTmaBf16>(s[4 * i + 0], s[4 * i + 1]);
                 *reinterpret_cast<uint32_t *>(sP + blk_off(r_lo + 8, i) + 4 * qd) =
-                    mla_decode_v1::pack2<true>(s[4 * i + 2], s[4 * i + 3]);
+                    mla_decode_v1::pack2<kProd != kProdTmaBf16>(s[4 * i + 2], s[4 * i + 3]);
             }
         }
         if (qd == 0) {
@@ -485,7 +572,8 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
             l_run[0] = l_run[0] * sc[0] + ls[0];
             l_run[1] = l_run[1] * sc[1] + ls[1];
             if (!fresh) scale_o(o, sc[0], sc[1]);
-            pv_chain(o, aTile, 0, fresh); // P_a V_a[:, 0:256]
+            if constexpr (kProd == kProdTmaBf16) zero_v_rows(aTile, 0, a.blk * kBN, cur_seq, sFlags[0], p.page_size);
+            pv_chain<kF16>(o, aTile, 0, fresh); // P_a V_a[:, 0:256]
             mbar_arrive(aBar + 16u); // empty[0]: done with tile 0
             mla_decode_v1::named_bar(kBarB, kMathThreads); // m1, scale1 and P_b are published
             float sc1[2];
@@ -501,7 +589,9 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
                 // on before this warpgroup hands the tile back) makes the producer's stores
                 // visible to this warpgroup's wgmma without leaning on barrier transitivity.
                 mbar_wait(aBar + 8u, (phases >> 1) & 1u);
-                pv_chain(o, aTile + kTile, 0, false); // P_b V_b[:, 0:256]
+                if constexpr (kProd == kProdTmaBf16) // after warpgroup 1's S_b (barrier B)
+                    zero_v_rows(aTile + kTile, 0, bcur.blk * kBN, cur_seq, sFlags[1], p.page_size);
+                pv_chain<kF16>(o, aTile + kTile, 0, false); // P_b V_b[:, 0:256]
                 mbar_arrive(aBar + 24u);       // empty[1]
             }
         } else {
@@ -510,13 +600,17 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_fp8_kernel(const __grid_
             l_run[1] = l_run[1] * sc0[1] * sc[1] + ls[1];
             if (!fresh) scale_o(o, sc0[0], sc0[1]);
             mbar_wait(aBar, phases & 1u); // tile 0 (see warpgroup 0's wait for tile 1)
-            pv_chain(o, aTile, 1, fresh); // P_a V_a[:, 256:512]
+            if constexpr (kProd == kProdTmaBf16) // after warpgroup 0's S_a (barrier A)
+                zero_v_rows(aTile, 1, a.blk * kBN, cur_seq, sFlags[0], p.page_size);
+            pv_chain<kF16>(o, aTile, 1, fresh); // P_a V_a[:, 256:512]
             mbar_arrive(aBar + 16u);
             scale_o(o, sc[0], sc[1]);
             m_run[0] = mnew[0];
             m_run[1] = mnew[1];
             if (has_b) {
-                pv_chain(o, aTile + kTile, 1, false); // P_b V_b[:, 256:512]
+                if constexpr (kProd == kProdTmaBf16)
+                    zero_v_rows(aTile + kTile, 1, bcur.blk * kBN, cur_seq, sFlags[1], p.page_size);
+                pv_chain<kF16>(o, aTile + kTile, 1, false); // P_b V_b[:, 256:512]
                 mbar_arrive(aBar + 24u);
             }
         }
