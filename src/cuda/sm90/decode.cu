@@ -97,7 +97,9 @@ int seesaw_version(int rows)
 
 // Whether the default variant uses the seesaw with the TMA producer ("v9") for rows >= 64
 // with a bf16 cache ("v7" selects it whatever this says): 1.17-1.36x faster than v3 on an
-// H200, same run (bench/NOTES.md, 2026-12-03 tenth session: B128 H128 8k 0.843 -> 0.620 ms).
+// H200, same run (bench/NOTES.md, 2026-12-03 tenth session: B128 H128 8k 0.843 -> 0.620 ms),
+// and 3-9% more with the tiles handed back in halves (eleventh session: B64 H128 4k 0.185 ->
+// 0.174 ms).
 constexpr bool kV9Default = true;
 bool bf16_seesaw(int rows)
 {

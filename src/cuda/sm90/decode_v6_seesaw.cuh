@@ -5,8 +5,9 @@
 //     in flight in 56 registers (bench/NOTES.md "Decode", v6/v7).
 //   v7 (kProdBulk, the default for an fp8 cache): the raw fp8 block is bulk-copied into the
 //     freed tile and converted in place; 1.18-1.28x faster than v3 (same run, H100).
-//   v9 (kProdTmaBf16, bf16 cache): no conversion; the producer's thread 0 loads each block
-//     into the freed tile with TMA boxes in the wgmma layout; bf16 MMAs.
+//   v9 (kProdTmaBf16, the default for a bf16 cache): no conversion; the producer's thread 0
+//     loads each block into the freed tile with TMA boxes in the wgmma layout, one barrier per
+//     column block, the tile handed back in halves; bf16 MMAs. 1.2-1.4x faster than v3 (H200).
 // ptxas (-Xptxas -v, setmaxnreg 56/224): math warpgroups without spills; producer 4 bytes (v6),
 // 20 bytes (v7). A request's first P V chain overwrites O (scale-d = 0): zeroing o[128] at
 // each request end spilled ~1 KB.
@@ -53,6 +54,16 @@ constexpr int kBarProd = 6; // the producer warpgroup (bulk producer's two conve
 // Register split after setmaxnreg: must add up to the launch allocation (168 x 384).
 constexpr int kRegProducer = 56;
 constexpr int kRegMath = 224;
+// v9: one "full" barrier per 64-column block of each tile, and each tile handed back in two
+// halves (produce_tma_bf16), so the next block's first column blocks load while the other
+// warpgroup's P V still reads the rest. With one barrier each way per tile, the math
+// warpgroups' wait for a tile held 25% of the stall samples (ncu, H200, 2026-12-04); the
+// split barriers alone were 0.5-2% slower, with the halves 3-9% faster (bench/NOTES.md).
+constexpr int kColBlocks = kDqk / 64;
+__device__ __forceinline__ uint32_t col_bar(uint32_t aBar, int T, int cb)
+{
+    return aBar + 48u + 8u * (uint32_t)(T * kColBlocks + cb);
+}
 
 struct V6Cfg {
     static constexpr int offQ = 0;
@@ -60,8 +71,9 @@ struct V6Cfg {
     static constexpr int offPair = offTile + 2 * kTile;  // m0, scale0, m1, scale1 per row
     static constexpr int offRedSum = offPair + 4 * kM * 4;
     static constexpr int offFlags = offRedSum + 2 * kM * 4;
-    static constexpr int offBar = offFlags + 16; // full[2], empty[2], raw[2] (bulk producer)
-    static constexpr int kSmem = offBar + 48 + 1024; // + slack to align the base to 1024
+    // full[2], empty[2] (v9: empty lo), raw[2] (bulk producer; v9: empty hi), col[2][9] (v9)
+    static constexpr int offBar = offFlags + 16;
+    static constexpr int kSmem = offBar + 48 + 2 * kColBlocks * 8 + 1024; // + slack to align the base to 1024
     static_assert(offTile % 1024 == 0 && kTile % 1024 == 0, "swizzle atoms");
     static_assert(kSmem <= 227 * 1024, "shared memory");
 };
@@ -264,53 +276,76 @@ __device__ __forceinline__ void produce_bulk(const Params &p, int part, int tau,
 // ---------------------------------------------------------------- TMA producer (bf16 cache, v9)
 // A bf16 block needs no conversion: the producer's thread 0 moves it into the freed tile in
 // the wgmma layout with TMA boxes of 64 dims x 32 rows (128-byte swizzle; Params::kv_tma[0]
-// as decode.cu's encode_kv_maps_bf16 makes it), counted on full[T] (expected bytes plus its
-// one arrival). Halves on an invalid page or wholly past seq_len are not loaded; the math
-// warpgroups zero the V rows that were not loaded or lie past seq_len (zero_v_rows).
-__device__ __forceinline__ void issue_tma_bf16(const Params &p, const Cursor &c, const Pref &f, uint32_t aT,
-                                               uint32_t bar, int *sFlags, int T)
+// as decode.cu's encode_kv_maps_bf16 makes it), each column block counted on its own barrier
+// col_bar(T, cb) (expected bytes plus one arrival). A tile is handed back in two halves:
+// column blocks 0-3 when warpgroup 0's P V chain is done with it ("empty lo"), 4-8 when both
+// are (4-7 are warpgroup 1's V, 8 holds P). Halves on an invalid page or wholly past seq_len
+// are not loaded; the math warpgroups zero the V rows that were not loaded or lie past
+// seq_len (zero_v_rows).
+struct TmaRows {
+    int row[2];     // first cache row of each 32-row half, -1: not loaded
+    uint32_t bytes; // per column block
+    int ok;         // block_page_mask
+};
+
+__device__ __forceinline__ TmaRows tma_rows(const Params &p, const Cursor &c, const Pref &f)
 {
+    TmaRows r;
     const int key0 = c.blk * kBN;
-    const int ok = mla_decode_v1::block_page_mask<kBN>(p, key0, f, true);
-    sFlags[T] = ok;
+    r.ok = mla_decode_v1::block_page_mask<kBN>(p, key0, f, true);
     const bool two_pages = kBN > p.page_size; // page 32: half h is page h
-    int row[2];
-    uint32_t bytes = 0;
+    r.bytes = 0;
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        const bool valid = ((ok >> (two_pages ? h : 0)) & 1) && key0 + 32 * h < f.seq;
+        const bool valid = ((r.ok >> (two_pages ? h : 0)) & 1) && key0 + 32 * h < f.seq;
         const int idx = two_pages && h ? f.idx1 : f.idx0;
-        row[h] = valid ? idx * p.page_size + (two_pages ? 0 : (key0 & (p.page_size - 1)) + 32 * h) : -1;
-        bytes += valid ? 32u * kDqk * 2u : 0u;
+        r.row[h] = valid ? idx * p.page_size + (two_pages ? 0 : (key0 & (p.page_size - 1)) + 32 * h) : -1;
+        r.bytes += valid ? 32u * 64u * 2u : 0u;
     }
+    return r;
+}
+
+// Column blocks [cb0, cb1) of tile T (at aT) from the rows in r.
+__device__ __forceinline__ void issue_cols(const Params &p, const TmaRows &r, uint32_t aT, uint32_t aBar, int T,
+                                           int cb0, int cb1)
+{
     mla_decode_v3::fence_proxy_async(); // earlier generic accesses to the tile before the async writes
-    mla_sm90::mbar_arrive_expect_tx(bar, bytes);
+#pragma unroll 1
+    for (int cb = cb0; cb < cb1; cb++) {
+        const uint32_t cbar = col_bar(aBar, T, cb);
+        mla_sm90::mbar_arrive_expect_tx(cbar, r.bytes); // completes at once when no half is loaded
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-        if (row[h] < 0) continue;
-#pragma unroll
-        for (int cb = 0; cb < kDqk / 64; cb++)
-            mla_sm90::tma_load_2d(aT + (uint32_t)(cb * kBlk + h * 32 * 128), &p.kv_tma[0], 64 * cb, row[h], bar);
+        for (int h = 0; h < 2; h++)
+            if (r.row[h] >= 0)
+                mla_sm90::tma_load_2d(aT + (uint32_t)(cb * kBlk + h * 32 * 128), &p.kv_tma[0], 64 * cb, r.row[h], cbar);
     }
 }
 
 // Thread 0 of the producer warpgroup: blocks paired into tiles as in produce(); the next
-// block's page indices are loaded before the wait for its tile.
+// block's page indices are loaded before the waits for its tile. sFlags[T] is written once
+// both warpgroups are done with the tile (the math reads it until then) and before the
+// arrivals on column blocks 4-8; S reads it after its last column block.
 __device__ __forceinline__ void produce_tma_bf16(const Params &p, int part, int tau, Cursor c, uint32_t aTile,
                                                  uint32_t aBar, int *sFlags)
 {
     mla_sm90::tma_prefetch_map(&p.kv_tma[0]);
     Pref f = mla_decode_v1::prefetch_block<kBN>(p, c);
     int pos = 0;
-    uint32_t ephase = 0; // bit T: parity of tile T's next "empty" completion to wait for, ^1
+    uint32_t ephase = 0; // bit T: parity of tile T's next "empty" completions to wait for, ^1
     while (c.b < p.batch) {
         Cursor n = c;
         mla_decode_v1::cursor_next(p, part, tau, n);
         const Pref fn = mla_decode_v1::prefetch_block<kBN>(p, n);
         const int T = pos;
-        mla_sm90::mbar_wait(aBar + 8u * (2 + T), ((ephase >> T) & 1u) ^ 1u);
+        const uint32_t par = ((ephase >> T) & 1u) ^ 1u;
         ephase ^= 1u << T;
-        issue_tma_bf16(p, c, f, aTile + (uint32_t)(T * kTile), aBar + 8u * T, sFlags, T);
+        const TmaRows r = tma_rows(p, c, f);
+        const uint32_t aT = aTile + (uint32_t)(T * kTile);
+        mla_sm90::mbar_wait(aBar + 8u * (2 + T), par); // empty lo
+        issue_cols(p, r, aT, aBar, T, 0, 4);
+        mla_sm90::mbar_wait(aBar + 8u * (4 + T), par); // empty hi
+        sFlags[T] = r.ok;
+        issue_cols(p, r, aT, aBar, T, 4, kColBlocks);
         pos = pos == 0 && n.b == c.b ? 1 : 0;
         f = fn;
         c = n;
@@ -403,8 +438,15 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
     if (tid == 0) {
         for (int i = 0; i < 2; i++) {
             mbar_init(aBar + 8u * i, kProd == kProdTmaBf16 ? 1 : kNT - kMathThreads); // full: every producer thread (v9: the TMA issue)
-            mbar_init(aBar + 8u * (2 + i), kMathThreads);  // empty: every math thread
-            mbar_init(aBar + 8u * (4 + i), 1);             // raw: thread 0's arrive + the bytes
+            if (kProd == kProdTmaBf16) {
+                mbar_init(aBar + 8u * (2 + i), 128);          // empty lo: warpgroup 0
+                mbar_init(aBar + 8u * (4 + i), kMathThreads); // empty hi: every math thread
+            } else {
+                mbar_init(aBar + 8u * (2 + i), kMathThreads); // empty: every math thread
+                mbar_init(aBar + 8u * (4 + i), 1);            // raw: thread 0's arrive + the bytes
+            }
+            if (kProd == kProdTmaBf16)
+                for (int cb = 0; cb < kColBlocks; cb++) mbar_init(col_bar(aBar, i, cb), 1);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
@@ -472,8 +514,9 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
         float mx[2] = {-INFINITY, -INFINITY};
         const bool mine = wg == 0 || has_b;
         if (mine) {
-            mbar_wait(aBar + 8u * wg, (phases >> wg) & 1u);
-            const int pmask = sFlags[wg];
+            if constexpr (kProd == kProdTmaBf16) mbar_wait(col_bar(aBar, wg, 0), (phases >> wg) & 1u);
+            else mbar_wait(aBar + 8u * wg, (phases >> wg) & 1u);
+            int pmask = kProd == kProdTmaBf16 ? 0 : sFlags[wg];
             const int key0 = (wg ? bcur.blk : a.blk) * kBN;
 #pragma unroll
             for (int i = 0; i < 32; i++) s[i] = 0.f;
@@ -484,12 +527,20 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
 #pragma unroll
             for (int ks = 0; ks < kDqk / 16; ks++) {
                 const uint32_t off = (uint32_t)((ks >> 2) * kBlk + (ks & 3) * 32);
-                if constexpr (kProd == kProdTmaBf16) wgmma_m64n64k16_bf16(s, desc_add(dq0, off), desc_add(dk0, off), ks > 0);
-                else wgmma_m64n64k16_f16(s, desc_add(dq0, off), desc_add(dk0, off), ks > 0);
+                if constexpr (kProd == kProdTmaBf16) {
+                    if ((ks & 3) == 0 && ks > 0) { // the wait's loop needs a fence before the next wgmma
+                        mbar_wait(col_bar(aBar, wg, ks >> 2), (phases >> wg) & 1u);
+                        wgmma_fence();
+                    }
+                    wgmma_m64n64k16_bf16(s, desc_add(dq0, off), desc_add(dk0, off), ks > 0);
+                } else {
+                    wgmma_m64n64k16_f16(s, desc_add(dq0, off), desc_add(dk0, off), ks > 0);
+                }
             }
             wgmma_commit();
             wgmma_wait<0>();
             acc_fence(s);
+            if constexpr (kProd == kProdTmaBf16) pmask = sFlags[wg]; // after the last column block's wait
             const int page0 = key0 >> p.page_shift;
             const bool full = key0 + kBN <= lim_min && pmask == (kBN > p.page_size ? 3 : 1);
             if (full) {
@@ -574,7 +625,8 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
             if (!fresh) scale_o(o, sc[0], sc[1]);
             if constexpr (kProd == kProdTmaBf16) zero_v_rows(aTile, 0, a.blk * kBN, cur_seq, sFlags[0], p.page_size);
             pv_chain<kF16>(o, aTile, 0, fresh); // P_a V_a[:, 0:256]
-            mbar_arrive(aBar + 16u); // empty[0]: done with tile 0
+            mbar_arrive(aBar + 16u); // empty[0] (v9: empty lo[0]): done with tile 0
+            if constexpr (kProd == kProdTmaBf16) mbar_arrive(aBar + 32u); // empty hi[0]
             mla_decode_v1::named_bar(kBarB, kMathThreads); // m1, scale1 and P_b are published
             float sc1[2];
 #pragma unroll
@@ -588,22 +640,31 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
                 // Tile 1 was waited for by warpgroup 1; waiting here too (the phase cannot move
                 // on before this warpgroup hands the tile back) makes the producer's stores
                 // visible to this warpgroup's wgmma without leaning on barrier transitivity.
-                mbar_wait(aBar + 8u, (phases >> 1) & 1u);
-                if constexpr (kProd == kProdTmaBf16) // after warpgroup 1's S_b (barrier B)
+                if constexpr (kProd == kProdTmaBf16) { // after warpgroup 1's S_b (barrier B)
+                    // its V column blocks, and the last one: sFlags[1] is written before that
+                    for (int cb = 0; cb < 4; cb++) mbar_wait(col_bar(aBar, 1, cb), (phases >> 1) & 1u);
+                    mbar_wait(col_bar(aBar, 1, kColBlocks - 1), (phases >> 1) & 1u);
                     zero_v_rows(aTile + kTile, 0, bcur.blk * kBN, cur_seq, sFlags[1], p.page_size);
+                } else {
+                    mbar_wait(aBar + 8u, (phases >> 1) & 1u);
+                }
                 pv_chain<kF16>(o, aTile + kTile, 0, false); // P_b V_b[:, 0:256]
-                mbar_arrive(aBar + 24u);       // empty[1]
+                mbar_arrive(aBar + 24u);       // empty[1] (v9: empty lo[1])
+                if constexpr (kProd == kProdTmaBf16) mbar_arrive(aBar + 40u); // empty hi[1]
             }
         } else {
             bar_arrive(kBarB, kMathThreads);
             l_run[0] = l_run[0] * sc0[0] * sc[0] + ls[0];
             l_run[1] = l_run[1] * sc0[1] * sc[1] + ls[1];
             if (!fresh) scale_o(o, sc0[0], sc0[1]);
-            mbar_wait(aBar, phases & 1u); // tile 0 (see warpgroup 0's wait for tile 1)
-            if constexpr (kProd == kProdTmaBf16) // after warpgroup 0's S_a (barrier A)
+            if constexpr (kProd == kProdTmaBf16) { // after warpgroup 0's S_a (barrier A)
+                for (int cb = 4; cb < 8; cb++) mbar_wait(col_bar(aBar, 0, cb), phases & 1u);
                 zero_v_rows(aTile, 1, a.blk * kBN, cur_seq, sFlags[0], p.page_size);
+            } else {
+                mbar_wait(aBar, phases & 1u); // tile 0 (see warpgroup 0's wait for tile 1)
+            }
             pv_chain<kF16>(o, aTile, 1, fresh); // P_a V_a[:, 256:512]
-            mbar_arrive(aBar + 16u);
+            mbar_arrive(aBar + (kProd == kProdTmaBf16 ? 32u : 16u)); // v9: empty hi[0] only
             scale_o(o, sc[0], sc[1]);
             m_run[0] = mnew[0];
             m_run[1] = mnew[1];
@@ -611,7 +672,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
                 if constexpr (kProd == kProdTmaBf16)
                     zero_v_rows(aTile + kTile, 1, bcur.blk * kBN, cur_seq, sFlags[1], p.page_size);
                 pv_chain<kF16>(o, aTile + kTile, 1, false); // P_b V_b[:, 256:512]
-                mbar_arrive(aBar + 24u);
+                mbar_arrive(aBar + (kProd == kProdTmaBf16 ? 40u : 24u)); // v9: empty hi[1] only
             }
         }
         phases ^= has_b ? 3u : 1u;
