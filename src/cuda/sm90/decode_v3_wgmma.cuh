@@ -1,5 +1,7 @@
 // Split-KV MLA decode, version 3: wgmma tensor-core math for H * q_len >= 64 (the default
-// there; device record in bench/NOTES.md "Decode"), in the split-KV framework of
+// there until the seesaw took those rows: v7 for an fp8 cache, v9 for bf16; now the fallback
+// when v9's tensor map cannot be made, and MLA_DECODE_VARIANT=v3; device record in
+// bench/NOTES.md "Decode"), in the split-KV framework of
 // decode_v1_mma.cuh (same Params, scheduler, cursor walk, partials layout and combine).
 //
 // One CTA = (part of the key work, 64 query rows), 256 threads = two warpgroups, one CTA per
