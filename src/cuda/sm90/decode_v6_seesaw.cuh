@@ -437,7 +437,8 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
     const int tid = threadIdx.x;
     if (tid == 0) {
         for (int i = 0; i < 2; i++) {
-            mbar_init(aBar + 8u * i, kProd == kProdTmaBf16 ? 1 : kNT - kMathThreads); // full: every producer thread (v9: the TMA issue)
+            // full: every producer thread (v9 waits on col_bar instead; this one stays idle)
+            mbar_init(aBar + 8u * i, kProd == kProdTmaBf16 ? 1 : kNT - kMathThreads);
             if (kProd == kProdTmaBf16) {
                 mbar_init(aBar + 8u * (2 + i), 128);          // empty lo: warpgroup 0
                 mbar_init(aBar + 8u * (4 + i), kMathThreads); // empty hi: every math thread
