@@ -7,7 +7,8 @@
 //     freed tile and converted in place; 1.18-1.28x faster than v3 (same run, H100).
 //   v9 (kProdTmaBf16, the default for a bf16 cache): no conversion; the producer's thread 0
 //     loads each block into the freed tile with TMA boxes in the wgmma layout, one barrier per
-//     column block, the tile handed back in halves; bf16 MMAs. 1.2-1.4x faster than v3 (H200).
+//     column block, the tile handed back in halves; bf16 MMAs. 1.17-1.36x faster than v3 with
+//     one barrier each way per tile, then 3-9% from the halves (two H200 A/Bs, bench/NOTES.md).
 // ptxas (-Xptxas -v, setmaxnreg 56/224): math warpgroups without spills; producer 4 bytes (v6),
 // 20 bytes (v7). A request's first P V chain overwrites O (scale-d = 0): zeroing o[128] at
 // each request end spilled ~1 KB.
@@ -64,6 +65,10 @@ __device__ __forceinline__ uint32_t col_bar(uint32_t aBar, int T, int cb)
 {
     return aBar + 48u + 8u * (uint32_t)(T * kColBlocks + cb);
 }
+// v9's hand-back of tile T: "empty lo" (column blocks 0-3) in the empty[T] slot, "empty hi"
+// (4-8) in the raw[T] slot, which only the bulk producer (v7) uses otherwise.
+__device__ __forceinline__ uint32_t empty_lo_bar(uint32_t aBar, int T) { return aBar + 8u * (uint32_t)(2 + T); }
+__device__ __forceinline__ uint32_t empty_hi_bar(uint32_t aBar, int T) { return aBar + 8u * (uint32_t)(4 + T); }
 
 struct V6Cfg {
     static constexpr int offQ = 0;
@@ -341,9 +346,9 @@ __device__ __forceinline__ void produce_tma_bf16(const Params &p, int part, int 
         ephase ^= 1u << T;
         const TmaRows r = tma_rows(p, c, f);
         const uint32_t aT = aTile + (uint32_t)(T * kTile);
-        mla_sm90::mbar_wait(aBar + 8u * (2 + T), par); // empty lo
+        mla_sm90::mbar_wait(empty_lo_bar(aBar, T), par);
         issue_cols(p, r, aT, aBar, T, 0, 4);
-        mla_sm90::mbar_wait(aBar + 8u * (4 + T), par); // empty hi
+        mla_sm90::mbar_wait(empty_hi_bar(aBar, T), par);
         sFlags[T] = r.ok;
         issue_cols(p, r, aT, aBar, T, 4, kColBlocks);
         pos = pos == 0 && n.b == c.b ? 1 : 0;
@@ -440,8 +445,8 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
             // full: every producer thread (v9 waits on col_bar instead; this one stays idle)
             mbar_init(aBar + 8u * i, kProd == kProdTmaBf16 ? 1 : kNT - kMathThreads);
             if (kProd == kProdTmaBf16) {
-                mbar_init(aBar + 8u * (2 + i), 128);          // empty lo: warpgroup 0
-                mbar_init(aBar + 8u * (4 + i), kMathThreads); // empty hi: every math thread
+                mbar_init(empty_lo_bar(aBar, i), 128);          // warpgroup 0
+                mbar_init(empty_hi_bar(aBar, i), kMathThreads); // every math thread
             } else {
                 mbar_init(aBar + 8u * (2 + i), kMathThreads); // empty: every math thread
                 mbar_init(aBar + 8u * (4 + i), 1);            // raw: thread 0's arrive + the bytes
@@ -627,7 +632,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
             if constexpr (kProd == kProdTmaBf16) zero_v_rows(aTile, 0, a.blk * kBN, cur_seq, sFlags[0], p.page_size);
             pv_chain<kF16>(o, aTile, 0, fresh); // P_a V_a[:, 0:256]
             mbar_arrive(aBar + 16u); // empty[0] (v9: empty lo[0]): done with tile 0
-            if constexpr (kProd == kProdTmaBf16) mbar_arrive(aBar + 32u); // empty hi[0]
+            if constexpr (kProd == kProdTmaBf16) mbar_arrive(empty_hi_bar(aBar, 0));
             mla_decode_v1::named_bar(kBarB, kMathThreads); // m1, scale1 and P_b are published
             float sc1[2];
 #pragma unroll
@@ -651,7 +656,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
                 }
                 pv_chain<kF16>(o, aTile + kTile, 0, false); // P_b V_b[:, 0:256]
                 mbar_arrive(aBar + 24u);       // empty[1] (v9: empty lo[1])
-                if constexpr (kProd == kProdTmaBf16) mbar_arrive(aBar + 40u); // empty hi[1]
+                if constexpr (kProd == kProdTmaBf16) mbar_arrive(empty_hi_bar(aBar, 1));
             }
         } else {
             bar_arrive(kBarB, kMathThreads);
@@ -665,7 +670,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
                 mbar_wait(aBar, phases & 1u); // tile 0 (see warpgroup 0's wait for tile 1)
             }
             pv_chain<kF16>(o, aTile, 1, fresh); // P_a V_a[:, 256:512]
-            mbar_arrive(aBar + (kProd == kProdTmaBf16 ? 32u : 16u)); // v9: empty hi[0] only
+            mbar_arrive(kProd == kProdTmaBf16 ? empty_hi_bar(aBar, 0) : aBar + 16u); // empty[0]
             scale_o(o, sc[0], sc[1]);
             m_run[0] = mnew[0];
             m_run[1] = mnew[1];
@@ -673,7 +678,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
                 if constexpr (kProd == kProdTmaBf16)
                     zero_v_rows(aTile + kTile, 1, bcur.blk * kBN, cur_seq, sFlags[1], p.page_size);
                 pv_chain<kF16>(o, aTile + kTile, 1, false); // P_b V_b[:, 256:512]
-                mbar_arrive(aBar + (kProd == kProdTmaBf16 ? 40u : 24u)); // v9: empty hi[1] only
+                mbar_arrive(kProd == kProdTmaBf16 ? empty_hi_bar(aBar, 1) : aBar + 24u); // empty[1]
             }
         }
         phases ^= has_b ? 3u : 1u;
