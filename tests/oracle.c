@@ -150,8 +150,10 @@ void oracle_fill(mla_dtype dtype, void *buf, float *deq, int64_t n, float lo, fl
  * Attention
  * ---------------------------------------------------------------------------------------- */
 /* Softmax-weighted sum over n keys given their logits (NAN-free callers): out[dv], *lse. */
+/* p_e4m3: P V uses each weight exp(s - max) rounded as e4m3(256 p) / 256 (the fp8-math
+ * kernels' rounding); the sum and the LSE use the unrounded weights. */
 static void softmax_rows(int n, const double *s, const float *const *v, int dv, double bmm2,
-                         double *out, double *lse)
+                         double *out, double *lse, int p_e4m3)
 {
     if (n == 0) {
         for (int d = 0; d < dv; d++) out[d] = 0.0;
@@ -165,6 +167,7 @@ static void softmax_rows(int n, const double *s, const float *const *v, int dv, 
     for (int j = 0; j < n; j++) {
         double p = exp(s[j] - mx);
         sum += p;
+        if (p_e4m3) p = oracle_fp8_value(oracle_fp8_from_double(256.0 * p)) / 256.0;
         for (int d = 0; d < dv; d++) out[d] += p * (double)v[j][d];
     }
     for (int d = 0; d < dv; d++) out[d] = out[d] / sum * bmm2;
@@ -201,7 +204,7 @@ void oracle_decode(const oracle_decode_args *a)
                 int64_t row = ((int64_t)b * a->q_len + i) * a->heads + h;
                 const float *q = a->q + row * a->dqk;
                 for (int64_t j = 0; j < n; j++) s[j] = a->bmm1 * dot_double(q, rows[j], a->dqk);
-                softmax_rows((int)n, s, rows, a->dv, a->bmm2, a->out + row * a->dv, a->lse + row);
+                softmax_rows((int)n, s, rows, a->dv, a->bmm2, a->out + row * a->dv, a->lse + row, a->p_e4m3);
             }
         }
     }
@@ -230,7 +233,7 @@ void oracle_prefill(const oracle_prefill_args *a)
                     s[j] = a->bmm1 * dot_double(a->q + row * a->dqk, a->k + kr * a->dqk, a->dqk);
                     vrows[j] = a->v + kr * a->dv;
                 }
-                softmax_rows((int)vis, s, vrows, a->dv, a->bmm2, a->out + row * a->dv, a->lse + row);
+                softmax_rows((int)vis, s, vrows, a->dv, a->bmm2, a->out + row * a->dv, a->lse + row, 0);
             }
         }
     }

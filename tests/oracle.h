@@ -43,6 +43,8 @@ typedef struct oracle_decode_args {
     double bmm1, bmm2;          /* logit = bmm1 * q.k; out = bmm2 * sum p v / sum p */
     double *out;                /* [batch, q_len, heads, dv] */
     double *lse;                /* [batch, q_len, heads] (-inf when no key is visible) */
+    int p_e4m3;                 /* nonzero: P rounded to e4m3 as e4m3(256 p) / 256 for P V
+                                 * (sums unrounded): the fp8-math decode kernel's path */
 } oracle_decode_args;
 void oracle_decode(const oracle_decode_args *a);
 

@@ -8,6 +8,12 @@
  *        (exact for fp8 Q and bf16 Q with |q| < 65504), so the same bound holds for both cache
  *        dtypes; the error comes from P rounded to 16 bits and the bf16 outputs.
  *   lse: per element |err| <= 1e-3 |ref| + 1e-3; -inf must match exactly.
+ *   fp8 math (MLA_DECODE_VARIANT=v10 with an fp8 query and an fp8 cache, H * q_len >= 64): P
+ *        is rounded to e4m3 for P V, so the bound is that path's own error: the float64 oracle
+ *        is run exact and with P rounded the same way (oracle_decode_args.p_e4m3), and the
+ *        kernel's error against the exact result may be at most 1.5x the rounded oracle's
+ *        (relative L2, + 2e-3) and per element at most 2x its largest error + the usual bound.
+ *        The LSE uses unrounded sums: same tolerance as above.
  * Rows that see no key must be exactly zero with lse -inf (checked through the reference). */
 #include "../test.h"
 #include "../oracle.h"
@@ -83,8 +89,18 @@ static void report(const char *label, const char *what, const oracle_report *r)
               r->rel_l2);
 }
 
+/* Whether this case runs the fp8-math kernel (decode_v10_fp8mma.cuh), whose P is e4m3. */
+static int runs_fp8_math(const gdecode_case *c)
+{
+    const char *v = getenv("MLA_DECODE_VARIANT");
+    return v && !strcmp(v, "v10") && c->q_dtype == MLA_DTYPE_FP8_E4M3 && c->kv_dtype == MLA_DTYPE_FP8_E4M3 &&
+           c->q_len * c->heads >= 64;
+}
+
 static void run_gpu_decode_case(const gdecode_case *c, const char *label)
 {
+    const int fp8_math = runs_fp8_math(c);
+    oracle_tolerance tol = out_tol;
     const int B = c->batch, L = c->q_len, H = c->heads, R = 512, D = 576, P = c->page;
     int max_len = 1;
     for (int b = 0; b < B; b++) max_len = c->seq_lens[b] > max_len ? c->seq_lens[b] : max_len;
@@ -166,11 +182,11 @@ static void run_gpu_decode_case(const gdecode_case *c, const char *label)
     a.out = host_tensor(ref_out, MLA_DTYPE_BF16, 4, B, L, H, R);
     a.lse = host_tensor(ref_lse, MLA_DTYPE_F32, 3, B, L, H, 0);
     a.no_causal_mask = c->no_causal;
-    if (c->bad_page_req < 0) {
+    if (c->bad_page_req < 0 && !fp8_math) {
         if (cpu) CHECK_STATUS(mla_decode(cpu, &a), MLA_OK);
     } else {
         /* The CPU backend refuses a bad page even without index checks; the float64 oracle
-         * skips it, which is the behaviour the kernel must have. */
+         * skips it, which is the behaviour the kernel must have. (Also the fp8-math bound.) */
         const int64_t cache_elems = (int64_t)num_pages * P * D;
         float *q_f = xmalloc((size_t)q_elems * sizeof(float));
         float *kv_f = xmalloc((size_t)cache_elems * sizeof(float));
@@ -188,6 +204,27 @@ static void run_gpu_decode_case(const gdecode_case *c, const char *label)
             .bmm2 = (double)cfg.scales.o_scale * cfg.scales.k_scale, .out = o64, .lse = l64,
         };
         oracle_decode(&oa);
+        if (fp8_math) { /* the bound from the e4m3-P path's own error against the exact result */
+            double *oq = xmalloc((size_t)out_elems * sizeof(double)), *lq = xmalloc((size_t)rows * sizeof(double));
+            oracle_decode_args qa = oa;
+            qa.out = oq;
+            qa.lse = lq;
+            qa.p_e4m3 = 1;
+            oracle_decode(&qa);
+            double num = 0, den = 0, emax = 0;
+            for (int64_t i = 0; i < out_elems; i++) {
+                const double e = fabs(oq[i] - o64[i]);
+                num += e * e;
+                den += o64[i] * o64[i];
+                emax = e > emax ? e : emax;
+            }
+            const double erel = den > 0 ? sqrt(num / den) : 0;
+            tol.rel_l2 = 1.5 * erel + 2e-3;
+            tol.abs = 2.0 * emax;
+            printf("    %s: fp8-math bound: e4m3-P oracle rel L2 %.3e, max |err| %.3e\n", label, erel, emax);
+            free(oq);
+            free(lq);
+        }
         for (int64_t i = 0; i < out_elems; i++) ref_out[i] = mla_float_to_bf16((float)o64[i]);
         for (int64_t i = 0; i < rows; i++) ref_lse[i] = (float)l64[i];
         free(q_f); free(kv_f); free(o64); free(l64);
@@ -237,8 +274,9 @@ static void run_gpu_decode_case(const gdecode_case *c, const char *label)
 
         double *ref = xmalloc((size_t)out_elems * sizeof(double));
         for (int64_t i = 0; i < out_elems; i++) ref[i] = mla_bf16_to_float(ref_out[i]);
-        oracle_report r = oracle_compare_bf16(out, ref, out_elems, out_tol);
+        oracle_report r = oracle_compare_bf16(out, ref, out_elems, tol);
         report(label, "out", &r);
+        if (fp8_math) printf("    %s: fp8-math kernel rel L2 %.3e (bound %.3e)\n", label, r.rel_l2, tol.rel_l2);
         if (c->with_lse) {
             double *rl = xmalloc((size_t)rows * sizeof(double));
             for (int64_t i = 0; i < rows; i++) rl[i] = ref_lse[i];
@@ -462,6 +500,36 @@ TEST(gpu_decode_fp8_query)
         snprintf(label, sizeof label, "fp8 q fp8 cache H %d q_len %d long", hl[i][0], hl[i][1]);
         run_gpu_decode_case(&c, label);
     }
+}
+
+/* fp8 query with an fp8 cache at H * q_len >= 64: the rows the fp8-math kernel takes under
+ * MLA_DECODE_VARIANT=v10 (the default kernel otherwise): heads and q_len, pages 32 and 64,
+ * block and page edges, a long request split over many parts, no causal mask, a bad page. */
+TEST(gpu_decode_fp8_query_wide_rows)
+{
+    static const int lens[] = {1, 63, 64, 65, 0, 4097, 130};
+    static const int lens_long[] = {32768, 65, 1000};
+    static const int hl[][2] = {{128, 1}, {64, 1}, {128, 2}, {16, 4}, {64, 8}, {96, 1}};
+    static const int pages[] = {32, 64};
+    for (size_t i = 0; i < sizeof hl / sizeof hl[0]; i++)
+        for (int p = 0; p < 2; p++) {
+            gdecode_case c = base_case(7, hl[i][1], hl[i][0], pages[p], MLA_DTYPE_FP8_E4M3, lens);
+            c.q_dtype = MLA_DTYPE_FP8_E4M3;
+            c.with_lse = (int)(i + p) % 2 == 0;
+            c.no_causal = i == 4 && p == 1;
+            char label[128];
+            snprintf(label, sizeof label, "fp8 q fp8 cache H %d q_len %d page %d%s", c.heads, c.q_len, c.page,
+                     c.no_causal ? " no causal" : "");
+            run_gpu_decode_case(&c, label);
+        }
+    gdecode_case c = base_case(3, 1, 128, 64, MLA_DTYPE_FP8_E4M3, lens_long);
+    c.q_dtype = MLA_DTYPE_FP8_E4M3;
+    run_gpu_decode_case(&c, "fp8 q fp8 cache H 128 long");
+    c = base_case(3, 2, 64, 32, MLA_DTYPE_FP8_E4M3, lens_long);
+    c.q_dtype = MLA_DTYPE_FP8_E4M3;
+    c.bad_page_req = 1;
+    c.expect_flags = MLA_DEVERR_PAGE_INDEX;
+    run_gpu_decode_case(&c, "fp8 q fp8 cache H 64 q_len 2 bad page");
 }
 
 TEST(gpu_decode_no_causal_mask)

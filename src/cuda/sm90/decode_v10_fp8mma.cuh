@@ -1,0 +1,663 @@
+// Split-KV MLA decode, version 10: the seesaw of decode_v6_seesaw.cuh with fp8 tensor-core
+// math for S and for P V (fp8 query and fp8 cache, H * q_len >= 64; MLA_DECODE_VARIANT=v10).
+//
+// Why: v7 (the fp8 default) converts every block to fp16 in shared memory (36 KB read, 72 KB
+// written) and runs f16 MMAs; the conversion's shared traffic and the f16 tensor rate hold it
+// at 422-442 TFLOP/s (bench/NOTES.md). e4m3 wgmma runs at twice the f16 rate and reads half
+// the operand bytes, but has no transposed operands: both must be K-major.
+//   S = Q K^T: A = Q (rows x dims), B = K (keys x dims): both K-major as the cache stores them,
+//     so S reads the raw fp8 block as TMA lands it (boxes of 64 dims x 32 keys, 64-byte swizzle).
+//   O += P V: A = P (rows x keys), B = V^T must be (dims x keys) with keys contiguous: the
+//     producer warpgroup transposes the block's first 512 columns into a V^T tile (32 KB read,
+//     32 KB written, byte permutes in registers) while the math warpgroups run S.
+//   P is rounded to e4m3 as P * 256 (P <= 1, so the largest value is 256 < 448 and values down
+//     to 2^-17 stay representable); the row sums use the unrounded P; the output divides the
+//     factor out (the row sums are passed as 256 L, the running max as m - 8).
+// Accuracy: P in e4m3 has 3 mantissa bits: tests/gpu compare against the CPU reference with P
+// rounded to e4m3 the same way (the "fp8-quantized reference path").
+//
+// Tile T (73728 bytes): K region (9 column blocks of 64 dims x 64 keys, 64-byte swizzle) |
+// V^T (512 rows of 64 keys, 64-byte swizzle) | P (64 rows of 64 keys, 64-byte swizzle).
+// Hand-offs per tile (mbarriers): kfull[cb] (TMA bytes of column block cb), kempty (S of the
+// tile's warpgroup and the transposer are done with the K region), vfull (V^T written),
+// vempty lo / hi (warpgroup 0 / 1 done with V^T's and P's rows of the tile). The K region is
+// free right after S, so the next block's loads start a whole P V phase earlier than v9's.
+#pragma once
+#include "decode_v6_seesaw.cuh"
+
+#include <stdint.h>
+
+namespace mla_decode_v10 {
+
+using namespace mla_decode_ws;
+using mla_decode_v1::Params;
+using mla_decode_v1::Cursor;
+using mla_decode_v1::Pref;
+using mla_decode_v1::kDqk;
+
+constexpr int kM = 64;
+constexpr int kNT = 384;
+constexpr int kCb = kDqk / 64;       // column blocks of 64 dims
+constexpr int kCbBytes = 64 * 64;    // one fp8 column block of 64 rows (4 KB)
+constexpr int kKBytes = kCb * kCbBytes;  // one K slot: 64 keys x 576 dims (36864)
+constexpr int kSlots = 3;                // K ring: block i in slot i % 3
+constexpr int kOffVt = 0;                // within a tile: V^T (512 x 64 keys) | P (64 x 64 keys)
+constexpr int kOffP = kOffVt + 512 * 64; // 32768
+constexpr int kTile = kOffP + kM * 64;   // 36864
+constexpr int kBarMath = 1, kBarA = 2, kBarB = 3, kBarWg = 4;
+// Registers after setmaxnreg (88 + 2 x 208 = 3 x 168, the launch allocation): no spills
+// (72 / 216 spilled 60 bytes in the transposer).
+constexpr int kRegProducer = 88, kRegMath = 208;
+constexpr float kPScale = 256.f, kPScaleLog2 = 8.f;
+
+struct Cfg {
+    static constexpr int offQ = 0;
+    static constexpr int offK = offQ + kKBytes;
+    static constexpr int offTile = offK + kSlots * kKBytes;
+    static constexpr int offPair = offTile + 2 * kTile;
+    static constexpr int offRedSum = offPair + 4 * kM * 4;
+    static constexpr int offFlags = offRedSum + 2 * kM * 4;
+    static constexpr int offBar = offFlags + 16;
+    static constexpr int kBars = kSlots * kCb + kSlots + 4 + 4;
+    static constexpr int kSmem = offBar + 8 * kBars + 1024;
+    static_assert(offTile % 1024 == 0 && kTile % 1024 == 0, "swizzle atoms");
+    static_assert(kSmem <= 227 * 1024, "shared memory");
+};
+
+// Barrier addresses (8 bytes each) from the barrier base: kfull[slot][cb], kempty[slot],
+// vfull[tile][half], vempty[tile][warpgroup]. Half h of V^T (dims 256 h ..) is read only by
+// warpgroup h's P V, so it is handed over and back on its own.
+constexpr int kBarKEmpty = kSlots * kCb, kBarVFull = kBarKEmpty + kSlots, kBarVEmpty = kBarVFull + 4;
+__device__ __forceinline__ uint32_t kfull_bar(uint32_t b, int s, int cb) { return b + 8u * (uint32_t)(s * kCb + cb); }
+__device__ __forceinline__ uint32_t kempty_bar(uint32_t b, int s) { return b + 8u * (uint32_t)(kBarKEmpty + s); }
+__device__ __forceinline__ uint32_t vfull_bar(uint32_t b, int T, int h)
+{
+    return b + 8u * (uint32_t)(kBarVFull + 2 * h + T);
+}
+__device__ __forceinline__ uint32_t vempty_bar(uint32_t b, int T, int wg)
+{
+    return b + 8u * (uint32_t)(kBarVEmpty + 2 * wg + T);
+}
+
+// Byte offset of (row r, byte col c) in a 64-byte-swizzled region of 64-byte rows.
+__device__ __forceinline__ uint32_t sw64(int r, int c)
+{
+    return (uint32_t)(r * 64 + ((((c >> 4) ^ (r >> 1)) & 3) << 4) + (c & 15));
+}
+
+__device__ __forceinline__ uint64_t desc64(uint32_t addr)
+{
+    return mla_decode_v3::opaque_desc(mla_sm90::smem_desc(addr, 16, 512, 2));
+}
+
+// A value the compiler cannot treat as loop-invariant: address arithmetic derived from it is
+// redone where it is used instead of being hoisted out of the block loop into (spilled)
+// registers.
+__device__ __forceinline__ uint32_t opaque_u32(uint32_t v)
+{
+    uint32_t r;
+    asm volatile("mov.b32 %0, %1;\n" : "=r"(r) : "r"(v));
+    return r;
+}
+
+__device__ __forceinline__ uint32_t ld_shared32(uint32_t addr)
+{
+    uint32_t v;
+    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+    return v;
+}
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel)
+{
+    uint32_t d;
+    asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+    return d;
+}
+// Two floats to two e4m3 bytes (lo at the lower address), round to nearest, saturating.
+__device__ __forceinline__ uint16_t pack_e4m3x2(float lo, float hi)
+{
+    uint16_t d;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(d) : "f"(hi), "f"(lo));
+    return d;
+}
+
+// D(64x64) += A(64x32) * B(32x64), e4m3, both K-major in shared memory.
+__device__ __forceinline__ void wgmma_m64n64k32_e4m3(float (&d)[32], uint64_t da, uint64_t db, int acc)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "
+                 "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "%32, %33, p, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),
+                   "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),
+                   "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),
+                   "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(da), "l"(db), "r"(acc));
+}
+
+// D(64x256) += A(64x32) * B(32x256), e4m3, both K-major in shared memory.
+__device__ __forceinline__ void wgmma_m64n256k32_e4m3(float (&d)[128], uint64_t da, uint64_t db, int acc)
+{
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k32.f32.e4m3.e4m3 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
+        "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, "
+        "%43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, "
+        "%85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, "
+        "%105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, "
+        "%122, %123, %124, %125, %126, %127}, "
+        "%128, %129, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]),
+          "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]),
+          "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]),
+          "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]),
+          "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db), "r"(acc));
+}
+
+// Q rows [64 hb, +64) of request b (fp8 query) into the K-region layout; rows past the
+// request's rows are zero. 64 x 36 chunks of 16 bytes over 256 threads.
+__device__ __forceinline__ void load_q8(const Params &p, int b, int hb, uint8_t *sQ)
+{
+    constexpr int kChunks = kM * 36, kIt = kChunks / kMathThreads;
+    const uint8_t *q = (const uint8_t *)p.q;
+    const int tid = (int)opaque_u32(threadIdx.x); // offsets recomputed per request, not kept live
+    uint4 x[kIt];
+#pragma unroll
+    for (int i = 0; i < kIt; i++) {
+        const int c = tid + kMathThreads * i, r = c / 36, ch = c % 36;
+        const int gr = hb * kM + r;
+        x[i] = make_uint4(0, 0, 0, 0);
+        if (gr < p.rows) x[i] = __ldg(reinterpret_cast<const uint4 *>(q + ((size_t)b * p.rows + gr) * kDqk + ch * 16));
+    }
+#pragma unroll
+    for (int i = 0; i < kIt; i++) {
+        const int c = tid + kMathThreads * i, r = c / 36, ch = c % 36;
+        *reinterpret_cast<uint4 *>(sQ + (ch >> 2) * kCbBytes + sw64(r, (ch & 3) * 16)) = x[i];
+    }
+}
+
+// ---------------------------------------------------------------- producer (warpgroup 2)
+
+// A block's cache rows for TMA (as v9's tma_rows) and which of its keys hold data.
+struct Rows10 {
+    int row[2];     // first cache row of each 32-key half, -1: not loaded
+    uint32_t bytes; // per column block
+    int ok;         // block_page_mask
+    uint64_t valid; // bit k: key k is below seq_len and on a valid page
+};
+
+__device__ __forceinline__ Rows10 rows10(const Params &p, const Cursor &c, const Pref &f, bool report)
+{
+    Rows10 r;
+    const int key0 = c.blk * kBN;
+    r.ok = mla_decode_v1::block_page_mask<kBN>(p, key0, f, report);
+    const bool two_pages = kBN > p.page_size;
+    r.bytes = 0;
+    r.valid = 0;
+    const int nk = min(max(f.seq - key0, 0), kBN);
+    const uint64_t below = nk >= 64 ? ~0ull : ((1ull << nk) - 1ull);
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const bool ok = ((r.ok >> (two_pages ? h : 0)) & 1) && key0 + 32 * h < f.seq;
+        const int idx = two_pages && h ? f.idx1 : f.idx0;
+        r.row[h] = ok ? idx * p.page_size + (two_pages ? 0 : (key0 & (p.page_size - 1)) + 32 * h) : -1;
+        r.bytes += ok ? 32u * 64u : 0u;
+        if (ok) r.valid |= 0xffffffffull << (32 * h);
+    }
+    r.valid &= below;
+    return r;
+}
+
+// Thread 0: K slot s (at aS) from r, one barrier per column block.
+__device__ __forceinline__ void issue_k(const Params &p, const Rows10 &r, uint32_t aS, uint32_t aBar, int s)
+{
+    mla_decode_v3::fence_proxy_async();
+#pragma unroll 1
+    for (int cb = 0; cb < kCb; cb++) {
+        const uint32_t bar = kfull_bar(aBar, s, cb);
+        mla_sm90::mbar_arrive_expect_tx(bar, r.bytes);
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            if (r.row[h] >= 0)
+                mla_sm90::tma_load_2d(aS + (uint32_t)(cb * kCbBytes + h * 32 * 64), &p.kv_tma[1], 64 * cb,
+                                      r.row[h], bar);
+    }
+}
+
+// Half h of V^T (dims 256 h .. 256 h + 255) of tile aT from K slot aS, keys outside `valid`
+// as zeros. Thread t of the producer warpgroup: warp w takes column block cb = w + 4 h; lane
+// = (d4 << 2) | kg: 16 keys kg*16.. x 4 dims per unit, 2 units (the block's two 32-byte
+// halves). Bank conflicts are avoided three ways, all undone without moving data: odd key
+// groups read their rows pairwise swapped (j ^ 1: the other 64-byte half of the banks; undone
+// by the first byte-permute selectors), key groups 2 and 3 take the two units in the other
+// order (the other 32 bytes of the row), and odd d4 store their dims pairwise swapped (undone
+// by the second selectors). Every load address is one XOR of a per-unit register with a
+// constant (the row and swizzle bits, 4..9, are disjoint from the rest of the address). (A
+// first form that predicated each load on its key's validity and added the swizzle per load
+// ran ~1400 instructions per warp per block; the math warpgroups waited on it, 2.5x slower
+// than with the transposition skipped: ncu, 2026-12-04.) Partial blocks mask after the loads.
+template <bool kMasked>
+__device__ __forceinline__ void transpose_v_units(uint32_t aS, uint32_t aT, int t, int h, uint32_t vk)
+{
+    const int w = t >> 5, lane = t & 31, kg = lane & 3, d4 = (lane >> 2) & 7;
+    const uint32_t x = (uint32_t)(kg & 1);
+    const int b2 = (kg >> 1) & 1, o = d4 & 1;
+    const uint32_t s01 = x ? 0x1504u : 0x5140u, s23 = x ? 0x3726u : 0x7362u;
+    const uint32_t sA = o ? 0x7632u : 0x5410u, sB = o ? 0x5410u : 0x7632u;
+    const int cb = w + 4 * h;
+    const uint32_t base = aS + (uint32_t)(cb * kCbBytes + kg * 16 * 64 + (d4 & 3) * 4);
+    // V^T row n = 64 cb + 32 ch + 4 d4 + (e ^ o), chunk kg ^ ((n >> 1) & 3) = kg ^ 2 o ^ (e >> 1)
+    uint32_t st[4];
+#pragma unroll
+    for (int e = 0; e < 4; e++)
+        st[e] = aT + kOffVt + (uint32_t)(cb * 64 * 64 + (d4 * 4 + (e ^ o)) * 64 + ((kg ^ (2 * o) ^ (e >> 1)) & 3) * 16);
+#pragma unroll
+    for (int u = 0; u < 2; u++) {
+        const int ch = u ^ b2; // which 32-byte half of the block's rows
+        const uint32_t cl = (uint32_t)(ch * 2 + (d4 >> 2));
+        const uint32_t y = (x * 64u) | (((x * 8u) ^ (cl * 16u)) & 48u);
+        const uint32_t ub = base ^ y;
+        uint32_t R[16];
+#pragma unroll
+        for (int j = 0; j < 16; j++) R[j] = ld_shared32(ub ^ (uint32_t)(j * 64 + ((j * 8) & 48)));
+        if constexpr (kMasked) {
+#pragma unroll
+            for (int j = 0; j < 16; j++) R[j] = (vk >> ((uint32_t)j ^ x)) & 1u ? R[j] : 0u;
+        }
+        const uint32_t so = (uint32_t)(ch * 32 * 64);
+#pragma unroll
+        for (int qq = 0; qq < 4; qq++) {
+            const uint32_t t0 = prmt(R[4 * qq], R[4 * qq + 1], s01), t1 = prmt(R[4 * qq], R[4 * qq + 1], s23);
+            const uint32_t t2 = prmt(R[4 * qq + 2], R[4 * qq + 3], s01), t3 = prmt(R[4 * qq + 2], R[4 * qq + 3], s23);
+            R[4 * qq + 0] = prmt(t0, t2, sA); // dim slot 0 of key quad qq, and so on
+            R[4 * qq + 1] = prmt(t0, t2, sB);
+            R[4 * qq + 2] = prmt(t1, t3, sA);
+            R[4 * qq + 3] = prmt(t1, t3, sB);
+        }
+#pragma unroll
+        for (int e = 0; e < 4; e++) st_shared16(st[e] + so, make_uint4(R[e], R[4 + e], R[8 + e], R[12 + e]));
+    }
+}
+
+__device__ __forceinline__ void transpose_v(uint32_t aS, uint32_t aT, int t_, int h, uint64_t valid)
+{
+    const int t = (int)opaque_u32((uint32_t)t_);
+    if (valid == ~0ull) { // uniform: the block's keys are all below seq_len on valid pages
+        transpose_v_units<false>(aS, aT, t, h, 0u);
+    } else {
+        const uint32_t vk = (uint32_t)(valid >> ((t & 3) * 16)) & 0xffffu; // this key group's bits
+        transpose_v_units<true>(aS, aT, t, h, vk);
+    }
+}
+
+// The producer warpgroup. Thread 0 issues block i's K into slot i % 3 two blocks ahead of
+// the transposition (the slot is free once S and the transposition of block i - 1 are done
+// with it); then every thread transposes block i's V into the tile it takes (pairs as in the
+// seesaw: an opener into tile 0, its partner in the same request into tile 1) once its K has
+// landed and the tile's previous V^T is free. (With K in the tiles themselves, one K load per
+// tile waited for the transposition before it, and the math warpgroups waited for V^T: 0.648
+// ms at B128 H128 8k against 0.432 with the transposition skipped.)
+__device__ __forceinline__ void produce(const Params &p, int part, int tau, Cursor c, uint32_t aK, uint32_t aTile,
+                                        uint32_t aBar, int *sFlags)
+{
+    const int t = threadIdx.x - kMathThreads;
+    if (t == 0) mla_sm90::tma_prefetch_map(&p.kv_tma[1]);
+    uint32_t kiss = 0; // bit s: uses of slot s issued so far, mod 2 (thread 0)
+    uint32_t ktr = 0;  // bit s: uses of slot s transposed so far, mod 2
+    uint32_t vtr = 0;  // bit T: uses of tile T so far, mod 2
+    int s_iss = 0, s_tr = 0, pos = 0;
+    auto next = [&](Cursor x) {
+        mla_decode_v1::cursor_next(p, part, tau, x);
+        return x;
+    };
+    auto issue = [&](const Cursor &x) {
+        if (x.b >= p.batch) return;
+        if (t == 0) {
+            const Pref f = mla_decode_v1::prefetch_block<kBN>(p, x);
+            const Rows10 r = rows10(p, x, f, true);
+            mla_sm90::mbar_wait(kempty_bar(aBar, s_iss), ((kiss >> s_iss) & 1u) ^ 1u);
+            sFlags[s_iss] = r.ok;
+            issue_k(p, r, aK + (uint32_t)(s_iss * kKBytes), aBar, s_iss);
+        }
+        kiss ^= 1u << s_iss;
+        s_iss = s_iss == kSlots - 1 ? 0 : s_iss + 1;
+    };
+    Cursor c1 = next(c), c2 = next(c1);
+    issue(c);
+    issue(c1);
+    while (c.b < p.batch) {
+        issue(c2);
+        const Pref f = mla_decode_v1::prefetch_block<kBN>(p, c);
+        const Rows10 r = rows10(p, c, f, false);
+        const int w = t >> 5;
+        const uint32_t kpar = (ktr >> s_tr) & 1u, vpar = (vtr >> pos) & 1u;
+#ifdef MLA_V10_WHOLE // experiment: both halves handed over together
+        mla_sm90::mbar_wait(kfull_bar(aBar, s_tr, w), kpar);
+        mla_sm90::mbar_wait(kfull_bar(aBar, s_tr, w + 4), kpar);
+        mla_sm90::mbar_wait(vempty_bar(aBar, pos, 0), vpar ^ 1u);
+        mla_sm90::mbar_wait(vempty_bar(aBar, pos, 1), vpar ^ 1u);
+        transpose_v(aK + (uint32_t)(s_tr * kKBytes), aTile + (uint32_t)(pos * kTile), t, 0, r.valid);
+        transpose_v(aK + (uint32_t)(s_tr * kKBytes), aTile + (uint32_t)(pos * kTile), t, 1, r.valid);
+        mla_decode_v3::fence_proxy_async();
+        mbar_arrive(vfull_bar(aBar, pos, 0));
+        mbar_arrive(vfull_bar(aBar, pos, 1));
+#else
+#pragma unroll 1
+        for (int h = 0; h < 2; h++) { // half h once warpgroup h is done with the tile's last block
+            mla_sm90::mbar_wait(kfull_bar(aBar, s_tr, w + 4 * h), kpar);
+            mla_sm90::mbar_wait(vempty_bar(aBar, pos, h), vpar ^ 1u);
+#ifndef MLA_V10_SKIP_TRANSPOSE // timing experiment only: V^T left stale (wrong results)
+            transpose_v(aK + (uint32_t)(s_tr * kKBytes), aTile + (uint32_t)(pos * kTile), t, h, r.valid);
+#endif
+            mla_decode_v3::fence_proxy_async(); // V^T stores -> wgmma
+            mbar_arrive(vfull_bar(aBar, pos, h));
+        }
+#endif
+        (void)r;
+        mbar_arrive(kempty_bar(aBar, s_tr));
+        ktr ^= 1u << s_tr;
+        vtr ^= 1u << pos;
+        s_tr = s_tr == kSlots - 1 ? 0 : s_tr + 1;
+        pos = pos == 0 && c1.b == c.b ? 1 : 0;
+        c = c1;
+        c1 = c2;
+        c2 = next(c2);
+    }
+}
+
+// ---------------------------------------------------------------- math warpgroups
+
+// O[:, 256 wg ..] += P V for tile aT (P and V^T of the tile), 2 k-steps of 32 keys.
+__device__ __forceinline__ void pv_chain(float (&o)[128], uint32_t aT, int wg, bool fresh)
+{
+    using namespace mla_sm90;
+    const uint64_t dp = desc64(aT + kOffP);
+    const uint64_t dv = desc64(aT + kOffVt + (uint32_t)(wg * 256 * 64));
+    mla_decode_v3::acc_fence(o);
+    wgmma_fence();
+    wgmma_m64n256k32_e4m3(o, dp, dv, !fresh);
+    wgmma_m64n256k32_e4m3(o, mla_decode_v3::desc_add(dp, 32), mla_decode_v3::desc_add(dv, 32), 1);
+    wgmma_commit();
+    wgmma_wait<0>();
+    mla_decode_v3::acc_fence(o);
+}
+
+__global__ void __launch_bounds__(kNT, 1) decode_fp8mma_kernel(const __grid_constant__ Params p)
+{
+    using namespace mla_sm90;
+    using mla_decode_v3::acc_fence;
+    using mla_decode_v3::desc_add;
+    using mla_decode_v3::fence_proxy_async;
+    using mla_decode_v6::bar_arrive;
+    using mla_decode_v6::scale_o;
+    extern __shared__ uint8_t smem_raw[];
+    const uint32_t raw_addr = mla_decode_v1::smem_u32(smem_raw);
+    const uint32_t base = (raw_addr + 1023u) & ~1023u;
+    uint8_t *smem = smem_raw + (base - raw_addr);
+    uint8_t *sQ = smem + Cfg::offQ;
+    float *sPair = reinterpret_cast<float *>(smem + Cfg::offPair);
+    float *sRedSum = reinterpret_cast<float *>(smem + Cfg::offRedSum);
+    int *sFlags = reinterpret_cast<int *>(smem + Cfg::offFlags);
+    const uint32_t aQ = base + Cfg::offQ, aK = base + Cfg::offK, aTile = base + Cfg::offTile;
+    const uint32_t aBar = base + Cfg::offBar;
+
+    const int part = blockIdx.x, hb = blockIdx.y;
+    const int tid = threadIdx.x;
+    if (tid == 0) {
+        for (int sl = 0; sl < kSlots; sl++) {
+            for (int cb = 0; cb < kCb; cb++) mbar_init(kfull_bar(aBar, sl, cb), 1);
+            mbar_init(kempty_bar(aBar, sl), 256); // S's warpgroup + the transposer
+        }
+        for (int T = 0; T < 2; T++) {
+            mbar_init(vfull_bar(aBar, T, 0), 128);
+            mbar_init(vfull_bar(aBar, T, 1), 128);
+            mbar_init(vempty_bar(aBar, T, 0), 128);
+            mbar_init(vempty_bar(aBar, T, 1), 128);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+    const int tau = *p.s.tau;
+    Cursor a;
+    mla_decode_v1::part_first_cursor(p, part, a);
+    if (a.b >= p.batch) return;
+    if (tid >= kMathThreads) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegProducer));
+        produce(p, part, tau, a, aK, aTile, aBar, sFlags);
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegMath));
+
+    const int lane = tid & 31;
+    const int wg = tid >> 7;
+    const int r_lo = ((tid >> 5) & 3) * 16 + (lane >> 2);
+    const int qd = lane & 3;
+    const float qk_scale = p.scale_log2;
+
+    float o[128];
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+    int lim_row[2] = {0, 0};
+    int lim_min = 0;
+    bool new_req = true, fresh = true;
+    uint32_t phases = 0; // bit T: uses of tile T so far, mod 2
+    uint32_t kphases = 0; // bit s: uses of K slot s so far, mod 2
+    int s_a = 0;          // K slot of the pair's opener
+
+    while (a.b < p.batch) {
+        Cursor bcur = a;
+        mla_decode_v1::cursor_next(p, part, tau, bcur);
+        const bool has_b = bcur.b == a.b;
+        if (new_req) {
+            mla_decode_v1::named_bar(kBarMath, kMathThreads);
+            load_q8(p, a.b, hb, sQ);
+            const int seq = p.s.seq_eff[a.b];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int gr = hb * kM + r_lo + h * 8;
+                lim_row[h] = p.causal ? seq - p.q_len + min(gr, p.rows - 1) / p.heads + 1 : seq;
+            }
+            lim_min = p.causal ? seq - p.q_len + 1 : seq;
+            new_req = false;
+            fence_proxy_async();
+            mla_decode_v1::named_bar(kBarMath, kMathThreads);
+        }
+
+        // ---- S of this warpgroup's block (m64n64k32 e4m3, 18 k-steps) ----
+        float s[32];
+        float mx[2] = {-INFINITY, -INFINITY};
+        const bool mine = wg == 0 || has_b;
+        const uint32_t par = (phases >> wg) & 1u;
+        const int s_b = s_a == kSlots - 1 ? 0 : s_a + 1;
+        const int s_mine = wg ? s_b : s_a;
+        if (mine) {
+            const int key0 = (wg ? bcur.blk : a.blk) * kBN;
+            const uint32_t kpar = (kphases >> s_mine) & 1u;
+#pragma unroll
+            for (int i = 0; i < 32; i++) s[i] = 0.f;
+            const uint64_t dq0 = desc64(aQ), dk0 = desc64(aK + (uint32_t)(s_mine * kKBytes));
+            const uint32_t kb = opaque_u32(kfull_bar(aBar, s_mine, 0));
+            acc_fence(s);
+#pragma unroll
+            for (int ks = 0; ks < kDqk / 32; ks++) {
+                if ((ks & 1) == 0) {
+                    mbar_wait(kb + 8u * (uint32_t)(ks >> 1), kpar);
+                    wgmma_fence();
+                }
+                const uint32_t off = (uint32_t)((ks >> 1) * kCbBytes + (ks & 1) * 32);
+                wgmma_m64n64k32_e4m3(s, desc_add(dq0, off), desc_add(dk0, off), ks > 0);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            acc_fence(s);
+            const int pmask = sFlags[s_mine];
+            mbar_arrive(kempty_bar(aBar, s_mine)); // K slot and its sFlags read
+            const int page0 = key0 >> p.page_shift;
+            const bool full = key0 + kBN <= lim_min && pmask == (kBN > p.page_size ? 3 : 1);
+            if (full) {
+#pragma unroll
+                for (int i = 0; i < 32; i++) {
+                    s[i] *= qk_scale;
+                    mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int key = key0 + i * 8 + 2 * qd + (e & 1);
+                        const bool valid = key < lim_row[e >> 1] && ((pmask >> ((key >> p.page_shift) - page0)) & 1);
+                        const float v = valid ? s[4 * i + e] * qk_scale : -INFINITY;
+                        s[4 * i + e] = v;
+                        mx[e >> 1] = fmaxf(mx[e >> 1], v);
+                    }
+            }
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+                mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+            }
+        }
+
+        // ---- softmax; P (x 256, e4m3) into this warpgroup's tile ----
+        float prev[2], mnew[2], sc[2], sc0[2];
+        if (wg == 1) {
+            mla_decode_v1::named_bar(kBarA, kMathThreads);
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                prev[h] = sPair[r_lo + 8 * h];
+                sc0[h] = sPair[kM + r_lo + 8 * h];
+            }
+        } else {
+            prev[0] = m_run[0];
+            prev[1] = m_run[1];
+        }
+        float ls[2] = {0.f, 0.f};
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            mnew[h] = fmaxf(prev[h], mx[h]);
+            const float ref = mnew[h] == -INFINITY ? 0.f : mnew[h];
+            sc[h] = mla_decode_v1::fast_exp2(prev[h] - ref);
+            if (mine) {
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    s[4 * i + 2 * h] = mla_decode_v1::fast_exp2(s[4 * i + 2 * h] - ref);
+                    s[4 * i + 2 * h + 1] = mla_decode_v1::fast_exp2(s[4 * i + 2 * h + 1] - ref);
+                    ls[h] += s[4 * i + 2 * h] + s[4 * i + 2 * h + 1];
+                }
+            }
+        }
+        if (mine) {
+            // The other warpgroup's P V on this tile's previous block is done with P.
+            mbar_wait(vempty_bar(aBar, wg, wg ^ 1), par ^ 1u);
+            uint8_t *sP = smem + Cfg::offTile + wg * kTile + kOffP;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const int k = 8 * i + 2 * qd;
+                *reinterpret_cast<uint16_t *>(sP + sw64(r_lo, k)) =
+                    pack_e4m3x2(s[4 * i + 0] * kPScale, s[4 * i + 1] * kPScale);
+                *reinterpret_cast<uint16_t *>(sP + sw64(r_lo + 8, k)) =
+                    pack_e4m3x2(s[4 * i + 2] * kPScale, s[4 * i + 3] * kPScale);
+            }
+        }
+        if (qd == 0) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                sPair[2 * wg * kM + r_lo + 8 * h] = mnew[h];
+                sPair[(2 * wg + 1) * kM + r_lo + 8 * h] = sc[h];
+            }
+        }
+        fence_proxy_async();
+        mla_decode_v1::named_bar(kBarWg + wg, 128);
+        if (wg == 0) {
+            bar_arrive(kBarA, kMathThreads);
+            l_run[0] = l_run[0] * sc[0] + ls[0];
+            l_run[1] = l_run[1] * sc[1] + ls[1];
+            if (!fresh) scale_o(o, sc[0], sc[1]);
+            mbar_wait(vfull_bar(aBar, 0, wg), phases & 1u);
+            pv_chain(o, aTile, 0, fresh);
+            mbar_arrive(vempty_bar(aBar, 0, 0));
+            mla_decode_v1::named_bar(kBarB, kMathThreads);
+            float sc1[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                sc1[h] = sPair[3 * kM + r_lo + 8 * h];
+                m_run[h] = sPair[2 * kM + r_lo + 8 * h];
+                l_run[h] *= sc1[h];
+            }
+            scale_o(o, sc1[0], sc1[1]);
+            if (has_b) {
+                mbar_wait(vfull_bar(aBar, 1, wg), (phases >> 1) & 1u);
+                pv_chain(o, aTile + kTile, 0, false);
+                mbar_arrive(vempty_bar(aBar, 1, 0));
+            }
+        } else {
+            bar_arrive(kBarB, kMathThreads);
+            l_run[0] = l_run[0] * sc0[0] * sc[0] + ls[0];
+            l_run[1] = l_run[1] * sc0[1] * sc[1] + ls[1];
+            if (!fresh) scale_o(o, sc0[0], sc0[1]);
+            mbar_wait(vfull_bar(aBar, 0, wg), phases & 1u);
+            pv_chain(o, aTile, 1, fresh);
+            mbar_arrive(vempty_bar(aBar, 0, 1));
+            scale_o(o, sc[0], sc[1]);
+            m_run[0] = mnew[0];
+            m_run[1] = mnew[1];
+            if (has_b) {
+                mbar_wait(vfull_bar(aBar, 1, wg), (phases >> 1) & 1u);
+                pv_chain(o, aTile + kTile, 1, false);
+                mbar_arrive(vempty_bar(aBar, 1, 1));
+            }
+        }
+        phases ^= has_b ? 3u : 1u;
+        kphases ^= (1u << s_a) | (has_b ? 1u << s_b : 0u);
+        s_a = has_b ? (s_b == kSlots - 1 ? 0 : s_b + 1) : s_b;
+        fresh = false;
+
+        const int b = a.b;
+        const Cursor &lastc = has_b ? bcur : a;
+        const bool last = lastc.blk + 1 >= lastc.hi;
+        a = bcur;
+        if (has_b) mla_decode_v1::cursor_next(p, part, tau, a);
+        if (last) {
+            float lsum[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                float v = l_run[h];
+                v += __shfl_xor_sync(0xffffffffu, v, 1);
+                v += __shfl_xor_sync(0xffffffffu, v, 2);
+                lsum[h] = v;
+            }
+            if (qd == 0) { // O holds 256 P V: the sums as 256 L, the max as m - 8 (same LSE)
+                sRedSum[wg * kM + r_lo] = lsum[0] * kPScale;
+                sRedSum[wg * kM + r_lo + 8] = lsum[1] * kPScale;
+            }
+            mla_decode_v1::named_bar(kBarMath, kMathThreads);
+            const float m_adj[2] = {m_run[0] - kPScaleLog2, m_run[1] - kPScaleLog2};
+            mla_decode_v3::write_rows(p, o, sRedSum, m_adj, b, part, hb, wg, r_lo, qd);
+            m_run[0] = m_run[1] = -INFINITY;
+            l_run[0] = l_run[1] = 0.f;
+            new_req = true;
+            fresh = true;
+        }
+    }
+}
+
+} // namespace mla_decode_v10
