@@ -6,6 +6,7 @@
 #include "decode_v2_fp8reg.cuh"
 #include "decode_v3_wgmma.cuh"
 #include "decode_v6_seesaw.cuh"
+#include "decode_v10_fp8mma.cuh"
 #include "tensor_map.h"
 
 #include <cuda_runtime.h>
@@ -42,14 +43,27 @@ using mla_decode_v1::Params;
 //   "v7"  : as "v2" (rows >= 64 on the seesaw: with an fp8 cache the bulk producer, raw fp8
 //           bulk-copied into the freed tile and converted in place; with a bf16 cache the TMA
 //           producer, "v9") whatever kV7Default and kV9Default say.
+//   "v10" : as "v7", and with an fp8 query and an fp8 cache rows >= 64 on
+//           decode_v10_fp8mma.cuh (e4m3 MMAs for S and P V, V transposed in shared memory, P
+//           rounded to e4m3); without an fp8 query, or when the tensor map cannot be made, v7.
+//           1.20-1.24x faster than v7 (H200, 2026-12-04), opt-in because of P's rounding (up
+//           to 2.5e-2 relative L2 error on long rows; bench/NOTES.md).
 //   (A "v4" with fp8 QK^T for rows >= 64 was measured and retired: bench/variants/decode/;
 //   so was a "v5" that fed v3's math from a producer warpgroup.)
 struct Plan {
     int rows, m, head_blocks, num_parts, bn, ctas_per_sm;
 };
 
-enum Variant { kVariantV2 = 0, kVariantV1 = 1, kVariantWide = 2, kVariantV3 = 3, kVariantV6 = 4, kVariantV7 = 5 };
-constexpr int kNumVariants = 6;
+enum Variant {
+    kVariantV2 = 0,
+    kVariantV1 = 1,
+    kVariantWide = 2,
+    kVariantV3 = 3,
+    kVariantV6 = 4,
+    kVariantV7 = 5,
+    kVariantV10 = 6
+};
+constexpr int kNumVariants = 7;
 
 // Whether the default variant ("v2") uses the wgmma kernel for rows >= 64: yes since its
 // sanitizer-clean device runs of 2026-11-26 (bench/NOTES.md "Decode", v3).
@@ -66,19 +80,23 @@ int env_choice(const char *name, const char *const *values, int count, int fallb
 
 Variant selected_variant()
 {
-    static const char *const names[] = {"v2", "v1", "wide", "v3", "v6", "v7"};
+    static const char *const names[] = {"v2", "v1", "wide", "v3", "v6", "v7", "v10"};
     static int cached = -1;
     if (cached < 0) cached = env_choice("MLA_DECODE_VARIANT", names, kNumVariants, 0);
     return (Variant)cached;
 }
 
-// "v2", "v3", "v6" and "v7" share every kernel except the one for rows >= 64.
-bool v2_family(Variant v) { return v == kVariantV2 || v == kVariantV3 || v == kVariantV6 || v == kVariantV7; }
+// "v2", "v3", "v6", "v7" and "v10" share every kernel except the one for rows >= 64.
+bool v2_family(Variant v)
+{
+    return v == kVariantV2 || v == kVariantV3 || v == kVariantV6 || v == kVariantV7 || v == kVariantV10;
+}
 
 bool use_wgmma(int rows)
 {
     const Variant v = selected_variant();
-    return rows >= 64 && (v == kVariantV3 || v == kVariantV6 || v == kVariantV7 || (kV3Default && v == kVariantV2));
+    return rows >= 64 && (v == kVariantV3 || v == kVariantV6 || v == kVariantV7 || v == kVariantV10 ||
+                          (kV3Default && v == kVariantV2));
 }
 
 // Whether the default variant ("v2") uses v7 for rows >= 64 with an fp8 cache (bench/NOTES.md
@@ -92,7 +110,7 @@ int seesaw_version(int rows)
     const Variant v = selected_variant();
     if (rows < 64) return 0;
     if (v == kVariantV6) return 6;
-    return v == kVariantV7 || (kV7Default && v == kVariantV2) ? 7 : 0;
+    return v == kVariantV7 || v == kVariantV10 || (kV7Default && v == kVariantV2) ? 7 : 0;
 }
 
 // Whether the default variant uses the seesaw with the TMA producer ("v9") for rows >= 64
@@ -104,7 +122,7 @@ constexpr bool kV9Default = true;
 bool bf16_seesaw(int rows)
 {
     const Variant v = selected_variant();
-    return rows >= 64 && (v == kVariantV7 || (kV9Default && v == kVariantV2));
+    return rows >= 64 && (v == kVariantV7 || v == kVariantV10 || (kV9Default && v == kVariantV2));
 }
 
 int v2_block_n()
@@ -283,6 +301,9 @@ cudaError_t set_all_smem_attrs()
     if (e == cudaSuccess)
         e = cudaFuncSetAttribute(mla_decode_v6::decode_seesaw_kernel<mla_decode_v6::kProdTmaBf16>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_v6::V6Cfg::kSmem);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(mla_decode_v10::decode_fp8mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 mla_decode_v10::Cfg::kSmem);
     if (e == cudaSuccess) e = set_smem_attr<true, 16, 32, 128>();
     if (e == cudaSuccess) e = set_smem_attr<true, 32, 32, 128>();
     if (e == cudaSuccess) e = set_smem_attr<true, 16, 64, 256>();
@@ -393,6 +414,13 @@ template <bool FP8> cudaError_t launch_variant(const Params &prm, const Plan &pl
 {
     if (runs_v2_fp8_m16(pl, FP8)) return launch_v2_fp8_m16(prm, pl, stream);
     // The wgmma kernel uses the plan of the v1 M = 64 kernel (64-key blocks, one CTA per SM).
+    if (FP8 && prm.q_fp8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && pl.rows >= 64 &&
+        selected_variant() == kVariantV10) {
+        Params tp = prm;
+        if (encode_kv_maps(tp))
+            return launch_split(mla_decode_v10::decode_fp8mma_kernel, tp, pl, mla_decode_v10::kNT,
+                                mla_decode_v10::Cfg::kSmem, stream);
+    }
     if (FP8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && seesaw_version(pl.rows))
         return launch_split(seesaw_version(pl.rows) == 7 ? mla_decode_v6::decode_seesaw_kernel<mla_decode_v6::kProdBulk>
                                                          : mla_decode_v6::decode_seesaw_kernel<mla_decode_v6::kProdRegs>,
