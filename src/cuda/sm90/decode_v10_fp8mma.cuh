@@ -404,6 +404,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8mma_kernel(const __grid_cons
     using mla_decode_v3::fence_proxy_async;
     using mla_decode_v6::bar_arrive;
     using mla_decode_v6::scale_o;
+    using mla_decode_v6::softmax_block;
     extern __shared__ uint8_t smem_raw[];
     const uint32_t raw_addr = mla_decode_v1::smem_u32(smem_raw);
     const uint32_t base = (raw_addr + 1023u) & ~1023u;
@@ -507,6 +508,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8mma_kernel(const __grid_cons
             acc_fence(s);
             const int pmask = sFlags[s_mine];
             mbar_arrive(kempty_bar(aBar, s_mine)); // K slot and its sFlags read
+            // masked, scaled, row maxima: as in decode_v6_seesaw.cuh
             const int page0 = key0 >> p.page_shift;
             const bool full = key0 + kBN <= lim_min && pmask == (kBN > p.page_size ? 3 : 1);
             if (full) {
@@ -548,20 +550,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8mma_kernel(const __grid_cons
             prev[1] = m_run[1];
         }
         float ls[2] = {0.f, 0.f};
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            mnew[h] = fmaxf(prev[h], mx[h]);
-            const float ref = mnew[h] == -INFINITY ? 0.f : mnew[h];
-            sc[h] = mla_decode_v1::fast_exp2(prev[h] - ref);
-            if (mine) {
-#pragma unroll
-                for (int i = 0; i < 8; i++) {
-                    s[4 * i + 2 * h] = mla_decode_v1::fast_exp2(s[4 * i + 2 * h] - ref);
-                    s[4 * i + 2 * h + 1] = mla_decode_v1::fast_exp2(s[4 * i + 2 * h + 1] - ref);
-                    ls[h] += s[4 * i + 2 * h] + s[4 * i + 2 * h + 1];
-                }
-            }
-        }
+        softmax_block(s, prev, mx, mine, mnew, sc, ls);
         if (mine) {
             // The other warpgroup's P V on this tile's previous block is done with P.
             mbar_wait(vempty_bar(aBar, wg, wg ^ 1), par ^ 1u);

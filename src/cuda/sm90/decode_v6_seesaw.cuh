@@ -417,6 +417,50 @@ __device__ __forceinline__ void scale_o(float (&o)[128], float a0, float a1)
     }
 }
 
+// New row maxima from prev and mx, the factor sc = exp2(prev - new) for what came before, and
+// (when mine) s -> exp2(s - new) with the rows' partial sums in ls. A row that has seen no
+// key keeps -inf and uses 0 as its reference, so exp2 gives 0, not NaN. Shared with
+// decode_v10_fp8mma.cuh (the masking before it and v10's row-sum store stay inline in each:
+// as shared helpers they changed the measured kernels' SASS).
+__device__ __forceinline__ void softmax_block(float (&s)[32], const float (&prev)[2], const float (&mx)[2], bool mine,
+                                              float (&mnew)[2], float (&sc)[2], float (&ls)[2])
+{
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        mnew[h] = fmaxf(prev[h], mx[h]);
+        const float ref = mnew[h] == -INFINITY ? 0.f : mnew[h];
+        sc[h] = mla_decode_v1::fast_exp2(prev[h] - ref);
+        if (mine) {
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                s[4 * i + 2 * h] = mla_decode_v1::fast_exp2(s[4 * i + 2 * h] - ref);
+                s[4 * i + 2 * h + 1] = mla_decode_v1::fast_exp2(s[4 * i + 2 * h + 1] - ref);
+                ls[h] += s[4 * i + 2 * h] + s[4 * i + 2 * h + 1];
+            }
+        }
+    }
+}
+
+// A request's end: this warpgroup's row sums (times factor) into sRedSum[wg], then both
+// math warpgroups meet so that write_rows can add the two halves.
+__device__ __forceinline__ void publish_row_sums(const float (&l_run)[2], float factor, float *sRedSum, int wg,
+                                                 int r_lo, int qd)
+{
+    float lsum[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        float v = l_run[h];
+        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        v += __shfl_xor_sync(0xffffffffu, v, 2);
+        lsum[h] = v;
+    }
+    if (qd == 0) {
+        sRedSum[wg * kM + r_lo] = lsum[0] * factor;
+        sRedSum[wg * kM + r_lo + 8] = lsum[1] * factor;
+    }
+    mla_decode_v1::named_bar(kBarMath, kMathThreads);
+}
+
 // kProd: the register producer (v6), the bulk in-place producer (v7), both for an fp8 cache
 // (fp16 tiles and MMAs), or the TMA producer for a bf16 cache (v9: bf16 tiles and MMAs).
 constexpr int kProdRegs = 0, kProdBulk = 1, kProdTmaBf16 = 2;
@@ -589,21 +633,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
             prev[1] = m_run[1];
         }
         float ls[2] = {0.f, 0.f};
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            mnew[h] = fmaxf(prev[h], mx[h]);
-            // A row that has seen no key keeps -inf; use 0 so exp2 gives 0, not NaN.
-            const float ref = mnew[h] == -INFINITY ? 0.f : mnew[h];
-            sc[h] = mla_decode_v1::fast_exp2(prev[h] - ref);
-            if (mine) {
-#pragma unroll
-                for (int i = 0; i < 8; i++) {
-                    s[4 * i + 2 * h] = mla_decode_v1::fast_exp2(s[4 * i + 2 * h] - ref);
-                    s[4 * i + 2 * h + 1] = mla_decode_v1::fast_exp2(s[4 * i + 2 * h + 1] - ref);
-                    ls[h] += s[4 * i + 2 * h] + s[4 * i + 2 * h + 1];
-                }
-            }
-        }
+        softmax_block(s, prev, mx, mine, mnew, sc, ls);
         if (mine) {
             uint8_t *sP = smem + V6Cfg::offTile + wg * kTile + 8 * kBlk;
 #pragma unroll
@@ -695,19 +725,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
             a = bcur;
         }
         if (last) { // uniform over the math warpgroups
-            float lsum[2];
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                float v = l_run[h];
-                v += __shfl_xor_sync(0xffffffffu, v, 1);
-                v += __shfl_xor_sync(0xffffffffu, v, 2);
-                lsum[h] = v;
-            }
-            if (qd == 0) {
-                sRedSum[wg * kM + r_lo] = lsum[0];
-                sRedSum[wg * kM + r_lo + 8] = lsum[1];
-            }
-            mla_decode_v1::named_bar(kBarMath, kMathThreads);
+            publish_row_sums(l_run, 1.0f, sRedSum, wg, r_lo, qd);
             mla_decode_v3::write_rows(p, o, sRedSum, m_run, b, part, hb, wg, r_lo, qd);
             m_run[0] = m_run[1] = -INFINITY;
             l_run[0] = l_run[1] = 0.f;
