@@ -301,9 +301,71 @@ __device__ __forceinline__ void transpose_v_units(uint32_t aS, uint32_t aT, int 
     }
 }
 
+// The same with ldmatrix / stmatrix, selected by building with -DMLA_V10_LDSM (written
+// 2026-12-04 after the device time was spent: compile-checked and replayed lane by lane on
+// the CPU by bench/probes/v10_ldsm_model.py, NOT yet run on a device): per 16 keys x 16 dims, ldmatrix.x2 reads two 8 x 16-byte matrices (matrix 0: one key
+// of each pair 2m, 2m+1, matrix 1: the other; rows chosen with distinct residues mod 8, so the
+// 64-byte swizzle spreads them over all banks), two byte permutes per thread build 16-bit
+// (key 2m, key 2m+1) pairs of one dim, and stmatrix.trans writes them as V^T rows (dims chosen
+// per row with distinct residues mod 8 for the same reason). Per warp per block: 16 ldmatrix.x4,
+// 64 permutes, 16 stmatrix.x4 and no per-access address arithmetic (~116 instructions), against
+// ~310 for transpose_v_units. Lane L: matrix i = L / 8, its row rr = L % 8; fragment row m =
+// L / 4, quad q = L % 4.
+template <bool kMasked>
+__device__ __forceinline__ void transpose_v_ldsm(uint32_t aS, uint32_t aT, int t, int h, uint64_t valid)
+{
+    const int w = t >> 5, L = t & 31, cb = w + 4 * h;
+    const int i = L >> 3, rr = L & 7, bl = i >> 1, mm = i & 1;
+    // ldmatrix row address of lane L: key kg*16 + koff, kg = 2 (j >> 2) + bl; chunk dg ^ swizzle.
+    const int er = rr >= 4;                                 // pairs 4..7: matrix 0 holds the odd key
+    const int koff = 2 * rr + (mm ? 1 - er : er);
+    const uint32_t lbase = aS + (uint32_t)(cb * kCbBytes + (bl * 16 + koff) * 64 + (((koff >> 1) & 3) << 4));
+    // stmatrix row address: dim n = 64 cb + 16 dg + doff, chunk (key group) ^ ((n >> 1) & 3).
+    const int qq = rr >> 1, sidx = mm;                      // stored row rr of matrix (bl, s)
+    const int doff = 4 * qq + ((qq < 2) == (sidx == 0) ? 0 : 2) + (rr & 1);
+    const uint32_t sdrow = aT + kOffVt + (uint32_t)((cb * 64 + doff) * 64);
+    const uint32_t sx = (uint32_t)(bl ^ ((doff >> 1) & 3));
+    const uint32_t st0 = sdrow + (sx << 4), st1 = sdrow + ((sx ^ 2u) << 4);
+    // permute selectors of this thread's fragment (row m = L / 4, quad q = L % 4)
+    const int m = L >> 2, q = L & 3;
+    const bool e = m >= 4;
+    const uint32_t lo = e ? 0x1504u : 0x5140u, hi = e ? 0x3726u : 0x7362u;
+    const uint32_t sel0 = q < 2 ? lo : hi, sel1 = q < 2 ? hi : lo;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const int dg = j & 3, kp = j >> 2;
+        uint32_t r0, r1, r2, r3;
+        const uint32_t la = (lbase ^ (uint32_t)(dg << 4)) + (uint32_t)(kp * 2048);
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                     : "r"(la)
+                     : "memory");
+        if constexpr (kMasked) { // keys of this thread's words: block b's 2m + e and 2m + 1 - e
+#pragma unroll
+            for (int b = 0; b < 2; b++) {
+                const int k0 = (2 * kp + b) * 16 + 2 * m + (e ? 1 : 0), k1 = k0 ^ 1;
+                uint32_t &x0 = b ? r2 : r0, &x1 = b ? r3 : r1;
+                x0 = (valid >> k0) & 1 ? x0 : 0u;
+                x1 = (valid >> k1) & 1 ? x1 : 0u;
+            }
+        }
+        const uint32_t w00 = prmt(r0, r1, sel0), w01 = prmt(r0, r1, sel1);
+        const uint32_t w10 = prmt(r2, r3, sel0), w11 = prmt(r2, r3, sel1);
+        const uint32_t sa = (kp ? st1 : st0) + (uint32_t)(dg * 16 * 64);
+        asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(sa),
+                     "r"(w00), "r"(w01), "r"(w10), "r"(w11)
+                     : "memory");
+    }
+}
+
 __device__ __forceinline__ void transpose_v(uint32_t aS, uint32_t aT, int t_, int h, uint64_t valid)
 {
     const int t = (int)opaque_u32((uint32_t)t_);
+#ifdef MLA_V10_LDSM
+    if (valid == ~0ull) transpose_v_ldsm<false>(aS, aT, t, h, valid);
+    else transpose_v_ldsm<true>(aS, aT, t, h, valid);
+    return;
+#endif
     if (valid == ~0ull) { // uniform: the block's keys are all below seq_len on valid pages
         transpose_v_units<false>(aS, aT, t, h, 0u);
     } else {
