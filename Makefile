@@ -26,10 +26,14 @@ ifneq ($(NVCC),)
   # Benchmarks measure the tensor-core ceiling with a cuBLASLt GEMM in the same run.
   BENCH_LDLIBS := -lcublasLt
   BUILD_KIND := CPU + CUDA (sm_90a)
+  # Kernel forms behind compile-time switches, compiled (not linked) so that they cannot rot:
+  # v10's ldmatrix transposition (src/cuda/sm90/decode_v10_fp8mma.cuh).
+  CU_SWITCH_OBJ := $(BUILD)/switches/decode_v10_ldsm.cu.o
 else
   CUDA_C_SRC := src/cuda/hopper_stub.c
   CU_SRC     :=
   BUILD_KIND := CPU only (nvcc not found: the hopper backend reports itself unavailable)
+  CU_SWITCH_OBJ :=
 endif
 
 LIB_C_SRC := $(sort $(wildcard src/core/*.c src/cpu/*.c)) src/cuda/hopper_caps.c $(CUDA_C_SRC)
@@ -40,7 +44,7 @@ BENCH_SRC := $(sort $(wildcard bench/*.c))
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
 .PHONY: all lib run test test-c sanitize install clean bench gpu-tests
-all: lib $(BUILD)/mla $(BUILD)/mla_tests
+all: lib $(BUILD)/mla $(BUILD)/mla_tests $(CU_SWITCH_OBJ)
 	@echo "libmla built: $(BUILD_KIND)"
 
 lib: $(BUILD)/libmla.a $(BUILD)/libmla.so
@@ -52,6 +56,10 @@ $(BUILD)/%.o: %.c $(wildcard include/*.h src/core/*.h src/cpu/*.h src/cuda/*.h t
 $(BUILD)/%.cu.o: %.cu $(wildcard include/*.h src/core/*.h src/cuda/*.h src/cuda/*/*.cuh)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(BUILD)/switches/decode_v10_ldsm.cu.o: src/cuda/sm90/decode.cu $(wildcard include/*.h src/core/*.h src/cuda/*.h src/cuda/*/*.cuh)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -DMLA_V10_LDSM -c $< -o $@
 
 $(BUILD)/libmla.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
