@@ -530,6 +530,15 @@ TEST(gpu_decode_fp8_query_wide_rows)
     c.bad_page_req = 1;
     c.expect_flags = MLA_DEVERR_PAGE_INDEX;
     run_gpu_decode_case(&c, "fp8 q fp8 cache H 64 q_len 2 bad page");
+    /* Many short requests per part (~9 blocks per CTA on 132 SMs): request ends inside a
+     * CTA's walk, with the K ring and the block pairs carried across them. */
+    const int B = 256;
+    int *many = xmalloc((size_t)B * sizeof(int));
+    for (int b = 0; b < B; b++) many[b] = mla_test_rand_int(1, 260);
+    c = base_case(B, 2, 64, 32, MLA_DTYPE_FP8_E4M3, many);
+    c.q_dtype = MLA_DTYPE_FP8_E4M3;
+    run_gpu_decode_case(&c, "fp8 q fp8 cache H 64 q_len 2, 256 short requests");
+    free(many);
 }
 
 TEST(gpu_decode_no_causal_mask)
