@@ -200,7 +200,9 @@ __device__ __forceinline__ void load_q8(const Params &p, int b, int hb, uint8_t 
 
 // ---------------------------------------------------------------- producer (warpgroup 2)
 
-// A block's cache rows for TMA (as v9's tma_rows) and which of its keys hold data.
+// A block's cache rows for TMA and which of its keys hold data; thread 0 only (it reports bad
+// pages). The rows and byte count are v9's tma_rows (decode_v6_seesaw.cuh) for fp8 columns:
+// kept as written and measured rather than rebuilt on tma_rows after the device time was spent.
 struct Rows10 {
     int row[2];     // first cache row of each 32-key half, -1: not loaded
     uint32_t bytes; // per column block
@@ -208,11 +210,11 @@ struct Rows10 {
     uint64_t valid; // bit k: key k is below seq_len and on a valid page
 };
 
-__device__ __forceinline__ Rows10 rows10(const Params &p, const Cursor &c, const Pref &f, bool report)
+__device__ __forceinline__ Rows10 rows10(const Params &p, const Cursor &c, const Pref &f)
 {
     Rows10 r;
     const int key0 = c.blk * kBN;
-    r.ok = mla_decode_v1::block_page_mask<kBN>(p, key0, f, report);
+    r.ok = mla_decode_v1::block_page_mask<kBN>(p, key0, f, true);
     const bool two_pages = kBN > p.page_size;
     r.bytes = 0;
     r.valid = 0;
@@ -402,7 +404,7 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
         if (x.b >= p.batch) return;
         if (t == 0) {
             const Pref f = mla_decode_v1::prefetch_block<kBN>(p, x);
-            const Rows10 r = rows10(p, x, f, true);
+            const Rows10 r = rows10(p, x, f);
             mla_sm90::mbar_wait(kempty_bar(aBar, s_iss), ((kiss >> s_iss) & 1u) ^ 1u);
             sFlags[s_iss] = r.ok;
             sValid[s_iss] = r.valid;
