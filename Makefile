@@ -27,8 +27,8 @@ ifneq ($(NVCC),)
   BENCH_LDLIBS := -lcublasLt
   BUILD_KIND := CPU + CUDA (sm_90a)
   # Kernel forms behind compile-time switches, compiled (not linked) so that they cannot rot:
-  # v10's ldmatrix transposition (src/cuda/sm90/decode_v10_fp8mma.cuh).
-  CU_SWITCH_OBJ := $(BUILD)/switches/decode_v10_ldsm.cu.o
+  # v10's byte-permute V transposition (src/cuda/sm90/decode_v10_fp8mma.cuh).
+  CU_SWITCH_OBJ := $(BUILD)/switches/decode_v10_units.cu.o
 else
   CUDA_C_SRC := src/cuda/hopper_stub.c
   CU_SRC     :=
@@ -57,9 +57,9 @@ $(BUILD)/%.cu.o: %.cu $(wildcard include/*.h src/core/*.h src/cuda/*.h src/cuda/
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
-$(BUILD)/switches/decode_v10_ldsm.cu.o: src/cuda/sm90/decode.cu $(wildcard include/*.h src/core/*.h src/cuda/*.h src/cuda/*/*.cuh)
+$(BUILD)/switches/decode_v10_units.cu.o: src/cuda/sm90/decode.cu $(wildcard include/*.h src/core/*.h src/cuda/*.h src/cuda/*/*.cuh)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -DMLA_V10_LDSM -c $< -o $@
+	$(NVCC) $(NVCCFLAGS) -DMLA_V10_UNITS_TRANSPOSE -c $< -o $@
 
 $(BUILD)/libmla.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)

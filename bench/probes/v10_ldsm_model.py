@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""CPU model of decode_v10_fp8mma.cuh's transpose_v_ldsm (built with -DMLA_V10_LDSM): the
+"""CPU model of decode_v10_fp8mma.cuh's transpose_v_ldsm (the default transposition since
+2026-12-04; -DMLA_V10_LDSM selected it before): the
 ldmatrix / stmatrix m8n8 .b16 fragment layouts of the PTX ISA, the 64-byte swizzle and prmt,
 replayed lane by lane for all 4 warps x 2 halves x 8 steps. Checks that V^T[n][k] = K[k][n] for
 all 512 x 64 bytes and that every 8-row matrix access touches 8 distinct 16-byte bank groups.

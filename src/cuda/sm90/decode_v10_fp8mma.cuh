@@ -1,6 +1,7 @@
 // Split-KV MLA decode, version 10: the seesaw of decode_v6_seesaw.cuh with fp8 tensor-core
-// math for S and for P V (fp8 query and fp8 cache, H * q_len >= 64; opt-in:
-// MLA_DECODE_VARIANT=v10, because P in e4m3 costs accuracy, below).
+// math for S and for P V (fp8 query and fp8 cache, H * q_len >= 64; opt-in through
+// mla_config.decode_fp8_math or MLA_DECODE_VARIANT=v10, because P in e4m3 costs accuracy,
+// below).
 //
 // Why: v7 (the fp8 default) converts every block to fp16 in shared memory (36 KB read, 72 KB
 // written) and runs f16 MMAs; the conversion's shared traffic and the f16 tensor rate hold it
@@ -10,17 +11,17 @@
 //     so S reads the raw fp8 block as TMA lands it (boxes of 64 dims x 32 keys, 64-byte swizzle).
 //   O += P V: A = P (rows x keys), B = V^T must be (dims x keys) with keys contiguous: the
 //     producer warpgroup transposes the block's first 512 columns into a V^T tile (32 KB read,
-//     32 KB written, byte permutes in registers) while the math warpgroups run S.
+//     32 KB written, ldmatrix + byte permutes + stmatrix.trans) while the math warpgroups run S.
 //   P is rounded to e4m3 as P * 256 (P <= 1, so the largest value is 256 < 448 and values down
 //     to 2^-17 stay representable); the row sums use the unrounded P; the output divides the
 //     factor out (the row sums are passed as 256 L, the running max as m - 8).
 // Accuracy: P in e4m3 has 3 mantissa bits. tests/gpu/test_gpu_decode.c bounds the error by
 // the float64 oracle's own error with P rounded the same way (the "fp8-quantized reference
 // path"); the kernel matches that path's error to ~1% of itself, which is up to 2.5e-2
-// relative L2 for 32k-key rows (v7, fp16 P: within 1e-2). Measured (H200, bench/NOTES.md,
-// 2026-12-04): 1.20-1.24x faster than v7 on the same fp8-query inputs, 526-551 TFLOP/s at
-// B128 H128 8k-16k; with the transposition skipped (wrong results, a bound) 673-713, so the
-// transposer is what is left between this kernel and the 600 TFLOP/s bar.
+// relative L2 for 32k-key rows (v7, fp16 P: within 1e-2). Measured (H200, bench/RESULTS.md,
+// 2026-12-04, thirteenth session): 1.26-1.37x faster than v7 on the same fp8-query inputs,
+// 591-624 TFLOP/s at B128 H128 8k-16k, 497 at B64 4k; with the transposition skipped (wrong
+// results, a bound; measured with the byte-permute transposer's build) 673-713.
 //
 // Shared memory: Q (fp8, 9 column blocks of 64 dims x 64 rows, 64-byte swizzle) | a ring of
 // three K slots (block i in slot i % 3, the layout of Q with keys for rows) | two tiles of
@@ -303,16 +304,16 @@ __device__ __forceinline__ void transpose_v_units(uint32_t aS, uint32_t aT, int 
     }
 }
 
-// The same with ldmatrix / stmatrix, selected by building with -DMLA_V10_LDSM (written
-// 2026-12-04 after the device time was spent: compile-checked and replayed lane by lane on
-// the CPU by bench/probes/v10_ldsm_model.py, NOT yet run on a device): per 16 keys x 16 dims, ldmatrix.x2 reads two 8 x 16-byte matrices (matrix 0: one key
-// of each pair 2m, 2m+1, matrix 1: the other; rows chosen with distinct residues mod 8, so the
-// 64-byte swizzle spreads them over all banks), two byte permutes per thread build 16-bit
-// (key 2m, key 2m+1) pairs of one dim, and stmatrix.trans writes them as V^T rows (dims chosen
-// per row with distinct residues mod 8 for the same reason). Per warp per block: 16 ldmatrix.x4,
-// 64 permutes, 16 stmatrix.x4 and no per-access address arithmetic (~116 instructions), against
-// ~310 for transpose_v_units. Lane L: matrix i = L / 8, its row rr = L % 8; fragment row m =
-// L / 4, quad q = L % 4.
+// The same with ldmatrix / stmatrix (the default since 2026-12-04: B128 H128 8k 0.555 ->
+// 0.501 ms, 16k 1.062 -> 0.970 on an H200; bench/NOTES.md). Per 16 keys x 16 dims,
+// ldmatrix reads two 8 x 16-byte matrices (matrix 0: one key of each pair 2m, 2m+1, matrix 1:
+// the other; rows chosen with distinct residues mod 8, so the 64-byte swizzle spreads them
+// over all banks), two byte permutes per thread build 16-bit (key 2m, key 2m+1) pairs of one
+// dim, and stmatrix.trans writes them as V^T rows (dims chosen per row with distinct residues
+// mod 8 for the same reason). Per warp per block: 16 ldmatrix.x4, 64 permutes, 16 stmatrix.x4
+// and no per-access address arithmetic (~116 instructions), against ~310 for
+// transpose_v_units. bench/probes/v10_ldsm_model.py replays the lane arithmetic on the CPU.
+// Lane L: matrix i = L / 8, its row rr = L % 8; fragment row m = L / 4, quad q = L % 4.
 template <bool kMasked>
 __device__ __forceinline__ void transpose_v_ldsm(uint32_t aS, uint32_t aT, int t, int h, uint64_t valid)
 {
@@ -333,15 +334,23 @@ __device__ __forceinline__ void transpose_v_ldsm(uint32_t aS, uint32_t aT, int t
     const bool e = m >= 4;
     const uint32_t lo = e ? 0x1504u : 0x5140u, hi = e ? 0x3726u : 0x7362u;
     const uint32_t sel0 = q < 2 ? lo : hi, sel1 = q < 2 ? hi : lo;
+    // All eight loads first, then the stores: each asm carries a memory clobber, so loads and
+    // stores interleaved per step kept one ldmatrix in flight per warp (6% slower than
+    // transpose_v_units, H200 2026-12-04).
+    uint32_t r[8][4];
 #pragma unroll
     for (int j = 0; j < 8; j++) {
         const int dg = j & 3, kp = j >> 2;
-        uint32_t r0, r1, r2, r3;
         const uint32_t la = (lbase ^ (uint32_t)(dg << 4)) + (uint32_t)(kp * 2048);
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                     : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                     : "=r"(r[j][0]), "=r"(r[j][1]), "=r"(r[j][2]), "=r"(r[j][3])
                      : "r"(la)
                      : "memory");
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const int dg = j & 3, kp = j >> 2;
+        uint32_t r0 = r[j][0], r1 = r[j][1], r2 = r[j][2], r3 = r[j][3];
         if constexpr (kMasked) { // keys of this thread's words: block b's 2m + e and 2m + 1 - e
 #pragma unroll
             for (int b = 0; b < 2; b++) {
@@ -360,20 +369,23 @@ __device__ __forceinline__ void transpose_v_ldsm(uint32_t aS, uint32_t aT, int t
     }
 }
 
+// The V transposition: ldmatrix / stmatrix by default; the byte-permute form
+// (transpose_v_units) with -DMLA_V10_UNITS_TRANSPOSE, kept because it is the measured
+// alternative (B128 H128 8k 0.555 ms against 0.501, H200 2026-12-04, bench/NOTES.md).
 __device__ __forceinline__ void transpose_v(uint32_t aS, uint32_t aT, int t_, int h, uint64_t valid)
 {
     const int t = (int)opaque_u32((uint32_t)t_);
-#ifdef MLA_V10_LDSM
-    if (valid == ~0ull) transpose_v_ldsm<false>(aS, aT, t, h, valid);
+#ifndef MLA_V10_UNITS_TRANSPOSE
+    if (valid == ~0ull) transpose_v_ldsm<false>(aS, aT, t, h, valid); // every key holds data
     else transpose_v_ldsm<true>(aS, aT, t, h, valid);
-    return;
-#endif
+#else
     if (valid == ~0ull) { // uniform: the block's keys are all below seq_len on valid pages
         transpose_v_units<false>(aS, aT, t, h, 0u);
     } else {
         const uint32_t vk = (uint32_t)(valid >> ((t & 3) * 16)) & 0xffffu; // this key group's bits
         transpose_v_units<true>(aS, aT, t, h, vk);
     }
+#endif
 }
 
 // The producer warpgroup. Thread 0 issues block i's K into slot i % 3 two blocks ahead of
@@ -422,13 +434,18 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
         const uint32_t kpar = (ktr >> s_tr) & 1u, vpar = (vtr >> pos) & 1u;
         mla_sm90::mbar_wait(kfull_bar(aBar, s_tr, w), kpar);
         mla_sm90::mbar_wait(kfull_bar(aBar, s_tr, w + 4), kpar);
-        mla_sm90::mbar_wait(vempty_bar(aBar, pos, 0), vpar ^ 1u);
-        mla_sm90::mbar_wait(vempty_bar(aBar, pos, 1), vpar ^ 1u);
 #ifndef MLA_V10_SKIP_TRANSPOSE // measurement only (EXTRA_NVCCFLAGS): V^T left stale, wrong results
         const uint64_t valid = sValid[s_tr]; // written by thread 0 before the slot's TMA
         const uint32_t aS = aK + (uint32_t)(s_tr * kKBytes), aT = aTile + (uint32_t)(pos * kTile);
+        // Half h of V^T is read by warpgroup h only: start on it as soon as that one is done
+        // (both waits before either half: 1-2% slower, H200 2026-12-04).
+        mla_sm90::mbar_wait(vempty_bar(aBar, pos, 0), vpar ^ 1u);
         transpose_v(aS, aT, t, 0, valid);
+        mla_sm90::mbar_wait(vempty_bar(aBar, pos, 1), vpar ^ 1u);
         transpose_v(aS, aT, t, 1, valid);
+#else
+        mla_sm90::mbar_wait(vempty_bar(aBar, pos, 0), vpar ^ 1u);
+        mla_sm90::mbar_wait(vempty_bar(aBar, pos, 1), vpar ^ 1u);
 #endif
         mla_decode_v3::fence_proxy_async(); // V^T stores -> wgmma
         mbar_arrive(vfull_bar(aBar, pos));
