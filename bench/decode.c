@@ -14,9 +14,10 @@
  * same run (cudaMemcpy D2D counting read + write; 8192^3 cuBLASLt GEMMs). "fp8roof" uses the
  * fp8 GEMM peak instead (the floor a kernel with fp8 tensor-core math would have).
  *
- * Usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16[,q8][,long=N]]...
+ * Usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16[,q8][,fm][,long=N]]...
  * (--case, up to 64 times, runs those cases only, page 64: for A/B runs and profilers such as
- * ncu. long=N: request 0 has N keys, the others seq: the split-KV balance for one long request
+ * ncu. q8: fp8 query; fm: mla_config.decode_fp8_math = 1 (e4m3 P with an fp8 query and cache);
+ * long=N: request 0 has N keys, the others seq: the split-KV balance for one long request
  * among short ones.) */
 #include "mla.h"
 
@@ -42,6 +43,7 @@ typedef struct bench_case {
     const char *note;
     int q_fp8; /* fp8 query (q_scale 1) instead of bf16 */
     int long_seq; /* > 0: request 0 has this many keys instead of seq */
+    int fp8_math; /* mla_config.decode_fp8_math */
 } bench_case;
 
 static double g_copy_gbps, g_bf16_tflops, g_fp8_tflops;
@@ -93,6 +95,7 @@ static int run_case(const bench_case *c, int reps)
     cfg.max_q_len = L;
     cfg.max_batch = B;
     cfg.skip_index_check = 1;
+    cfg.decode_fp8_math = c->fp8_math;
     cfg.device = (mla_device){MLA_DEVICE_CUDA, 0};
     mla_backend *be = NULL;
     if (mla_backend_create("hopper", &cfg, &be) != MLA_OK) {
@@ -262,8 +265,11 @@ static int run_case(const bench_case *c, int reps)
     const double sec = ms * 1e-3;
     char long_note[48];
     snprintf(long_note, sizeof long_note, ", request 0: %d keys", seq0);
+    char kv_label[16];
+    snprintf(kv_label, sizeof kv_label, "%s%s%s", c->kv == MLA_DTYPE_FP8_E4M3 ? "fp8" : "bf16",
+             c->q_fp8 ? "/q8" : "", c->fp8_math ? "/fm" : "");
     printf("| %-4s | %3d | %d | %3d | %6d | %2d | %8.4f | %8.4f | %8.4f | %8.4f | %6.0f | %6.1f | %5.1f%% | %5.1f%% | %s%s%s |\n",
-           c->kv == MLA_DTYPE_FP8_E4M3 ? (c->q_fp8 ? "fp8/q8" : "fp8") : (c->q_fp8 ? "bf16/q8" : "bf16"), B, L, H, c->seq, P, ms, ms_single, ms_pair, ms_plan,
+           kv_label, B, L, H, c->seq, P, ms, ms_single, ms_pair, ms_plan,
            bytes / sec / 1e9, flops / sec / 1e12,
            100.0 * (t_mem > t_mma ? t_mem : t_mma) / sec,
            100.0 * (t_mem > t_fp8 ? t_mem : t_fp8) / sec, t_mem > t_mma ? "mem" : "mma",
@@ -295,7 +301,7 @@ int main(int argc, char **argv)
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--case") && i + 1 < argc && picked < 64) {
-            bench_case one = {0, 0, 0, 0, 64, MLA_DTYPE_FP8_E4M3, "", 0, 0};
+            bench_case one = {0, 0, 0, 0, 64, MLA_DTYPE_FP8_E4M3, "", 0, 0, 0};
             char rest[64] = "";
             int ok = sscanf(argv[++i], "%d,%d,%d,%d,%63s", &one.batch, &one.q_len, &one.heads, &one.seq, rest) == 5 &&
                      one.batch >= 1 && one.q_len >= 1 && one.heads >= 1 && one.seq >= 1;
@@ -305,16 +311,17 @@ int main(int argc, char **argv)
                 if (tok_i == 0 && (!strcmp(tok, "fp8") || !strcmp(tok, "bf16")))
                     one.kv = strcmp(tok, "fp8") ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3;
                 else if (tok_i > 0 && !strcmp(tok, "q8")) one.q_fp8 = 1;
+                else if (tok_i > 0 && !strcmp(tok, "fm")) one.fp8_math = 1;
                 else if (tok_i > 0 && sscanf(tok, "long=%d", &one.long_seq) == 1 && one.long_seq >= 1) continue;
                 else ok = 0;
             }
             if (!ok || tok_i == 0) {
-                fprintf(stderr, "decode bench: --case wants B,q_len,H,seq,fp8|bf16[,q8][,long=N] (got '%s')\n", argv[i]);
+                fprintf(stderr, "decode bench: --case wants B,q_len,H,seq,fp8|bf16[,q8][,fm][,long=N] (got '%s')\n", argv[i]);
                 return 2;
             }
             cases[picked++] = one;
         } else {
-            fprintf(stderr, "usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16[,q8][,long=N]]...\n");
+            fprintf(stderr, "usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16[,q8][,fm][,long=N]]...\n");
             return 2;
         }
     }
@@ -355,27 +362,32 @@ int main(int argc, char **argv)
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 3; j++)
             if (!quick || (bs16[i] == 64 && seqs16[j] != 16384))
-                cases[n++] = (bench_case){bs16[i], 1, 16, seqs16[j], 64, F, "", 0, 0};
+                cases[n++] = (bench_case){bs16[i], 1, 16, seqs16[j], 64, F, "", 0, 0, 0};
     const int bs128[] = {64, 128}, seqs128[] = {4096, 8192, 16384};
     for (int i = 0; i < 2; i++)
         for (int j = 0; j < 3; j++)
             if (!quick || (bs128[i] == 64 && seqs128[j] == 4096))
-                cases[n++] = (bench_case){bs128[i], 1, 128, seqs128[j], 64, F, "", 0, 0};
-    cases[n++] = (bench_case){1, 1, 16, 65536, 64, F, "", 0, 0};
-    cases[n++] = (bench_case){1, 1, 128, 65536, 64, F, "", 0, 0};
-    cases[n++] = (bench_case){64, 1, 16, 4096, 64, W, "", 0, 0};
+                cases[n++] = (bench_case){bs128[i], 1, 128, seqs128[j], 64, F, "", 0, 0, 0};
+    cases[n++] = (bench_case){1, 1, 16, 65536, 64, F, "", 0, 0, 0};
+    cases[n++] = (bench_case){1, 1, 128, 65536, 64, F, "", 0, 0, 0};
+    cases[n++] = (bench_case){64, 1, 16, 4096, 64, W, "", 0, 0, 0};
+    /* fp8 query with decode_fp8_math (e4m3 P V), and without it for comparison */
+    cases[n++] = (bench_case){64, 1, 128, 4096, 64, F, "", 1, 0, 1};
     if (!quick) {
-        cases[n++] = (bench_case){128, 1, 16, 32768, 64, W, "", 0, 0};
-        cases[n++] = (bench_case){64, 1, 128, 4096, 64, W, "", 0, 0};
-        cases[n++] = (bench_case){128, 1, 128, 8192, 64, W, "", 0, 0};
-        cases[n++] = (bench_case){1, 1, 16, 65536, 64, W, "", 0, 0};
-        cases[n++] = (bench_case){1, 1, 128, 65536, 64, W, "", 0, 0};
-        cases[n++] = (bench_case){64, 4, 16, 8192, 64, F, "", 0, 0};
-        cases[n++] = (bench_case){4, 4, 16, 81920, 64, F, "", 0, 0};
-        cases[n++] = (bench_case){4, 4, 32, 81920, 64, F, "", 0, 0};
-        cases[n++] = (bench_case){64, 1, 16, 16384, 32, F, "", 0, 0};
+        cases[n++] = (bench_case){128, 1, 128, 8192, 64, F, "", 1, 0, 0};
+        cases[n++] = (bench_case){128, 1, 128, 8192, 64, F, "", 1, 0, 1};
+        cases[n++] = (bench_case){128, 1, 128, 16384, 64, F, "", 1, 0, 1};
+        cases[n++] = (bench_case){128, 1, 16, 32768, 64, W, "", 0, 0, 0};
+        cases[n++] = (bench_case){64, 1, 128, 4096, 64, W, "", 0, 0, 0};
+        cases[n++] = (bench_case){128, 1, 128, 8192, 64, W, "", 0, 0, 0};
+        cases[n++] = (bench_case){1, 1, 16, 65536, 64, W, "", 0, 0, 0};
+        cases[n++] = (bench_case){1, 1, 128, 65536, 64, W, "", 0, 0, 0};
+        cases[n++] = (bench_case){64, 4, 16, 8192, 64, F, "", 0, 0, 0};
+        cases[n++] = (bench_case){4, 4, 16, 81920, 64, F, "", 0, 0, 0};
+        cases[n++] = (bench_case){4, 4, 32, 81920, 64, F, "", 0, 0, 0};
+        cases[n++] = (bench_case){64, 1, 16, 16384, 32, F, "", 0, 0, 0};
         /* one 128k request among 63 of 1k: the split-KV balance (the uneven case) */
-        cases[n++] = (bench_case){64, 1, 16, 1024, 64, F, "", 0, 131072};
+        cases[n++] = (bench_case){64, 1, 16, 1024, 64, F, "", 0, 131072, 0};
     }
     int rc = 0;
     for (int i = 0; i < n; i++)

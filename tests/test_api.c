@@ -52,6 +52,7 @@ TEST(api_config_defaults_are_deepseek_v3)
     CHECK(cfg.num_heads == 128 && cfg.kv_lora_rank == 512 && cfg.qk_rope_head_dim == 64);
     CHECK(cfg.qk_nope_head_dim == 128 && cfg.v_head_dim == 128 && cfg.page_size == 64);
     CHECK(cfg.kv_cache_dtype == MLA_DTYPE_FP8_E4M3);
+    CHECK(cfg.decode_fp8_math == 0 && cfg.skip_index_check == 0);
     /* 1/sqrt(192) * (0.1 ln 40 + 1)^2 ~= 0.1352 */
     CHECK(fabsf(cfg.scales.softmax_scale - 0.13523f) < 1e-4f);
 }
@@ -190,6 +191,8 @@ TEST(config_check_rejects_each_bad_field)
     EXPECT_BAD(cfg.max_q_len = 0, MLA_ERR_UNSUPPORTED, "max_q_len");
     EXPECT_BAD(cfg.max_q_len = 9, MLA_ERR_UNSUPPORTED, "max_q_len");
     EXPECT_BAD(cfg.max_batch = -1, MLA_ERR_INVALID_ARGUMENT, "max_batch");
+    EXPECT_BAD(cfg.decode_fp8_math = 2, MLA_ERR_INVALID_ARGUMENT, "decode_fp8_math");
+    EXPECT_BAD(cfg.decode_fp8_math = -1, MLA_ERR_INVALID_ARGUMENT, "decode_fp8_math");
     EXPECT_BAD(cfg.scales.softmax_scale = NAN, MLA_ERR_INVALID_ARGUMENT, "softmax_scale");
     EXPECT_BAD(cfg.scales.k_scale = 0.0f, MLA_ERR_INVALID_ARGUMENT, "k_scale");
     EXPECT_BAD(cfg.scales.q_scale = INFINITY, MLA_ERR_INVALID_ARGUMENT, "q_scale");

@@ -111,6 +111,7 @@ typedef struct decode_case {
     int with_lse, no_causal;
     int unused_entries; /* value of block-table entries past a sequence's pages (0: a real page) */
     int nan_tail;       /* the last nan_tail tokens of every sequence hold NaN */
+    int fp8_math;       /* mla_config.decode_fp8_math (the CPU backend computes exactly anyway) */
     const int *seq_lens;
 } decode_case;
 
@@ -130,6 +131,7 @@ static void run_decode_case(const decode_case *c, const char *label)
     cfg.scales.k_scale = 0.375f; /* ignored (and not warned about) with a bf16 cache */
     cfg.scales.o_scale = 1.25f;
     cfg.has_k_scale = fp8_kv;
+    cfg.decode_fp8_math = c->fp8_math;
     mla_backend *be = NULL;
     CHECK_STATUS(mla_backend_create("cpu", &cfg, &be), MLA_OK);
     if (!be) return;
@@ -251,6 +253,21 @@ TEST(cpu_decode_fp8_query)
         };
         run_decode_case(&c, kv ? "decode fp8 q, fp8 cache" : "decode fp8 q, bf16 cache");
     }
+}
+
+TEST(cpu_decode_fp8_math_switch_keeps_exact_math)
+{
+    /* decode_fp8_math lets a backend round P to e4m3; the CPU backend does not, so it must
+     * stay within the exact bound (4e-3 relative L2). On these rows the float64 oracle with P
+     * rounded to e4m3 is 2.3e-2 from the exact one (checked by swapping it in), so a backend
+     * that rounded P would fail here. */
+    static const int lens[] = {300, 1000, 64, 777};
+    decode_case c = {
+        .batch = 4, .q_len = 4, .heads = 16, .rank = 64, .rope = 16, .page = 64,
+        .kv_dtype = MLA_DTYPE_FP8_E4M3, .q_dtype = MLA_DTYPE_FP8_E4M3, .with_lse = 1,
+        .fp8_math = 1, .seq_lens = lens,
+    };
+    run_decode_case(&c, "decode fp8 q, fp8 cache, decode_fp8_math 1");
 }
 
 TEST(cpu_decode_deepseek_v3_shape)

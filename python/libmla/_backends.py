@@ -1,6 +1,6 @@
 """Backends created lazily, one per (backend name, device, heads, dims, page_size, kv dtype,
-max_q_len), and kept for the life of the process (creation allocates state and warms kernels,
-so it must not happen per call, and never inside a CUDA graph capture)."""
+max_q_len, fp8_math), and kept for the life of the process (creation allocates state and warms
+kernels, so it must not happen per call, and never inside a CUDA graph capture)."""
 
 import ctypes
 import os
@@ -32,12 +32,14 @@ def _skip_index_check():
 
 def get_backend(name, dev_type, dev_index, *, num_heads=None, kv_lora_rank=None,
                 qk_rope_head_dim=None, qk_nope_head_dim=None, v_head_dim=None, page_size=None,
-                kv_dtype=None, max_q_len=None):
+                kv_dtype=None, max_q_len=None, fp8_math=False):
     """Handle (int) of the cached backend for this configuration, creating it on first use.
-    Fields left None keep mla_config_init's defaults (DeepSeek-V3)."""
+    Fields left None keep mla_config_init's defaults (DeepSeek-V3); fp8_math sets
+    mla_config.decode_fp8_math."""
     skip = _skip_index_check()
+    fp8_math = bool(fp8_math)
     key = (name, dev_type, dev_index, num_heads, kv_lora_rank, qk_rope_head_dim,
-           qk_nope_head_dim, v_head_dim, page_size, kv_dtype, max_q_len, skip)
+           qk_nope_head_dim, v_head_dim, page_size, kv_dtype, max_q_len, skip, fp8_math)
     handle = _cache.get(key)
     if handle is not None:
         return handle
@@ -64,12 +66,13 @@ def get_backend(name, dev_type, dev_index, *, num_heads=None, kv_lora_rank=None,
         cfg.device.type = dev_type
         cfg.device.index = dev_index if dev_type == DEVICE_CUDA else 0
         cfg.skip_index_check = 1 if skip else 0
+        cfg.decode_fp8_math = 1 if fp8_math else 0
         out = ctypes.c_void_p()
         what = (f"creating backend '{name}' (heads={cfg.num_heads}, "
                 f"kv_lora_rank={cfg.kv_lora_rank}, qk_rope_head_dim={cfg.qk_rope_head_dim}, "
                 f"qk_nope_head_dim={cfg.qk_nope_head_dim}, v_head_dim={cfg.v_head_dim}, "
                 f"page_size={cfg.page_size}, kv_dtype={DTYPE_NAMES.get(cfg.kv_cache_dtype)}, "
-                f"max_q_len={cfg.max_q_len}, device="
+                f"max_q_len={cfg.max_q_len}, fp8_math={cfg.decode_fp8_math}, device="
                 f"{'cpu' if dev_type == DEVICE_CPU else f'cuda:{dev_index}'})")
         _ffi.check(lib.mla_backend_create(name.encode(), ctypes.byref(cfg), ctypes.byref(out)),
                    what)

@@ -86,6 +86,7 @@ class MlaConfig(Structure):
         ("max_batch", c_int),
         ("device", MlaDevice),
         ("skip_index_check", c_int),
+        ("decode_fp8_math", c_int),
     ]
 
 

@@ -34,6 +34,15 @@ def _int_arg(value, name, minimum=0, optional=False):
     return value
 
 
+def _flag_arg(value, name):
+    """A switch: True / False or 0 / 1 (anything else is refused rather than read as truthy)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, _INT_TYPES) and int(value) in (0, 1):
+        return bool(value)
+    raise MLAValueError(f"{name} must be True or False (or 0 / 1), got {value!r}")
+
+
 def _float_arg(value, name, positive=False):
     try:
         f = float(value)
@@ -74,7 +83,7 @@ def mla_decode(query, kv_cache, workspace_buffer, kv_lora_rank, qk_rope_head_dim
                seq_lens, max_seq_len, softmax_scale, output_scale=1.0, out=None,
                causal_mask=True, return_lse=False, *, lse_out=None, is_var_seq=True,
                enable_pdl=False, backend=None, dtype=None, kv_dtype=None, stream=None,
-               plan=None):
+               plan=None, fp8_math=False):
     """Paged MLA decode: out[b, i, h] = softmax(q . K^T * softmax_scale) V * output_scale.
 
     query        [batch, q_len, heads, kv_lora_rank + qk_rope_head_dim] bf16 or fp8_e4m3
@@ -88,6 +97,9 @@ def mla_decode(query, kv_cache, workspace_buffer, kv_lora_rank, qk_rope_head_dim
     the dtype= / kv_dtype= named); with a float32 query the returned out is float32.
     is_var_seq and enable_pdl are accepted for tokenspeed compatibility and ignored.
     plan: a DecodePlan built from these seq_lens (shared by the layers of one step), or None.
+    fp8_math: with an fp8 query and an fp8 cache, allow fp8 tensor-core math with P rounded to
+    e4m3 (mla_config.decode_fp8_math: faster on hopper at heads * q_len >= 64, less accurate;
+    the cpu backend stays exact). A plan must be made with the same fp8_math.
     """
     del is_var_seq, enable_pdl
     rank = _int_arg(kv_lora_rank, "kv_lora_rank", 1)
@@ -140,7 +152,8 @@ def mla_decode(query, kv_cache, workspace_buffer, kv_lora_rank, qk_rope_head_dim
     handle = _backends.get_backend(name, dev_type, dev_index, num_heads=heads,
                                    kv_lora_rank=rank, qk_rope_head_dim=rope,
                                    page_size=kv.shape[1], kv_dtype=kv.dtype,
-                                   max_q_len=max(q_len, 1))
+                                   max_q_len=max(q_len, 1),
+                                   fp8_math=_flag_arg(fp8_math, "fp8_math"))
     scales = _scales(softmax_scale=softmax_scale, o_scale=output_scale)
     args = _ffi.MlaDecodeArgs()
     args.q, args.kv_cache = q.tensor(), kv.tensor()
@@ -202,14 +215,14 @@ class DecodePlan:
     scheduling step runs once per step instead of once per layer.
 
     Made for the configuration mla_decode would use (heads, dims, page_size, kv_dtype, q_len,
-    device, backend) and for batch_size requests with block tables max_pages_per_seq wide;
+    device, backend, fp8_math) and for batch_size requests with block tables max_pages_per_seq wide;
     mla_decode refuses it for any other. build(seq_lens) must be called (again) whenever the
     lengths change: with index checks on, a call whose seq_lens differ from the plan's is
     refused. close() (or clear_backends()) releases it."""
 
     def __init__(self, batch_size, q_len, num_heads, max_pages_per_seq, kv_lora_rank=512,
                  qk_rope_head_dim=64, *, page_size=64, kv_dtype="fp8_e4m3", device=None,
-                 backend=None):
+                 backend=None, fp8_math=False):
         self._ptr = None
         self.batch_size = _int_arg(batch_size, "batch_size", 1)
         self.q_len = _int_arg(q_len, "q_len", 1)
@@ -221,7 +234,8 @@ class DecodePlan:
             kv_lora_rank=_int_arg(kv_lora_rank, "kv_lora_rank", 1),
             qk_rope_head_dim=_int_arg(qk_rope_head_dim, "qk_rope_head_dim", 0),
             page_size=_int_arg(page_size, "page_size", 1),
-            kv_dtype=parse_dtype(kv_dtype, "kv_dtype"), max_q_len=self.q_len)
+            kv_dtype=parse_dtype(kv_dtype, "kv_dtype"), max_q_len=self.q_len,
+            fp8_math=_flag_arg(fp8_math, "fp8_math"))
         ptr = ctypes.c_void_p()
         _ffi.check(_ffi.lib().mla_decode_plan_create(self._handle, self.batch_size, self.q_len,
                                                        self.max_pages_per_seq, ctypes.byref(ptr)),
@@ -262,8 +276,8 @@ class DecodePlan:
         self._check_open()
         if handle != self._handle:
             raise MLAValueError("the decode plan was made for another configuration (backend, "
-                                "device, heads, dims, page_size, kv_dtype or q_len) than this "
-                                "call's")
+                                "device, heads, dims, page_size, kv_dtype, q_len or fp8_math) "
+                                "than this call's")
         return self._ptr
 
 

@@ -113,6 +113,35 @@ def test_decode_fp8_query(rng):
     ref.assert_close(lse, want_lse, LSE_ATOL, 0.0, "lse")
 
 
+def test_decode_fp8_math_switch(rng):
+    """fp8_math=True (mla_config.decode_fp8_math) is accepted, keeps the CPU backend's exact
+    math (bit-identical to the default), needs a plan made with it, and takes booleans only."""
+    batch, q_len, heads = 3, 4, 16
+    case = make_case(rng, batch, q_len, heads, 64, "fp8_e4m3", q_dtype="fp8_e4m3")
+    args = (case["q_bits"], case["kv_bits"], None, RANK, ROPE, case["block_table"],
+            case["seq_lens"], None, 0.08)
+    kw = dict(return_lse=True, dtype="fp8_e4m3", kv_dtype="fp8_e4m3")
+    out, lse = libmla.mla_decode(*args, fp8_math=True, **kw)
+    out0, lse0 = libmla.mla_decode(*args, **kw)
+    assert np.array_equal(out, out0) and np.array_equal(lse, lse0)
+    want, want_lse = ref.decode_ref(case["q_val"], case["kv_val"], case["block_table"],
+                                    case["seq_lens"], RANK, 0.08)
+    ref.assert_close(ref.bf16_bits_to_f64(out), want, OUT_ATOL, OUT_RTOL, "out")
+    ref.assert_close(lse, want_lse, LSE_ATOL, 0.0, "lse")
+
+    width = case["block_table"].shape[1]
+    plan = libmla.DecodePlan(batch, q_len, heads, width, RANK, ROPE, kv_dtype="fp8_e4m3",
+                             device="cpu", fp8_math=True).build(case["seq_lens"])
+    got, _ = libmla.mla_decode(*args, fp8_math=True, plan=plan, **kw)
+    assert np.array_equal(got, out)
+    with pytest.raises(libmla.MLAValueError, match="fp8_math"):
+        libmla.mla_decode(*args, plan=plan, **kw)  # plan of the fp8_math backend
+    plan.close()
+    for bad in ("yes", 2, None, 1.0):
+        with pytest.raises(libmla.MLAValueError, match="fp8_math must be True or False"):
+            libmla.mla_decode(*args, fp8_math=bad, **kw)
+
+
 def test_decode_allocates_and_accepts_4d_cache(rng):
     batch, q_len, heads, page = 2, 1, 16, 32
     case = make_case(rng, batch, q_len, heads, page, "bf16")

@@ -525,6 +525,7 @@ mla_status mla_decode(mla_backend *be, const mla_decode_args *a)
         .max_pages_per_seq = (int)max_pages,
         .max_seq_len = bound,
         .causal = !a->no_causal_mask,
+        .fp8_math = cfg->decode_fp8_math,
         .q_dtype = a->q.dtype,
         .kv_dtype = cfg->kv_cache_dtype,
         .bmm1_scale = s->softmax_scale * (fp8_q ? s->q_scale : 1.0f) * (fp8_kv ? s->k_scale : 1.0f),

@@ -30,6 +30,7 @@ typedef struct mla_decode_problem {
     int page_size, num_pages, max_pages_per_seq;
     int max_seq_len;            /* upper bound on seq_lens (from args or block table width) */
     int causal;
+    int fp8_math;               /* mla_config.decode_fp8_math: e4m3 P allowed (fp8 q and cache) */
     mla_dtype q_dtype, kv_dtype;
     float bmm1_scale;           /* q_scale * k_scale * softmax_scale (k_scale only for fp8) */
     float bmm2_scale;           /* v_scale * o_scale (v_scale = k_scale for fp8, else 1) */

@@ -203,6 +203,9 @@ mla_status mla_config_check(const char *backend_name, mla_config *cfg)
     if (cfg->max_q_len < 1 || cfg->max_q_len > caps.max_q_len)
         return mla_set_error(MLA_ERR_UNSUPPORTED, "max_q_len = %d is outside [1, %d]",
                              cfg->max_q_len, caps.max_q_len);
+    if (cfg->decode_fp8_math != 0 && cfg->decode_fp8_math != 1)
+        return mla_set_error(MLA_ERR_INVALID_ARGUMENT, "decode_fp8_math = %d: must be 0 or 1",
+                             cfg->decode_fp8_math);
     if (cfg->max_batch < 0 || cfg->max_batch > (1 << 20))
         return mla_set_error(MLA_ERR_INVALID_ARGUMENT, "max_batch = %d is outside [0, 2^20]",
                              cfg->max_batch);

@@ -8,7 +8,8 @@
  *        (exact for fp8 Q and bf16 Q with |q| < 65504), so the same bound holds for both cache
  *        dtypes; the error comes from P rounded to 16 bits and the bf16 outputs.
  *   lse: per element |err| <= 1e-3 |ref| + 1e-3; -inf must match exactly.
- *   fp8 math (MLA_DECODE_VARIANT=v10 with an fp8 query and an fp8 cache, H * q_len >= 64): P
+ *   fp8 math (mla_config.decode_fp8_math or MLA_DECODE_VARIANT=v10, with an fp8 query and an
+ *        fp8 cache, H * q_len >= 64): P
  *        is rounded to e4m3 for P V, so the bound is that path's own error: the float64 oracle
  *        is run exact and with P rounded the same way (oracle_decode_args.p_e4m3), and the
  *        kernel's error against the exact result may be at most 1.5x the rounded oracle's
@@ -37,6 +38,9 @@ typedef struct gdecode_case {
     float kv_amp;              /* > 0: cache values in [-kv_amp, kv_amp] instead of [-1, 1] */
     float q_amp;               /* > 0: query values in [-q_amp, q_amp] instead of [-2, 2] */
     uint32_t expect_flags;
+    int fp8_math;              /* mla_config.decode_fp8_math */
+    int check_switch;          /* also run with the other decode_fp8_math on the same inputs:
+                                * bit-identical unless exactly one of the two takes fp8 math */
 } gdecode_case;
 
 static void *xmalloc(size_t n)
@@ -78,6 +82,7 @@ static void config_for(mla_config *cfg, const gdecode_case *c, mla_device_type d
     cfg->scales.q_scale = c->q_dtype == MLA_DTYPE_FP8_E4M3 ? 0.5f : 1.0f;
     cfg->scales.o_scale = 1.25f;
     cfg->has_k_scale = c->kv_dtype == MLA_DTYPE_FP8_E4M3;
+    cfg->decode_fp8_math = c->fp8_math;
     cfg->device = (mla_device){dev, 0};
 }
 
@@ -89,11 +94,18 @@ static void report(const char *label, const char *what, const oracle_report *r)
               r->rel_l2);
 }
 
-/* Whether this case runs the fp8-math kernel (decode_v10_fp8mma.cuh), whose P is e4m3. */
+/* Whether this case runs the fp8-math kernel (decode_v10_fp8mma.cuh), whose P is e4m3:
+ * MLA_DECODE_VARIANT=v10, or decode_fp8_math with the default variant (an unset or unknown
+ * MLA_DECODE_VARIANT, or "v2"; another named variant wins, src/cuda/sm90/decode.cu). */
 static int runs_fp8_math(const gdecode_case *c)
 {
+    static const char *const others[] = {"v1", "wide", "v3", "v6", "v7"};
     const char *v = getenv("MLA_DECODE_VARIANT");
-    return v && !strcmp(v, "v10") && c->q_dtype == MLA_DTYPE_FP8_E4M3 && c->kv_dtype == MLA_DTYPE_FP8_E4M3 &&
+    int by_cfg = c->fp8_math;
+    for (int i = 0; v && i < 5; i++)
+        if (!strcmp(v, others[i])) by_cfg = 0;
+    const int on = by_cfg || (v && !strcmp(v, "v10"));
+    return on && c->q_dtype == MLA_DTYPE_FP8_E4M3 && c->kv_dtype == MLA_DTYPE_FP8_E4M3 &&
            c->q_len * c->heads >= 64;
 }
 
@@ -285,6 +297,29 @@ static void run_gpu_decode_case(const gdecode_case *c, const char *label)
             free(rl);
         }
         free(ref);
+        if (c->check_switch) { /* the same inputs through a backend with the other setting */
+            gdecode_case o = *c;
+            o.fp8_math = !c->fp8_math;
+            mla_config cfg2;
+            config_for(&cfg2, &o, MLA_DEVICE_CUDA);
+            mla_backend *gpu2 = NULL;
+            CHECK_STATUS(mla_backend_create("hopper", &cfg2, &gpu2), MLA_OK);
+            uint16_t *out2 = xmalloc((size_t)out_elems * 2);
+            if (gpu2) {
+                cudaMemset(d_out, 0xff, (size_t)out_elems * 2);
+                CHECK_STATUS(mla_decode(gpu2, &a), MLA_OK);
+                CHECK(cudaDeviceSynchronize() == cudaSuccess);
+                cudaMemcpy(out2, d_out, (size_t)out_elems * 2, cudaMemcpyDeviceToHost);
+                CHECK_STATUS(mla_backend_device_errors(gpu2, &flags), MLA_OK);
+                const int differs = memcmp(out, out2, (size_t)out_elems * 2) != 0;
+                const int expect = runs_fp8_math(c) != runs_fp8_math(&o);
+                CHECK_MSG(differs == expect, "%s: outputs with decode_fp8_math %d and %d are %s, expected %s",
+                          label, c->fp8_math, o.fp8_math, differs ? "different" : "bit-identical",
+                          expect ? "different (one takes fp8 math)" : "bit-identical (the same kernel)");
+            }
+            free(out2);
+            mla_backend_destroy(gpu2);
+        }
     }
     cudaFree(d_q); cudaFree(d_cache); cudaFree(d_table); cudaFree(d_seq);
     cudaFree(d_out); cudaFree(d_lse); cudaFree(d_ws);
@@ -539,6 +574,34 @@ TEST(gpu_decode_fp8_query_wide_rows)
     c.q_dtype = MLA_DTYPE_FP8_E4M3;
     run_gpu_decode_case(&c, "fp8 q fp8 cache H 64 q_len 2, 256 short requests");
     free(many);
+}
+
+/* mla_config.decode_fp8_math: taken by fp8-query, fp8-cache calls with H * q_len >= 64 (the
+ * e4m3-P bound applies there, and the output must differ from the same inputs without it: the
+ * switch reaches the kernel), ignored elsewhere (bit-identical outputs). */
+TEST(gpu_decode_fp8_math_switch)
+{
+    static const int lens[] = {1, 63, 64, 65, 0, 4097, 130};
+    static const struct { int heads, q_len, page; mla_dtype q, kv; } shapes[] = {
+        {128, 1, 64, MLA_DTYPE_FP8_E4M3, MLA_DTYPE_FP8_E4M3}, /* fp8 math */
+        {16, 4, 32, MLA_DTYPE_FP8_E4M3, MLA_DTYPE_FP8_E4M3},  /* fp8 math, 64 folded rows */
+        {64, 2, 64, MLA_DTYPE_FP8_E4M3, MLA_DTYPE_FP8_E4M3},  /* fp8 math */
+        {16, 1, 64, MLA_DTYPE_FP8_E4M3, MLA_DTYPE_FP8_E4M3},  /* 16 rows: unchanged */
+        {32, 1, 32, MLA_DTYPE_FP8_E4M3, MLA_DTYPE_FP8_E4M3},  /* 32 rows: unchanged */
+        {128, 1, 64, MLA_DTYPE_BF16, MLA_DTYPE_FP8_E4M3},     /* bf16 query: unchanged */
+        {128, 2, 64, MLA_DTYPE_FP8_E4M3, MLA_DTYPE_BF16},     /* bf16 cache: unchanged */
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        gdecode_case c = base_case(7, shapes[i].q_len, shapes[i].heads, shapes[i].page, shapes[i].kv, lens);
+        c.q_dtype = shapes[i].q;
+        c.fp8_math = 1;
+        c.check_switch = 1;
+        c.with_lse = (int)i % 2 == 0;
+        char label[128];
+        snprintf(label, sizeof label, "decode_fp8_math 1: %s q %s cache H %d q_len %d", mla_dtype_name(c.q_dtype),
+                 mla_dtype_name(c.kv_dtype), c.heads, c.q_len);
+        run_gpu_decode_case(&c, label);
+    }
 }
 
 TEST(gpu_decode_no_causal_mask)

@@ -46,8 +46,9 @@ using mla_decode_v1::Params;
 //   "v10" : as "v7", and with an fp8 query and an fp8 cache rows >= 64 on
 //           decode_v10_fp8mma.cuh (e4m3 MMAs for S and P V, V transposed in shared memory, P
 //           rounded to e4m3); without an fp8 query, or when the tensor map cannot be made, v7.
-//           1.20-1.24x faster than v7 (H200, 2026-12-04), opt-in because of P's rounding (up
-//           to 2.5e-2 relative L2 error on long rows; bench/NOTES.md).
+//           1.26-1.37x faster than v7 (H200, 2026-12-04), opt-in because of P's rounding (up
+//           to 2.5e-2 relative L2 error on long rows; bench/NOTES.md). The default variant
+//           takes it too when the backend's mla_config.decode_fp8_math is set (takes_v10).
 //   (A "v4" with fp8 QK^T for rows >= 64 was measured and retired: bench/variants/decode/;
 //   so was a "v5" that fed v3's math from a producer warpgroup.)
 struct Plan {
@@ -410,12 +411,22 @@ bool runs_v2_fp8_m16(const Plan &pl, bool fp8)
     return fp8 && pl.m == 16 && pl.ctas_per_sm == 2 && v2_family(selected_variant());
 }
 
-template <bool FP8> cudaError_t launch_variant(const Params &prm, const Plan &pl, cudaStream_t stream)
+// Whether an fp8-query, fp8-cache call with rows >= 64 takes v10: MLA_DECODE_VARIANT=v10, or
+// mla_config.decode_fp8_math with the default variant (another variant named for a comparison
+// wins). v10 runs on v7's plan, so a decode plan does not depend on this.
+bool takes_v10(bool fp8_math)
+{
+    const Variant v = selected_variant();
+    return v == kVariantV10 || (fp8_math && v == kVariantV2);
+}
+
+template <bool FP8>
+cudaError_t launch_variant(const Params &prm, const Plan &pl, bool fp8_math, cudaStream_t stream)
 {
     if (runs_v2_fp8_m16(pl, FP8)) return launch_v2_fp8_m16(prm, pl, stream);
     // The wgmma kernel uses the plan of the v1 M = 64 kernel (64-key blocks, one CTA per SM).
     if (FP8 && prm.q_fp8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && pl.rows >= 64 &&
-        selected_variant() == kVariantV10) {
+        takes_v10(fp8_math)) {
         Params tp = prm;
         if (encode_kv_maps(tp))
             return launch_split(mla_decode_v10::decode_fp8mma_kernel, tp, pl, mla_decode_v10::kNT,
@@ -553,8 +564,8 @@ extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode
     prm.scale_log2 = p->bmm1_scale * 1.4426950408889634f;
     prm.bmm2 = p->bmm2_scale;
 
-    e = p->kv_dtype == MLA_DTYPE_FP8_E4M3 ? launch_variant<true>(prm, pl, stream)
-                                          : launch_variant<false>(prm, pl, stream);
+    e = p->kv_dtype == MLA_DTYPE_FP8_E4M3 ? launch_variant<true>(prm, pl, p->fp8_math != 0, stream)
+                                          : launch_variant<false>(prm, pl, p->fp8_math != 0, stream);
     if (e != cudaSuccess) return (int)e;
     e = mla_launch_decode_combine(&s, p->batch, pl.rows, mla_decode_v1::kDv, pl.num_parts,
                                   runs_v2_fp8_m16(pl, p->kv_dtype == MLA_DTYPE_FP8_E4M3),
