@@ -435,6 +435,30 @@ TEST(gpu_decode_mid_batches)
     }
 }
 
+TEST(gpu_decode_uniform_batches)
+{
+    /* Every request of a batch the same length: with MLA_DECODE_ALIGN=1 the scheduler gives
+     * each part whole requests when that costs at most 1/16 more than the even split
+     * (decode_schedule.cu, uniform_tau), otherwise they are split as usual. On 132 SMs: 64 x
+     * 2000 keys at 128 rows (66 parts: 34 units per request against an even 33) and 256 x 2000
+     * at 16 rows (264 parts) align; 40 requests do not (34 against 21). */
+    static int lens64[64], lens256[256];
+    for (int b = 0; b < 64; b++) lens64[b] = 2000;
+    for (int b = 0; b < 256; b++) lens256[b] = 2000;
+    gdecode_case c = base_case(64, 1, 128, 64, MLA_DTYPE_FP8_E4M3, lens64);
+    run_gpu_decode_case(&c, "uniform 64 x 2000 fp8 H128");
+    c.q_dtype = MLA_DTYPE_FP8_E4M3;
+    c.fp8_math = 1;
+    c.with_lse = 0;
+    run_gpu_decode_case(&c, "uniform 64 x 2000 fp8 q fp8 math H128");
+    c = base_case(64, 2, 64, 32, MLA_DTYPE_BF16, lens64);
+    run_gpu_decode_case(&c, "uniform 64 x 2000 bf16 H64 q_len 2");
+    c = base_case(256, 1, 16, 64, MLA_DTYPE_FP8_E4M3, lens256);
+    run_gpu_decode_case(&c, "uniform 256 x 2000 fp8 H16");
+    c = base_case(40, 1, 128, 64, MLA_DTYPE_FP8_E4M3, lens64);
+    run_gpu_decode_case(&c, "uniform 40 x 2000 fp8 H128 (split as usual)");
+}
+
 TEST(gpu_decode_one_long_among_short)
 {
     /* One long request among 63 short ones (the issue's uneven case, scaled down): the long

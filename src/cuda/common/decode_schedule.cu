@@ -94,10 +94,21 @@ __device__ __forceinline__ void plan_part_start(int p, int b0, int batch, int ta
     reinterpret_cast<int4 *>(s.part_start)[p] = r;
 }
 
+// The part size for a batch whose requests all cost `cost` units: k whole requests per part
+// (k = ceil(batch / num_parts)) when that is at most 1/16 above the even split tau, so that no
+// request straddles a part boundary (no float32 partials written and read back by the
+// combine); tau otherwise. E.g. B 64, H 128, 4k keys: 66 units per request over 66 parts:
+// tau 64 splits every request in two, 66 splits none (2 parts idle).
+__device__ __forceinline__ int uniform_tau(int tau, int cost, int batch, int num_parts)
+{
+    const int whole = cost * ((batch + num_parts - 1) / num_parts);
+    return whole * 16 <= tau * 17 ? whole : tau;
+}
+
 // Also lists the requests of more than MLA_DECODE_HEAVY_SPLITS splits (mla_decode_heavy_list).
 __global__ void __launch_bounds__(kSchedThreads)
 decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_keys,
-                       int block_n, int num_parts, uint32_t *flags, mla_decode_sched s)
+                       int block_n, int num_parts, int align_uniform, uint32_t *flags, mla_decode_sched s)
 {
     constexpr int heavy_min = MLA_DECODE_HEAVY_SPLITS;
     __shared__ int warp_sums[32];
@@ -125,7 +136,13 @@ decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_
         const int nb = b < batch ? plan_blocks(seq_lens, b, max_keys, block_n, flags, s) : 0;
         int total;
         const int start = block_exclusive_scan(b < batch ? nb + C : 0, &total, warp_sums);
-        const int tau = max(1, (total + num_parts - 1) / num_parts);
+        int tau = max(1, (total + num_parts - 1) / num_parts);
+        if (align_uniform) {
+            if (b == 0) nb_s[0] = nb; // read back after the barrier below
+            __syncthreads();
+            const int nb0 = nb_s[0];
+            if (__syncthreads_or(b < batch && nb != nb0) == 0) tau = uniform_tau(tau, nb0 + C, batch, num_parts);
+        }
         if (b == 0) *s.tau = tau;
         int slots = 0;
         if (b < batch) {
@@ -209,12 +226,12 @@ decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_
 } // namespace
 
 cudaError_t mla_launch_decode_schedule(const int32_t *seq_lens, int batch, int max_keys,
-                                       int block_n, int num_parts,
+                                       int block_n, int num_parts, int align_uniform,
                                        uint32_t *device_error_flags, const mla_decode_sched *s,
                                        cudaStream_t stream)
 {
     cudaLaunchAttribute attr;
     cudaLaunchConfig_t cfg = mla_pdl_launch_config(dim3(1), dim3(kSchedThreads), 0, stream, &attr);
     return cudaLaunchKernelEx(&cfg, decode_schedule_kernel, seq_lens, batch, max_keys, block_n, num_parts,
-                              device_error_flags, *s);
+                              align_uniform, device_error_flags, *s);
 }

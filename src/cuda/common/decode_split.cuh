@@ -100,9 +100,12 @@ static inline mla_decode_sched mla_decode_sched_from(void *ws, const mla_decode_
 }
 
 // Fills the schedule from seq_lens (one CTA). Flags MLA_DEVERR_SEQ_LEN for seq_len < 0 or
-// beyond max_keys (then clamps).
+// beyond max_keys (then clamps). align_uniform: for batches of up to 1024 requests that all
+// have the same number of key blocks, parts of whole requests when that costs at most 1/16
+// more per part than the even split (no request split, nothing to combine); opt-in
+// (MLA_DECODE_ALIGN=1, src/cuda/sm90/decode.cu) until measured.
 cudaError_t mla_launch_decode_schedule(const int32_t *seq_lens, int batch, int max_keys,
-                                       int block_n, int num_parts,
+                                       int block_n, int num_parts, int align_uniform,
                                        uint32_t *device_error_flags, const mla_decode_sched *s,
                                        cudaStream_t stream);
 

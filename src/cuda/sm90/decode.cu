@@ -126,6 +126,16 @@ bool bf16_seesaw(int rows)
     return rows >= 64 && (v == kVariantV7 || v == kVariantV10 || (kV9Default && v == kVariantV2));
 }
 
+// MLA_DECODE_ALIGN=1: the scheduler's whole-request parts for uniform batches
+// (mla_launch_decode_schedule); read once per process, like the variant.
+int align_uniform()
+{
+    static const char *const names[] = {"0", "1"};
+    static int cached = -1;
+    if (cached < 0) cached = env_choice("MLA_DECODE_ALIGN", names, 2, 0);
+    return cached;
+}
+
 int v2_block_n()
 {
     static const char *const names[] = {"32", "64"};
@@ -511,7 +521,8 @@ extern "C" int mla_cuda_decode_plan(const mla_cuda_device_info *dev, const mla_d
         mla_decode_split_layout_make(p->batch, pl.rows, mla_decode_v1::kDv, pl.num_parts);
     const mla_decode_sched s = mla_decode_sched_at(p->plan, p->plan, &L); // no partials used
     return (int)mla_launch_decode_schedule(p->seq_lens, p->batch, p->max_pages_per_seq * p->page_size, pl.bn,
-                                           pl.num_parts, device_error_flags, &s, (cudaStream_t)p->stream);
+                                           pl.num_parts, align_uniform(), device_error_flags, &s,
+                                           (cudaStream_t)p->stream);
 }
 
 extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode_problem *p,
@@ -537,7 +548,7 @@ extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode
                                        : mla_decode_sched_from(p->workspace, &L);
     if (!p->plan) {
         const int max_keys = p->max_pages_per_seq * p->page_size;
-        e = mla_launch_decode_schedule(p->seq_lens, p->batch, max_keys, pl.bn, pl.num_parts,
+        e = mla_launch_decode_schedule(p->seq_lens, p->batch, max_keys, pl.bn, pl.num_parts, align_uniform(),
                                        device_error_flags, &s, stream);
         if (e != cudaSuccess) return (int)e;
     }
