@@ -5,9 +5,12 @@
 #include "test.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------------------------------------
  * Conversions
@@ -181,64 +184,122 @@ static double dot_double(const float *a, const float *b, int n)
     return s;
 }
 
-void oracle_decode(const oracle_decode_args *a)
+/* Query tokens (b, i) handed out in turn to the threads of oracle_run_workers: each token's
+ * rows are computed by one thread exactly as before, so results do not depend on the thread
+ * count (before, the GPU tests' float64 references ran on one core of the device machine). */
+typedef struct oracle_decode_work {
+    const oracle_decode_args *a;
+    atomic_int next;
+} oracle_decode_work;
+
+static void *oracle_decode_worker(void *arg)
 {
+    oracle_decode_work *w = arg;
+    const oracle_decode_args *a = w->a;
     int64_t max_keys = (int64_t)a->max_pages * a->page_size;
     double *s = malloc((size_t)(max_keys + 1) * sizeof *s);
     const float **rows = malloc((size_t)(max_keys + 1) * sizeof *rows);
-    for (int b = 0; b < a->batch; b++) {
+    if (!s || !rows) abort();
+    for (int t; (t = atomic_fetch_add(&w->next, 1)) < a->batch * a->q_len;) {
+        const int b = t / a->q_len, i = t % a->q_len;
         int64_t L = a->seq_lens[b];
-        for (int i = 0; i < a->q_len; i++) {
-            int64_t vis = a->causal ? L - a->q_len + i + 1 : L;
-            if (vis < 0) vis = 0;
-            if (vis > L) vis = L;
-            /* Gather the visible key rows through the block table; keys on a page outside
-             * [0, num_pages) are skipped (mla.h: kernels skip bad pages). */
-            int64_t n = 0;
-            for (int64_t j = 0; j < vis; j++) {
-                int32_t page = a->block_table[(int64_t)b * a->max_pages + j / a->page_size];
-                if (page < 0 || page >= a->num_pages) continue;
-                rows[n++] = a->kv + ((int64_t)page * a->page_size + j % a->page_size) * a->dqk;
-            }
-            for (int h = 0; h < a->heads; h++) {
-                int64_t row = ((int64_t)b * a->q_len + i) * a->heads + h;
-                const float *q = a->q + row * a->dqk;
-                for (int64_t j = 0; j < n; j++) s[j] = a->bmm1 * dot_double(q, rows[j], a->dqk);
-                softmax_rows((int)n, s, rows, a->dv, a->bmm2, a->out + row * a->dv, a->lse + row, a->p_e4m3);
-            }
+        int64_t vis = a->causal ? L - a->q_len + i + 1 : L;
+        if (vis < 0) vis = 0;
+        if (vis > L) vis = L;
+        /* Gather the visible key rows through the block table; keys on a page outside
+         * [0, num_pages) are skipped (mla.h: kernels skip bad pages). */
+        int64_t n = 0;
+        for (int64_t j = 0; j < vis; j++) {
+            int32_t page = a->block_table[(int64_t)b * a->max_pages + j / a->page_size];
+            if (page < 0 || page >= a->num_pages) continue;
+            rows[n++] = a->kv + ((int64_t)page * a->page_size + j % a->page_size) * a->dqk;
+        }
+        for (int h = 0; h < a->heads; h++) {
+            int64_t row = ((int64_t)b * a->q_len + i) * a->heads + h;
+            const float *q = a->q + row * a->dqk;
+            for (int64_t j = 0; j < n; j++) s[j] = a->bmm1 * dot_double(q, rows[j], a->dqk);
+            softmax_rows((int)n, s, rows, a->dv, a->bmm2, a->out + row * a->dv, a->lse + row, a->p_e4m3);
         }
     }
     free(s);
     free(rows);
+    return NULL;
 }
 
-void oracle_prefill(const oracle_prefill_args *a)
+/* fn(arg) on min(online CPUs, 64, items) threads, the caller's included (alone if no thread
+ * could be started); fn takes its items from a counter in arg until they run out. */
+static void oracle_run_workers(void *(*fn)(void *), void *arg, int64_t items)
 {
-    int64_t max_kv = 0;
-    for (int b = 0; b < a->batch; b++)
-        if (a->cu_kv[b + 1] - a->cu_kv[b] > max_kv) max_kv = a->cu_kv[b + 1] - a->cu_kv[b];
-    double *s = malloc((size_t)(max_kv + 1) * sizeof *s);
-    const float **vrows = malloc((size_t)(max_kv + 1) * sizeof *vrows);
-    for (int b = 0; b < a->batch; b++) {
+    long nt = sysconf(_SC_NPROCESSORS_ONLN);
+    if (nt > 64) nt = 64;
+    if (nt > items) nt = items;
+    pthread_t tid[64];
+    int started = 0;
+    for (; started < nt - 1; started++)
+        if (pthread_create(&tid[started], NULL, fn, arg) != 0) break;
+    fn(arg);
+    for (int k = 0; k < started; k++) pthread_join(tid[k], NULL);
+}
+
+void oracle_decode(const oracle_decode_args *a)
+{
+    oracle_decode_work w = {.a = a};
+    atomic_init(&w.next, 0);
+    oracle_run_workers(oracle_decode_worker, &w, (int64_t)a->batch * a->q_len);
+}
+
+typedef struct oracle_prefill_work {
+    const oracle_prefill_args *a;
+    int64_t max_kv;
+    atomic_llong next;
+} oracle_prefill_work;
+
+/* Query tokens handed out in turn, as for decode; token t belongs to the request b with
+ * cu_q[b] <= t < cu_q[b + 1]. */
+static void *oracle_prefill_worker(void *arg)
+{
+    oracle_prefill_work *w = arg;
+    const oracle_prefill_args *a = w->a;
+    double *s = malloc((size_t)(w->max_kv + 1) * sizeof *s);
+    const float **vrows = malloc((size_t)(w->max_kv + 1) * sizeof *vrows);
+    if (!s || !vrows) abort();
+    for (long long t; (t = atomic_fetch_add(&w->next, 1)) < (long long)a->cu_q[a->batch];) {
+        int lo = 0, hi = a->batch - 1; /* last b with cu_q[b] <= t */
+        while (lo < hi) {
+            const int mid = (lo + hi + 1) / 2;
+            if (a->cu_q[mid] <= t) lo = mid;
+            else hi = mid - 1;
+        }
+        const int b = lo;
         int64_t q0 = a->cu_q[b], lq = a->cu_q[b + 1] - q0;
         int64_t k0 = a->cu_kv[b], lkv = a->cu_kv[b + 1] - k0;
-        for (int64_t i = 0; i < lq; i++) {
-            int64_t vis = a->causal ? lkv - lq + i + 1 : lkv;
-            if (vis < 0) vis = 0;
-            if (vis > lkv) vis = lkv;
-            for (int h = 0; h < a->heads; h++) {
-                int64_t row = (q0 + i) * a->heads + h;
-                for (int64_t j = 0; j < vis; j++) {
-                    int64_t kr = (k0 + j) * a->heads + h;
-                    s[j] = a->bmm1 * dot_double(a->q + row * a->dqk, a->k + kr * a->dqk, a->dqk);
-                    vrows[j] = a->v + kr * a->dv;
-                }
-                softmax_rows((int)vis, s, vrows, a->dv, a->bmm2, a->out + row * a->dv, a->lse + row, 0);
+        int64_t i = t - q0;
+        int64_t vis = a->causal ? lkv - lq + i + 1 : lkv;
+        if (vis < 0) vis = 0;
+        if (vis > lkv) vis = lkv;
+        for (int h = 0; h < a->heads; h++) {
+            int64_t row = (q0 + i) * a->heads + h;
+            for (int64_t j = 0; j < vis; j++) {
+                int64_t kr = (k0 + j) * a->heads + h;
+                s[j] = a->bmm1 * dot_double(a->q + row * a->dqk, a->k + kr * a->dqk, a->dqk);
+                vrows[j] = a->v + kr * a->dv;
             }
+            softmax_rows((int)vis, s, vrows, a->dv, a->bmm2, a->out + row * a->dv, a->lse + row, 0);
         }
     }
     free(s);
     free(vrows);
+    return NULL;
+}
+
+void oracle_prefill(const oracle_prefill_args *a)
+{
+    oracle_prefill_work w = {.a = a, .max_kv = 0};
+    atomic_init(&w.next, 0);
+    for (int b = 0; b < a->batch; b++)
+        if (a->cu_kv[b + 1] - a->cu_kv[b] > w.max_kv) w.max_kv = a->cu_kv[b + 1] - a->cu_kv[b];
+    if (a->batch < 1) return;
+    oracle_run_workers(oracle_prefill_worker, &w, a->cu_q[a->batch]);
 }
 
 void oracle_merge(int64_t rows, int dim, const float *o_a, const float *lse_a, const float *o_b,
