@@ -41,6 +41,7 @@ typedef struct cli_options {
     cli_int_list prefill_lens, prefill_kv_lens;
     int causal;
     int skip_index_check; /* mla_config.skip_index_check */
+    int fp8_math;         /* mla_config.decode_fp8_math */
     int iters, warmup;
     int seed_given;
     uint64_t seed;
@@ -170,7 +171,7 @@ mla_status cli_prefill_run(mla_backend *be, const cli_prefill_problem *p,
                            cli_prefill_buffers *d, int poison, int with_lse);
 /* Backend of `name` on its default device with the given problem settings. */
 mla_status cli_backend_create(const char *name, int heads, int page_size, mla_dtype kv_dtype,
-                              int max_q_len, int skip_index_check, mla_backend **out);
+                              int max_q_len, int skip_index_check, int fp8_math, mla_backend **out);
 
 /* ---- progress.c ---- */
 /* A stage line on stderr ("decode: running hopper..."); rewritten in place on a terminal. */

@@ -11,6 +11,7 @@ typedef struct bench_ctx {
     int on_gpu;
     int heads, batch, q_len, page_size, causal, iters, warmup, op, prefill_batch;
     int skip_index_check;
+    int fp8_math; /* mla_config.decode_fp8_math */
     mla_dtype kv_dtype, q_dtype;
     const cli_options *opts;
     mla_backend *be;
@@ -236,10 +237,11 @@ int cli_cmd_bench(int argc, char **argv)
     c.warmup = cli_or_default(o.warmup, c.on_gpu ? 3 : 1);
     c.op = o.op ? o.op : CLI_OP_ALL;
     c.skip_index_check = cli_or_default(o.skip_index_check, 0);
+    c.fp8_math = cli_or_default(o.fp8_math, 0);
     uint64_t seed = o.seed_given ? o.seed : cli_fresh_seed();
 
     mla_status st = cli_backend_create(info.name, c.heads, c.page_size, c.kv_dtype, c.q_len,
-                                       c.skip_index_check,
+                                       c.skip_index_check, c.fp8_math,
                                        &c.be);
     if (st != MLA_OK) {
         cli_print_library_error("creating backend", st);
@@ -248,9 +250,9 @@ int cli_cmd_bench(int argc, char **argv)
     c.page_size = mla_backend_config(c.be)->page_size;
     char device[160];
     cli_device_name(c.on_gpu, device, sizeof device);
-    printf("mla bench: backend %s on %s, %d warm-up + %d timed runs (%s), seed %llu\n",
+    printf("mla bench: backend %s on %s, %d warm-up + %d timed runs (%s), seed %llu%s\n",
            info.name, device, c.warmup, c.iters, c.on_gpu ? "CUDA events" : "wall clock",
-           (unsigned long long)seed);
+           (unsigned long long)seed, mla_backend_config(c.be)->decode_fp8_math ? ", decode_fp8_math 1" : "");
     if (c.on_gpu)
         printf("index checks: %s\n",
                c.skip_index_check ? "skipped (--skip-index-check 1): kernel time"

@@ -4,7 +4,7 @@
 #include <string.h>
 
 mla_status cli_backend_create(const char *name, int heads, int page_size, mla_dtype kv_dtype,
-                              int max_q_len, int skip_index_check, mla_backend **out)
+                              int max_q_len, int skip_index_check, int fp8_math, mla_backend **out)
 {
     mla_backend_info info;
     mla_status st = mla_backend_find(name, &info);
@@ -16,6 +16,7 @@ mla_status cli_backend_create(const char *name, int heads, int page_size, mla_dt
     cfg.kv_cache_dtype = kv_dtype;
     cfg.max_q_len = max_q_len;
     cfg.skip_index_check = skip_index_check;
+    cfg.decode_fp8_math = fp8_math;
     cfg.device.type = info.caps.device_type;
     cfg.device.index = 0;
     return mla_backend_create(name, &cfg, out);

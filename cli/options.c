@@ -22,6 +22,7 @@ static const int_option int_options[] = {
     {"--prefill-batch", 1, 4096, offsetof(cli_options, prefill_batch)},
     {"--causal", 0, 1, offsetof(cli_options, causal)},
     {"--skip-index-check", 0, 1, offsetof(cli_options, skip_index_check)},
+    {"--fp8-math", 0, 1, offsetof(cli_options, fp8_math)},
     {"--iters", 1, 100000, offsetof(cli_options, iters)},
     {"--warmup", 0, 10000, offsetof(cli_options, warmup)},
 };
@@ -57,6 +58,9 @@ void cli_print_options_help(void)
            "  --causal 0|1            causal mask (bottom-right aligned), default 1\n"
            "  --skip-index-check 0|1  1: the backend does not copy index data (block table,\n"
            "                          seq_lens, slots) to the host to check it (default 0)\n"
+           "  --fp8-math 0|1          1: decode with an fp8 query and fp8 cache may round P to\n"
+           "                          e4m3 (mla_config.decode_fp8_math; faster on hopper at\n"
+           "                          heads * q_len >= 64, less accurate; default 0)\n"
            "  --iters N               check: rounds with fresh data; bench: timed runs\n"
            "  --warmup N              bench: untimed runs first\n"
            "  --seed N                random seed (default: from the clock, printed)\n"
@@ -189,7 +193,7 @@ int cli_parse_options(const char *command, int argc, char **argv, int first, cli
     opts->heads = opts->batch = opts->q_len = opts->page_size = -1;
     opts->kv_dtype = opts->q_dtype = -1;
     opts->prefill_batch = opts->causal = opts->iters = opts->warmup = -1;
-    opts->skip_index_check = -1;
+    opts->skip_index_check = opts->fp8_math = -1;
     *help = 0;
     for (int i = first; i < argc; i++) {
         const char *arg = argv[i];

@@ -70,6 +70,13 @@ if run_case "check spec decode fp8 q" 0 check --backend cpu --op decode --q-len 
     expect "check spec decode fp8 q" "$OUT" '^check: PASS' &&
     ! grep -q '^  prefill' "$OUT"; then pass "check spec decode fp8 q"; fi
 
+# --fp8-math 1 reaches the config (echoed); the CPU backend stays exact, so the usual bound holds.
+if run_case "check fp8 math cpu" 0 check --backend cpu --op decode --q-dtype fp8 --fp8-math 1 \
+    --heads 16 --q-len 4 --batch 2 --seq-len 900 --seed 15 &&
+    expect "check fp8 math cpu" "$OUT" 'decode_fp8_math 1' &&
+    expect "check fp8 math cpu" "$OUT" '^  decode out .*\(tol 1e-02\).*PASS$' &&
+    expect "check fp8 math cpu" "$OUT" '^check: PASS'; then pass "check fp8 math cpu"; fi
+
 if run_case "check prefill ragged" 0 check --backend cpu --op prefill --prefill-batch 3 \
     --prefill-len 40,7 --prefill-kv-len 90,3 --causal 1 --heads 4 --seed 13 &&
     expect "check prefill ragged" "$OUT" 'q_lens=40,7,40 kv_lens=90,3,90' &&
@@ -114,6 +121,7 @@ bad_case "unknown option" "unknown option '--frob'" check --frob 1
 bad_case "missing value" "'--heads' needs a value" check --heads
 bad_case "heads 0" '--heads: invalid value .0. \(allowed: an integer in 1\.\.128\)' check --heads 0
 bad_case "heads text" '--heads: invalid value .x.' bench --heads x
+bad_case "fp8 math 2" '--fp8-math: invalid value .2. \(allowed: an integer in 0\.\.1\)' check --fp8-math 2
 bad_case "kv dtype" '--kv-dtype: invalid value .fp16. \(allowed: fp8, bf16\)' check --kv-dtype fp16
 bad_case "q dtype" '--q-dtype: invalid value .int8. \(allowed: bf16, fp8\)' check --q-dtype int8
 bad_case "op" '--op: invalid value .both. \(allowed: decode, prefill, all\)' bench --op both
