@@ -421,6 +421,16 @@ bool runs_v2_fp8_m16(const Plan &pl, bool fp8)
     return fp8 && pl.m == 16 && pl.ctas_per_sm == 2 && v2_family(selected_variant());
 }
 
+// Whether the fp8-cache kernel launch_variant picks writes float16 partials: the
+// H * q_len <= 16 kernel always, the wgmma kernels (v3, the seesaw, v10: decode_v3_wgmma.cuh
+// write_rows) when built with -DMLA_WIDE_HALF_PARTIALS. Mirrors launch_variant's choice.
+bool half_partials(const Plan &pl, bool fp8)
+{
+    if (runs_v2_fp8_m16(pl, fp8)) return true;
+    return mla_decode_v3::kWideHalfPartials && fp8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 &&
+           (seesaw_version(pl.rows) != 0 || use_wgmma(pl.rows));
+}
+
 // Whether an fp8-query, fp8-cache call with rows >= 64 takes v10: MLA_DECODE_VARIANT=v10, or
 // mla_config.decode_fp8_math with the default variant (another variant named for a comparison
 // wins). v10 runs on v7's plan, so a decode plan does not depend on this.
@@ -579,7 +589,7 @@ extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode
                                           : launch_variant<false>(prm, pl, p->fp8_math != 0, stream);
     if (e != cudaSuccess) return (int)e;
     e = mla_launch_decode_combine(&s, p->batch, pl.rows, mla_decode_v1::kDv, pl.num_parts,
-                                  runs_v2_fp8_m16(pl, p->kv_dtype == MLA_DTYPE_FP8_E4M3),
+                                  half_partials(pl, p->kv_dtype == MLA_DTYPE_FP8_E4M3),
                                   p->bmm2_scale, p->out, p->lse, stream);
     return (int)e;
 }

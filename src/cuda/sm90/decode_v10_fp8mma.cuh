@@ -718,7 +718,8 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8mma_kernel(const __grid_cons
             }
             mla_decode_v1::named_bar(kBarMath, kMathThreads);
             const float m_adj[2] = {m_run[0] - kPScaleLog2, m_run[1] - kPScaleLog2};
-            mla_decode_v3::write_rows(p, o, sRedSum, m_adj, b, part, hb, wg, r_lo, qd);
+            mla_decode_v3::write_rows<mla_decode_v3::kWideHalfPartials>(p, o, sRedSum, m_adj, b, part, hb, wg,
+                                                                        r_lo, qd);
             m_run[0] = m_run[1] = -INFINITY;
             l_run[0] = l_run[1] = 0.f;
             new_req = true;

@@ -26,6 +26,7 @@
 #include "prefill_wgmma.cuh"
 #include "mbarrier.cuh"
 
+#include <cuda_fp16.h>
 #include <stdint.h>
 
 namespace mla_decode_v3 {
@@ -226,10 +227,24 @@ template <bool FP8> __device__ __forceinline__ void load_q(const Params &p, int 
     });
 }
 
+// Float16 split partials for the fp8-cache kernels of this file, decode_v6_seesaw.cuh and
+// decode_v10_fp8mma.cuh (build with -DMLA_WIDE_HALF_PARTIALS; written 2026-12-04 without device
+// time, not yet measured). With an fp8 cache O / l is a convex combination of e4m3 values
+// (|O / l| <= 448; v10's e4m3 P: <= 448 x 17/16), so float16 holds it with 2^-11 relative
+// rounding, 4x finer than the bf16 output; half the partial bytes written and read back by the
+// combine (B64 H128 4k: 33.5 -> 16.7 MB), as the H * q_len <= 16 kernel already does.
+#ifdef MLA_WIDE_HALF_PARTIALS
+constexpr bool kWideHalfPartials = true;
+#else
+constexpr bool kWideHalfPartials = false;
+#endif
+
 // Request b's end: this thread's share of the CTA's 64 x 512 output (rows r_lo and r_lo + 8,
 // columns 256 wg + 8 i + 2 qd of the wgmma accumulator layout), once both warpgroups' row
-// sums are in sRedSum. One split: bf16 output (times bmm2) and LSE; several: fp32 partials and
-// partial LSE into the split workspace for the combine. Shared with decode_v6_seesaw.cuh.
+// sums are in sRedSum. One split: bf16 output (times bmm2) and LSE; several: fp32 (kHalf:
+// float16) partials and partial LSE into the split workspace for the combine. Shared with
+// decode_v6_seesaw.cuh and decode_v10_fp8mma.cuh.
+template <bool kHalf>
 __device__ __forceinline__ void write_rows(const Params &p, const float (&o)[128], const float *sRedSum,
                                            const float (&m_run)[2], int b, int part, int hb, int wg, int r_lo,
                                            int qd)
@@ -253,6 +268,14 @@ __device__ __forceinline__ void write_rows(const Params &p, const float (&o)[128
                     *reinterpret_cast<uint32_t *>(dst + i * 8) =
                         mla_decode_v1::pack2<false>(o[4 * i + 2 * h] * sc, o[4 * i + 2 * h + 1] * sc);
                 if (p.lse && wg == 0 && qd == 0) p.lse[row] = lse;
+            } else if constexpr (kHalf) {
+                const size_t prow = (size_t)slot * p.rows + gr;
+                __half *dst = reinterpret_cast<__half *>(p.s.part_o) + prow * kDv + wg * 256 + 2 * qd;
+#pragma unroll
+                for (int i = 0; i < 32; i++)
+                    *reinterpret_cast<__half2 *>(dst + i * 8) =
+                        __floats2half2_rn(o[4 * i + 2 * h] * inv, o[4 * i + 2 * h + 1] * inv);
+                if (wg == 0 && qd == 0) p.s.part_lse[prow] = lse;
             } else {
                 const size_t prow = (size_t)slot * p.rows + gr;
                 float *dst = p.s.part_o + prow * kDv + wg * 256 + 2 * qd;
@@ -524,7 +547,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_wgmma_kernel(const __grid_const
                 sRedSum[wg * kM + r_lo + 8] = lsum[1];
             }
             __syncthreads();
-            write_rows(p, o, sRedSum, m_run, b, part, hb, wg, r_lo, qd);
+            write_rows<FP8 && kWideHalfPartials>(p, o, sRedSum, m_run, b, part, hb, wg, r_lo, qd);
 #pragma unroll
             for (int i = 0; i < 128; i++) o[i] = 0.f;
             m_run[0] = m_run[1] = -INFINITY;

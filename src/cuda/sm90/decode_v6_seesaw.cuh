@@ -726,7 +726,8 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
         }
         if (last) { // uniform over the math warpgroups
             publish_row_sums(l_run, 1.0f, sRedSum, wg, r_lo, qd);
-            mla_decode_v3::write_rows(p, o, sRedSum, m_run, b, part, hb, wg, r_lo, qd);
+            mla_decode_v3::write_rows<kProd != kProdTmaBf16 && mla_decode_v3::kWideHalfPartials>(
+                p, o, sRedSum, m_run, b, part, hb, wg, r_lo, qd);
             m_run[0] = m_run[1] = -INFINITY;
             l_run[0] = l_run[1] = 0.f;
             new_req = true;
