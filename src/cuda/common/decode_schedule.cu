@@ -141,7 +141,8 @@ decode_schedule_kernel(const int32_t *__restrict__ seq_lens, int batch, int max_
             if (b == 0) nb_s[0] = nb; // read back after the barrier below
             __syncthreads();
             const int nb0 = nb_s[0];
-            if (__syncthreads_or(b < batch && nb != nb0) == 0) tau = uniform_tau(tau, nb0 + C, batch, num_parts);
+            if (__syncthreads_or(b < batch && nb != nb0) == 0 && batch > 0)
+                tau = uniform_tau(tau, nb0 + C, batch, num_parts);
         }
         if (b == 0) *s.tau = tau;
         int slots = 0;
