@@ -421,16 +421,6 @@ bool runs_v2_fp8_m16(const Plan &pl, bool fp8)
     return fp8 && pl.m == 16 && pl.ctas_per_sm == 2 && v2_family(selected_variant());
 }
 
-// Whether the fp8-cache kernel launch_variant picks writes float16 partials: the
-// H * q_len <= 16 kernel always, the wgmma kernels (v3, the seesaw, v10: decode_v3_wgmma.cuh
-// write_rows) when built with -DMLA_WIDE_HALF_PARTIALS. Mirrors launch_variant's choice.
-bool half_partials(const Plan &pl, bool fp8)
-{
-    if (runs_v2_fp8_m16(pl, fp8)) return true;
-    return mla_decode_v3::kWideHalfPartials && fp8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 &&
-           (seesaw_version(pl.rows) != 0 || use_wgmma(pl.rows));
-}
-
 // Whether an fp8-query, fp8-cache call with rows >= 64 takes v10: MLA_DECODE_VARIANT=v10, or
 // mla_config.decode_fp8_math with the default variant (another variant named for a comparison
 // wins). v10 runs on v7's plan, so a decode plan does not depend on this.
@@ -440,30 +430,46 @@ bool takes_v10(bool fp8_math)
     return v == kVariantV10 || (fp8_math && v == kVariantV2);
 }
 
+// Launches the split kernel for this plan; *half_partials: whether the kernel it picked writes
+// float16 partials (the H * q_len <= 16 fp8 kernel always; the fp8-cache wgmma kernels, whose
+// rows go through decode_v3_wgmma.cuh's write_rows, when built with -DMLA_WIDE_HALF_PARTIALS),
+// which the combine must know.
 template <bool FP8>
-cudaError_t launch_variant(const Params &prm, const Plan &pl, bool fp8_math, cudaStream_t stream)
+cudaError_t launch_variant(const Params &prm, const Plan &pl, bool fp8_math, bool *half_partials,
+                           cudaStream_t stream)
 {
-    if (runs_v2_fp8_m16(pl, FP8)) return launch_v2_fp8_m16(prm, pl, stream);
+    *half_partials = false;
+    if (runs_v2_fp8_m16(pl, FP8)) {
+        *half_partials = true;
+        return launch_v2_fp8_m16(prm, pl, stream);
+    }
+    constexpr bool kWideHalf = FP8 && mla_decode_v3::kWideHalfPartials;
     // The wgmma kernel uses the plan of the v1 M = 64 kernel (64-key blocks, one CTA per SM).
     if (FP8 && prm.q_fp8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && pl.rows >= 64 &&
         takes_v10(fp8_math)) {
         Params tp = prm;
-        if (encode_kv_maps(tp))
+        if (encode_kv_maps(tp)) {
+            *half_partials = kWideHalf;
             return launch_split(mla_decode_v10::decode_fp8mma_kernel, tp, pl, mla_decode_v10::kNT,
                                 mla_decode_v10::Cfg::kSmem, stream);
+        }
     }
-    if (FP8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && seesaw_version(pl.rows))
+    if (FP8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && seesaw_version(pl.rows)) {
+        *half_partials = kWideHalf;
         return launch_split(seesaw_version(pl.rows) == 7 ? mla_decode_v6::decode_seesaw_kernel<mla_decode_v6::kProdBulk>
                                                          : mla_decode_v6::decode_seesaw_kernel<mla_decode_v6::kProdRegs>,
                             prm, pl, mla_decode_v6::kNT, mla_decode_v6::V6Cfg::kSmem, stream);
+    }
     if (!FP8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && bf16_seesaw(pl.rows)) {
         Params tp = prm;
         if (encode_kv_maps_bf16(tp))
             return launch_split(mla_decode_v6::decode_seesaw_kernel<mla_decode_v6::kProdTmaBf16>, tp, pl,
                                 mla_decode_v6::kNT, mla_decode_v6::V6Cfg::kSmem, stream);
     }
-    if (pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && use_wgmma(pl.rows))
+    if (pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && use_wgmma(pl.rows)) {
+        *half_partials = kWideHalf;
         return launch_v3<FP8>(prm, pl, stream);
+    }
     if (pl.bn == 32) {
         return pl.m == 16 ? launch_kernel<FP8, 16, 32, 128>(prm, pl, stream)
                           : launch_kernel<FP8, 32, 32, 128>(prm, pl, stream);
@@ -585,11 +591,11 @@ extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode
     prm.scale_log2 = p->bmm1_scale * 1.4426950408889634f;
     prm.bmm2 = p->bmm2_scale;
 
-    e = p->kv_dtype == MLA_DTYPE_FP8_E4M3 ? launch_variant<true>(prm, pl, p->fp8_math != 0, stream)
-                                          : launch_variant<false>(prm, pl, p->fp8_math != 0, stream);
+    bool half = false;
+    e = p->kv_dtype == MLA_DTYPE_FP8_E4M3 ? launch_variant<true>(prm, pl, p->fp8_math != 0, &half, stream)
+                                          : launch_variant<false>(prm, pl, p->fp8_math != 0, &half, stream);
     if (e != cudaSuccess) return (int)e;
-    e = mla_launch_decode_combine(&s, p->batch, pl.rows, mla_decode_v1::kDv, pl.num_parts,
-                                  half_partials(pl, p->kv_dtype == MLA_DTYPE_FP8_E4M3),
+    e = mla_launch_decode_combine(&s, p->batch, pl.rows, mla_decode_v1::kDv, pl.num_parts, half,
                                   p->bmm2_scale, p->out, p->lse, stream);
     return (int)e;
 }
