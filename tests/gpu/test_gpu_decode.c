@@ -437,7 +437,8 @@ TEST(gpu_decode_mid_batches)
 
 TEST(gpu_decode_uniform_batches)
 {
-    /* Every request of a batch the same length: with MLA_DECODE_ALIGN=1 the scheduler gives
+    /* Every request of a batch the same length: by default (MLA_DECODE_ALIGN unset or 1; gpu-check
+     * part 5 runs these with 0, the even split) the scheduler gives
      * each part whole requests when that costs at most 1/16 more than the even split
      * (decode_schedule.cu, uniform_tau), otherwise they are split as usual. On 132 SMs: 64 x
      * 2000 keys at 128 rows (66 parts: 34 units per request against an even 33) and 256 x 2000

@@ -126,13 +126,15 @@ bool bf16_seesaw(int rows)
     return rows >= 64 && (v == kVariantV7 || v == kVariantV10 || (kV9Default && v == kVariantV2));
 }
 
-// MLA_DECODE_ALIGN=1: the scheduler's whole-request parts for uniform batches
-// (mla_launch_decode_schedule); read once per process, like the variant.
+// The scheduler's whole-request parts for uniform batches (mla_launch_decode_schedule), on
+// by default since 2026-12-04 (H200: B64 H128 4k 7.5% faster on v7 and v10, B128 4k 2.5-3%,
+// 8k 0.5%, H16 B256 4k 2%, nothing slower; bench/NOTES.md, fourteenth session).
+// MLA_DECODE_ALIGN=0 turns it off; read once per process, like the variant.
 int align_uniform()
 {
     static const char *const names[] = {"0", "1"};
     static int cached = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_ALIGN", names, 2, 0);
+    if (cached < 0) cached = env_choice("MLA_DECODE_ALIGN", names, 2, 1);
     return cached;
 }
 
