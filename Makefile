@@ -27,9 +27,11 @@ ifneq ($(NVCC),)
   BENCH_LDLIBS := -lcublasLt
   BUILD_KIND := CPU + CUDA (sm_90a)
   # Kernel forms behind compile-time switches, compiled (not linked) so that they cannot rot:
-  # v10's byte-permute V transposition (src/cuda/sm90/decode_v10_fp8mma.cuh) and float16
-  # partials for the wgmma decode kernels (decode_v3_wgmma.cuh).
-  CU_SWITCH_OBJ := $(BUILD)/switches/decode_v10_units.cu.o $(BUILD)/switches/decode_wide_half.cu.o
+  # v10's byte-permute V transposition and its V^T handed over per half
+  # (src/cuda/sm90/decode_v10_fp8mma.cuh), float16 partials for the wgmma decode kernels
+  # (decode_v3_wgmma.cuh).
+  CU_SWITCH_OBJ := $(BUILD)/switches/decode_v10_units.cu.o $(BUILD)/switches/decode_wide_half.cu.o \
+                   $(BUILD)/switches/decode_v10_vfull_halves.cu.o
 else
   CUDA_C_SRC := src/cuda/hopper_stub.c
   CU_SRC     :=
@@ -61,6 +63,10 @@ $(BUILD)/%.cu.o: %.cu $(wildcard include/*.h src/core/*.h src/cuda/*.h src/cuda/
 $(BUILD)/switches/decode_v10_units.cu.o: src/cuda/sm90/decode.cu $(wildcard include/*.h src/core/*.h src/cuda/*.h src/cuda/*/*.cuh)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -DMLA_V10_UNITS_TRANSPOSE -c $< -o $@
+
+$(BUILD)/switches/decode_v10_vfull_halves.cu.o: src/cuda/sm90/decode.cu $(wildcard include/*.h src/core/*.h src/cuda/*.h src/cuda/*/*.cuh)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -DMLA_V10_VFULL_HALVES -c $< -o $@
 
 $(BUILD)/switches/decode_wide_half.cu.o: src/cuda/sm90/decode.cu $(wildcard include/*.h src/core/*.h src/cuda/*.h src/cuda/*/*.cuh)
 	@mkdir -p $(dir $@)

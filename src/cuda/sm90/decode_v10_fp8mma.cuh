@@ -59,6 +59,13 @@ constexpr int kBarMath = 1, kBarA = 2, kBarB = 3, kBarWg = 4;
 // (72 / 216 spilled 60 bytes in the transposer).
 constexpr int kRegProducer = 88, kRegMath = 208;
 constexpr float kPScale = 256.f, kPScaleLog2 = 8.f;
+// -DMLA_V10_VFULL_HALVES: V^T handed over per half (vfull[tile][half], warpgroup h waits for
+// half h only) instead of whole; measurement switch, see produce().
+#ifdef MLA_V10_VFULL_HALVES
+constexpr int kVFullPerTile = 2;
+#else
+constexpr int kVFullPerTile = 1;
+#endif
 
 struct Cfg {
     static constexpr int offQ = 0;
@@ -69,18 +76,21 @@ struct Cfg {
     static constexpr int offFlags = offRedSum + 2 * kM * 4;
     static constexpr int offValid = offFlags + 16; // per K slot: which keys hold data (Rows10::valid)
     static constexpr int offBar = offValid + 8 * kSlots;
-    static constexpr int kBars = kSlots * kCb + kSlots + 2 + 4;
+    static constexpr int kBars = kSlots * kCb + kSlots + 2 * kVFullPerTile + 4;
     static constexpr int kSmem = offBar + 8 * kBars + 1024;
     static_assert(offTile % 1024 == 0 && kTile % 1024 == 0, "swizzle atoms");
     static_assert(kSmem <= 227 * 1024, "shared memory");
 };
 
 // Barrier addresses (8 bytes each) from the barrier base: kfull[slot][cb], kempty[slot],
-// vfull[tile], vempty[tile][warpgroup].
-constexpr int kBarKEmpty = kSlots * kCb, kBarVFull = kBarKEmpty + kSlots, kBarVEmpty = kBarVFull + 2;
+// vfull[tile] (or vfull[tile][half]), vempty[tile][warpgroup].
+constexpr int kBarKEmpty = kSlots * kCb, kBarVFull = kBarKEmpty + kSlots, kBarVEmpty = kBarVFull + 2 * kVFullPerTile;
 __device__ __forceinline__ uint32_t kfull_bar(uint32_t b, int s, int cb) { return b + 8u * (uint32_t)(s * kCb + cb); }
 __device__ __forceinline__ uint32_t kempty_bar(uint32_t b, int s) { return b + 8u * (uint32_t)(kBarKEmpty + s); }
-__device__ __forceinline__ uint32_t vfull_bar(uint32_t b, int T) { return b + 8u * (uint32_t)(kBarVFull + T); }
+__device__ __forceinline__ uint32_t vfull_bar(uint32_t b, int T, int h)
+{
+    return b + 8u * (uint32_t)(kBarVFull + T * kVFullPerTile + (kVFullPerTile == 2 ? h : 0));
+}
 __device__ __forceinline__ uint32_t vempty_bar(uint32_t b, int T, int wg)
 {
     return b + 8u * (uint32_t)(kBarVEmpty + 2 * wg + T);
@@ -395,10 +405,13 @@ __device__ __forceinline__ void transpose_v(uint32_t aS, uint32_t aT, int t_, in
 // landed and the tile's previous V^T is free. (With K in the tiles themselves, one K load per
 // tile waited for the transposition before it, and the math warpgroups waited for V^T: 0.648
 // ms at B128 H128 8k against 0.432 with the transposition skipped.) Each V^T half is read by
-// one warpgroup only, but handing the halves over and back separately (vfull / vempty per
-// half) measured 1.5x slower (0.853 against 0.566 ms, same run, 2026-12-04), not explained;
-// the block is handed over whole. sValid[slot] (thread 0, from the block table, before the
-// slot's TMA) tells the transposer which keys hold data without global loads of its own.
+// one warpgroup only, but handing the halves over separately (vfull per half, the switch
+// -DMLA_V10_VFULL_HALVES) measured 1.5x slower with the byte-permute transposer (0.853 against
+// 0.566 ms) and still 6-8% slower with this one (B128 H128 8k 0.526 against 0.493 ms, H200,
+// fourteenth session). Unchecked guess: a warpgroup given its half early starts P V while the
+// other still runs S, and the two contend for the tensor cores. The block is handed over
+// whole. sValid[slot] (thread 0, from the block table, before the slot's TMA) tells the
+// transposer which keys hold data without global loads of its own.
 __device__ __forceinline__ void produce(const Params &p, int part, int tau, Cursor c, uint32_t aK, uint32_t aTile,
                                         uint32_t aBar, int *sFlags, uint64_t *sValid)
 {
@@ -441,6 +454,10 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
         // (both waits before either half: 1-2% slower, H200 2026-12-04).
         mla_sm90::mbar_wait(vempty_bar(aBar, pos, 0), vpar ^ 1u);
         transpose_v(aS, aT, t, 0, valid);
+#ifdef MLA_V10_VFULL_HALVES
+        mla_decode_v3::fence_proxy_async(); // half 0's stores -> warpgroup 0's wgmma
+        mbar_arrive(vfull_bar(aBar, pos, 0));
+#endif
         mla_sm90::mbar_wait(vempty_bar(aBar, pos, 1), vpar ^ 1u);
         transpose_v(aS, aT, t, 1, valid);
 #else
@@ -448,7 +465,14 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
         mla_sm90::mbar_wait(vempty_bar(aBar, pos, 1), vpar ^ 1u);
 #endif
         mla_decode_v3::fence_proxy_async(); // V^T stores -> wgmma
-        mbar_arrive(vfull_bar(aBar, pos));
+#if defined(MLA_V10_VFULL_HALVES) && !defined(MLA_V10_SKIP_TRANSPOSE)
+        mbar_arrive(vfull_bar(aBar, pos, 1));
+#elif defined(MLA_V10_VFULL_HALVES)
+        mbar_arrive(vfull_bar(aBar, pos, 0));
+        mbar_arrive(vfull_bar(aBar, pos, 1));
+#else
+        mbar_arrive(vfull_bar(aBar, pos, 0));
+#endif
         mbar_arrive(kempty_bar(aBar, s_tr));
         ktr ^= 1u << s_tr;
         vtr ^= 1u << pos;
@@ -505,7 +529,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8mma_kernel(const __grid_cons
             mbar_init(kempty_bar(aBar, sl), 256); // S's warpgroup + the transposer
         }
         for (int T = 0; T < 2; T++) {
-            mbar_init(vfull_bar(aBar, T), 128);
+            for (int h = 0; h < kVFullPerTile; h++) mbar_init(vfull_bar(aBar, T, h), 128);
             mbar_init(vempty_bar(aBar, T, 0), 128);
             mbar_init(vempty_bar(aBar, T, 1), 128);
         }
@@ -659,7 +683,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8mma_kernel(const __grid_cons
             l_run[0] = l_run[0] * sc[0] + ls[0];
             l_run[1] = l_run[1] * sc[1] + ls[1];
             if (!fresh) scale_o(o, sc[0], sc[1]);
-            mbar_wait(vfull_bar(aBar, 0), phases & 1u);
+            mbar_wait(vfull_bar(aBar, 0, wg), phases & 1u);
             pv_chain(o, aTile, 0, fresh);
             mbar_arrive(vempty_bar(aBar, 0, 0));
             mla_decode_v1::named_bar(kBarB, kMathThreads);
@@ -672,7 +696,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8mma_kernel(const __grid_cons
             }
             scale_o(o, sc1[0], sc1[1]);
             if (has_b) {
-                mbar_wait(vfull_bar(aBar, 1), (phases >> 1) & 1u);
+                mbar_wait(vfull_bar(aBar, 1, wg), (phases >> 1) & 1u);
                 pv_chain(o, aTile + kTile, 0, false);
                 mbar_arrive(vempty_bar(aBar, 1, 0));
             }
@@ -681,14 +705,14 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8mma_kernel(const __grid_cons
             l_run[0] = l_run[0] * sc0[0] * sc[0] + ls[0];
             l_run[1] = l_run[1] * sc0[1] * sc[1] + ls[1];
             if (!fresh) scale_o(o, sc0[0], sc0[1]);
-            mbar_wait(vfull_bar(aBar, 0), phases & 1u);
+            mbar_wait(vfull_bar(aBar, 0, wg), phases & 1u);
             pv_chain(o, aTile, 1, fresh);
             mbar_arrive(vempty_bar(aBar, 0, 1));
             scale_o(o, sc[0], sc[1]);
             m_run[0] = mnew[0];
             m_run[1] = mnew[1];
             if (has_b) {
-                mbar_wait(vfull_bar(aBar, 1), (phases >> 1) & 1u);
+                mbar_wait(vfull_bar(aBar, 1, wg), (phases >> 1) & 1u);
                 pv_chain(o, aTile + kTile, 1, false);
                 mbar_arrive(vempty_bar(aBar, 1, 1));
             }
