@@ -1,6 +1,6 @@
 /* Minimal test framework: TEST(name) registers itself at load time, CHECK* record failures
  * (with file:line) and let the test continue. The runner prints one line per test and
- * "N passed, N failed" at the end. */
+ * "N passed, N failed" at the end (preceded by "N skipped" when a test skipped). */
 #ifndef MLA_TEST_H
 #define MLA_TEST_H
 
@@ -12,6 +12,9 @@ typedef void (*mla_test_fn)(void);
 void mla_test_register(const char *name, mla_test_fn fn);
 void mla_test_fail(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Marks the running test as skipped (a condition of the machine, e.g. a second GPU): the runner
+ * prints [SKIP] with the reason and counts it neither as passed nor as failed. */
+void mla_test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Deterministic per-test random numbers (xorshift), reseeded per test from MLA_TEST_SEED. */
 uint64_t mla_test_rand_u64(void);
 float mla_test_rand_uniform(float lo, float hi);

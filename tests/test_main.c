@@ -12,6 +12,7 @@ static struct {
 } tests[MAX_TESTS];
 static int num_tests;
 static int current_failures;
+static char current_skip[160]; /* non-empty: the running test skipped, and why */
 static uint64_t rng_state;
 
 void mla_test_register(const char *name, mla_test_fn fn)
@@ -33,6 +34,15 @@ void mla_test_fail(const char *file, int line, const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
+}
+
+void mla_test_skip(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(current_skip, sizeof current_skip, fmt, ap);
+    va_end(ap);
+    if (!current_skip[0]) snprintf(current_skip, sizeof current_skip, "skipped");
 }
 
 uint64_t mla_test_rand_u64(void)
@@ -69,25 +79,30 @@ int main(int argc, char **argv)
     const char *env_seed = getenv("MLA_TEST_SEED");
     if (env_seed) seed = strtoull(env_seed, NULL, 0) | 1;
     qsort(tests, (size_t)num_tests, sizeof(tests[0]), cmp_tests);
-    int passed = 0, failed = 0;
+    int passed = 0, failed = 0, skipped = 0;
     for (int i = 0; i < num_tests; i++) {
         int selected = argc < 2;
         for (int a = 1; a < argc; a++)
             if (strstr(tests[i].name, argv[a])) selected = 1;
         if (!selected) continue;
         current_failures = 0;
+        current_skip[0] = 0;
         rng_state = seed ^ ((uint64_t)(i + 1) * 0xD1B54A32D192ED03ULL);
         if (!rng_state) rng_state = 1;
         tests[i].fn();
         if (current_failures) {
             failed++;
             printf("[FAIL] %s (%d failed checks)\n", tests[i].name, current_failures);
+        } else if (current_skip[0]) {
+            skipped++;
+            printf("[SKIP] %s: %s\n", tests[i].name, current_skip);
         } else {
             passed++;
             printf("[PASS] %s\n", tests[i].name);
         }
         fflush(stdout);
     }
+    if (skipped) printf("%d skipped (neither passed nor failed)\n", skipped);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
