@@ -43,9 +43,10 @@ double oracle_fp16_value(uint16_t bits)
     return neg ? -mag : mag;
 }
 
-/* The 127 non-negative finite e4m3 values, ascending with the code (0x00..0x7e), computed once
- * from oracle_fp8_value: the fills round hundreds of millions of values through this search; ldexp in
- * every probe made the data set-up, not the kernels, the bulk of a GPU test pass. */
+/* The 127 non-negative finite e4m3 values, ascending with the code (0x00..0x7e), computed
+ * once from oracle_fp8_value: the fills round hundreds of millions of values through this
+ * search, and ldexp in every probe made the data set-up, not the kernels, the bulk of a GPU
+ * test pass. */
 static double fp8_magnitudes[0x80]; /* [0x7f]: +inf, a sentinel for the search */
 static pthread_once_t fp8_magnitudes_once = PTHREAD_ONCE_INIT;
 
