@@ -27,11 +27,11 @@ ifneq ($(NVCC),)
   BENCH_LDLIBS := -lcublasLt
   BUILD_KIND := CPU + CUDA (sm_90a)
   # Kernel forms behind compile-time switches, compiled (not linked) so that they cannot rot:
-  # v10's byte-permute V transposition and its V^T handed over per half
-  # (src/cuda/sm90/decode_v10_fp8mma.cuh), float16 partials for the wgmma decode kernels
-  # (decode_v3_wgmma.cuh).
+  # v10's byte-permute V transposition, its V^T handed over per half and its timeline hooks
+  # for bench/probes/v10_timeline.cu (src/cuda/sm90/decode_v10_fp8mma.cuh), float16 partials
+  # for the wgmma decode kernels (decode_v3_wgmma.cuh).
   CU_SWITCH_OBJ := $(BUILD)/switches/decode_v10_units.cu.o $(BUILD)/switches/decode_wide_half.cu.o \
-                   $(BUILD)/switches/decode_v10_vfull_halves.cu.o
+                   $(BUILD)/switches/decode_v10_vfull_halves.cu.o $(BUILD)/switches/decode_v10_timeline.cu.o
 else
   CUDA_C_SRC := src/cuda/hopper_stub.c
   CU_SRC     :=
@@ -67,6 +67,10 @@ $(BUILD)/switches/decode_v10_units.cu.o: src/cuda/sm90/decode.cu $(wildcard incl
 $(BUILD)/switches/decode_v10_vfull_halves.cu.o: src/cuda/sm90/decode.cu $(wildcard include/*.h src/core/*.h src/cuda/*.h src/cuda/*/*.cuh)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -DMLA_V10_VFULL_HALVES -c $< -o $@
+
+$(BUILD)/switches/decode_v10_timeline.cu.o: src/cuda/sm90/decode.cu $(wildcard include/*.h src/core/*.h src/cuda/*.h src/cuda/*/*.cuh)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -DMLA_V10_TIMELINE -c $< -o $@
 
 $(BUILD)/switches/decode_wide_half.cu.o: src/cuda/sm90/decode.cu $(wildcard include/*.h src/core/*.h src/cuda/*.h src/cuda/*/*.cuh)
 	@mkdir -p $(dir $@)
