@@ -117,43 +117,117 @@ uint16_t oracle_fp16_from_double(double x)
 /* ------------------------------------------------------------------------------------------
  * Fills
  * ---------------------------------------------------------------------------------------- */
+static void oracle_run_workers(void *(*fn)(void *), void *arg, int64_t items);
+
+/* A fill draws one 64-bit base from the test's random stream and fills chunks of kFillChunk
+ * elements, each from its own generator seeded by (base, chunk index), on the oracle's worker
+ * threads: the data depend on the test's seed only, not on the thread count, and the
+ * multi-GB fills of the long GPU cases no longer run on one core. */
+enum { kFillBf16, kFillFp8, kFillF32, kFillFp16 };
+#define FILL_CHUNK ((int64_t)1 << 18)
+
+typedef struct fill_work {
+    int kind;
+    void *buf;
+    float *deq;
+    int64_t n;
+    float lo, hi;
+    uint64_t base;
+    atomic_llong next;
+} fill_work;
+
+static uint64_t chunk_seed(uint64_t base, int64_t k)
+{
+    uint64_t z = base + (uint64_t)(k + 1) * 0x9E3779B97F4A7C15ULL; /* splitmix64 */
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    return z ? z : 1;
+}
+
+/* Uniform in [lo, hi) from a xorshift64* state, as mla_test_rand_uniform draws them. */
+static float chunk_uniform(uint64_t *state, float lo, float hi)
+{
+    uint64_t x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *state = x;
+    const double u = (double)((x * 0x2545F4914F6CDD1DULL) >> 11) * (1.0 / 9007199254740992.0);
+    return (float)(lo + (hi - lo) * u);
+}
+
+static void *fill_worker(void *arg)
+{
+    fill_work *w = arg;
+    for (;;) {
+        const int64_t k = atomic_fetch_add(&w->next, 1), i0 = k * FILL_CHUNK;
+        if (i0 >= w->n) break;
+        const int64_t i1 = i0 + FILL_CHUNK < w->n ? i0 + FILL_CHUNK : w->n;
+        uint64_t st = chunk_seed(w->base, k);
+        for (int64_t i = i0; i < i1; i++) {
+            const float x = chunk_uniform(&st, w->lo, w->hi);
+            switch (w->kind) {
+            case kFillBf16: {
+                const uint16_t h = oracle_bf16_from_double(x);
+                ((uint16_t *)w->buf)[i] = h;
+                if (w->deq) w->deq[i] = (float)oracle_bf16_value(h);
+                break;
+            }
+            case kFillFp8: {
+                const uint8_t c = oracle_fp8_from_double(x);
+                ((uint8_t *)w->buf)[i] = c;
+                if (w->deq) w->deq[i] = (float)(c & 0x80 ? -fp8_magnitudes[c & 0x7f] : fp8_magnitudes[c]);
+                break;
+            }
+            case kFillF32:
+                ((float *)w->buf)[i] = x;
+                if (w->deq) w->deq[i] = x;
+                break;
+            default: {
+                const uint16_t h = oracle_fp16_from_double(x);
+                ((uint16_t *)w->buf)[i] = h;
+                if (w->deq) w->deq[i] = (float)oracle_fp16_value(h);
+                break;
+            }
+            }
+        }
+    }
+    return NULL;
+}
+
+static void fill_chunks(int kind, void *buf, float *deq, int64_t n, float lo, float hi)
+{
+    fill_work w = {.kind = kind, .buf = buf, .deq = deq, .n = n, .lo = lo, .hi = hi, .base = mla_test_rand_u64()};
+    atomic_init(&w.next, 0);
+    const int64_t chunks = (n + FILL_CHUNK - 1) / FILL_CHUNK;
+    if (chunks <= 1) fill_worker(&w); /* small fills (one row, one query) stay on this thread */
+    else oracle_run_workers(fill_worker, &w, chunks);
+}
+
 void oracle_fill_bf16(uint16_t *buf, float *deq, int64_t n, float lo, float hi)
 {
-    for (int64_t i = 0; i < n; i++) {
-        buf[i] = oracle_bf16_from_double(mla_test_rand_uniform(lo, hi));
-        if (deq) deq[i] = (float)oracle_bf16_value(buf[i]);
-    }
+    fill_chunks(kFillBf16, buf, deq, n, lo, hi);
 }
 
 void oracle_fill_fp8(uint8_t *buf, float *deq, int64_t n, float lo, float hi)
 {
-    for (int64_t i = 0; i < n; i++) {
-        buf[i] = oracle_fp8_from_double(mla_test_rand_uniform(lo, hi));
-        if (deq) deq[i] = (float)(buf[i] & 0x80 ? -fp8_magnitudes[buf[i] & 0x7f] : fp8_magnitudes[buf[i]]);
-    }
+    pthread_once(&fp8_magnitudes_once, fp8_magnitudes_init); /* deq reads the table */
+    fill_chunks(kFillFp8, buf, deq, n, lo, hi);
 }
 
 void oracle_fill_f32(float *buf, int64_t n, float lo, float hi)
 {
-    for (int64_t i = 0; i < n; i++) buf[i] = mla_test_rand_uniform(lo, hi);
+    fill_chunks(kFillF32, buf, NULL, n, lo, hi);
 }
 
 void oracle_fill(mla_dtype dtype, void *buf, float *deq, int64_t n, float lo, float hi)
 {
     switch (dtype) {
-    case MLA_DTYPE_BF16: oracle_fill_bf16((uint16_t *)buf, deq, n, lo, hi); break;
+    case MLA_DTYPE_BF16: fill_chunks(kFillBf16, buf, deq, n, lo, hi); break;
     case MLA_DTYPE_FP8_E4M3: oracle_fill_fp8((uint8_t *)buf, deq, n, lo, hi); break;
-    case MLA_DTYPE_F32:
-        oracle_fill_f32((float *)buf, n, lo, hi);
-        if (deq) memcpy(deq, buf, (size_t)n * sizeof(float));
-        break;
-    default:
-        for (int64_t i = 0; i < n; i++) {
-            uint16_t h = oracle_fp16_from_double(mla_test_rand_uniform(lo, hi));
-            ((uint16_t *)buf)[i] = h;
-            if (deq) deq[i] = (float)oracle_fp16_value(h);
-        }
-        break;
+    case MLA_DTYPE_F32: fill_chunks(kFillF32, buf, deq, n, lo, hi); break;
+    default: fill_chunks(kFillFp16, buf, deq, n, lo, hi); break;
     }
 }
 
