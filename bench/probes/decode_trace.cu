@@ -15,38 +15,7 @@
 #include "../../src/cuda/common/combine.cu"
 #include "../../src/cuda/sm90/decode.cu"
 
-#include <algorithm>
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
-
-#define CK(x)                                                                                    \
-    do {                                                                                         \
-        cudaError_t e_ = (x);                                                                    \
-        if (e_ != cudaSuccess) {                                                                 \
-            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));          \
-            return 1;                                                                            \
-        }                                                                                        \
-    } while (0)
-
-// Random e4m3 bytes without NaN patterns, and bf16 values in [-1, 1).
-__global__ void fill_probe(uint8_t *kv, size_t n_kv, uint16_t *q, size_t n_q, uint32_t seed)
-{
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n_kv + n_q; i += (size_t)gridDim.x * blockDim.x) {
-        uint32_t h = (uint32_t)i * 2654435761u ^ seed;
-        h ^= h >> 15;
-        h *= 2246822519u;
-        h ^= h >> 13;
-        if (i < n_kv) {
-            uint8_t b = (uint8_t)h;
-            if ((b & 0x7f) == 0x7f) b ^= 0x01;
-            kv[i] = b;
-        } else {
-            const float f = (float)(h & 0xffff) / 32768.0f - 1.0f;
-            q[i - n_kv] = (uint16_t)(__float_as_uint(f) >> 16);
-        }
-    }
-}
+#include "probe_decode.h"
 
 __global__ void trace_resolution(unsigned long long *out)
 {
@@ -72,60 +41,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: decode_trace [B (1..1024) H (1..16) seq [long]]\n");
         return 2;
     }
-    cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, 0));
-    mla_cuda_device_info dev = {0, prop.multiProcessorCount, prop.major * 10 + prop.minor, prop.sharedMemPerBlockOptin};
-    const int P = 64, pages_per_seq = ((seq > long_seq ? seq : long_seq) + P - 1) / P,
-              num_pages = B * pages_per_seq;
-    const size_t n_kv = (size_t)num_pages * P * 576, n_q = (size_t)B * H * 576;
-    uint8_t *kv;
-    uint16_t *q, *out;
-    int32_t *table, *lens;
-    uint32_t *flags;
-    void *ws;
-    const size_t ws_bytes = mla_cuda_decode_workspace_size(&dev, B, 1, H, 512);
-    CK(cudaMalloc(&kv, n_kv));
-    CK(cudaMalloc(&q, n_q * 2));
-    CK(cudaMalloc(&out, (size_t)B * H * 512 * 2));
-    CK(cudaMalloc(&table, (size_t)num_pages * 4));
-    CK(cudaMalloc(&lens, (size_t)B * 4));
-    CK(cudaMalloc(&flags, 4));
-    CK(cudaMalloc(&ws, ws_bytes));
-    CK(cudaMemset(flags, 0, 4));
-    fill_probe<<<1024, 256>>>(kv, n_kv, q, n_q, 12345u);
-    std::vector<int32_t> h_table(num_pages), h_lens(B, seq);
-    h_lens[0] = long_seq;
-    for (int i = 0; i < num_pages; i++) h_table[i] = i;
-    srand(7);
-    for (int i = num_pages - 1; i > 0; i--) std::swap(h_table[i], h_table[rand() % (i + 1)]);
-    CK(cudaMemcpy(table, h_table.data(), h_table.size() * 4, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(lens, h_lens.data(), h_lens.size() * 4, cudaMemcpyHostToDevice));
-
-    cudaStream_t st;
-    CK(cudaStreamCreate(&st));
-    mla_decode_problem pr = {};
-    pr.batch = B;
-    pr.q_len = 1;
-    pr.num_heads = H;
-    pr.kv_lora_rank = 512;
-    pr.rope_dim = 64;
-    pr.page_size = P;
-    pr.num_pages = num_pages;
-    pr.max_pages_per_seq = pages_per_seq;
-    pr.max_seq_len = seq > long_seq ? seq : long_seq;
-    pr.causal = 1;
-    pr.q_dtype = MLA_DTYPE_BF16;
-    pr.kv_dtype = MLA_DTYPE_FP8_E4M3;
-    pr.bmm1_scale = 0.0625f;
-    pr.bmm2_scale = 1.0f;
-    pr.q = q;
-    pr.kv_cache = kv;
-    pr.block_table = table;
-    pr.seq_lens = lens;
-    pr.out = out;
-    pr.workspace = ws;
-    pr.workspace_bytes = ws_bytes;
-    pr.stream = st;
+    probe_decode pd;
+    if (probe_decode_setup(&pd, B, H, seq, long_seq, MLA_DTYPE_BF16, 0)) return 1;
+    const cudaDeviceProp &prop = pd.prop;
+    const mla_cuda_device_info &dev = pd.dev;
+    const mla_decode_problem &pr = pd.pr;
+    uint32_t *flags = pd.flags;
+    cudaStream_t st = (cudaStream_t)pr.stream;
     for (int i = 0; i < 3; i++)
         if (mla_cuda_decode(&dev, &pr, flags) != 0) {
             fprintf(stderr, "decode failed\n");
