@@ -346,26 +346,33 @@ static int rows_match(const uint16_t *out, const float *lse, const double *ref, 
 }
 
 /* Decode-mode row: query q (H x D bf16) over the first `visible` positions of a request whose
- * dequantized cache rows are kv [seq, D]; sc: scratch of `visible` doubles. */
-static void oracle_decode_row(const sim *s, int visible, const uint16_t *q, const double *kv, double *sc, double *out, double *lse)
+ * dequantized cache rows are kv [seq, D]; sc: scratch of `visible` doubles, qd: of D. The
+ * query is converted once per head and P V runs over keys in the outer loop (contiguous kv
+ * rows); every output still sums its keys in order, as a per-column loop would. */
+static void oracle_decode_row(const sim *s, int visible, const uint16_t *q, const double *kv, double *sc, double *qd,
+                              double *out, double *lse)
 {
     const int H = s->H, D = s->D, R = s->R;
     const double scale = s->cfg.scales.softmax_scale;
     for (int h = 0; h < H; h++) {
+        for (int d = 0; d < D; d++) qd[d] = bf16v(q[h * D + d]);
         double m = -INFINITY;
         for (int t = 0; t < visible; t++) {
+            const double *k = kv + (int64_t)t * D;
             double a = 0;
-            for (int d = 0; d < D; d++) a += bf16v(q[h * D + d]) * kv[(int64_t)t * D + d];
+            for (int d = 0; d < D; d++) a += qd[d] * k[d];
             sc[t] = a * scale;
             if (sc[t] > m) m = sc[t];
         }
         double sum = 0;
         for (int t = 0; t < visible; t++) sum += (sc[t] = exp(sc[t] - m));
-        for (int d = 0; d < R; d++) {
-            double a = 0;
-            for (int t = 0; t < visible; t++) a += sc[t] * kv[(int64_t)t * D + d];
-            out[h * R + d] = visible ? a / sum * s->cfg.scales.o_scale : 0;
+        double *o = out + h * R;
+        for (int d = 0; d < R; d++) o[d] = 0;
+        for (int t = 0; t < visible; t++) {
+            const double *v = kv + (int64_t)t * D, p = sc[t];
+            for (int d = 0; d < R; d++) o[d] += p * v[d];
         }
+        for (int d = 0; d < R; d++) o[d] = visible ? o[d] / sum * s->cfg.scales.o_scale : 0;
         lse[h] = visible ? m + log(sum) : -INFINITY;
     }
 }
@@ -397,7 +404,7 @@ static void check_decode_like(sim *s, int B, const char *what)
     if (d2h(s, s->h_out, s->d_out, (size_t)T * H * R * 2) || d2h(s, s->h_lse, s->d_lse, (size_t)T * H * 4)) return;
     int max_seq = 0;
     for (int i = 0; i < n; i++) max_seq = s->h_seq[idx[i]] > max_seq ? s->h_seq[idx[i]] : max_seq;
-    double *kv = malloc(((size_t)max_seq * D + max_seq + 1) * sizeof *kv), *ref = malloc((size_t)H * R * sizeof *ref), lse[128];
+    double *kv = malloc(((size_t)max_seq * D + max_seq + 1 + D) * sizeof *kv), *ref = malloc((size_t)H * R * sizeof *ref), lse[128];
     for (int i = 0; i < n && kv && ref; i++) {
         const int b = idx[i];
         const sim_req *rq = s->batch[b];
@@ -406,7 +413,8 @@ static void check_decode_like(sim *s, int B, const char *what)
             for (int d = 0; d < D; d++) kv[(int64_t)t * D + d] = cached_value(s, rq->keys[t], d);
         for (int j = 0; j < s->h_ext[b]; j++) {
             const int64_t row = rows_before[b] + j;
-            oracle_decode_row(s, s->h_seq[b] - s->h_ext[b] + j + 1, s->h_q + row * H * D, kv, kv + (int64_t)max_seq * D, ref, lse);
+            double *sc = kv + (int64_t)max_seq * D;
+            oracle_decode_row(s, s->h_seq[b] - s->h_ext[b] + j + 1, s->h_q + row * H * D, kv, sc, sc + max_seq + 1, ref, lse);
             ok &= rows_match(s->h_out + row * H * R, s->h_lse + row * H, ref, lse, H, R);
         }
         s->r->checks++;
@@ -568,7 +576,7 @@ static void check_extend(sim *s, int B, int64_t T)
         const int b = idx[i], seq = s->h_seq[b], e = s->h_ext[b], pre = seq - e;
         const sim_req *rq = s->batch[b];
         uint16_t *kk = malloc((size_t)seq * H * (Dqk + Dv) * 2);
-        double *sc = malloc((size_t)seq * sizeof *sc);
+        double *sc = malloc(((size_t)seq + Dqk) * sizeof *sc), *qd = sc + seq; /* scores, query row */
         if (!kk || !sc) {
             free(kk);
             free(sc);
@@ -586,21 +594,25 @@ static void check_extend(sim *s, int B, int64_t T)
             const int j = rows[ri];
             const int64_t row = first[b] + j;
             const uint16_t *qr = s->h_q + row * H * Dqk;
-            for (int h = 0; h < H; h++) {
+            for (int h = 0; h < H; h++) { /* q converted once per head; P V with keys outer */
+                for (int d = 0; d < Dqk; d++) qd[d] = bf16v(qr[h * Dqk + d]);
                 double m = -INFINITY;
                 for (int t = 0; t <= pre + j; t++) {
+                    const uint16_t *k = kk + ((size_t)t * H + h) * Dqk;
                     double a = 0;
-                    for (int d = 0; d < Dqk; d++) a += bf16v(qr[h * Dqk + d]) * bf16v(kk[((size_t)t * H + h) * Dqk + d]);
+                    for (int d = 0; d < Dqk; d++) a += qd[d] * bf16v(k[d]);
                     sc[t] = a * s->cfg.scales.softmax_scale;
                     if (sc[t] > m) m = sc[t];
                 }
                 double sum = 0;
                 for (int t = 0; t <= pre + j; t++) sum += (sc[t] = exp(sc[t] - m));
-                for (int d = 0; d < Dv; d++) {
-                    double a = 0;
-                    for (int t = 0; t <= pre + j; t++) a += sc[t] * bf16v(vv[((size_t)t * H + h) * Dv + d]);
-                    ref[h * Dv + d] = a / sum * s->cfg.scales.o_scale;
+                double *o = ref + h * Dv;
+                for (int d = 0; d < Dv; d++) o[d] = 0;
+                for (int t = 0; t <= pre + j; t++) {
+                    const uint16_t *v = vv + ((size_t)t * H + h) * Dv;
+                    for (int d = 0; d < Dv; d++) o[d] += sc[t] * bf16v(v[d]);
                 }
+                for (int d = 0; d < Dv; d++) o[d] = o[d] / sum * s->cfg.scales.o_scale;
                 lse[h] = m + log(sum);
             }
             ok &= rows_match(s->h_out + row * H * Dv, s->h_lse + row * H, ref, lse, H, Dv);
