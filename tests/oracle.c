@@ -119,10 +119,11 @@ uint16_t oracle_fp16_from_double(double x)
  * ---------------------------------------------------------------------------------------- */
 static void oracle_run_workers(void *(*fn)(void *), void *arg, int64_t items);
 
-/* A fill draws one 64-bit base from the test's random stream and fills chunks of kFillChunk
- * elements, each from its own generator seeded by (base, chunk index), on the oracle's worker
- * threads: the data depend on the test's seed only, not on the thread count, and the
- * multi-GB fills of the long GPU cases no longer run on one core. */
+/* A fill draws one 64-bit base from the test's random stream and fills chunks of FILL_CHUNK
+ * elements, each from the test generator on its own state seeded by (base, chunk index), on
+ * the oracle's worker threads: the data depend on the test's seed only, not on the thread
+ * count, and the fills of the long GPU cases (up to hundreds of millions of elements) no
+ * longer run on one core. */
 enum { kFillBf16, kFillFp8, kFillF32, kFillFp16 };
 #define FILL_CHUNK ((int64_t)1 << 18)
 
@@ -145,18 +146,6 @@ static uint64_t chunk_seed(uint64_t base, int64_t k)
     return z ? z : 1;
 }
 
-/* Uniform in [lo, hi) from a xorshift64* state, as mla_test_rand_uniform draws them. */
-static float chunk_uniform(uint64_t *state, float lo, float hi)
-{
-    uint64_t x = *state;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    *state = x;
-    const double u = (double)((x * 0x2545F4914F6CDD1DULL) >> 11) * (1.0 / 9007199254740992.0);
-    return (float)(lo + (hi - lo) * u);
-}
-
 static void *fill_worker(void *arg)
 {
     fill_work *w = arg;
@@ -166,7 +155,7 @@ static void *fill_worker(void *arg)
         const int64_t i1 = i0 + FILL_CHUNK < w->n ? i0 + FILL_CHUNK : w->n;
         uint64_t st = chunk_seed(w->base, k);
         for (int64_t i = i0; i < i1; i++) {
-            const float x = chunk_uniform(&st, w->lo, w->hi);
+            const float x = mla_test_rand_uniform_from(&st, w->lo, w->hi);
             switch (w->kind) {
             case kFillBf16: {
                 const uint16_t h = oracle_bf16_from_double(x);
@@ -198,7 +187,8 @@ static void *fill_worker(void *arg)
 
 static void fill_chunks(int kind, void *buf, float *deq, int64_t n, float lo, float hi)
 {
-    fill_work w = {.kind = kind, .buf = buf, .deq = deq, .n = n, .lo = lo, .hi = hi, .base = mla_test_rand_u64()};
+    fill_work w = {.kind = kind, .buf = buf, .deq = deq, .n = n, .lo = lo, .hi = hi};
+    w.base = mla_test_rand_u64();
     atomic_init(&w.next, 0);
     const int64_t chunks = (n + FILL_CHUNK - 1) / FILL_CHUNK;
     if (chunks <= 1) fill_worker(&w); /* small fills (one row, one query) stay on this thread */

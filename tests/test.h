@@ -18,6 +18,12 @@ void mla_test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Deterministic per-test random numbers (xorshift), reseeded per test from MLA_TEST_SEED. */
 uint64_t mla_test_rand_u64(void);
 float mla_test_rand_uniform(float lo, float hi);
+/* The same generator on a caller's state (nonzero), for streams split off the test's own. */
+uint64_t mla_test_rand_u64_from(uint64_t *state);
+float mla_test_rand_uniform_from(uint64_t *state, float lo, float hi);
+/* 1 when backend `name` is registered and available; otherwise records a failure naming the
+ * reason and returns 0 (for test binaries that exist to run on that backend's hardware). */
+int mla_test_require_backend(const char *name);
 int mla_test_rand_int(int lo, int hi_inclusive);
 
 #define TEST(name)                                                                     \

@@ -45,20 +45,34 @@ void mla_test_skip(const char *fmt, ...)
     if (!current_skip[0]) snprintf(current_skip, sizeof current_skip, "skipped");
 }
 
-uint64_t mla_test_rand_u64(void)
+uint64_t mla_test_rand_u64_from(uint64_t *state)
 {
-    uint64_t x = rng_state;
+    uint64_t x = *state;
     x ^= x << 13;
     x ^= x >> 7;
     x ^= x << 17;
-    rng_state = x;
+    *state = x;
     return x * 0x2545F4914F6CDD1DULL;
 }
 
-float mla_test_rand_uniform(float lo, float hi)
+float mla_test_rand_uniform_from(uint64_t *state, float lo, float hi)
 {
-    double u = (double)(mla_test_rand_u64() >> 11) * (1.0 / 9007199254740992.0);
+    double u = (double)(mla_test_rand_u64_from(state) >> 11) * (1.0 / 9007199254740992.0);
     return (float)(lo + (hi - lo) * u);
+}
+
+uint64_t mla_test_rand_u64(void) { return mla_test_rand_u64_from(&rng_state); }
+
+float mla_test_rand_uniform(float lo, float hi) { return mla_test_rand_uniform_from(&rng_state, lo, hi); }
+
+int mla_test_require_backend(const char *name)
+{
+    mla_backend_info info;
+    const mla_status st = mla_backend_find(name, &info);
+    if (st == MLA_OK && info.available) return 1;
+    mla_test_fail(__FILE__, __LINE__, "%s backend unavailable (%s)", name,
+                  st == MLA_OK ? info.reason : "not registered");
+    return 0;
 }
 
 int mla_test_rand_int(int lo, int hi_inclusive)

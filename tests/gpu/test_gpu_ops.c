@@ -35,13 +35,7 @@ static mla_backend *ops_backend(const char *name, int skip_index_check)
 
 static int gpu_ready(void)
 {
-    mla_backend_info info;
-    if (mla_backend_find("hopper", &info) != MLA_OK || !info.available) {
-        /* These tests exist to run on a GPU: a machine without one fails them. */
-        CHECK_MSG(0, "hopper backend unavailable (%s)", mla_backend_find("hopper", &info) == MLA_OK ? info.reason : "not registered");
-        return 0;
-    }
-    return ops_backend("cpu", 0) && ops_backend("hopper", 0);
+    return mla_test_require_backend("hopper") && ops_backend("cpu", 0) && ops_backend("hopper", 0);
 }
 
 static void *to_dev(const void *host, size_t bytes)

@@ -57,18 +57,6 @@ static mla_backend *backend_for(const char *name, int heads)
     return be;
 }
 
-static int hopper_available(void)
-{
-    mla_backend_info info;
-    if (mla_backend_find("hopper", &info) != MLA_OK || !info.available) {
-        /* These tests exist to run on a GPU: a machine without one fails them. */
-        CHECK_MSG(0, "hopper backend unavailable (%s)",
-                  mla_backend_find("hopper", &info) == MLA_OK ? info.reason : "not registered");
-        return 0;
-    }
-    return 1;
-}
-
 static void *dev_copy(const void *host, size_t bytes)
 {
     void *d = NULL;
@@ -333,21 +321,21 @@ static void check_all_variants(const char *name, int batch, const int *lq, const
 
 TEST(gpu_prefill_edge_lengths)
 {
-    if (!hopper_available()) return;
+    if (!mla_test_require_backend("hopper")) return;
     static const int lq[] = {1, 63, 64, 65, 1, 129};
     check_all_variants("lengths 1,63,64,65,1,129", 6, lq, lq, 16, 2.0f);
 }
 
 TEST(gpu_prefill_q_shorter_than_kv)
 {
-    if (!hopper_available()) return;
+    if (!mla_test_require_backend("hopper")) return;
     static const int lq[] = {100, 1, 64, 7}, lkv[] = {1000, 300, 64, 129};
     check_all_variants("q shorter than kv", 4, lq, lkv, 16, 2.0f);
 }
 
 TEST(gpu_prefill_rows_without_keys)
 {
-    if (!hopper_available()) return;
+    if (!mla_test_require_backend("hopper")) return;
     /* q longer than kv (causal rows before the diagonal see nothing), empty kv, empty q. */
     static const int lq[] = {200, 5, 0, 70}, lkv[] = {50, 0, 10, 3};
     check_all_variants("rows without keys / empty", 4, lq, lkv, 16, 2.0f);
@@ -355,7 +343,7 @@ TEST(gpu_prefill_rows_without_keys)
 
 TEST(gpu_prefill_ragged_batch_16)
 {
-    if (!hopper_available()) return;
+    if (!mla_test_require_backend("hopper")) return;
     int lq[16], lkv[16];
     for (int b = 0; b < 16; b++) {
         lq[b] = mla_test_rand_int(1, 300);
@@ -366,7 +354,7 @@ TEST(gpu_prefill_ragged_batch_16)
 
 TEST(gpu_prefill_heads_1_and_128)
 {
-    if (!hopper_available()) return;
+    if (!mla_test_require_backend("hopper")) return;
     static const int lq1[] = {1000}, lq2[] = {130, 64}, lkv2[] = {257, 64};
     check_all_variants("H=1 len 1000", 1, lq1, lq1, 1, 2.0f);
     check_all_variants("H=128 ragged", 2, lq2, lkv2, 128, 2.0f);
@@ -374,7 +362,7 @@ TEST(gpu_prefill_heads_1_and_128)
 
 TEST(gpu_prefill_peaky_and_flat_softmax)
 {
-    if (!hopper_available()) return;
+    if (!mla_test_require_backend("hopper")) return;
     static const int lq[] = {300, 65}, lkv[] = {300, 500};
     check_all_variants("peaky softmax (|q|,|k| <= 6)", 2, lq, lkv, 16, 6.0f);
     check_all_variants("flat softmax (|q|,|k| <= 0.3)", 2, lq, lkv, 16, 0.3f);
@@ -382,7 +370,7 @@ TEST(gpu_prefill_peaky_and_flat_softmax)
 
 TEST(gpu_prefill_long_8192)
 {
-    if (!hopper_available()) return;
+    if (!mla_test_require_backend("hopper")) return;
     static const int lq[] = {8192};
     for (int dt = 0; dt < 2; dt++) {
         prefill_case c = {1, lq, lq, 1, 1, 1, dt ? MLA_DTYPE_FP8_E4M3 : MLA_DTYPE_BF16, 2.0f, 1, -1};
@@ -395,7 +383,7 @@ TEST(gpu_prefill_long_8192)
 
 TEST(gpu_prefill_foreign_nan_not_leaked)
 {
-    if (!hopper_available()) return;
+    if (!mla_test_require_backend("hopper")) return;
     /* Request 1 has keys but no queries and holds NaN in K and V; requests 0 and 2 end inside
      * a 128-key tile, so the GPU loads request 1's rows (and request 2 reads past the tensor's
      * end, which TMA fills with zeros). */

@@ -13,20 +13,9 @@
 
 static const mla_device gpu0 = {MLA_DEVICE_CUDA, 0};
 
-static int hopper_ready(void)
-{
-    mla_backend_info info;
-    if (mla_backend_find("hopper", &info) != MLA_OK || !info.available) {
-        /* These tests exist to run on a GPU: a machine without one fails them. */
-        CHECK_MSG(0, "hopper backend unavailable (%s)", mla_backend_find("hopper", &info) == MLA_OK ? info.reason : "not registered");
-        return 0;
-    }
-    return 1;
-}
-
 TEST(gpu_serving_metadata_kernel)
 {
-    if (!hopper_ready()) return;
+    if (!mla_test_require_backend("hopper")) return;
     sv_env e;
     if (sv_init(&e, "hopper", gpu0, 1, 64, MLA_DTYPE_FP8_E4M3, 1024, 40, 1300)) return;
     mla_batch_metadata *md = NULL;
@@ -73,7 +62,7 @@ TEST(gpu_serving_metadata_kernel)
 
 TEST(gpu_serving_forward_modes_vs_oracle)
 {
-    if (!hopper_ready()) return;
+    if (!mla_test_require_backend("hopper")) return;
     sv_env e;
     if (sv_init(&e, "hopper", gpu0, 1, 64, MLA_DTYPE_FP8_E4M3, 600, 40, 1200)) return;
     for (int quant = 0; quant < 2; quant++) {
@@ -192,7 +181,7 @@ static void graph_case(sv_env *e, mla_forward_mode mode, int L, int cap, int qua
 
 TEST(gpu_serving_graph_replay_bit_identical)
 {
-    if (!hopper_ready()) return;
+    if (!mla_test_require_backend("hopper")) return;
     sv_env e;
     if (sv_init(&e, "hopper", gpu0, 1, 64, MLA_DTYPE_FP8_E4M3, 1024, 64, 1100)) return;
     cudaStream_t stream = NULL;
@@ -207,7 +196,7 @@ TEST(gpu_serving_graph_replay_bit_identical)
 
 TEST(gpu_serving_device1_isolation)
 {
-    if (!hopper_ready()) return;
+    if (!mla_test_require_backend("hopper")) return;
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count < 2) {
         mla_test_skip("needs two GPUs, found %d", count);
@@ -250,7 +239,7 @@ TEST(gpu_serving_device1_isolation)
 
 TEST(gpu_serving_create_destroy_returns_memory)
 {
-    if (!hopper_ready()) return;
+    if (!mla_test_require_backend("hopper")) return;
     mla_config cfg;
     mla_config_init(&cfg);
     cfg.num_heads = 16;
@@ -298,7 +287,7 @@ TEST(gpu_serving_create_destroy_returns_memory)
 
 TEST(gpu_serving_serve_sim_hopper)
 {
-    if (!hopper_ready()) return;
+    if (!mla_test_require_backend("hopper")) return;
     for (int graphs = 0; graphs < 2; graphs++) {
         serve_sim_config c;
         serve_sim_defaults(&c, 1);

@@ -504,16 +504,12 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
 #else
         mla_sm90::mbar_wait(vempty_bar(aBar, pos, 0), vpar ^ 1u);
         mla_sm90::mbar_wait(vempty_bar(aBar, pos, 1), vpar ^ 1u);
+#ifdef MLA_V10_VFULL_HALVES
+        mbar_arrive(vfull_bar(aBar, pos, 0));
+#endif
 #endif
         mla_decode_v3::fence_proxy_async(); // V^T stores -> wgmma
-#if defined(MLA_V10_VFULL_HALVES) && !defined(MLA_V10_SKIP_TRANSPOSE)
-        mbar_arrive(vfull_bar(aBar, pos, 1));
-#elif defined(MLA_V10_VFULL_HALVES)
-        mbar_arrive(vfull_bar(aBar, pos, 0));
-        mbar_arrive(vfull_bar(aBar, pos, 1));
-#else
-        mbar_arrive(vfull_bar(aBar, pos, 0));
-#endif
+        mbar_arrive(vfull_bar(aBar, pos, kVFullPerTile - 1)); // the whole tile, or half 1
         mbar_arrive(kempty_bar(aBar, s_tr));
 #ifdef MLA_V10_TIMELINE
         tl_block++;
