@@ -48,12 +48,7 @@ int main(int argc, char **argv)
     const mla_decode_problem &pr = pd.pr;
     uint32_t *flags = pd.flags;
     cudaStream_t st = (cudaStream_t)pr.stream;
-    for (int i = 0; i < 3; i++)
-        if (mla_cuda_decode(&dev, &pr, flags) != 0) {
-            fprintf(stderr, "decode failed\n");
-            return 1;
-        }
-    CK(cudaStreamSynchronize(st));
+    if (probe_decode_warm(&pd, 3)) return 1;
     enum { kChain = MLA_TRACE_CALLS };
     cudaGraph_t g;
     cudaGraphExec_t ge;

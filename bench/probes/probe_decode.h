@@ -105,3 +105,15 @@ static int probe_decode_setup(probe_decode *p, int B, int H, int seq, int long_s
     pr.stream = st;
     return 0;
 }
+
+// n calls on the problem's stream, then a synchronisation; 0 on success.
+static int probe_decode_warm(probe_decode *p, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (mla_cuda_decode(&p->dev, &p->pr, p->flags) != 0) {
+            fprintf(stderr, "decode failed\n");
+            return 1;
+        }
+    CK(cudaStreamSynchronize((cudaStream_t)p->pr.stream));
+    return 0;
+}

@@ -65,12 +65,7 @@ int main(int argc, char **argv)
     const mla_decode_problem &pr = pd.pr;
     uint32_t *flags = pd.flags;
     cudaStream_t st = (cudaStream_t)pr.stream;
-    for (int i = 0; i < 5; i++)
-        if (mla_cuda_decode(&dev, &pr, flags) != 0) {
-            fprintf(stderr, "decode failed\n");
-            return 1;
-        }
-    CK(cudaStreamSynchronize(st));
+    if (probe_decode_warm(&pd, 5)) return 1;
     CK(cudaMemcpyToSymbol(mla_decode_v10::g_mla_v10_tl, tl, sizeof tl)); // zeros: a missing stamp reads 0
     CK(cudaMemcpyToSymbol(mla_decode_v10::g_mla_v10_tl_count, tl_count, sizeof tl_count));
     cudaEvent_t e0, e1;
