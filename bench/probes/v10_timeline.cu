@@ -11,7 +11,8 @@
 // Events (decode_v10_fp8mma.cuh, MLA_V10_TL): math warpgroup w, per pair: 0 S issued, 1 S done,
 // 2 P stored, 3 V^T(a) ready, 4 P V(a) done, 5 after barrier B (w 0) or A (w 1), 6 V^T(b)
 // ready, 7 P V(b) done. Producer, per block: 0 K landed, 1 tile half 0 free, 2 half 0
-// transposed, 3 half 1 free, 4 half 1 transposed; per K issue: 6 issue entered, 5 slot free.
+// transposed, 3 half 1 free, 4 half 1 transposed; per K issue (warp 0): 6 issue entered, 5 slot free,
+// 7 its TMA instructions issued.
 #define MLA_V10_TIMELINE 1
 #include "../../src/cuda/common/decode_schedule.cu"
 #include "../../src/cuda/common/combine.cu"
@@ -111,8 +112,8 @@ int main(int argc, char **argv)
                    mean_gap(ev, n, 0, 0, true, cyc_ns));
         }
     printf("\n| CTA | blocks | wait K | wait half 0 free | transpose 0 | wait half 1 free | transpose 1 | "
-           "block period | K issue: block-table reads + wait for the slot |\n");
-    printf("|---|---|---|---|---|---|---|---|---|\n");
+           "block period | K issue: rows + wait for the slot | K issued -> landed | TMA instructions (issue_k) |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int c = 0; c < MLA_V10_TL_CTAS; c++) {
         const long long(*ev)[MLA_V10_TL_SEQ] = tl[c][2];
         const int n = tl_count[c][2];
@@ -124,15 +125,16 @@ int main(int argc, char **argv)
                 wk += (double)(ev[0][i] - ev[4][i - 1]);
                 k++;
             }
-        printf("| %d | %d | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n", c, n, k ? wk / k / cyc_ns : -1.0,
+        printf("| %d | %d | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n", c, n, k ? wk / k / cyc_ns : -1.0,
                mean_gap(ev, n, 0, 1, false, cyc_ns), mean_gap(ev, n, 1, 2, false, cyc_ns),
                mean_gap(ev, n, 2, 3, false, cyc_ns), mean_gap(ev, n, 3, 4, false, cyc_ns),
-               mean_gap(ev, n, 0, 0, true, cyc_ns), mean_gap(ev, n, 6, 5, false, cyc_ns));
+               mean_gap(ev, n, 0, 0, true, cyc_ns), mean_gap(ev, n, 6, 5, false, cyc_ns),
+               mean_gap(ev, n, 5, 0, false, cyc_ns), mean_gap(ev, n, 5, 7, false, cyc_ns));
     }
     // Raw offsets of CTA 0's first pairs: every stamp relative to warpgroup 0's first S.
     const long long t0 = tl[0][0][0][0];
     printf("\nCTA 0, ns from its first S (math: per pair, events 0-7; producer: per block, events 0-4, "
-           "then the K issue of the same index, events 6 and 5):\n");
+           "then the K issue of the same index, events 6, 5 and 7):\n");
     const int show = tl_count[0][0] < 6 ? tl_count[0][0] : 6;
     for (int i = 0; i < show; i++) {
         for (int w = 0; w < 2; w++) {
@@ -143,7 +145,7 @@ int main(int argc, char **argv)
         }
         for (int j = 2 * i; j < 2 * i + 2 && j < tl_count[0][2]; j++) {
             printf("block %d prod:", j);
-            for (int e = 0; e < 7; e++)
+            for (int e = 0; e < 8; e++)
                 if (tl[0][2][e][j]) printf(" %d:%.0f", e, (double)(tl[0][2][e][j] - t0) / cyc_ns);
             printf("\n");
         }

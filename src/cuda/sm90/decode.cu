@@ -379,6 +379,21 @@ bool encode_kv_maps(Params &prm)
                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+// v10's maps (decode_v10_fp8mma.cuh issue_k_warp): kv_tma[1] as above (64-byte x 32-row boxes,
+// 64-byte swizzle), kv_tma[0] the same columns in boxes of 64 rows (a whole 64-key block when
+// its two halves are adjacent cache rows).
+bool encode_kv_maps_v10(Params &prm)
+{
+    if (!encode_kv_maps(prm)) return false;
+    PFN_cuTensorMapEncodeTiled_v12000 encode = mla_tensor_map_encoder();
+    const cuuint64_t dims[2] = {(cuuint64_t)mla_decode_v1::kRow8, (cuuint64_t)prm.num_pages * (cuuint64_t)prm.page_size};
+    const cuuint64_t strides[1] = {(cuuint64_t)mla_decode_v1::kRow8};
+    const cuuint32_t elem_strides[2] = {1, 1}, box[2] = {64, 64};
+    return encode(&prm.kv_tma[0], CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t *>(prm.kv), dims, strides, box,
+                  elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_64B,
+                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 // The bf16 cache as the v9 seesaw's TMA producer sees it (Params::kv_tma[0]): rows of 576
 // bf16, boxes of 64 dims x 32 rows in the 128-byte swizzle (one column block of half a tile).
 bool encode_kv_maps_bf16(Params &prm)
@@ -450,7 +465,7 @@ cudaError_t launch_variant(const Params &prm, const Plan &pl, bool fp8_math, boo
     if (FP8 && prm.q_fp8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && pl.rows >= 64 &&
         takes_v10(fp8_math)) {
         Params tp = prm;
-        if (encode_kv_maps(tp)) {
+        if (encode_kv_maps_v10(tp)) {
             *half_partials = kWideHalf;
             return launch_split(mla_decode_v10::decode_fp8mma_kernel, tp, pl, mla_decode_v10::kNT,
                                 mla_decode_v10::Cfg::kSmem, stream);

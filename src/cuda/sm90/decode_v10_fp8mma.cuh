@@ -74,8 +74,9 @@ struct Cfg {
     static constexpr int offPair = offTile + 2 * kTile;
     static constexpr int offRedSum = offPair + 4 * kM * 4;
     static constexpr int offFlags = offRedSum + 2 * kM * 4;
-    static constexpr int offValid = offFlags + 16; // per K slot: which keys hold data (Rows10::valid)
-    static constexpr int offBar = offValid + 8 * kSlots;
+    // per producer warp and K slot: which keys hold data (Rows10::valid)
+    static constexpr int offValid = offFlags + 16;
+    static constexpr int offBar = offValid + 8 * 4 * kSlots;
     static constexpr int kBars = kSlots * kCb + kSlots + 2 * kVFullPerTile + 4;
     static constexpr int kSmem = offBar + 8 * kBars + 1024;
     static_assert(offTile % 1024 == 0 && kTile % 1024 == 0, "swizzle atoms");
@@ -239,9 +240,10 @@ __device__ __forceinline__ void load_q8(const Params &p, int b, int hb, uint8_t 
 
 // ---------------------------------------------------------------- producer (warpgroup 2)
 
-// A block's cache rows for TMA and which of its keys hold data; thread 0 only (it reports bad
-// pages). The rows and byte count are v9's tma_rows (decode_v6_seesaw.cuh) for fp8 columns:
-// kept as written and measured rather than rebuilt on tma_rows after the device time was spent.
+// A block's cache rows for TMA and which of its keys hold data; lane 0 of each producer warp
+// (thread 0 reports bad pages). The rows and byte count are v9's tma_rows
+// (decode_v6_seesaw.cuh) for fp8 columns: kept as written and measured rather than rebuilt on
+// tma_rows after the device time was spent.
 struct Rows10 {
     int row[2];     // first cache row of each 32-key half, -1: not loaded
     uint32_t bytes; // per column block
@@ -249,11 +251,11 @@ struct Rows10 {
     uint64_t valid; // bit k: key k is below seq_len and on a valid page
 };
 
-__device__ __forceinline__ Rows10 rows10(const Params &p, const Cursor &c, const Pref &f)
+__device__ __forceinline__ Rows10 rows10(const Params &p, const Cursor &c, const Pref &f, bool report)
 {
     Rows10 r;
     const int key0 = c.blk * kBN;
-    r.ok = mla_decode_v1::block_page_mask<kBN>(p, key0, f, true);
+    r.ok = mla_decode_v1::block_page_mask<kBN>(p, key0, f, report);
     const bool two_pages = kBN > p.page_size;
     r.bytes = 0;
     r.valid = 0;
@@ -271,19 +273,33 @@ __device__ __forceinline__ Rows10 rows10(const Params &p, const Cursor &c, const
     return r;
 }
 
-// Thread 0: K slot s (at aS) from r, one barrier per column block.
-__device__ __forceinline__ void issue_k(const Params &p, const Rows10 &r, uint32_t aS, uint32_t aBar, int s)
+// Lane 0 of producer warp w: the column blocks of K slot s (at aS) that warp w transposes
+// (w and w + 4; warp 3 also the rope block 8, which only S reads), one barrier per column
+// block. A TMA instruction costs its thread ~50-100 cycles whatever the box size
+// (bench/probes/tma_box_width.cu: 18 boxes of 32 rows took 827 cycles, 9 of 64 rows 462, on
+// an otherwise idle SM; 989 ns per block inside v10), so a block whose two halves are adjacent
+// cache rows (page 64, or two adjacent pages of 32) goes as one 64-row box per column block
+// (Params::kv_tma[0]), and the boxes are spread over the four warps: with thread 0 issuing
+// all 18 for every block, warp 0's transposition waited ~1 us per block behind them and the
+// math warpgroups waited for V^T (fifteenth session's timeline).
+__device__ __forceinline__ void issue_k_warp(const Params &p, const Rows10 &r, uint32_t aS, uint32_t aBar, int s,
+                                             int w)
 {
     mla_decode_v3::fence_proxy_async();
-#pragma unroll 1
-    for (int cb = 0; cb < kCb; cb++) {
-        const uint32_t bar = kfull_bar(aBar, s, cb);
-        mla_sm90::mbar_arrive_expect_tx(bar, r.bytes);
+    const bool one_box = r.row[0] >= 0 && r.row[1] == r.row[0] + 32;
 #pragma unroll
-        for (int h = 0; h < 2; h++)
-            if (r.row[h] >= 0)
-                mla_sm90::tma_load_2d(aS + (uint32_t)(cb * kCbBytes + h * 32 * 64), &p.kv_tma[1], 64 * cb,
-                                      r.row[h], bar);
+    for (int i = 0; i < 3; i++) {
+        const int cb = i == 2 ? 8 : w + 4 * i;
+        if (i == 2 && w != 3) break;
+        const uint32_t bar = kfull_bar(aBar, s, cb), dst = aS + (uint32_t)(cb * kCbBytes);
+        mla_sm90::mbar_arrive_expect_tx(bar, r.bytes);
+        if (one_box) {
+            mla_sm90::tma_load_2d(dst, &p.kv_tma[0], 64 * cb, r.row[0], bar);
+        } else {
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                if (r.row[h] >= 0) mla_sm90::tma_load_2d(dst + (uint32_t)(h * 32 * 64), &p.kv_tma[1], 64 * cb, r.row[h], bar);
+        }
     }
 }
 
@@ -426,9 +442,10 @@ __device__ __forceinline__ void transpose_v(uint32_t aS, uint32_t aT, int t_, in
 #endif
 }
 
-// The producer warpgroup. Thread 0 issues block i's K into slot i % 3 two blocks ahead of
-// the transposition (the slot is free once S and the transposition of block i - 1 are done
-// with it); then every thread transposes block i's V into the tile it takes (pairs as in the
+// The producer warpgroup. Lane 0 of each warp issues its column blocks of block i's K into
+// slot i % 3 two blocks ahead of the transposition (the slot is free once S and the
+// transposition of block i - 1 are done with it; the block-table reads for it start one
+// block earlier, under a wait and a transposition); then every thread transposes block i's V into the tile it takes (pairs as in the
 // seesaw: an opener into tile 0, its partner in the same request into tile 1) once its K has
 // landed and the tile's previous V^T is free. (With K in the tiles themselves, one K load per
 // tile waited for the transposition before it, and the math warpgroups waited for V^T: 0.648
@@ -438,14 +455,17 @@ __device__ __forceinline__ void transpose_v(uint32_t aS, uint32_t aT, int t_, in
 // 0.566 ms) and still 6-8% slower with this one (B128 H128 8k 0.526 against 0.493 ms, H200,
 // fourteenth session). Unchecked guess: a warpgroup given its half early starts P V while the
 // other still runs S, and the two contend for the tensor cores. The block is handed over
-// whole. sValid[slot] (thread 0, from the block table, before the slot's TMA) tells the
-// transposer which keys hold data without global loads of its own.
+// whole. sValid[warp][slot] (the warp's lane 0, from the block table, before its TMA) tells
+// the warp's transposer which keys hold data without global loads of its own.
 __device__ __forceinline__ void produce(const Params &p, int part, int tau, Cursor c, uint32_t aK, uint32_t aTile,
                                         uint32_t aBar, int *sFlags, uint64_t *sValid)
 {
-    const int t = threadIdx.x - kMathThreads;
-    if (t == 0) mla_sm90::tma_prefetch_map(&p.kv_tma[1]);
-    uint32_t kiss = 0; // bit s: uses of slot s issued so far, mod 2 (thread 0)
+    const int t = threadIdx.x - kMathThreads, w = t >> 5, lane = t & 31;
+    if (lane == 0) {
+        mla_sm90::tma_prefetch_map(&p.kv_tma[0]);
+        mla_sm90::tma_prefetch_map(&p.kv_tma[1]);
+    }
+    uint32_t kiss = 0; // bit s: uses of slot s issued so far, mod 2
     uint32_t ktr = 0;  // bit s: uses of slot s transposed so far, mod 2
     uint32_t vtr = 0;  // bit T: uses of tile T so far, mod 2
     int s_iss = 0, s_tr = 0, pos = 0;
@@ -456,17 +476,17 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
 #ifdef MLA_V10_TIMELINE
     int tl_issued = 0, tl_block = 0;
 #endif
-    auto issue = [&](const Cursor &x) {
+    auto issue = [&](const Cursor &x, const Pref &f) {
         if (x.b >= p.batch) return;
-        if (t == 0) {
-            MLA_V10_TL(true, 2, 6, tl_issued); // before the block table reads
-            const Pref f = mla_decode_v1::prefetch_block<kBN>(p, x);
-            const Rows10 r = rows10(p, x, f);
+        if (lane == 0) {
+            MLA_V10_TL(t == 0, 2, 6, tl_issued); // before the rows and the wait for the slot
+            const Rows10 r = rows10(p, x, f, t == 0);
             mla_sm90::mbar_wait(kempty_bar(aBar, s_iss), ((kiss >> s_iss) & 1u) ^ 1u);
-            MLA_V10_TL(true, 2, 5, tl_issued); // slot free: TMA issued next
-            sFlags[s_iss] = r.ok;
-            sValid[s_iss] = r.valid;
-            issue_k(p, r, aK + (uint32_t)(s_iss * kKBytes), aBar, s_iss);
+            MLA_V10_TL(t == 0, 2, 5, tl_issued); // slot free: TMA issued next
+            if (w == 0) sFlags[s_iss] = r.ok;
+            sValid[w * kSlots + s_iss] = r.valid;
+            issue_k_warp(p, r, aK + (uint32_t)(s_iss * kKBytes), aBar, s_iss, w);
+            MLA_V10_TL(t == 0, 2, 7, tl_issued); // warp 0's TMA instructions issued
         }
 #ifdef MLA_V10_TIMELINE
         tl_issued++;
@@ -474,18 +494,21 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
         kiss ^= 1u << s_iss;
         s_iss = s_iss == kSlots - 1 ? 0 : s_iss + 1;
     };
+    auto pref = [&](const Cursor &x) { return mla_decode_v1::prefetch_block<kBN>(p, x); };
     Cursor c1 = next(c), c2 = next(c1);
-    issue(c);
-    issue(c1);
+    issue(c, pref(c));
+    issue(c1, pref(c1));
+    Pref f2 = pref(c2);
     while (c.b < p.batch) {
-        issue(c2);
-        const int w = t >> 5;
+        issue(c2, f2);
+        const Cursor c3 = next(c2);
+        f2 = pref(c3); // in flight during this block's waits and transposition
         const uint32_t kpar = (ktr >> s_tr) & 1u, vpar = (vtr >> pos) & 1u;
         mla_sm90::mbar_wait(kfull_bar(aBar, s_tr, w), kpar);
         mla_sm90::mbar_wait(kfull_bar(aBar, s_tr, w + 4), kpar);
         MLA_V10_TL(t == 0, 2, 0, tl_block); // K landed (warp 0's column blocks)
 #ifndef MLA_V10_SKIP_TRANSPOSE // measurement only (EXTRA_NVCCFLAGS): V^T left stale, wrong results
-        const uint64_t valid = sValid[s_tr]; // written by thread 0 before the slot's TMA
+        const uint64_t valid = sValid[w * kSlots + s_tr]; // written by lane 0 before its TMA
         const uint32_t aS = aK + (uint32_t)(s_tr * kKBytes), aT = aTile + (uint32_t)(pos * kTile);
         // Half h of V^T is read by warpgroup h only: start on it as soon as that one is done
         // (both waits before either half: 1-2% slower, H200 2026-12-04).
@@ -521,7 +544,7 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
         pos = pos == 0 && c1.b == c.b ? 1 : 0;
         c = c1;
         c1 = c2;
-        c2 = next(c2);
+        c2 = c3;
     }
 }
 
