@@ -360,16 +360,19 @@ cudaError_t launch_kernel(const Params &prm, const Plan &pl, cudaStream_t stream
     return launch_split(mla_decode_v1::decode_kernel<FP8, M, BN, NT>, prm, pl, NT, Cfg<FP8, M, BN, NT>::kSmem, stream);
 }
 
-// The cache as TMA sees it in the kConvTma form (Params::kv_tma). False when the maps cannot
-// be made (no driver entry point, a base that is not 16-byte aligned); the caller falls back.
-bool encode_kv_maps(Params &prm)
+// The cache as TMA sees it in the kConvTma form (Params::kv_tma): [0] 128-byte columns in the
+// 128-byte swizzle, [1] the 64-byte rope column in the 64-byte swizzle, in boxes of box_rows
+// rows (v2: 64 for page 64, one box per column block of a block; else 32). False when the maps
+// cannot be made (no driver entry point, a base that is not 16-byte aligned); the caller falls
+// back.
+bool encode_kv_maps(Params &prm, uint32_t box_rows)
 {
     PFN_cuTensorMapEncodeTiled_v12000 encode = mla_tensor_map_encoder();
     if (!encode || (uintptr_t)prm.kv % 16 != 0 || prm.num_pages < 1) return false;
     const cuuint64_t dims[2] = {(cuuint64_t)mla_decode_v1::kRow8, (cuuint64_t)prm.num_pages * (cuuint64_t)prm.page_size};
     const cuuint64_t strides[1] = {(cuuint64_t)mla_decode_v1::kRow8};
     const cuuint32_t elem_strides[2] = {1, 1};
-    const cuuint32_t box_lat[2] = {128, 32}, box_rope[2] = {64, 32};
+    const cuuint32_t box_lat[2] = {128, box_rows}, box_rope[2] = {64, box_rows};
     void *base = const_cast<uint8_t *>(prm.kv);
     return encode(&prm.kv_tma[0], CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, base, dims, strides, box_lat, elem_strides,
                   CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
@@ -379,12 +382,12 @@ bool encode_kv_maps(Params &prm)
                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// v10's maps (decode_v10_fp8mma.cuh issue_k_warp): kv_tma[1] as above (64-byte x 32-row boxes,
-// 64-byte swizzle), kv_tma[0] the same columns in boxes of 64 rows (a whole 64-key block when
-// its two halves are adjacent cache rows).
+// v10's maps (decode_v10_fp8mma.cuh issue_k_warp): kv_tma[1] as above with 32-row boxes
+// (64-byte columns, 64-byte swizzle), kv_tma[0] the same columns in boxes of 64 rows (a whole
+// 64-key block when its two halves are adjacent cache rows).
 bool encode_kv_maps_v10(Params &prm)
 {
-    if (!encode_kv_maps(prm)) return false;
+    if (!encode_kv_maps(prm, 32)) return false;
     PFN_cuTensorMapEncodeTiled_v12000 encode = mla_tensor_map_encoder();
     const cuuint64_t dims[2] = {(cuuint64_t)mla_decode_v1::kRow8, (cuuint64_t)prm.num_pages * (cuuint64_t)prm.page_size};
     const cuuint64_t strides[1] = {(cuuint64_t)mla_decode_v1::kRow8};
@@ -415,7 +418,7 @@ cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, cudaStream_t st
     int conv = v2_conversion(prm.q_fp8, pl.bn);
     if (conv == kV2Tma) {
         Params tp = prm;
-        if (encode_kv_maps(tp)) {
+        if (encode_kv_maps(tp, prm.page_size == 64 && pl.bn == 64 ? 64 : 32)) {
             const V2Form *f = v2_form_of(conv, pl.bn);
             return launch_split(f->kernel, tp, pl, kNT, f->smem, stream);
         }

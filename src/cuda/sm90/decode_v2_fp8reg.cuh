@@ -176,19 +176,39 @@ __device__ __forceinline__ void issue_block_v2(const Params &p, const Cursor &c,
     cp_async_commit();
 }
 
-// kConvTma: thread 0 moves key block c into `stage` (stw_off<kBN>'s layout, 1024-aligned) with
-// up to ten TMA boxes (32 rows each; per 32-row half: four 128-byte column blocks and the rope
-// block) counted on the stage's mbarrier. Halves on an invalid page or wholly past seq_len are
-// not loaded; the consumer zeroes their V bytes (and those of rows past seq_len), since stale
-// shared memory there could hold NaN patterns that P = 0 would not cancel.
+// kConvTma: the four warps move key block c into `stage` (stw_off<kBN>'s layout, 1024-aligned)
+// with TMA boxes (four 128-byte column blocks and the rope block; 64 rows each for page 64,
+// else per 32-row half) counted on the stage's mbarrier. Halves on an invalid page or (page
+// 32) wholly past seq_len are not loaded; the consumer zeroes their V bytes (and those of rows
+// past seq_len), since stale shared memory there could hold NaN patterns that P = 0 would not
+// cancel.
 template <int kBN>
 __device__ __forceinline__ void issue_block_tma(const Params &p, const Cursor &c, const Pref &f, uint32_t stage,
                                                 int *flags, uint32_t bar)
 {
-    if (c.b >= p.batch || threadIdx.x != 0) return;
+    // Lane 0 of warp w issues column block w (warp 3 also the rope block) and arrives on the
+    // stage barrier (4 arrivals) with its own byte count: a TMA instruction costs its thread
+    // ~50-100 cycles whatever the box size (bench/probes/tma_box_width.cu), and with thread 0
+    // issuing all ten boxes warp 0 reached every block's CTA barrier that much later.
+    if (c.b >= p.batch || (threadIdx.x & 31) != 0) return;
+    const int w = threadIdx.x >> 5;
     const int key0 = c.blk * kBN;
-    const int ok = block_page_mask<kBN>(p, key0, f);
-    *flags = ok;
+    const int ok = block_page_mask<kBN>(p, key0, f, threadIdx.x == 0);
+    if (w == 0) *flags = ok;
+    const uint32_t dst = stage + (uint32_t)(w * kBN * 128), width = w == 3 ? 128u + 64u : 128u;
+    mla_decode_v3::fence_proxy_async(); // earlier generic accesses to the stage before the async writes
+    if (kBN == 64 && p.page_size == 64) {
+        // One page: the block as one 64-row box per column block (the maps have 64-row boxes
+        // for page 64). Rows of the page past seq_len are loaded too; the consumer zeroes them.
+        const bool valid = ok & 1;
+        mla_sm90::mbar_arrive_expect_tx(bar, valid ? 64u * width : 0u);
+        if (valid) {
+            const int row = f.idx0 * 64;
+            mla_sm90::tma_load_2d(dst, &p.kv_tma[0], 128 * w, row, bar);
+            if (w == 3) mla_sm90::tma_load_2d(stage + (uint32_t)(4 * kBN * 128), &p.kv_tma[1], 512, row, bar);
+        }
+        return;
+    }
     int row[kBN / 32];
     uint32_t bytes = 0;
 #pragma unroll
@@ -197,17 +217,15 @@ __device__ __forceinline__ void issue_block_tma(const Params &p, const Cursor &c
         const bool valid = (ok >> (two_pages ? h : 0)) & 1 && key0 + 32 * h < f.seq;
         const int idx = two_pages && h ? f.idx1 : f.idx0;
         row[h] = valid ? idx * p.page_size + (two_pages ? 0 : (key0 & (p.page_size - 1)) + 32 * h) : -1;
-        bytes += valid ? 32u * kRow8 : 0u;
+        bytes += valid ? 32u * width : 0u;
     }
-    mla_decode_v3::fence_proxy_async(); // earlier generic accesses to the stage before the async writes
     mla_sm90::mbar_arrive_expect_tx(bar, bytes);
 #pragma unroll
     for (int h = 0; h < kBN / 32; h++) {
         if (row[h] < 0) continue;
-#pragma unroll
-        for (int cb = 0; cb < 4; cb++)
-            mla_sm90::tma_load_2d(stage + (uint32_t)(cb * kBN * 128 + h * 32 * 128), &p.kv_tma[0], 128 * cb, row[h], bar);
-        mla_sm90::tma_load_2d(stage + (uint32_t)(4 * kBN * 128 + h * 32 * 64), &p.kv_tma[1], 512, row[h], bar);
+        mla_sm90::tma_load_2d(dst + (uint32_t)(h * 32 * 128), &p.kv_tma[0], 128 * w, row[h], bar);
+        if (w == 3)
+            mla_sm90::tma_load_2d(stage + (uint32_t)(4 * kBN * 128 + h * 32 * 64), &p.kv_tma[1], 512, row[h], bar);
     }
 }
 
@@ -426,7 +444,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
         if (tid == 0) {
             mla_sm90::tma_prefetch_map(&p.kv_tma[0]);
             mla_sm90::tma_prefetch_map(&p.kv_tma[1]);
-            for (int i = 0; i < kNS; i++) mla_sm90::mbar_init(barBase + 8u * i, 1);
+            for (int i = 0; i < kNS; i++) mla_sm90::mbar_init(barBase + 8u * i, kNT / 32); // issue_block_tma
             asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         }
         __syncthreads();
