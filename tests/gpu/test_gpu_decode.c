@@ -41,6 +41,8 @@ typedef struct gdecode_case {
     int fp8_math;              /* mla_config.decode_fp8_math */
     int check_switch;          /* also run with the other decode_fp8_math on the same inputs:
                                 * bit-identical unless exactly one of the two takes fp8 math */
+    int in_order_pages;        /* pages handed out in order: a request's consecutive pages are
+                                * adjacent cache rows (the TMA loaders' one-box path at page 32) */
 } gdecode_case;
 
 static void *xmalloc(size_t n)
@@ -124,10 +126,10 @@ static void run_gpu_decode_case(const gdecode_case *c, const char *label)
     const size_t esz = mla_dtype_size(c->kv_dtype);
     const size_t row_bytes = (size_t)D * esz;
 
-    /* Pages handed out in a shuffled order. */
+    /* Pages handed out in a shuffled order (or in order). */
     int *perm = xmalloc((size_t)num_pages * sizeof(int));
     for (int i = 0; i < num_pages; i++) perm[i] = i;
-    for (int i = num_pages - 1; i > 0; i--) {
+    for (int i = num_pages - 1; i > 0 && !c->in_order_pages; i--) {
         int j = mla_test_rand_int(0, i), t = perm[i];
         perm[i] = perm[j];
         perm[j] = t;
@@ -625,6 +627,34 @@ TEST(gpu_decode_fp8_math_switch)
         char label[128];
         snprintf(label, sizeof label, "decode_fp8_math 1: %s q %s cache H %d q_len %d", mla_dtype_name(c.q_dtype),
                  mla_dtype_name(c.kv_dtype), c.heads, c.q_len);
+        run_gpu_decode_case(&c, label);
+    }
+}
+
+/* A request's pages adjacent in the cache: the TMA loaders (v2, v9, v10) then move a 64-key
+ * block of two 32-key pages as one 64-row box per column block; with shuffled pages that path
+ * is almost never taken at page 32. Lengths end inside the first and the second page of a
+ * block. */
+TEST(gpu_decode_adjacent_pages)
+{
+    static const int lens[] = {1, 31, 33, 63, 64, 65, 4097, 130};
+    static const struct { int heads, q_len, page; mla_dtype q, kv; int fp8_math; } shapes[] = {
+        {16, 1, 32, MLA_DTYPE_BF16, MLA_DTYPE_FP8_E4M3, 0},      /* v2 */
+        {128, 1, 32, MLA_DTYPE_FP8_E4M3, MLA_DTYPE_FP8_E4M3, 1}, /* v10 */
+        {128, 1, 64, MLA_DTYPE_FP8_E4M3, MLA_DTYPE_FP8_E4M3, 1}, /* v10 */
+        {64, 2, 32, MLA_DTYPE_BF16, MLA_DTYPE_BF16, 0},          /* v9 */
+        {128, 1, 64, MLA_DTYPE_BF16, MLA_DTYPE_BF16, 0},         /* v9 */
+        {128, 1, 32, MLA_DTYPE_BF16, MLA_DTYPE_FP8_E4M3, 0},     /* v7 */
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        gdecode_case c = base_case(8, shapes[i].q_len, shapes[i].heads, shapes[i].page, shapes[i].kv, lens);
+        c.q_dtype = shapes[i].q;
+        c.fp8_math = shapes[i].fp8_math;
+        c.in_order_pages = 1;
+        c.with_lse = (int)i % 2;
+        char label[128];
+        snprintf(label, sizeof label, "adjacent pages: %s q %s cache H %d q_len %d page %d", mla_dtype_name(c.q_dtype),
+                 mla_dtype_name(c.kv_dtype), c.heads, c.q_len, c.page);
         run_gpu_decode_case(&c, label);
     }
 }

@@ -397,8 +397,9 @@ bool encode_kv_maps_v10(Params &prm)
                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// The bf16 cache as the v9 seesaw's TMA producer sees it (Params::kv_tma[0]): rows of 576
-// bf16, boxes of 64 dims x 32 rows in the 128-byte swizzle (one column block of half a tile).
+// The bf16 cache as the v9 seesaw's TMA producer sees it: rows of 576 bf16, boxes of 64 dims
+// x 32 rows (kv_tma[0], one column block of half a tile) and x 64 rows (kv_tma[1], a whole
+// column block) in the 128-byte swizzle.
 bool encode_kv_maps_bf16(Params &prm)
 {
     PFN_cuTensorMapEncodeTiled_v12000 encode = mla_tensor_map_encoder();
@@ -406,9 +407,12 @@ bool encode_kv_maps_bf16(Params &prm)
     const cuuint64_t dims[2] = {(cuuint64_t)mla_decode_v1::kDqk, (cuuint64_t)prm.num_pages * (cuuint64_t)prm.page_size};
     const cuuint64_t strides[1] = {(cuuint64_t)mla_decode_v1::kDqk * 2};
     const cuuint32_t elem_strides[2] = {1, 1};
-    const cuuint32_t box[2] = {64, 32};
+    const cuuint32_t box[2] = {64, 32}, box64[2] = {64, 64};
     return encode(&prm.kv_tma[0], CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<uint8_t *>(prm.kv), dims, strides,
                   box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS &&
+           encode(&prm.kv_tma[1], CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<uint8_t *>(prm.kv), dims, strides,
+                  box64, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 

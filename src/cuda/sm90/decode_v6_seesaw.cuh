@@ -5,8 +5,9 @@
 //     in flight in 56 registers (bench/NOTES.md "Decode", v6/v7).
 //   v7 (kProdBulk, the default for an fp8 cache): the raw fp8 block is bulk-copied into the
 //     freed tile and converted in place; 1.18-1.28x faster than v3 (same run, H100).
-//   v9 (kProdTmaBf16, the default for a bf16 cache): no conversion; the producer's thread 0
-//     loads each block into the freed tile with TMA boxes in the wgmma layout, one barrier per
+//   v9 (kProdTmaBf16, the default for a bf16 cache): no conversion; lane 0 of each producer
+//     warp loads its column blocks of each block into the freed tile with TMA boxes in the
+//     wgmma layout (64 rows when the block's halves are adjacent cache rows), one barrier per
 //     column block, the tile handed back in halves; bf16 MMAs. 1.17-1.36x faster than v3 with
 //     one barrier each way per tile, then 3-9% from the halves (two H200 A/Bs, bench/NOTES.md).
 // ptxas (-Xptxas -v, setmaxnreg 56/224): math warpgroups without spills; producer 4 bytes (v6),
@@ -293,11 +294,11 @@ struct TmaRows {
     int ok;         // block_page_mask
 };
 
-__device__ __forceinline__ TmaRows tma_rows(const Params &p, const Cursor &c, const Pref &f)
+__device__ __forceinline__ TmaRows tma_rows(const Params &p, const Cursor &c, const Pref &f, bool report)
 {
     TmaRows r;
     const int key0 = c.blk * kBN;
-    r.ok = mla_decode_v1::block_page_mask<kBN>(p, key0, f, true);
+    r.ok = mla_decode_v1::block_page_mask<kBN>(p, key0, f, report);
     const bool two_pages = kBN > p.page_size; // page 32: half h is page h
     r.bytes = 0;
 #pragma unroll
@@ -310,30 +311,35 @@ __device__ __forceinline__ TmaRows tma_rows(const Params &p, const Cursor &c, co
     return r;
 }
 
-// Column blocks [cb0, cb1) of tile T (at aT) from the rows in r.
-__device__ __forceinline__ void issue_cols(const Params &p, const TmaRows &r, uint32_t aT, uint32_t aBar, int T,
-                                           int cb0, int cb1)
+// Column block cb of tile T (at aT) from the rows in r: one 64-row box (Params::kv_tma[1])
+// when the block's halves are adjacent cache rows, else one 32-row box per loaded half.
+__device__ __forceinline__ void issue_col(const Params &p, const TmaRows &r, uint32_t aT, uint32_t aBar, int T, int cb)
 {
     mla_decode_v3::fence_proxy_async(); // earlier generic accesses to the tile before the async writes
-#pragma unroll 1
-    for (int cb = cb0; cb < cb1; cb++) {
-        const uint32_t cbar = col_bar(aBar, T, cb);
-        mla_sm90::mbar_arrive_expect_tx(cbar, r.bytes); // completes at once when no half is loaded
-#pragma unroll
-        for (int h = 0; h < 2; h++)
-            if (r.row[h] >= 0)
-                mla_sm90::tma_load_2d(aT + (uint32_t)(cb * kBlk + h * 32 * 128), &p.kv_tma[0], 64 * cb, r.row[h], cbar);
+    const uint32_t cbar = col_bar(aBar, T, cb), dst = aT + (uint32_t)(cb * kBlk);
+    mla_sm90::mbar_arrive_expect_tx(cbar, r.bytes); // completes at once when no half is loaded
+    if (r.row[0] >= 0 && r.row[1] == r.row[0] + 32) {
+        mla_sm90::tma_load_2d(dst, &p.kv_tma[1], 64 * cb, r.row[0], cbar);
+        return;
     }
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+        if (r.row[h] >= 0) mla_sm90::tma_load_2d(dst + (uint32_t)(h * 32 * 128), &p.kv_tma[0], 64 * cb, r.row[h], cbar);
 }
 
-// Thread 0 of the producer warpgroup: blocks paired into tiles as in produce(); the next
-// block's page indices are loaded before the waits for its tile. sFlags[T] is written once
-// both warpgroups are done with the tile (the math reads it until then) and before the
-// arrivals on column blocks 4-8; S reads it after its last column block.
+// Lane 0 of producer warp w: blocks paired into tiles as in produce(); the next block's page
+// indices are loaded before the waits for its tile. Warp w issues column block w after "empty
+// lo" and w + 4 after "empty hi" (warp 0 also 8): a TMA instruction costs its thread ~50-100
+// cycles (bench/probes/tma_box_width.cu), and one thread issuing all 18 boxes of a tile kept
+// the tile's last column block ~1 us behind its "empty" (v10 showed the same; fifteenth
+// session). sFlags[T] is written by warp 0 once both warpgroups are done with the tile (the
+// math reads it until then) and before its arrival on column block 4; S reads it after all
+// nine column blocks.
 __device__ __forceinline__ void produce_tma_bf16(const Params &p, int part, int tau, Cursor c, uint32_t aTile,
-                                                 uint32_t aBar, int *sFlags)
+                                                 uint32_t aBar, int *sFlags, int w)
 {
     mla_sm90::tma_prefetch_map(&p.kv_tma[0]);
+    mla_sm90::tma_prefetch_map(&p.kv_tma[1]);
     Pref f = mla_decode_v1::prefetch_block<kBN>(p, c);
     int pos = 0;
     uint32_t ephase = 0; // bit T: parity of tile T's next "empty" completions to wait for, ^1
@@ -344,13 +350,14 @@ __device__ __forceinline__ void produce_tma_bf16(const Params &p, int part, int 
         const int T = pos;
         const uint32_t par = ((ephase >> T) & 1u) ^ 1u;
         ephase ^= 1u << T;
-        const TmaRows r = tma_rows(p, c, f);
+        const TmaRows r = tma_rows(p, c, f, w == 0);
         const uint32_t aT = aTile + (uint32_t)(T * kTile);
         mla_sm90::mbar_wait(empty_lo_bar(aBar, T), par);
-        issue_cols(p, r, aT, aBar, T, 0, 4);
+        issue_col(p, r, aT, aBar, T, w);
         mla_sm90::mbar_wait(empty_hi_bar(aBar, T), par);
-        sFlags[T] = r.ok;
-        issue_cols(p, r, aT, aBar, T, 4, kColBlocks);
+        if (w == 0) sFlags[T] = r.ok;
+        issue_col(p, r, aT, aBar, T, w + 4);
+        if (w == 0) issue_col(p, r, aT, aBar, T, 8);
         pos = pos == 0 && n.b == c.b ? 1 : 0;
         f = fn;
         c = n;
@@ -511,7 +518,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
     if (tid >= kMathThreads) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegProducer));
         if constexpr (kProd == kProdTmaBf16) {
-            if (tid == kMathThreads) produce_tma_bf16(p, part, tau, a, aTile, aBar, sFlags);
+            if ((tid & 31) == 0) produce_tma_bf16(p, part, tau, a, aTile, aBar, sFlags, (tid - kMathThreads) >> 5);
         } else if constexpr (kProd == kProdBulk) {
             produce_bulk(p, part, tau, a, aTile, aBar, sFlags);
         } else {
