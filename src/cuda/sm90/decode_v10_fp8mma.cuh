@@ -26,8 +26,9 @@
 // Shared memory: Q (fp8, 9 column blocks of 64 dims x 64 rows, 64-byte swizzle) | a ring of
 // three K slots (block i in slot i % 3, the layout of Q with keys for rows) | two tiles of
 // V^T (512 rows of 64 keys) + P (64 rows of 64 keys), both 64-byte swizzle. Hand-offs
-// (mbarriers): kfull[slot][cb] (TMA bytes of column block cb), kempty[slot] (S of the block's
-// warpgroup and the transposer are done with the slot), vfull[tile] (V^T written), vempty
+// (mbarriers): kfull[slot][cb] (TMA bytes of column block cb), kempty[slot][w] (S of the
+// block's warpgroup and producer warp w's transposition are done with the slot's column blocks
+// that warp w reloads), vfull[tile] (V^T written), vempty
 // [tile][wg] (warpgroup wg done with the tile's V^T and P). The K loads run two blocks ahead
 // of the transposition, independently of the tiles: with K inside the two tiles (the first
 // form) each load waited for the previous transposition of its tile, 0.648 ms at B128 H128
@@ -77,17 +78,22 @@ struct Cfg {
     // per producer warp and K slot: which keys hold data (Rows10::valid)
     static constexpr int offValid = offFlags + 16;
     static constexpr int offBar = offValid + 8 * 4 * kSlots;
-    static constexpr int kBars = kSlots * kCb + kSlots + 2 * kVFullPerTile + 4;
+    static constexpr int kBars = kSlots * kCb + 4 * kSlots + 2 * kVFullPerTile + 4;
     static constexpr int kSmem = offBar + 8 * kBars + 1024;
     static_assert(offTile % 1024 == 0 && kTile % 1024 == 0, "swizzle atoms");
     static_assert(kSmem <= 227 * 1024, "shared memory");
 };
 
-// Barrier addresses (8 bytes each) from the barrier base: kfull[slot][cb], kempty[slot],
+// Barrier addresses (8 bytes each) from the barrier base: kfull[slot][cb], kempty[slot][warp],
 // vfull[tile] (or vfull[tile][half]), vempty[tile][warpgroup].
-constexpr int kBarKEmpty = kSlots * kCb, kBarVFull = kBarKEmpty + kSlots, kBarVEmpty = kBarVFull + 2 * kVFullPerTile;
+constexpr int kBarKEmpty = kSlots * kCb, kBarVFull = kBarKEmpty + 4 * kSlots, kBarVEmpty = kBarVFull + 2 * kVFullPerTile;
 __device__ __forceinline__ uint32_t kfull_bar(uint32_t b, int s, int cb) { return b + 8u * (uint32_t)(s * kCb + cb); }
-__device__ __forceinline__ uint32_t kempty_bar(uint32_t b, int s) { return b + 8u * (uint32_t)(kBarKEmpty + s); }
+// kempty[slot][w]: producer warp w may refill its column blocks of the slot (S's warpgroup and
+// warp w's transposition are done with them).
+__device__ __forceinline__ uint32_t kempty_bar(uint32_t b, int s, int w)
+{
+    return b + 8u * (uint32_t)(kBarKEmpty + 4 * s + w);
+}
 __device__ __forceinline__ uint32_t vfull_bar(uint32_t b, int T, int h)
 {
     return b + 8u * (uint32_t)(kBarVFull + T * kVFullPerTile + (kVFullPerTile == 2 ? h : 0));
@@ -481,7 +487,7 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
         if (lane == 0) {
             MLA_V10_TL(t == 0, 2, 6, tl_issued); // before the rows and the wait for the slot
             const Rows10 r = rows10(p, x, f, t == 0);
-            mla_sm90::mbar_wait(kempty_bar(aBar, s_iss), ((kiss >> s_iss) & 1u) ^ 1u);
+            mla_sm90::mbar_wait(kempty_bar(aBar, s_iss, w), ((kiss >> s_iss) & 1u) ^ 1u);
             MLA_V10_TL(t == 0, 2, 5, tl_issued); // slot free: TMA issued next
             if (w == 0) sFlags[s_iss] = r.ok;
             sValid[w * kSlots + s_iss] = r.valid;
@@ -533,7 +539,7 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
 #endif
         mla_decode_v3::fence_proxy_async(); // V^T stores -> wgmma
         mbar_arrive(vfull_bar(aBar, pos, kVFullPerTile - 1)); // the whole tile, or half 1
-        mbar_arrive(kempty_bar(aBar, s_tr));
+        mbar_arrive(kempty_bar(aBar, s_tr, w)); // this warp's column blocks only
 #ifdef MLA_V10_TIMELINE
         tl_block++;
         if (t == 0) v10_tl_count(2, tl_block);
@@ -590,7 +596,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8mma_kernel(const __grid_cons
     if (tid == 0) {
         for (int sl = 0; sl < kSlots; sl++) {
             for (int cb = 0; cb < kCb; cb++) mbar_init(kfull_bar(aBar, sl, cb), 1);
-            mbar_init(kempty_bar(aBar, sl), 256); // S's warpgroup + the transposer
+            for (int w = 0; w < 4; w++) mbar_init(kempty_bar(aBar, sl, w), 128 + 32); // S's warpgroup + warp w
         }
         for (int T = 0; T < 2; T++) {
             for (int h = 0; h < kVFullPerTile; h++) mbar_init(vfull_bar(aBar, T, h), 128);
@@ -682,7 +688,8 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8mma_kernel(const __grid_cons
             acc_fence(s);
             MLA_V10_TL(tl_me, wg, 1, tl_pair);
             const int pmask = sFlags[s_mine];
-            mbar_arrive(kempty_bar(aBar, s_mine)); // K slot and its sFlags read
+#pragma unroll
+            for (int w = 0; w < 4; w++) mbar_arrive(kempty_bar(aBar, s_mine, w)); // K slot and its sFlags read
             // masked, scaled, row maxima: as in decode_v6_seesaw.cuh
             const int page0 = key0 >> p.page_shift;
             const bool full = key0 + kBN <= lim_min && pmask == (kBN > p.page_size ? 3 : 1);
