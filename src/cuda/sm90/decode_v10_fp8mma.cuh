@@ -8,7 +8,8 @@
 // at 422-446 TFLOP/s (bench/NOTES.md). e4m3 wgmma runs at twice the f16 rate and reads half
 // the operand bytes, but has no transposed operands: both must be K-major.
 //   S = Q K^T: A = Q (rows x dims), B = K (keys x dims): both K-major as the cache stores them,
-//     so S reads the raw fp8 block as TMA lands it (boxes of 64 dims x 32 keys, 64-byte swizzle).
+//     so S reads the raw fp8 block as TMA lands it (boxes of 64 dims x 64 keys, or x 32 keys
+//     per page at page 32, 64-byte swizzle).
 //   O += P V: A = P (rows x keys), B = V^T must be (dims x keys) with keys contiguous: the
 //     producer warpgroup transposes the block's first 512 columns into a V^T tile (32 KB read,
 //     32 KB written, ldmatrix + byte permutes + stmatrix.trans) while the math warpgroups run S.
@@ -21,7 +22,9 @@
 // relative L2 for 32k-key rows (v7, fp16 P: within 1e-2). Measured (H200, bench/RESULTS.md,
 // 2026-12-04, thirteenth session): 1.26-1.37x faster than v7 on the same fp8-query inputs,
 // 591-624 TFLOP/s at B128 H128 8k-16k, 497 at B64 4k; with the transposition skipped (wrong
-// results, a bound; measured with the byte-permute transposer's build) 673-713.
+// results, a bound; measured with the byte-permute transposer's build) 673-713. Fifteenth
+// session, with the K boxes issued by the four producer warps (issue_k_warp): 601 TFLOP/s at
+// B64 4k, 626 at B128 4k, 680 at 8k, 667-696 at 16k, 704 at B64 16k (1.5-1.6x v7).
 //
 // Shared memory: Q (fp8, 9 column blocks of 64 dims x 64 rows, 64-byte swizzle) | a ring of
 // three K slots (block i in slot i % 3, the layout of Q with keys for rows) | two tiles of

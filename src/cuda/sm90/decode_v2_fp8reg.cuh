@@ -12,7 +12,7 @@
 //     order is permuted (n-tile j of a group of 4, lane group g <-> dim 4g + j) so that each
 //     4-byte load feeds 4 n-tiles and each thread ends with 8 consecutive output dims.
 //   * Both access patterns must be free of bank conflicts. Default (kConvTma, 64-key blocks):
-//     thread 0 fills a stage with ten TMA boxes (128-byte column blocks in the 128-byte
+//     the four warps fill a stage with TMA boxes (128-byte column blocks in the 128-byte
 //     swizzle, the rope block in the 64-byte one: stw_off's layout), counted on the stage's
 //     mbarrier; warp w's QK^T dims are then [128w, +128) plus 16 rope dims, so the swizzle
 //     of every K and V load is a per-thread constant. This took the copy issue (18 cp.async
@@ -489,7 +489,8 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_kernel(const __grid_con
         lim_min = p.causal ? seq - p.q_len + 1 : seq;
         cur_seq = seq;
     };
-    // Block i into stage s (kTma: thread 0's TMA boxes, else every thread's cp.async).
+    // Block i into stage s (kTma: one TMA box per warp and column block, else every thread's
+    // cp.async).
     auto issue = [&](int s, const Cursor &c, const Pref &f) {
         if constexpr (kTma) issue_block_tma<kBN>(p, c, f, smem_u32(sStage + s * kStageBytes), &sFlags[s], barBase + 8u * s);
         else issue_block_v2<kBN, kW8, kPad>(p, c, f, sStage + s * kStageBytes, &sFlags[s]);

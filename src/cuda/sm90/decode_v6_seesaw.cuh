@@ -280,10 +280,11 @@ __device__ __forceinline__ void produce_bulk(const Params &p, int part, int tau,
 }
 
 // ---------------------------------------------------------------- TMA producer (bf16 cache, v9)
-// A bf16 block needs no conversion: the producer's thread 0 moves it into the freed tile in
-// the wgmma layout with TMA boxes of 64 dims x 32 rows (128-byte swizzle; Params::kv_tma[0]
-// as decode.cu's encode_kv_maps_bf16 makes it), each column block counted on its own barrier
-// col_bar(T, cb) (expected bytes plus one arrival). A tile is handed back in two halves:
+// A bf16 block needs no conversion: the producer moves it into the freed tile in the wgmma
+// layout with TMA boxes of 64 dims x 64 rows when the block's halves are adjacent cache rows,
+// else x 32 rows per half (128-byte swizzle; Params::kv_tma[1] and [0] as decode.cu's
+// encode_kv_maps_bf16 makes them), each column block counted on its own barrier col_bar(T,
+// cb) (expected bytes plus one arrival). A tile is handed back in two halves:
 // column blocks 0-3 when warpgroup 0's P V chain is done with it ("empty lo"), 4-8 when both
 // are (4-7 are warpgroup 1's V, 8 holds P). Halves on an invalid page or wholly past seq_len
 // are not loaded; the math warpgroups zero the V rows that were not loaded or lie past
