@@ -89,7 +89,8 @@ struct Cfg {
 
 // Barrier addresses (8 bytes each) from the barrier base: kfull[slot][cb], kempty[slot][warp],
 // vfull[tile] (or vfull[tile][half]), vempty[tile][warpgroup].
-constexpr int kBarKEmpty = kSlots * kCb, kBarVFull = kBarKEmpty + 4 * kSlots, kBarVEmpty = kBarVFull + 2 * kVFullPerTile;
+constexpr int kBarKEmpty = kSlots * kCb, kBarVFull = kBarKEmpty + 4 * kSlots;
+constexpr int kBarVEmpty = kBarVFull + 2 * kVFullPerTile;
 __device__ __forceinline__ uint32_t kfull_bar(uint32_t b, int s, int cb) { return b + 8u * (uint32_t)(s * kCb + cb); }
 // kempty[slot][w]: producer warp w may refill its column blocks of the slot (S's warpgroup and
 // warp w's transposition are done with them).
@@ -307,7 +308,8 @@ __device__ __forceinline__ void issue_k_warp(const Params &p, const Rows10 &r, u
         } else {
 #pragma unroll
             for (int h = 0; h < 2; h++)
-                if (r.row[h] >= 0) mla_sm90::tma_load_2d(dst + (uint32_t)(h * 32 * 64), &p.kv_tma[1], 64 * cb, r.row[h], bar);
+                if (r.row[h] >= 0)
+                    mla_sm90::tma_load_2d(dst + (uint32_t)(h * 32 * 64), &p.kv_tma[1], 64 * cb, r.row[h], bar);
         }
     }
 }
@@ -451,21 +453,21 @@ __device__ __forceinline__ void transpose_v(uint32_t aS, uint32_t aT, int t_, in
 #endif
 }
 
-// The producer warpgroup. Lane 0 of each warp issues its column blocks of block i's K into
-// slot i % 3 two blocks ahead of the transposition (the slot is free once S and the
-// transposition of block i - 1 are done with it; the block-table reads for it start one
-// block earlier, under a wait and a transposition); then every thread transposes block i's V into the tile it takes (pairs as in the
-// seesaw: an opener into tile 0, its partner in the same request into tile 1) once its K has
-// landed and the tile's previous V^T is free. (With K in the tiles themselves, one K load per
-// tile waited for the transposition before it, and the math warpgroups waited for V^T: 0.648
-// ms at B128 H128 8k against 0.432 with the transposition skipped.) Each V^T half is read by
-// one warpgroup only, but handing the halves over separately (vfull per half, the switch
-// -DMLA_V10_VFULL_HALVES) measured 1.5x slower with the byte-permute transposer (0.853 against
-// 0.566 ms) and still 6-8% slower with this one (B128 H128 8k 0.526 against 0.493 ms, H200,
-// fourteenth session). Unchecked guess: a warpgroup given its half early starts P V while the
-// other still runs S, and the two contend for the tensor cores. The block is handed over
-// whole. sValid[warp][slot] (the warp's lane 0, from the block table, before its TMA) tells
-// the warp's transposer which keys hold data without global loads of its own.
+// The producer warpgroup. Lane 0 of each warp issues its column blocks of block i's K into slot
+// i % 3 two blocks ahead of the transposition (the slot is free once S and the transposition of
+// block i - 1 are done with it; the block-table reads for it start one block earlier, under a
+// wait and a transposition); then every thread transposes block i's V into the tile it takes
+// (pairs as in the seesaw: an opener into tile 0, its partner in the same request into tile 1)
+// once its K has landed and the tile's previous V^T is free. (With K in the tiles themselves,
+// one K load per tile waited for the transposition before it, and the math warpgroups waited
+// for V^T: 0.648 ms at B128 H128 8k against 0.432 with the transposition skipped.) Each V^T
+// half is read by one warpgroup only, but handing the halves over separately (vfull per half,
+// the switch -DMLA_V10_VFULL_HALVES) measured 1.5x slower with the byte-permute transposer
+// (0.853 against 0.566 ms) and still 6-8% slower with this one (B128 H128 8k 0.526 against
+// 0.493 ms, H200, fourteenth session). Unchecked guess: a warpgroup given its half early starts
+// P V while the other still runs S, and the two contend for the tensor cores. The block is
+// handed over whole. sValid[warp][slot] (the warp's lane 0, from the block table, before its
+// TMA) tells the warp's transposer which keys hold data without global loads of its own.
 __device__ __forceinline__ void produce(const Params &p, int part, int tau, Cursor c, uint32_t aK, uint32_t aTile,
                                         uint32_t aBar, int *sFlags, uint64_t *sValid)
 {
