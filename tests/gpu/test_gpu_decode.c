@@ -631,10 +631,10 @@ TEST(gpu_decode_fp8_math_switch)
     }
 }
 
-/* A request's pages adjacent in the cache: the TMA loaders (v2, v9, v10) then move a 64-key
- * block of two 32-key pages as one 64-row box per column block; with shuffled pages that path
- * is almost never taken at page 32. Lengths end inside the first and the second page of a
- * block. */
+/* A request's pages adjacent in the cache: v9 and v10 then move a 64-key block of two 32-key
+ * pages as one 64-row box per column block (with shuffled pages that path is almost never
+ * taken at page 32); v2 (per-half boxes at page 32) and v7 (bulk copies) run the same layout
+ * for comparison. Lengths end inside the first and the second page of a block. */
 TEST(gpu_decode_adjacent_pages)
 {
     static const int lens[] = {1, 31, 33, 63, 64, 65, 4097, 130};

@@ -360,60 +360,52 @@ cudaError_t launch_kernel(const Params &prm, const Plan &pl, cudaStream_t stream
     return launch_split(mla_decode_v1::decode_kernel<FP8, M, BN, NT>, prm, pl, NT, Cfg<FP8, M, BN, NT>::kSmem, stream);
 }
 
-// The cache as TMA sees it in the kConvTma form (Params::kv_tma): [0] 128-byte columns in the
-// 128-byte swizzle, [1] the 64-byte rope column in the 64-byte swizzle, in boxes of box_rows
-// rows (v2: 64 for page 64, one box per column block of a block; else 32). False when the maps
-// cannot be made (no driver entry point, a base that is not 16-byte aligned); the caller falls
-// back.
-bool encode_kv_maps(Params &prm, uint32_t box_rows)
+// One 2-D tensor map over the cache viewed as [num_pages * page_size rows, 576 elements of
+// type dt], boxes of box_cols elements x box_rows rows. False when it cannot be made (no
+// driver entry point, a base that is not 16-byte aligned, no pages); the caller falls back.
+bool encode_cache_map(CUtensorMap *map, const Params &prm, CUtensorMapDataType dt, uint32_t box_cols,
+                      uint32_t box_rows, CUtensorMapSwizzle swizzle)
 {
     PFN_cuTensorMapEncodeTiled_v12000 encode = mla_tensor_map_encoder();
     if (!encode || (uintptr_t)prm.kv % 16 != 0 || prm.num_pages < 1) return false;
-    const cuuint64_t dims[2] = {(cuuint64_t)mla_decode_v1::kRow8, (cuuint64_t)prm.num_pages * (cuuint64_t)prm.page_size};
-    const cuuint64_t strides[1] = {(cuuint64_t)mla_decode_v1::kRow8};
-    const cuuint32_t elem_strides[2] = {1, 1};
-    const cuuint32_t box_lat[2] = {128, box_rows}, box_rope[2] = {64, box_rows};
-    void *base = const_cast<uint8_t *>(prm.kv);
-    return encode(&prm.kv_tma[0], CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, base, dims, strides, box_lat, elem_strides,
-                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS &&
-           encode(&prm.kv_tma[1], CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, base, dims, strides, box_rope, elem_strides,
-                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+    const cuuint64_t esz = dt == CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 ? 2 : 1;
+    const cuuint64_t dims[2] = {(cuuint64_t)mla_decode_v1::kDqk, (cuuint64_t)prm.num_pages * (cuuint64_t)prm.page_size};
+    const cuuint64_t strides[1] = {(cuuint64_t)mla_decode_v1::kDqk * esz};
+    const cuuint32_t elem_strides[2] = {1, 1}, box[2] = {box_cols, box_rows};
+    return encode(map, dt, 2, const_cast<uint8_t *>(prm.kv), dims, strides, box, elem_strides,
+                  CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// v10's maps (decode_v10_fp8mma.cuh issue_k_warp): kv_tma[1] as above with 32-row boxes
-// (64-byte columns, 64-byte swizzle), kv_tma[0] the same columns in boxes of 64 rows (a whole
-// 64-key block when its two halves are adjacent cache rows).
-bool encode_kv_maps_v10(Params &prm)
+// The fp8 cache as TMA sees it in v2's kConvTma form (Params::kv_tma): [0] 128-byte columns in
+// the 128-byte swizzle, [1] the 64-byte rope column in the 64-byte swizzle, in boxes of
+// box_rows rows (64 for page 64: one box per column block of a block; else 32).
+bool encode_kv_maps(Params &prm, uint32_t box_rows)
 {
-    if (!encode_kv_maps(prm, 32)) return false;
-    PFN_cuTensorMapEncodeTiled_v12000 encode = mla_tensor_map_encoder();
-    const cuuint64_t dims[2] = {(cuuint64_t)mla_decode_v1::kRow8, (cuuint64_t)prm.num_pages * (cuuint64_t)prm.page_size};
-    const cuuint64_t strides[1] = {(cuuint64_t)mla_decode_v1::kRow8};
-    const cuuint32_t elem_strides[2] = {1, 1}, box[2] = {64, 64};
-    return encode(&prm.kv_tma[0], CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t *>(prm.kv), dims, strides, box,
-                  elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_64B,
-                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+    return encode_cache_map(&prm.kv_tma[0], prm, CU_TENSOR_MAP_DATA_TYPE_UINT8, 128, box_rows,
+                            CU_TENSOR_MAP_SWIZZLE_128B) &&
+           encode_cache_map(&prm.kv_tma[1], prm, CU_TENSOR_MAP_DATA_TYPE_UINT8, 64, box_rows,
+                            CU_TENSOR_MAP_SWIZZLE_64B);
 }
 
-// The bf16 cache as the v9 seesaw's TMA producer sees it: rows of 576 bf16, boxes of 64 dims
-// x 32 rows (kv_tma[0], one column block of half a tile) and x 64 rows (kv_tma[1], a whole
-// column block) in the 128-byte swizzle.
+// v10's maps (decode_v10_fp8mma.cuh issue_k_warp): 64-byte columns in the 64-byte swizzle, in
+// boxes of 64 rows ([0], a whole 64-key block when its two halves are adjacent cache rows) and
+// of 32 rows ([1], one half).
+bool encode_kv_maps_v10(Params &prm)
+{
+    return encode_cache_map(&prm.kv_tma[0], prm, CU_TENSOR_MAP_DATA_TYPE_UINT8, 64, 64, CU_TENSOR_MAP_SWIZZLE_64B) &&
+           encode_cache_map(&prm.kv_tma[1], prm, CU_TENSOR_MAP_DATA_TYPE_UINT8, 64, 32, CU_TENSOR_MAP_SWIZZLE_64B);
+}
+
+// The bf16 cache as the v9 seesaw's TMA producer sees it: boxes of 64 dims x 32 rows
+// (kv_tma[0], one column block of half a tile) and x 64 rows (kv_tma[1], a whole column
+// block) in the 128-byte swizzle.
 bool encode_kv_maps_bf16(Params &prm)
 {
-    PFN_cuTensorMapEncodeTiled_v12000 encode = mla_tensor_map_encoder();
-    if (!encode || (uintptr_t)prm.kv % 16 != 0 || prm.num_pages < 1) return false;
-    const cuuint64_t dims[2] = {(cuuint64_t)mla_decode_v1::kDqk, (cuuint64_t)prm.num_pages * (cuuint64_t)prm.page_size};
-    const cuuint64_t strides[1] = {(cuuint64_t)mla_decode_v1::kDqk * 2};
-    const cuuint32_t elem_strides[2] = {1, 1};
-    const cuuint32_t box[2] = {64, 32}, box64[2] = {64, 64};
-    return encode(&prm.kv_tma[0], CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<uint8_t *>(prm.kv), dims, strides,
-                  box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS &&
-           encode(&prm.kv_tma[1], CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<uint8_t *>(prm.kv), dims, strides,
-                  box64, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+    return encode_cache_map(&prm.kv_tma[0], prm, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 64, 32,
+                            CU_TENSOR_MAP_SWIZZLE_128B) &&
+           encode_cache_map(&prm.kv_tma[1], prm, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 64, 64,
+                            CU_TENSOR_MAP_SWIZZLE_128B);
 }
 
 cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, cudaStream_t stream)
