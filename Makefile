@@ -31,7 +31,7 @@ ifneq ($(NVCC),)
   # for bench/probes/v10_timeline.cu (src/cuda/sm90/decode_v10_fp8mma.cuh), float16 partials
   # for the wgmma decode kernels (decode_v3_wgmma.cuh).
   CU_SWITCH_OBJ := $(BUILD)/switches/decode_v10_units.cu.o $(BUILD)/switches/decode_wide_half.cu.o \
-                   $(BUILD)/switches/decode_v10_vfull_halves.cu.o $(BUILD)/switches/decode_v10_timeline.cu.o
+                   $(BUILD)/switches/decode_v10_vfull_halves.cu.o $(BUILD)/switches/decode_seesaw_timeline.cu.o
 else
   CUDA_C_SRC := src/cuda/hopper_stub.c
   CU_SRC     :=
@@ -68,9 +68,9 @@ $(BUILD)/switches/decode_v10_vfull_halves.cu.o: src/cuda/sm90/decode.cu $(wildca
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -DMLA_V10_VFULL_HALVES -c $< -o $@
 
-$(BUILD)/switches/decode_v10_timeline.cu.o: src/cuda/sm90/decode.cu $(wildcard include/*.h src/core/*.h src/cuda/*.h src/cuda/*/*.cuh)
+$(BUILD)/switches/decode_seesaw_timeline.cu.o: src/cuda/sm90/decode.cu $(wildcard include/*.h src/core/*.h src/cuda/*.h src/cuda/*/*.cuh)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -DMLA_V10_TIMELINE -c $< -o $@
+	$(NVCC) $(NVCCFLAGS) -DMLA_SEESAW_TIMELINE -c $< -o $@
 
 $(BUILD)/switches/decode_wide_half.cu.o: src/cuda/sm90/decode.cu $(wildcard include/*.h src/core/*.h src/cuda/*.h src/cuda/*/*.cuh)
 	@mkdir -p $(dir $@)

@@ -42,7 +42,7 @@ int main(int argc, char **argv)
         return 2;
     }
     probe_decode pd;
-    if (probe_decode_setup(&pd, B, H, seq, long_seq, MLA_DTYPE_BF16, 0)) return 1;
+    if (probe_decode_setup(&pd, B, H, seq, long_seq, MLA_DTYPE_BF16, MLA_DTYPE_FP8_E4M3, 0)) return 1;
     const cudaDeviceProp &prop = pd.prop;
     const mla_cuda_device_info &dev = pd.dev;
     const mla_decode_problem &pr = pd.pr;

@@ -1,7 +1,7 @@
-// Set-up shared by the decode probes (decode_trace.cu, v10_timeline.cu), included after the
-// decode sources: one fp8-cache decode on device buffers (random e4m3 cache without NaN
-// codes, a random bf16 or e4m3 query, pages handed out in a shuffled order, page size 64) and
-// the mla_decode_problem that runs it on its own stream.
+// Set-up shared by the decode probes (decode_trace.cu, v10_timeline.cu, v9_timeline.cu),
+// included after the decode sources: one decode on device buffers (a random e4m3 cache
+// without NaN codes or a random bf16 one, a random bf16 or e4m3 query, pages handed out in a
+// shuffled order, page size 64) and the mla_decode_problem that runs it on its own stream.
 #pragma once
 
 #include <algorithm>
@@ -18,9 +18,9 @@
         }                                                                                        \
     } while (0)
 
-// Random e4m3 bytes without NaN patterns for the cache; the query as bf16 values in [-1, 1)
-// or as e4m3 bytes like the cache.
-__global__ void probe_fill(uint8_t *kv, size_t n_kv, void *q, size_t n_q, int q_fp8, uint32_t seed)
+// The cache as random e4m3 bytes without NaN patterns or as bf16 values in [-1, 1) (kv_bf16;
+// n_kv counts elements); the query as bf16 values in [-1, 1) or as e4m3 bytes like the cache.
+__global__ void probe_fill(uint8_t *kv, size_t n_kv, int kv_bf16, void *q, size_t n_q, int q_fp8, uint32_t seed)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n_kv + n_q; i += (size_t)gridDim.x * blockDim.x) {
         uint32_t h = (uint32_t)i * 2654435761u ^ seed;
@@ -29,12 +29,14 @@ __global__ void probe_fill(uint8_t *kv, size_t n_kv, void *q, size_t n_q, int q_
         h ^= h >> 13;
         uint8_t b = (uint8_t)h;
         if ((b & 0x7f) == 0x7f) b ^= 0x01;
-        if (i < n_kv) {
+        const float f = (float)(h & 0xffff) / 32768.0f - 1.0f;
+        if (i < n_kv && kv_bf16) {
+            ((uint16_t *)kv)[i] = (uint16_t)(__float_as_uint(f) >> 16);
+        } else if (i < n_kv) {
             kv[i] = b;
         } else if (q_fp8) {
             ((uint8_t *)q)[i - n_kv] = b;
         } else {
-            const float f = (float)(h & 0xffff) / 32768.0f - 1.0f;
             ((uint16_t *)q)[i - n_kv] = (uint16_t)(__float_as_uint(f) >> 16);
         }
     }
@@ -48,19 +50,20 @@ struct probe_decode {
 };
 
 // B requests of seq keys (request 0: long_seq), H heads, q_len 1, causal; 0 on success.
-static int probe_decode_setup(probe_decode *p, int B, int H, int seq, int long_seq, mla_dtype q_dtype, int fp8_math)
+static int probe_decode_setup(probe_decode *p, int B, int H, int seq, int long_seq, mla_dtype q_dtype,
+                              mla_dtype kv_dtype, int fp8_math)
 {
     CK(cudaGetDeviceProperties(&p->prop, 0));
     p->dev = {0, p->prop.multiProcessorCount, p->prop.major * 10 + p->prop.minor, p->prop.sharedMemPerBlockOptin};
     const int P = 64, max_len = seq > long_seq ? seq : long_seq, pages_per_seq = (max_len + P - 1) / P,
               num_pages = B * pages_per_seq;
-    const int q_fp8 = q_dtype == MLA_DTYPE_FP8_E4M3;
+    const int q_fp8 = q_dtype == MLA_DTYPE_FP8_E4M3, kv_bf16 = kv_dtype == MLA_DTYPE_BF16;
     const size_t n_kv = (size_t)num_pages * P * 576, n_q = (size_t)B * H * 576;
     uint8_t *kv;
     void *q, *out, *ws;
     int32_t *table, *lens;
     const size_t ws_bytes = mla_cuda_decode_workspace_size(&p->dev, B, 1, H, 512);
-    CK(cudaMalloc(&kv, n_kv));
+    CK(cudaMalloc(&kv, n_kv * (kv_bf16 ? 2 : 1)));
     CK(cudaMalloc(&q, n_q * (q_fp8 ? 1 : 2)));
     CK(cudaMalloc(&out, (size_t)B * H * 512 * 2));
     CK(cudaMalloc(&table, (size_t)num_pages * 4));
@@ -68,7 +71,7 @@ static int probe_decode_setup(probe_decode *p, int B, int H, int seq, int long_s
     CK(cudaMalloc(&p->flags, 4));
     CK(cudaMalloc(&ws, ws_bytes));
     CK(cudaMemset(p->flags, 0, 4));
-    probe_fill<<<1024, 256>>>(kv, n_kv, q, n_q, q_fp8, 12345u);
+    probe_fill<<<1024, 256>>>(kv, n_kv, kv_bf16, q, n_q, q_fp8, 12345u);
     std::vector<int32_t> h_table(num_pages), h_lens(B, seq);
     h_lens[0] = long_seq;
     for (int i = 0; i < num_pages; i++) h_table[i] = i;
@@ -92,7 +95,7 @@ static int probe_decode_setup(probe_decode *p, int B, int H, int seq, int long_s
     pr.causal = 1;
     pr.fp8_math = fp8_math;
     pr.q_dtype = q_dtype;
-    pr.kv_dtype = MLA_DTYPE_FP8_E4M3;
+    pr.kv_dtype = kv_dtype;
     pr.bmm1_scale = 0.0625f;
     pr.bmm2_scale = 1.0f;
     pr.q = q;

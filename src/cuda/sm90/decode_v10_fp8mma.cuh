@@ -107,33 +107,6 @@ __device__ __forceinline__ uint32_t vempty_bar(uint32_t b, int T, int wg)
     return b + 8u * (uint32_t)(kBarVEmpty + 2 * wg + T);
 }
 
-// Experiment builds only (-DMLA_V10_TIMELINE; bench/probes/v10_timeline.cu): clock64 stamps of
-// each role's phase boundaries in the first MLA_V10_TL_CTAS CTAs, per block (producer) or per
-// pair (math warpgroups), to see who waits for whom inside a CTA. Without the macro the hooks
-// below are not compiled and the kernel is unchanged.
-#ifdef MLA_V10_TIMELINE
-#define MLA_V10_TL_CTAS 4
-#define MLA_V10_TL_SEQ 256
-// [cta][role: math warpgroup 0, 1, producer][event][block or pair]; events in the probe.
-__device__ long long g_mla_v10_tl[MLA_V10_TL_CTAS][3][8][MLA_V10_TL_SEQ];
-__device__ int g_mla_v10_tl_count[MLA_V10_TL_CTAS][3]; // blocks / pairs stamped
-__device__ __forceinline__ void v10_tl_stamp(int role, int ev, int seq)
-{
-    const int cta = (int)(blockIdx.x + gridDim.x * blockIdx.y);
-    if (cta < MLA_V10_TL_CTAS && seq < MLA_V10_TL_SEQ) g_mla_v10_tl[cta][role][ev][seq] = clock64();
-}
-__device__ __forceinline__ void v10_tl_count(int role, int n)
-{
-    const int cta = (int)(blockIdx.x + gridDim.x * blockIdx.y);
-    if (cta < MLA_V10_TL_CTAS) g_mla_v10_tl_count[cta][role] = n;
-}
-#define MLA_V10_TL(cond, role, ev, seq)                                                          \
-    do {                                                                                         \
-        if (cond) v10_tl_stamp(role, ev, seq);                                                   \
-    } while (0)
-#else
-#define MLA_V10_TL(cond, role, ev, seq) ((void)0)
-#endif
 
 // Byte offset of (row r, byte col c) in a 64-byte-swizzled region of 64-byte rows.
 __device__ __forceinline__ uint32_t sw64(int r, int c)
@@ -484,22 +457,22 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
         mla_decode_v1::cursor_next(p, part, tau, x);
         return x;
     };
-#ifdef MLA_V10_TIMELINE
+#ifdef MLA_SEESAW_TIMELINE
     int tl_issued = 0, tl_block = 0;
 #endif
     auto issue = [&](const Cursor &x, const Pref &f) {
         if (x.b >= p.batch) return;
         if (lane == 0) {
-            MLA_V10_TL(t == 0, 2, 6, tl_issued); // before the rows and the wait for the slot
+            MLA_SEESAW_TL(t == 0, 2, 6, tl_issued); // before the rows and the wait for the slot
             const Rows10 r = rows10(p, x, f, t == 0);
             mla_sm90::mbar_wait(kempty_bar(aBar, s_iss, w), ((kiss >> s_iss) & 1u) ^ 1u);
-            MLA_V10_TL(t == 0, 2, 5, tl_issued); // slot free: TMA issued next
+            MLA_SEESAW_TL(t == 0, 2, 5, tl_issued); // slot free: TMA issued next
             if (w == 0) sFlags[s_iss] = r.ok;
             sValid[w * kSlots + s_iss] = r.valid;
             issue_k_warp(p, r, aK + (uint32_t)(s_iss * kKBytes), aBar, s_iss, w);
-            MLA_V10_TL(t == 0, 2, 7, tl_issued); // warp 0's TMA instructions issued
+            MLA_SEESAW_TL(t == 0, 2, 7, tl_issued); // warp 0's TMA instructions issued
         }
-#ifdef MLA_V10_TIMELINE
+#ifdef MLA_SEESAW_TIMELINE
         tl_issued++;
 #endif
         kiss ^= 1u << s_iss;
@@ -517,24 +490,24 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
         const uint32_t kpar = (ktr >> s_tr) & 1u, vpar = (vtr >> pos) & 1u;
         mla_sm90::mbar_wait(kfull_bar(aBar, s_tr, w), kpar);
         mla_sm90::mbar_wait(kfull_bar(aBar, s_tr, w + 4), kpar);
-        MLA_V10_TL(t == 0, 2, 0, tl_block); // K landed (warp 0's column blocks)
+        MLA_SEESAW_TL(t == 0, 2, 0, tl_block); // K landed (warp 0's column blocks)
 #ifndef MLA_V10_SKIP_TRANSPOSE // measurement only (EXTRA_NVCCFLAGS): V^T left stale, wrong results
         const uint64_t valid = sValid[w * kSlots + s_tr]; // written by lane 0 before its TMA
         const uint32_t aS = aK + (uint32_t)(s_tr * kKBytes), aT = aTile + (uint32_t)(pos * kTile);
         // Half h of V^T is read by warpgroup h only: start on it as soon as that one is done
         // (both waits before either half: 1-2% slower, H200 2026-12-04).
         mla_sm90::mbar_wait(vempty_bar(aBar, pos, 0), vpar ^ 1u);
-        MLA_V10_TL(t == 0, 2, 1, tl_block);
+        MLA_SEESAW_TL(t == 0, 2, 1, tl_block);
         transpose_v(aS, aT, t, 0, valid);
-        MLA_V10_TL(t == 0, 2, 2, tl_block);
+        MLA_SEESAW_TL(t == 0, 2, 2, tl_block);
 #ifdef MLA_V10_VFULL_HALVES
         mla_decode_v3::fence_proxy_async(); // half 0's stores -> warpgroup 0's wgmma
         mbar_arrive(vfull_bar(aBar, pos, 0));
 #endif
         mla_sm90::mbar_wait(vempty_bar(aBar, pos, 1), vpar ^ 1u);
-        MLA_V10_TL(t == 0, 2, 3, tl_block);
+        MLA_SEESAW_TL(t == 0, 2, 3, tl_block);
         transpose_v(aS, aT, t, 1, valid);
-        MLA_V10_TL(t == 0, 2, 4, tl_block);
+        MLA_SEESAW_TL(t == 0, 2, 4, tl_block);
 #else
         mla_sm90::mbar_wait(vempty_bar(aBar, pos, 0), vpar ^ 1u);
         mla_sm90::mbar_wait(vempty_bar(aBar, pos, 1), vpar ^ 1u);
@@ -545,9 +518,9 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
         mla_decode_v3::fence_proxy_async(); // V^T stores -> wgmma
         mbar_arrive(vfull_bar(aBar, pos, kVFullPerTile - 1)); // the whole tile, or half 1
         mbar_arrive(kempty_bar(aBar, s_tr, w)); // this warp's column blocks only
-#ifdef MLA_V10_TIMELINE
+#ifdef MLA_SEESAW_TIMELINE
         tl_block++;
-        if (t == 0) v10_tl_count(2, tl_block);
+        if (t == 0) mla_seesaw_tl_count(2, tl_block);
 #endif
         ktr ^= 1u << s_tr;
         vtr ^= 1u << pos;
@@ -639,7 +612,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8mma_kernel(const __grid_cons
     uint32_t phases = 0; // bit T: uses of tile T so far, mod 2
     uint32_t kphases = 0; // bit s: uses of K slot s so far, mod 2
     int s_a = 0;          // K slot of the pair's opener
-#ifdef MLA_V10_TIMELINE
+#ifdef MLA_SEESAW_TIMELINE
     int tl_pair = 0;
     const bool tl_me = (tid & 127) == 0;
 #endif
@@ -664,7 +637,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8mma_kernel(const __grid_cons
         }
 
         // ---- S of this warpgroup's block (m64n64k32 e4m3, 18 k-steps) ----
-        MLA_V10_TL(tl_me, wg, 0, tl_pair);
+        MLA_SEESAW_TL(tl_me, wg, 0, tl_pair);
         float s[32];
         float mx[2] = {-INFINITY, -INFINITY};
         const bool mine = wg == 0 || has_b;
@@ -691,7 +664,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8mma_kernel(const __grid_cons
             wgmma_commit();
             wgmma_wait<0>();
             acc_fence(s);
-            MLA_V10_TL(tl_me, wg, 1, tl_pair);
+            MLA_SEESAW_TL(tl_me, wg, 1, tl_pair);
             const int pmask = sFlags[s_mine];
 #pragma unroll
             for (int w = 0; w < 4; w++) mbar_arrive(kempty_bar(aBar, s_mine, w)); // K slot and its sFlags read
@@ -727,7 +700,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8mma_kernel(const __grid_cons
         float prev[2], mnew[2], sc[2], sc0[2];
         if (wg == 1) {
             mla_decode_v1::named_bar(kBarA, kMathThreads);
-            MLA_V10_TL(tl_me, 1, 5, tl_pair); // warpgroup 1: after barrier A
+            MLA_SEESAW_TL(tl_me, 1, 5, tl_pair); // warpgroup 1: after barrier A
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 prev[h] = sPair[r_lo + 8 * h];
@@ -761,19 +734,19 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8mma_kernel(const __grid_cons
         }
         fence_proxy_async();
         mla_decode_v1::named_bar(kBarWg + wg, 128);
-        MLA_V10_TL(tl_me, wg, 2, tl_pair); // P stored
+        MLA_SEESAW_TL(tl_me, wg, 2, tl_pair); // P stored
         if (wg == 0) {
             bar_arrive(kBarA, kMathThreads);
             l_run[0] = l_run[0] * sc[0] + ls[0];
             l_run[1] = l_run[1] * sc[1] + ls[1];
             if (!fresh) scale_o(o, sc[0], sc[1]);
             mbar_wait(vfull_bar(aBar, 0, wg), phases & 1u);
-            MLA_V10_TL(tl_me, 0, 3, tl_pair);
+            MLA_SEESAW_TL(tl_me, 0, 3, tl_pair);
             pv_chain(o, aTile, 0, fresh);
-            MLA_V10_TL(tl_me, 0, 4, tl_pair);
+            MLA_SEESAW_TL(tl_me, 0, 4, tl_pair);
             mbar_arrive(vempty_bar(aBar, 0, 0));
             mla_decode_v1::named_bar(kBarB, kMathThreads);
-            MLA_V10_TL(tl_me, 0, 5, tl_pair); // warpgroup 0: after barrier B
+            MLA_SEESAW_TL(tl_me, 0, 5, tl_pair); // warpgroup 0: after barrier B
             float sc1[2];
 #pragma unroll
             for (int h = 0; h < 2; h++) {
@@ -784,9 +757,9 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8mma_kernel(const __grid_cons
             scale_o(o, sc1[0], sc1[1]);
             if (has_b) {
                 mbar_wait(vfull_bar(aBar, 1, wg), (phases >> 1) & 1u);
-                MLA_V10_TL(tl_me, 0, 6, tl_pair);
+                MLA_SEESAW_TL(tl_me, 0, 6, tl_pair);
                 pv_chain(o, aTile + kTile, 0, false);
-                MLA_V10_TL(tl_me, 0, 7, tl_pair);
+                MLA_SEESAW_TL(tl_me, 0, 7, tl_pair);
                 mbar_arrive(vempty_bar(aBar, 1, 0));
             }
         } else {
@@ -795,24 +768,24 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8mma_kernel(const __grid_cons
             l_run[1] = l_run[1] * sc0[1] * sc[1] + ls[1];
             if (!fresh) scale_o(o, sc0[0], sc0[1]);
             mbar_wait(vfull_bar(aBar, 0, wg), phases & 1u);
-            MLA_V10_TL(tl_me, 1, 3, tl_pair);
+            MLA_SEESAW_TL(tl_me, 1, 3, tl_pair);
             pv_chain(o, aTile, 1, fresh);
-            MLA_V10_TL(tl_me, 1, 4, tl_pair);
+            MLA_SEESAW_TL(tl_me, 1, 4, tl_pair);
             mbar_arrive(vempty_bar(aBar, 0, 1));
             scale_o(o, sc[0], sc[1]);
             m_run[0] = mnew[0];
             m_run[1] = mnew[1];
             if (has_b) {
                 mbar_wait(vfull_bar(aBar, 1, wg), (phases >> 1) & 1u);
-                MLA_V10_TL(tl_me, 1, 6, tl_pair);
+                MLA_SEESAW_TL(tl_me, 1, 6, tl_pair);
                 pv_chain(o, aTile + kTile, 1, false);
-                MLA_V10_TL(tl_me, 1, 7, tl_pair);
+                MLA_SEESAW_TL(tl_me, 1, 7, tl_pair);
                 mbar_arrive(vempty_bar(aBar, 1, 1));
             }
         }
-#ifdef MLA_V10_TIMELINE
+#ifdef MLA_SEESAW_TIMELINE
         tl_pair++;
-        if (tl_me) v10_tl_count(wg, tl_pair);
+        if (tl_me) mla_seesaw_tl_count(wg, tl_pair);
 #endif
         phases ^= has_b ? 3u : 1u;
         kphases ^= (1u << s_a) | (has_b ? 1u << s_b : 0u);

@@ -34,6 +34,36 @@
 
 #include <stdint.h>
 
+// Experiment builds only (-DMLA_SEESAW_TIMELINE; bench/probes/v10_timeline.cu and
+// v9_timeline.cu): clock64 stamps of each role's phase boundaries in the first
+// MLA_SEESAW_TL_CTAS CTAs, per block (producer) or per pair (math warpgroups), to see who
+// waits for whom inside a CTA; v9 (kProdTmaBf16 here) and v10 (decode_v10_fp8mma.cuh) stamp
+// their own events, listed in their probes. Without the macro the hooks are not compiled and
+// the kernels are unchanged.
+#ifdef MLA_SEESAW_TIMELINE
+#define MLA_SEESAW_TL_CTAS 4
+#define MLA_SEESAW_TL_SEQ 256
+// [cta][role: math warpgroup 0, 1, producer][event][block or pair].
+__device__ long long g_mla_seesaw_tl[MLA_SEESAW_TL_CTAS][3][8][MLA_SEESAW_TL_SEQ];
+__device__ int g_mla_seesaw_tl_count[MLA_SEESAW_TL_CTAS][3]; // blocks / pairs stamped
+__device__ __forceinline__ void mla_seesaw_tl_stamp(int role, int ev, int seq)
+{
+    const int cta = (int)(blockIdx.x + gridDim.x * blockIdx.y);
+    if (cta < MLA_SEESAW_TL_CTAS && seq < MLA_SEESAW_TL_SEQ) g_mla_seesaw_tl[cta][role][ev][seq] = clock64();
+}
+__device__ __forceinline__ void mla_seesaw_tl_count(int role, int n)
+{
+    const int cta = (int)(blockIdx.x + gridDim.x * blockIdx.y);
+    if (cta < MLA_SEESAW_TL_CTAS) g_mla_seesaw_tl_count[cta][role] = n;
+}
+#define MLA_SEESAW_TL(cond, role, ev, seq)                                                       \
+    do {                                                                                         \
+        if (cond) mla_seesaw_tl_stamp(role, ev, seq);                                            \
+    } while (0)
+#else
+#define MLA_SEESAW_TL(cond, role, ev, seq) ((void)0)
+#endif
+
 namespace mla_decode_v6 {
 
 using namespace mla_decode_ws; // producer helpers, wgmma m64n64 (ws_common.cuh)
@@ -344,6 +374,9 @@ __device__ __forceinline__ void produce_tma_bf16(const Params &p, int part, int 
     Pref f = mla_decode_v1::prefetch_block<kBN>(p, c);
     int pos = 0;
     uint32_t ephase = 0; // bit T: parity of tile T's next "empty" completions to wait for, ^1
+#ifdef MLA_SEESAW_TIMELINE
+    int tl_block = 0;
+#endif
     while (c.b < p.batch) {
         Cursor n = c;
         mla_decode_v1::cursor_next(p, part, tau, n);
@@ -353,12 +386,21 @@ __device__ __forceinline__ void produce_tma_bf16(const Params &p, int part, int 
         ephase ^= 1u << T;
         const TmaRows r = tma_rows(p, c, f, w == 0);
         const uint32_t aT = aTile + (uint32_t)(T * kTile);
+        MLA_SEESAW_TL(w == 0, 2, 0, tl_block); // block's rows ready, before the waits
         mla_sm90::mbar_wait(empty_lo_bar(aBar, T), par);
+        MLA_SEESAW_TL(w == 0, 2, 1, tl_block); // "empty lo": column blocks 0-3 free
         issue_col(p, r, aT, aBar, T, w);
+        MLA_SEESAW_TL(w == 0, 2, 2, tl_block);
         mla_sm90::mbar_wait(empty_hi_bar(aBar, T), par);
+        MLA_SEESAW_TL(w == 0, 2, 3, tl_block); // "empty hi": column blocks 4-8 free
         if (w == 0) sFlags[T] = r.ok;
         issue_col(p, r, aT, aBar, T, w + 4);
         if (w == 0) issue_col(p, r, aT, aBar, T, 8);
+        MLA_SEESAW_TL(w == 0, 2, 4, tl_block);
+#ifdef MLA_SEESAW_TIMELINE
+        tl_block++;
+        if (w == 0) mla_seesaw_tl_count(2, tl_block);
+#endif
         pos = pos == 0 && n.b == c.b ? 1 : 0;
         f = fn;
         c = n;
@@ -545,6 +587,10 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
     bool new_req = true;
     bool fresh = true;   // O holds nothing of this request yet (its first P V overwrites it)
     uint32_t phases = 0; // bit T: parity of tile T's next "full" completion
+#ifdef MLA_SEESAW_TIMELINE
+    int tl_pair = 0;
+    const bool tl_me = kProd == kProdTmaBf16 && (tid & 127) == 0; // v9's stamps (v9_timeline.cu)
+#endif
 
     while (a.b < p.batch) {
         Cursor bcur = a;
@@ -571,9 +617,11 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
         float s[32];
         float mx[2] = {-INFINITY, -INFINITY};
         const bool mine = wg == 0 || has_b;
+        MLA_SEESAW_TL(tl_me, wg, 0, tl_pair); // S start
         if (mine) {
             if constexpr (kProd == kProdTmaBf16) mbar_wait(col_bar(aBar, wg, 0), (phases >> wg) & 1u);
             else mbar_wait(aBar + 8u * wg, (phases >> wg) & 1u);
+            MLA_SEESAW_TL(tl_me, wg, 1, tl_pair); // column block 0 landed
             int pmask = kProd == kProdTmaBf16 ? 0 : sFlags[wg];
             const int key0 = (wg ? bcur.blk : a.blk) * kBN;
 #pragma unroll
@@ -598,6 +646,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
             wgmma_commit();
             wgmma_wait<0>();
             acc_fence(s);
+            MLA_SEESAW_TL(tl_me, wg, 2, tl_pair); // S done
             if constexpr (kProd == kProdTmaBf16) pmask = sFlags[wg]; // after the last column block's wait
             const int page0 = key0 >> p.page_shift;
             const bool full = key0 + kBN <= lim_min && pmask == (kBN > p.page_size ? 3 : 1);
@@ -662,6 +711,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
         fence_proxy_async(); // P stores -> wgmma (this warpgroup's and the other's)
         if (wg == 0) mla_decode_v1::named_bar(kBarWg, 128); // this warpgroup's P complete
         else mla_decode_v1::named_bar(kBarWg + 1, 128);
+        MLA_SEESAW_TL(tl_me, wg, 3, tl_pair); // P published
         if (wg == 0) {
             bar_arrive(kBarA, kMathThreads);
             l_run[0] = l_run[0] * sc[0] + ls[0];
@@ -669,9 +719,11 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
             if (!fresh) scale_o(o, sc[0], sc[1]);
             if constexpr (kProd == kProdTmaBf16) zero_v_rows(aTile, 0, a.blk * kBN, cur_seq, sFlags[0], p.page_size);
             pv_chain<kF16>(o, aTile, 0, fresh); // P_a V_a[:, 0:256]
+            MLA_SEESAW_TL(tl_me, 0, 4, tl_pair); // P V a done
             mbar_arrive(aBar + 16u); // empty[0] (v9: empty lo[0]): done with tile 0
             if constexpr (kProd == kProdTmaBf16) mbar_arrive(empty_hi_bar(aBar, 0));
             mla_decode_v1::named_bar(kBarB, kMathThreads); // m1, scale1 and P_b are published
+            MLA_SEESAW_TL(tl_me, 0, 5, tl_pair); // after barrier B
             float sc1[2];
 #pragma unroll
             for (int h = 0; h < 2; h++) {
@@ -692,12 +744,15 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
                 } else {
                     mbar_wait(aBar + 8u, (phases >> 1) & 1u);
                 }
+                MLA_SEESAW_TL(tl_me, 0, 6, tl_pair); // tile b's V ready
                 pv_chain<kF16>(o, aTile + kTile, 0, false); // P_b V_b[:, 0:256]
+                MLA_SEESAW_TL(tl_me, 0, 7, tl_pair); // P V b done
                 mbar_arrive(aBar + 24u);       // empty[1] (v9: empty lo[1])
                 if constexpr (kProd == kProdTmaBf16) mbar_arrive(empty_hi_bar(aBar, 1));
             }
         } else {
             bar_arrive(kBarB, kMathThreads);
+            MLA_SEESAW_TL(tl_me, 1, 4, tl_pair); // barrier B arrived (barrier A was in softmax)
             l_run[0] = l_run[0] * sc0[0] * sc[0] + ls[0];
             l_run[1] = l_run[1] * sc0[1] * sc[1] + ls[1];
             if (!fresh) scale_o(o, sc0[0], sc0[1]);
@@ -707,7 +762,9 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
             } else {
                 mbar_wait(aBar, phases & 1u); // tile 0 (see warpgroup 0's wait for tile 1)
             }
+            MLA_SEESAW_TL(tl_me, 1, 5, tl_pair); // tile a's V ready
             pv_chain<kF16>(o, aTile, 1, fresh); // P_a V_a[:, 256:512]
+            MLA_SEESAW_TL(tl_me, 1, 6, tl_pair); // P V a done
             mbar_arrive(kProd == kProdTmaBf16 ? empty_hi_bar(aBar, 0) : aBar + 16u); // empty[0]
             scale_o(o, sc[0], sc[1]);
             m_run[0] = mnew[0];
@@ -716,11 +773,16 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
                 if constexpr (kProd == kProdTmaBf16)
                     zero_v_rows(aTile + kTile, 1, bcur.blk * kBN, cur_seq, sFlags[1], p.page_size);
                 pv_chain<kF16>(o, aTile + kTile, 1, false); // P_b V_b[:, 256:512]
+                MLA_SEESAW_TL(tl_me, 1, 7, tl_pair); // P V b done
                 mbar_arrive(kProd == kProdTmaBf16 ? empty_hi_bar(aBar, 1) : aBar + 24u); // empty[1]
             }
         }
         phases ^= has_b ? 3u : 1u;
         fresh = false;
+#ifdef MLA_SEESAW_TIMELINE
+        tl_pair++;
+        if (tl_me) mla_seesaw_tl_count(wg, tl_pair);
+#endif
 
         // ---- advance; end of this request's piece: normalize and write ----
         const int b = a.b;
