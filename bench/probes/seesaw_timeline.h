@@ -35,6 +35,37 @@ static double mean_gap(tl_events ev, int n, int e0, int e1, bool next, double cy
     return k ? sum / k / cyc_ns : -1.0;
 }
 
+// One traced decode: its shape, its time (one call, not in a graph), the SM clock rate and the
+// device flags; the stamps are in tl / tl_count.
+struct seesaw_trace {
+    probe_decode pd;
+    int B, H, seq;
+    float ms;
+    double cyc_ns;
+    uint32_t flags;
+};
+
+static int seesaw_trace_once(probe_decode *pd, float *ms, double *cyc_ns, uint32_t *h_flags);
+
+// The probes' main: [B H seq] from the command line (defaults B0 128 seq0), the decode set up
+// with these dtypes, traced once. 0 on success, 2 on a usage error, 1 on a CUDA error.
+static int seesaw_trace_main(seesaw_trace *t, int argc, char **argv, const char *name, int B0, int seq0,
+                             mla_dtype q_dtype, mla_dtype kv_dtype, int fp8_math)
+{
+    t->B = argc > 1 ? atoi(argv[1]) : B0;
+    t->H = argc > 2 ? atoi(argv[2]) : 128;
+    t->seq = argc > 3 ? atoi(argv[3]) : seq0;
+    if (t->B < 1 || t->B > 4096 || t->H < 64 || t->H > 128 || t->seq < 64) {
+        fprintf(stderr, "usage: %s [B (1..4096) H (64..128) seq (>= 64)]\n", name);
+        return 2;
+    }
+    if (probe_decode_setup(&t->pd, t->B, t->H, t->seq, t->seq, q_dtype, kv_dtype, fp8_math)) return 1;
+    t->ms = 0;
+    t->cyc_ns = 0;
+    t->flags = 0;
+    return seesaw_trace_once(&t->pd, &t->ms, &t->cyc_ns, &t->flags);
+}
+
 // Five warm-up calls, the stamps cleared, one traced call (not in a graph) copied back into
 // tl / tl_count; its time, the SM clock rate and the device flags. 0 on success.
 static int seesaw_trace_once(probe_decode *pd, float *ms, double *cyc_ns, uint32_t *h_flags)

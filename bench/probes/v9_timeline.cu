@@ -24,22 +24,13 @@
 
 int main(int argc, char **argv)
 {
-    const int B = argc > 1 ? atoi(argv[1]) : 128, H = argc > 2 ? atoi(argv[2]) : 128;
-    const int seq = argc > 3 ? atoi(argv[3]) : 8192;
-    if (B < 1 || B > 4096 || H < 64 || H > 128 || seq < 64) {
-        fprintf(stderr, "usage: v9_timeline [B (1..4096) H (64..128) seq (>= 64)]\n");
-        return 2;
-    }
-    probe_decode pd;
-    if (probe_decode_setup(&pd, B, H, seq, seq, MLA_DTYPE_BF16, MLA_DTYPE_BF16, 0)) return 1;
-    float ms = 0;
-    double cyc_ns = 0;
-    uint32_t h_flags = 0;
-    if (seesaw_trace_once(&pd, &ms, &cyc_ns, &h_flags)) return 1;
-
+    seesaw_trace t;
+    if (const int rc = seesaw_trace_main(&t, argc, argv, "v9_timeline", 128, 8192, MLA_DTYPE_BF16, MLA_DTYPE_BF16, 0))
+        return rc;
+    const double cyc_ns = t.cyc_ns;
     printf("v9_timeline: %s, B %d H %d seq %d, bf16 query and cache; traced call %.4f ms (one call, not in "
            "a graph); %.3f SM cycles per ns; device flags 0x%x\n",
-           pd.prop.name, B, H, seq, ms, cyc_ns, h_flags);
+           t.pd.prop.name, t.B, t.H, t.seq, t.ms, cyc_ns, t.flags);
     if (tl_count[0][0] == 0 || tl_count[0][2] == 0) {
         printf("no v9 stamps: the call did not run v9 (MLA_DECODE_VARIANT set? tensor map refused?)\n");
         return 1;
