@@ -478,7 +478,8 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
         kiss ^= 1u << s_iss;
         s_iss = s_iss == kSlots - 1 ? 0 : s_iss + 1;
     };
-    auto pref = [&](const Cursor &x) { return mla_decode_v1::prefetch_block<kBN>(p, x); };
+    // Only the issuing lanes read the block table; the other lanes never use the result.
+    auto pref = [&](const Cursor &x) { return lane == 0 ? mla_decode_v1::prefetch_block<kBN>(p, x) : Pref{0, -1, -1}; };
     Cursor c1 = next(c), c2 = next(c1);
     issue(c, pref(c));
     issue(c1, pref(c1));
