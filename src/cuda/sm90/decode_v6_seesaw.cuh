@@ -17,12 +17,12 @@
 // Why: v3 and v5 run S (smem-bound m64n32: 1728 cycles per block, bench/probes), softmax
 // and P V strictly in turn; the tensor chains are ~2750 of ~6000 cycles per block. Here the
 // key blocks are taken in pairs (a, b) of one request, tile 0 holds a and tile 1 holds b:
-//   warpgroup 0: S_a = Q K_a^T (m64n64k16: full rate) -> m0 = max(m, rowmax S_a), scale0,
-//     P_a = exp2(S_a - m0) into tile 0's rope column block -> signal A -> O_L *= scale0,
+//   warpgroup 0: S_a = Q K_a^T (m64n64k16: full rate) -> m0 = max(m, rowmax S_a),
+//     scale0, P_a = exp2(S_a - m0) into tile 0's rope column block -> signal A -> O_L *= scale0,
 //     O_L += P_a V_a[:, 0:256] -> wait B -> O_L *= scale1, O_L += P_b V_b[:, 0:256].
-//   warpgroup 1: S_b = Q K_b^T -> wait A -> m1 = max(m0, rowmax S_b), scale1, P_b into tile
-//     1's rope block -> signal B -> O_R *= scale0, O_R += P_a V_a[:, 256:512] -> O_R *=
-//     scale1, O_R += P_b V_b[:, 256:512].
+//   warpgroup 1: S_b = Q K_b^T -> wait A -> O_R *= scale0, issue O_R += P_a
+//     V_a[:, 256:512] -> (under it) m1 = max(m0, rowmax S_b), scale1, P_b into tile 1's rope
+//     block -> signal B -> wait for the P_a V_a chain -> O_R *= scale1, O_R += P_b V_b[:, 256:512].
 // So one warpgroup's softmax runs while the other's MMAs do, and S runs at the tensor rate.
 // Row sums: warpgroup 0 keeps l0 = (l0 scale0 + sum P_a) scale1, warpgroup 1 keeps
 // l1 = l1 scale0 scale1 + sum P_b; L = l0 + l1 at the end. A pair without b (a request piece
@@ -433,10 +433,11 @@ __device__ __forceinline__ void zero_v_rows(uint32_t aT, int wg, int key0, int s
 }
 
 // O[:, 256 wg ..] += P V for the tile at aT: P in its rope column block, V = its column blocks
-// 4 wg .. 4 wg + 3 read N-major. Issues, commits and waits. fresh: the request's first chain
+// 4 wg .. 4 wg + 3 read N-major. pv_issue issues and commits the chain; O must not be touched
+// until pv_wait (warpgroup 1 runs its softmax in between). fresh: the request's first chain
 // overwrites O (scale-d = 0 on its first k-step) instead of O being zeroed by ordinary
 // stores (128 of them per request end made ptxas spill).
-template <bool kF16> __device__ __forceinline__ void pv_chain(float (&o)[128], uint32_t aT, int wg, bool fresh)
+template <bool kF16> __device__ __forceinline__ void pv_issue(float (&o)[128], uint32_t aT, int wg, bool fresh)
 {
     using namespace mla_sm90;
     using mla_decode_v3::desc_add;
@@ -449,8 +450,18 @@ template <bool kF16> __device__ __forceinline__ void pv_chain(float (&o)[128], u
         mla_decode_v3::wgmma_m64n256k16_ss_tb<kF16>(o, desc_add(dp0, (uint32_t)(ks * 32)),
                                                      desc_add(dv0, (uint32_t)(ks * 16 * 128)), ks > 0 || !fresh);
     wgmma_commit();
-    wgmma_wait<0>();
+}
+
+__device__ __forceinline__ void pv_wait(float (&o)[128])
+{
+    mla_sm90::wgmma_wait<0>();
     mla_decode_v3::acc_fence(o);
+}
+
+template <bool kF16> __device__ __forceinline__ void pv_chain(float (&o)[128], uint32_t aT, int wg, bool fresh)
+{
+    pv_issue<kF16>(o, aT, wg, fresh);
+    pv_wait(o);
 }
 
 __device__ __forceinline__ void scale_o(float (&o)[128], float a0, float a1)
@@ -677,42 +688,36 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
 
         // ---- softmax of this warpgroup's block; P into its tile's rope column block ----
         // Warpgroup 0 starts from the running max; warpgroup 1 from warpgroup 0's new max.
-        float prev[2], mnew[2], sc[2], sc0[2];
-        if (wg == 1) {
-            mla_decode_v1::named_bar(kBarA, kMathThreads); // m0, scale0 and P_a are published
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                prev[h] = sPair[r_lo + 8 * h];
-                sc0[h] = sPair[kM + r_lo + 8 * h];
-            }
-        } else {
-            prev[0] = m_run[0];
-            prev[1] = m_run[1];
-        }
+        // Written once, called in each warpgroup's branch: warpgroup 1 has a P V chain in
+        // flight around it, and ptxas serialises every wgmma when a path it cannot rule out
+        // (the other warpgroup's branch) reads O between a chain's issue and its wait.
+        float mnew[2], sc[2];
         float ls[2] = {0.f, 0.f};
-        softmax_block(s, prev, mx, mine, mnew, sc, ls);
-        if (mine) {
-            uint8_t *sP = smem + V6Cfg::offTile + wg * kTile + 8 * kBlk;
+        auto softmax_p = [&](const float(&prev)[2], int bar_wg, int tl_ev) {
+            softmax_block(s, prev, mx, mine, mnew, sc, ls);
+            if (mine) {
+                uint8_t *sP = smem + V6Cfg::offTile + wg * kTile + 8 * kBlk;
 #pragma unroll
-            for (int i = 0; i < 8; i++) {
-                *reinterpret_cast<uint32_t *>(sP + blk_off(r_lo, i) + 4 * qd) =
-                    mla_decode_v1::pack2<kProd != kProdTmaBf16>(s[4 * i + 0], s[4 * i + 1]);
-                *reinterpret_cast<uint32_t *>(sP + blk_off(r_lo + 8, i) + 4 * qd) =
-                    mla_decode_v1::pack2<kProd != kProdTmaBf16>(s[4 * i + 2], s[4 * i + 3]);
+                for (int i = 0; i < 8; i++) {
+                    *reinterpret_cast<uint32_t *>(sP + blk_off(r_lo, i) + 4 * qd) =
+                        mla_decode_v1::pack2<kProd != kProdTmaBf16>(s[4 * i + 0], s[4 * i + 1]);
+                    *reinterpret_cast<uint32_t *>(sP + blk_off(r_lo + 8, i) + 4 * qd) =
+                        mla_decode_v1::pack2<kProd != kProdTmaBf16>(s[4 * i + 2], s[4 * i + 3]);
+                }
             }
-        }
-        if (qd == 0) {
+            if (qd == 0) {
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                sPair[2 * wg * kM + r_lo + 8 * h] = mnew[h];
-                sPair[(2 * wg + 1) * kM + r_lo + 8 * h] = sc[h];
+                for (int h = 0; h < 2; h++) {
+                    sPair[2 * wg * kM + r_lo + 8 * h] = mnew[h];
+                    sPair[(2 * wg + 1) * kM + r_lo + 8 * h] = sc[h];
+                }
             }
-        }
-        fence_proxy_async(); // P stores -> wgmma (this warpgroup's and the other's)
-        if (wg == 0) mla_decode_v1::named_bar(kBarWg, 128); // this warpgroup's P complete
-        else mla_decode_v1::named_bar(kBarWg + 1, 128);
-        MLA_SEESAW_TL(tl_me, wg, 3, tl_pair); // P published
+            fence_proxy_async(); // P stores -> wgmma (this warpgroup's and the other's)
+            mla_decode_v1::named_bar(bar_wg, 128); // this warpgroup's P complete
+            MLA_SEESAW_TL(tl_me, wg, tl_ev, tl_pair); // P published
+        };
         if (wg == 0) {
+            softmax_p(m_run, kBarWg, 3);
             bar_arrive(kBarA, kMathThreads);
             l_run[0] = l_run[0] * sc[0] + ls[0];
             l_run[1] = l_run[1] * sc[1] + ls[1];
@@ -751,10 +756,15 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
                 if constexpr (kProd == kProdTmaBf16) mbar_arrive(empty_hi_bar(aBar, 1));
             }
         } else {
-            bar_arrive(kBarB, kMathThreads);
-            MLA_SEESAW_TL(tl_me, 1, 4, tl_pair); // barrier B arrived (barrier A was in softmax)
-            l_run[0] = l_run[0] * sc0[0] * sc[0] + ls[0];
-            l_run[1] = l_run[1] * sc0[1] * sc[1] + ls[1];
+            float prev[2], sc0[2];
+            mla_decode_v1::named_bar(kBarA, kMathThreads); // m0, scale0 and P_a are published
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                prev[h] = sPair[r_lo + 8 * h];
+                sc0[h] = sPair[kM + r_lo + 8 * h];
+            }
+            // P_a V_a[:, 256:512] goes to the tensor cores now and runs under this
+            // warpgroup's softmax of block b (which touches s, not O); pv_wait after barrier B.
             if (!fresh) scale_o(o, sc0[0], sc0[1]);
             if constexpr (kProd == kProdTmaBf16) { // after warpgroup 0's S_a (barrier A)
                 for (int cb = 4; cb < 8; cb++) mbar_wait(col_bar(aBar, 0, cb), phases & 1u);
@@ -762,8 +772,14 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
             } else {
                 mbar_wait(aBar, phases & 1u); // tile 0 (see warpgroup 0's wait for tile 1)
             }
-            MLA_SEESAW_TL(tl_me, 1, 5, tl_pair); // tile a's V ready
-            pv_chain<kF16>(o, aTile, 1, fresh); // P_a V_a[:, 256:512]
+            MLA_SEESAW_TL(tl_me, 1, 3, tl_pair); // tile a's V ready
+            pv_issue<kF16>(o, aTile, 1, fresh); // P_a V_a[:, 256:512]
+            softmax_p(prev, kBarWg + 1, 4);
+            bar_arrive(kBarB, kMathThreads);
+            MLA_SEESAW_TL(tl_me, 1, 5, tl_pair); // barrier B arrived
+            l_run[0] = l_run[0] * sc0[0] * sc[0] + ls[0];
+            l_run[1] = l_run[1] * sc0[1] * sc[1] + ls[1];
+            pv_wait(o); // P_a V_a[:, 256:512], issued before the softmax
             MLA_SEESAW_TL(tl_me, 1, 6, tl_pair); // P V a done
             mbar_arrive(kProd == kProdTmaBf16 ? empty_hi_bar(aBar, 0) : aBar + 16u); // empty[0]
             scale_o(o, sc[0], sc[1]);
