@@ -276,12 +276,20 @@ __device__ __forceinline__ void produce_bulk(const Params &p, int part, int tau,
     const int t = threadIdx.x - kMathThreads;
     uint32_t ephase = 0; // bit T: parity of tile T's next "empty" completion to wait for, ^1
     uint32_t rphase = 0; // bit T: parity of raw[T]'s next completion
+#ifdef MLA_SEESAW_TIMELINE
+    int tl_issued = 0, tl_block = 0; // blocks issued, blocks converted (both in block order)
+#endif
     // Every issue into tile T first waits for its previous occupant to be handed back (the
     // first wait of each tile returns at once: the phase before the first counts as done).
     auto issue = [&](const Cursor &x, int T) {
         mla_sm90::mbar_wait(aBar + 8u * (2 + T), ((ephase >> T) & 1u) ^ 1u);
         ephase ^= 1u << T;
+        MLA_SEESAW_TL(t == 0, 2, 3, tl_issued); // tile free
         if (t == 0) issue_raw(p, x, aTile + (uint32_t)(T * kTile), aBar + 32u + 8u * T, sFlags, T);
+        MLA_SEESAW_TL(t == 0, 2, 4, tl_issued); // raw copies issued
+#ifdef MLA_SEESAW_TIMELINE
+        tl_issued++;
+#endif
     };
     auto issue_pair = [&](const Cursor &x) {
         issue(x, 0);
@@ -296,11 +304,18 @@ __device__ __forceinline__ void produce_bulk(const Params &p, int part, int tau,
         const bool has_b = nb.b == c.b;
 #pragma unroll 1
         for (int T = 0; T < (has_b ? 2 : 1); T++) {
+            MLA_SEESAW_TL(t == 0, 2, 0, tl_block); // before the wait for the raw block
             mla_sm90::mbar_wait(aBar + 32u + 8u * T, (rphase >> T) & 1u);
             rphase ^= 1u << T;
+            MLA_SEESAW_TL(t == 0, 2, 1, tl_block); // raw block landed
             convert_in_place(aTile + (uint32_t)(T * kTile), t, sFlags[T], sFlags[2 + T], p.page_shift);
             mla_decode_v3::fence_proxy_async(); // tile stores -> the math warpgroups' wgmma
             mbar_arrive(aBar + 8u * T);         // full[T]
+            MLA_SEESAW_TL(t == 0, 2, 2, tl_block); // converted, full[T] arrived
+#ifdef MLA_SEESAW_TIMELINE
+            tl_block++;
+            if (t == 0) mla_seesaw_tl_count(2, tl_block);
+#endif
         }
         Cursor na = nb;
         if (has_b) mla_decode_v1::cursor_next(p, part, tau, na);
@@ -600,7 +615,8 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
     uint32_t phases = 0; // bit T: parity of tile T's next "full" completion
 #ifdef MLA_SEESAW_TIMELINE
     int tl_pair = 0;
-    const bool tl_me = kProd == kProdTmaBf16 && (tid & 127) == 0; // v9's stamps (v9_timeline.cu)
+    // v9's and v7's stamps (v9_timeline.cu, v7_timeline.cu)
+    const bool tl_me = (kProd == kProdTmaBf16 || kProd == kProdBulk) && (tid & 127) == 0;
 #endif
 
     while (a.b < p.batch) {
@@ -632,7 +648,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
         if (mine) {
             if constexpr (kProd == kProdTmaBf16) mbar_wait(col_bar(aBar, wg, 0), (phases >> wg) & 1u);
             else mbar_wait(aBar + 8u * wg, (phases >> wg) & 1u);
-            MLA_SEESAW_TL(tl_me, wg, 1, tl_pair); // column block 0 landed
+            MLA_SEESAW_TL(tl_me, wg, 1, tl_pair); // column block 0 landed (v7: the tile)
             int pmask = kProd == kProdTmaBf16 ? 0 : sFlags[wg];
             const int key0 = (wg ? bcur.blk : a.blk) * kBN;
 #pragma unroll

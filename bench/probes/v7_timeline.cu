@@ -1,0 +1,66 @@
+// Probe: who waits for whom inside a v7 CTA (the fp8-cache seesaw with 16-bit math, src/cuda/
+// sm90/decode_v6_seesaw.cuh, kProdBulk; the default for a bf16 query on an fp8 cache at
+// H * q_len >= 64). Same method as v9_timeline.cu: one traced call, then the mean duration of
+// every phase over the steady pairs (math) or blocks (producer) of the first CTAs, in ns.
+// Build and run on the device:
+//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude -Isrc/core -Isrc/cuda
+//     --expt-relaxed-constexpr bench/probes/v7_timeline.cu -o build/v7_timeline
+//   build/v7_timeline [B H seq]   (default 128 128 8192; H >= 64)
+// Events (MLA_SEESAW_TL). Math, as in v9_timeline.cu except event 1: the tile's full barrier
+// (v7 hands a tile over whole, after its conversion). Producer (thread 0 of the producer
+// warpgroup), per block in block order: 0 before the wait for the raw fp8 block, 1 raw block
+// landed, 2 converted in place and full[T] arrived; 3 its tile handed back (the wait before
+// its bulk copies, which happens while the pair before it is converted), 4 copies issued.
+#define MLA_SEESAW_TIMELINE 1
+#include "../../src/cuda/common/decode_schedule.cu"
+#include "../../src/cuda/common/combine.cu"
+#include "../../src/cuda/sm90/decode.cu"
+
+#include "probe_decode.h"
+#include "seesaw_timeline.h"
+
+int main(int argc, char **argv)
+{
+    seesaw_trace t;
+    if (const int rc = seesaw_trace_main(&t, argc, argv, "v7_timeline", 128, 8192, MLA_DTYPE_BF16,
+                                         MLA_DTYPE_FP8_E4M3, 0))
+        return rc;
+    const double cyc_ns = t.cyc_ns;
+    printf("v7_timeline: %s, B %d H %d seq %d, bf16 query, fp8 cache; traced call %.4f ms (one call, not in "
+           "a graph); %.3f SM cycles per ns; device flags 0x%x\n",
+           t.pd.prop.name, t.B, t.H, t.seq, t.ms, cyc_ns, t.flags);
+    if (tl_count[0][0] == 0 || tl_count[0][2] == 0) {
+        printf("no v7 stamps: the call did not run v7 (MLA_DECODE_VARIANT set?)\n");
+        return 1;
+    }
+    printf("Mean ns per steady pair (math) or block (producer), first %d CTAs:\n\n", MLA_SEESAW_TL_CTAS);
+    printf("| CTA | pairs | wg | wait tile | S | wg0: softmax+P / wg1: barrier A, wait V a | "
+           "wg0: P V a / wg1: softmax+P | wg0: barrier B / wg1: arrive B | wg0: wait V b / wg1: rest of P V a | "
+           "P V b | to next S | pair period |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (int c = 0; c < MLA_SEESAW_TL_CTAS; c++)
+        for (int w = 0; w < 2; w++) {
+            const tl_events ev = tl[c][w];
+            const int n = tl_count[c][w];
+            printf("| %d | %d | %d | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n", c, n, w,
+                   mean_gap(ev, n, 0, 1, false, cyc_ns), mean_gap(ev, n, 1, 2, false, cyc_ns),
+                   mean_gap(ev, n, 2, 3, false, cyc_ns), mean_gap(ev, n, 3, 4, false, cyc_ns),
+                   mean_gap(ev, n, 4, 5, false, cyc_ns), mean_gap(ev, n, 5, 6, false, cyc_ns),
+                   mean_gap(ev, n, 6, 7, false, cyc_ns), mean_gap(ev, n, 7, 0, true, cyc_ns),
+                   mean_gap(ev, n, 0, 0, true, cyc_ns));
+        }
+    printf("\n| CTA | blocks | wait raw | convert | to next block | block period | tile free -> copies issued | "
+           "copies issued -> raw landed |\n");
+    printf("|---|---|---|---|---|---|---|---|\n");
+    for (int c = 0; c < MLA_SEESAW_TL_CTAS; c++) {
+        const tl_events ev = tl[c][2];
+        const int n = tl_count[c][2];
+        printf("| %d | %d | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n", c, n, mean_gap(ev, n, 0, 1, false, cyc_ns),
+               mean_gap(ev, n, 1, 2, false, cyc_ns), mean_gap(ev, n, 2, 0, true, cyc_ns),
+               mean_gap(ev, n, 0, 0, true, cyc_ns), mean_gap(ev, n, 3, 4, false, cyc_ns),
+               mean_gap(ev, n, 4, 1, false, cyc_ns));
+    }
+    printf("\nCTA 0, ns from its first S start (math: per pair, events 0-7; producer: per block, events 0-4):\n");
+    print_raw_offsets(cyc_ns);
+    return 0;
+}
