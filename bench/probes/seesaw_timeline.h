@@ -92,6 +92,28 @@ static int seesaw_trace_once(probe_decode *pd, float *ms, double *cyc_ns, uint32
     return 0;
 }
 
+// The math warpgroups' table shared by v7_timeline.cu and v9_timeline.cu (same events; v7's
+// event 1 is the whole tile, v9's its column block 0): mean ns of each phase per steady pair.
+static void print_seesaw_math_table(double cyc_ns, const char *wait_label, const char *s_label)
+{
+    printf("| CTA | pairs | wg | %s | %s | wg0: softmax+P / wg1: barrier A, wait V a | "
+           "wg0: P V a / wg1: softmax+P | wg0: barrier B / wg1: arrive B | wg0: wait V b / wg1: rest of P V a | "
+           "P V b | to next S | pair period |\n",
+           wait_label, s_label);
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (int c = 0; c < MLA_SEESAW_TL_CTAS; c++)
+        for (int w = 0; w < 2; w++) {
+            const tl_events ev = tl[c][w];
+            const int n = tl_count[c][w];
+            printf("| %d | %d | %d | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n", c, n, w,
+                   mean_gap(ev, n, 0, 1, false, cyc_ns), mean_gap(ev, n, 1, 2, false, cyc_ns),
+                   mean_gap(ev, n, 2, 3, false, cyc_ns), mean_gap(ev, n, 3, 4, false, cyc_ns),
+                   mean_gap(ev, n, 4, 5, false, cyc_ns), mean_gap(ev, n, 5, 6, false, cyc_ns),
+                   mean_gap(ev, n, 6, 7, false, cyc_ns), mean_gap(ev, n, 7, 0, true, cyc_ns),
+                   mean_gap(ev, n, 0, 0, true, cyc_ns));
+        }
+}
+
 // CTA 0's first pairs as raw offsets (ns) from warpgroup 0's first stamp: per pair the math
 // warpgroups' events, then the producer's events of the pair's two blocks.
 static void print_raw_offsets(double cyc_ns)

@@ -34,21 +34,7 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("Mean ns per steady pair (math) or block (producer), first %d CTAs:\n\n", MLA_SEESAW_TL_CTAS);
-    printf("| CTA | pairs | wg | wait tile | S | wg0: softmax+P / wg1: barrier A, wait V a | "
-           "wg0: P V a / wg1: softmax+P | wg0: barrier B / wg1: arrive B | wg0: wait V b / wg1: rest of P V a | "
-           "P V b | to next S | pair period |\n");
-    printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-    for (int c = 0; c < MLA_SEESAW_TL_CTAS; c++)
-        for (int w = 0; w < 2; w++) {
-            const tl_events ev = tl[c][w];
-            const int n = tl_count[c][w];
-            printf("| %d | %d | %d | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n", c, n, w,
-                   mean_gap(ev, n, 0, 1, false, cyc_ns), mean_gap(ev, n, 1, 2, false, cyc_ns),
-                   mean_gap(ev, n, 2, 3, false, cyc_ns), mean_gap(ev, n, 3, 4, false, cyc_ns),
-                   mean_gap(ev, n, 4, 5, false, cyc_ns), mean_gap(ev, n, 5, 6, false, cyc_ns),
-                   mean_gap(ev, n, 6, 7, false, cyc_ns), mean_gap(ev, n, 7, 0, true, cyc_ns),
-                   mean_gap(ev, n, 0, 0, true, cyc_ns));
-        }
+    print_seesaw_math_table(cyc_ns, "wait tile", "S");
     printf("\n| CTA | blocks | wait raw | convert | to next block | block period | tile free -> copies issued | "
            "copies issued -> raw landed |\n");
     printf("|---|---|---|---|---|---|---|---|\n");

@@ -9,12 +9,12 @@
 //     --expt-relaxed-constexpr bench/probes/v9_timeline.cu -o build/v9_timeline
 //   build/v9_timeline [B H seq]   (default 128 128 8192; H >= 64; seq a multiple of 128 keeps
 //   every pair inside one request, which the load-latency column assumes)
-// Events (MLA_SEESAW_TL in decode_v6_seesaw.cuh). Math, per pair: 0 S start (warpgroup 1: before
-// its wait for warpgroup 0's S), 1 column block 0 landed, 2 S done; warpgroup 0: 3 P published,
-// 4 P V(a) done, 5 after barrier B, 6 tile b's V ready, 7 P V(b) done; warpgroup 1: 3 barrier A
-// passed, tile a's V ready and its P V(a) issued, 4 P published, 5 barrier B arrived, 6 P V(a)
-// done (waited for), 7 P V(b) done. Producer (warp 0's lane 0), per block: 0 rows ready, 1 "empty lo" (column
-// blocks 0-3 free), 2 its low column block issued, 3 "empty hi", 4 its high column blocks issued.
+// Events (MLA_SEESAW_TL in decode_v6_seesaw.cuh). Math, per pair: 0 S start, 1 column block 0
+// landed, 2 S done; warpgroup 0: 3 P published, 4 P V(a) done, 5 after barrier B, 6 tile b's V
+// ready, 7 P V(b) done; warpgroup 1: 3 barrier A passed, tile a's V ready and its P V(a)
+// issued, 4 P published, 5 barrier B arrived, 6 P V(a) done (waited for), 7 P V(b) done.
+// Producer (warp 0's lane 0), per block: 0 rows ready, 1 "empty lo" (column blocks 0-3 free),
+// 2 its low column block issued, 3 "empty hi", 4 its high column blocks issued.
 #define MLA_SEESAW_TIMELINE 1
 #include "../../src/cuda/common/decode_schedule.cu"
 #include "../../src/cuda/common/combine.cu"
@@ -37,21 +37,7 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("Mean ns per steady pair (math) or block (producer), first %d CTAs:\n\n", MLA_SEESAW_TL_CTAS);
-    printf("| CTA | pairs | wg | wait col 0 (wg1: and S_a) | rest of S | wg0: softmax+P / wg1: barrier A, wait V a | "
-           "wg0: P V a / wg1: softmax+P | wg0: barrier B / wg1: arrive B | wg0: wait V b / wg1: rest of P V a | "
-           "P V b | to next S | pair period |\n");
-    printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-    for (int c = 0; c < MLA_SEESAW_TL_CTAS; c++)
-        for (int w = 0; w < 2; w++) {
-            const tl_events ev = tl[c][w];
-            const int n = tl_count[c][w];
-            printf("| %d | %d | %d | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n", c, n, w,
-                   mean_gap(ev, n, 0, 1, false, cyc_ns), mean_gap(ev, n, 1, 2, false, cyc_ns),
-                   mean_gap(ev, n, 2, 3, false, cyc_ns), mean_gap(ev, n, 3, 4, false, cyc_ns),
-                   mean_gap(ev, n, 4, 5, false, cyc_ns), mean_gap(ev, n, 5, 6, false, cyc_ns),
-                   mean_gap(ev, n, 6, 7, false, cyc_ns), mean_gap(ev, n, 7, 0, true, cyc_ns),
-                   mean_gap(ev, n, 0, 0, true, cyc_ns));
-        }
+    print_seesaw_math_table(cyc_ns, "wait col 0", "rest of S");
     printf("\n| CTA | blocks | wait empty lo | issue lo | wait empty hi | issue hi | to next block | block period | "
            "lo issued -> S's column block 0 landed (openers) |\n");
     printf("|---|---|---|---|---|---|---|---|---|\n");
