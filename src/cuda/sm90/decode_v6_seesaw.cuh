@@ -100,17 +100,23 @@ __device__ __forceinline__ uint32_t col_bar(uint32_t aBar, int T, int cb)
 // (4-8) in the raw[T] slot, which only the bulk producer (v7) uses otherwise.
 __device__ __forceinline__ uint32_t empty_lo_bar(uint32_t aBar, int T) { return aBar + 8u * (uint32_t)(2 + T); }
 __device__ __forceinline__ uint32_t empty_hi_bar(uint32_t aBar, int T) { return aBar + 8u * (uint32_t)(4 + T); }
+// v7: warpgroup 0 is done with tile 1 (its V half, column blocks 0-3); in the col[1][0] slot,
+// which only v9 uses otherwise. empty[1] then counts warpgroup 1 only (produce_bulk).
+__device__ __forceinline__ uint32_t low_free_bar(uint32_t aBar) { return col_bar(aBar, 1, 0); }
 
 struct V6Cfg {
     static constexpr int offQ = 0;
     static constexpr int offTile = offQ + kM * kDqk * 2;
-    static constexpr int offPair = offTile + 2 * kTile;  // m0, scale0, m1, scale1 per row
+    // v7: P of tile 1's block (P_b) has its own column block, so that the raw block after it
+    // can land once warpgroup 1 is done with the tile (see produce_bulk)
+    static constexpr int offPb = offTile + 2 * kTile;
+    static constexpr int offPair = offPb + kBlk; // m0, scale0, m1, scale1 per row
     static constexpr int offRedSum = offPair + 4 * kM * 4;
     static constexpr int offFlags = offRedSum + 2 * kM * 4;
     // full[2], empty[2] (v9: empty lo), raw[2] (bulk producer; v9: empty hi), col[2][9] (v9)
     static constexpr int offBar = offFlags + 16;
     static constexpr int kSmem = offBar + 48 + 2 * kColBlocks * 8 + 1024; // + slack to align the base to 1024
-    static_assert(offTile % 1024 == 0 && kTile % 1024 == 0, "swizzle atoms");
+    static_assert(offTile % 1024 == 0 && kTile % 1024 == 0 && offPb % 1024 == 0, "swizzle atoms");
     static_assert(kSmem <= 227 * 1024, "shared memory");
 };
 
@@ -269,13 +275,18 @@ __device__ __forceinline__ void convert_in_place(uint32_t aT, int t, int ok, int
 // into tile 1. Per pair: convert the opener, then the partner, as their raw blocks land;
 // then, as each tile is handed back, issue the next pair's bulk copies into it. (Waiting for
 // tile 0 before the partner is converted would deadlock: tile 0 is handed back only after
-// warpgroup 1 has computed S of the partner.)
+// warpgroup 1 has computed S of the partner.) Tile 1 is handed back in two steps: its raw
+// region (column blocks 4.5-8) once warpgroup 1 is done with it (empty[1]; P_b lives in its
+// own block), column blocks 0-3 once warpgroup 0 is (low_free_bar, waited before the
+// conversion): tile 1's raw copy started at the pair's very end, and copy plus conversion
+// (~1.1 + 0.8 us) was what warpgroup 1 waited for (v7 timeline, sixteenth session).
 __device__ __forceinline__ void produce_bulk(const Params &p, int part, int tau, Cursor c, uint32_t aTile, uint32_t aBar,
                                              int *sFlags)
 {
     const int t = threadIdx.x - kMathThreads;
     uint32_t ephase = 0; // bit T: parity of tile T's next "empty" completion to wait for, ^1
     uint32_t rphase = 0; // bit T: parity of raw[T]'s next completion
+    uint32_t lphase = 0; // parity of low_free_bar's next completion to wait for, ^1
 #ifdef MLA_SEESAW_TIMELINE
     int tl_issued = 0, tl_block = 0; // blocks issued, blocks converted (both in block order)
 #endif
@@ -308,6 +319,10 @@ __device__ __forceinline__ void produce_bulk(const Params &p, int part, int tau,
             mla_sm90::mbar_wait(aBar + 32u + 8u * T, (rphase >> T) & 1u);
             rphase ^= 1u << T;
             MLA_SEESAW_TL(t == 0, 2, 1, tl_block); // raw block landed
+            if (T == 1) { // column blocks 0-3 hold warpgroup 0's V half of tile 1's previous block
+                mla_sm90::mbar_wait(low_free_bar(aBar), (lphase & 1u) ^ 1u);
+                lphase ^= 1u;
+            }
             convert_in_place(aTile + (uint32_t)(T * kTile), t, sFlags[T], sFlags[2 + T], p.page_shift);
             mla_decode_v3::fence_proxy_async(); // tile stores -> the math warpgroups' wgmma
             mbar_arrive(aBar + 8u * T);         // full[T]
@@ -447,16 +462,17 @@ __device__ __forceinline__ void zero_v_rows(uint32_t aT, int wg, int key0, int s
     mla_decode_v1::named_bar(kBarWg + wg, 128);
 }
 
-// O[:, 256 wg ..] += P V for the tile at aT: P in its rope column block, V = its column blocks
-// 4 wg .. 4 wg + 3 read N-major. pv_issue issues and commits the chain; O must not be touched
+// O[:, 256 wg ..] += P V for the tile at aT: P at aP (the tile's rope column block, or v7's
+// P_b block), V = its column blocks 4 wg .. 4 wg + 3 read N-major. pv_issue issues and commits the chain; O must not be touched
 // until pv_wait (warpgroup 1 runs its softmax in between). fresh: the request's first chain
 // overwrites O (scale-d = 0 on its first k-step) instead of O being zeroed by ordinary
 // stores (128 of them per request end made ptxas spill).
-template <bool kF16> __device__ __forceinline__ void pv_issue(float (&o)[128], uint32_t aT, int wg, bool fresh)
+template <bool kF16>
+__device__ __forceinline__ void pv_issue(float (&o)[128], uint32_t aT, uint32_t aP, int wg, bool fresh)
 {
     using namespace mla_sm90;
     using mla_decode_v3::desc_add;
-    const uint64_t dp0 = mla_decode_v3::opaque_desc(smem_desc(aT + 8u * kBlk, 16, 1024, 1));
+    const uint64_t dp0 = mla_decode_v3::opaque_desc(smem_desc(aP, 16, 1024, 1));
     const uint64_t dv0 = mla_decode_v3::opaque_desc(smem_desc(aT + (uint32_t)(wg * 4 * kBlk), kBlk, 1024, 1));
     mla_decode_v3::acc_fence(o);
     wgmma_fence();
@@ -473,9 +489,10 @@ __device__ __forceinline__ void pv_wait(float (&o)[128])
     mla_decode_v3::acc_fence(o);
 }
 
-template <bool kF16> __device__ __forceinline__ void pv_chain(float (&o)[128], uint32_t aT, int wg, bool fresh)
+template <bool kF16>
+__device__ __forceinline__ void pv_chain(float (&o)[128], uint32_t aT, uint32_t aP, int wg, bool fresh)
 {
-    pv_issue<kF16>(o, aT, wg, fresh);
+    pv_issue<kF16>(o, aT, aP, wg, fresh);
     pv_wait(o);
 }
 
@@ -568,11 +585,14 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
                 mbar_init(empty_lo_bar(aBar, i), 128);          // warpgroup 0
                 mbar_init(empty_hi_bar(aBar, i), kMathThreads); // every math thread
             } else {
-                mbar_init(aBar + 8u * (2 + i), kMathThreads); // empty: every math thread
+                // empty: every math thread; v7's tile 1: warpgroup 1 (its V half and the raw
+                // block's bytes), warpgroup 0 arrives on low_free_bar
+                mbar_init(aBar + 8u * (2 + i), kProd == kProdBulk && i == 1 ? 128 : kMathThreads);
                 mbar_init(aBar + 8u * (4 + i), 1);            // raw: thread 0's arrive + the bytes
             }
             if (kProd == kProdTmaBf16)
                 for (int cb = 0; cb < kColBlocks; cb++) mbar_init(col_bar(aBar, i, cb), 1);
+            if (kProd == kProdBulk && i == 1) mbar_init(low_free_bar(aBar), 128);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
@@ -604,6 +624,8 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
     const float qk_scale = p.scale_log2;
     const uint32_t aMine = aTile + (uint32_t)(wg * kTile); // the tile of this warpgroup's block
     constexpr bool kF16 = kProd != kProdTmaBf16; // fp16 tiles (fp8 cache) or bf16 (bf16 cache)
+    constexpr bool kSepPb = kProd == kProdBulk;  // P_b in its own block (V6Cfg::offPb)
+    const uint32_t aPa = aTile + 8u * kBlk, aPb = kSepPb ? base + V6Cfg::offPb : aTile + kTile + 8u * kBlk;
 
     float o[128]; // written first by each request's first P V chain (scale-d = 0)
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
@@ -712,7 +734,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
         auto softmax_p = [&](const float(&prev)[2], int bar_wg, int tl_ev) {
             softmax_block(s, prev, mx, mine, mnew, sc, ls);
             if (mine) {
-                uint8_t *sP = smem + V6Cfg::offTile + wg * kTile + 8 * kBlk;
+                uint8_t *sP = kSepPb && wg == 1 ? smem + V6Cfg::offPb : smem + V6Cfg::offTile + wg * kTile + 8 * kBlk;
 #pragma unroll
                 for (int i = 0; i < 8; i++) {
                     *reinterpret_cast<uint32_t *>(sP + blk_off(r_lo, i) + 4 * qd) =
@@ -739,7 +761,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
             l_run[1] = l_run[1] * sc[1] + ls[1];
             if (!fresh) scale_o(o, sc[0], sc[1]);
             if constexpr (kProd == kProdTmaBf16) zero_v_rows(aTile, 0, a.blk * kBN, cur_seq, sFlags[0], p.page_size);
-            pv_chain<kF16>(o, aTile, 0, fresh); // P_a V_a[:, 0:256]
+            pv_chain<kF16>(o, aTile, aPa, 0, fresh); // P_a V_a[:, 0:256]
             MLA_SEESAW_TL(tl_me, 0, 4, tl_pair); // P V a done
             mbar_arrive(aBar + 16u); // empty[0] (v9: empty lo[0]): done with tile 0
             if constexpr (kProd == kProdTmaBf16) mbar_arrive(empty_hi_bar(aBar, 0));
@@ -766,9 +788,9 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
                     mbar_wait(aBar + 8u, (phases >> 1) & 1u);
                 }
                 MLA_SEESAW_TL(tl_me, 0, 6, tl_pair); // tile b's V ready
-                pv_chain<kF16>(o, aTile + kTile, 0, false); // P_b V_b[:, 0:256]
+                pv_chain<kF16>(o, aTile + kTile, aPb, 0, false); // P_b V_b[:, 0:256]
                 MLA_SEESAW_TL(tl_me, 0, 7, tl_pair); // P V b done
-                mbar_arrive(aBar + 24u);       // empty[1] (v9: empty lo[1])
+                mbar_arrive(kSepPb ? low_free_bar(aBar) : aBar + 24u); // empty[1] (v9: empty lo[1])
                 if constexpr (kProd == kProdTmaBf16) mbar_arrive(empty_hi_bar(aBar, 1));
             }
         } else {
@@ -789,7 +811,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
                 mbar_wait(aBar, phases & 1u); // tile 0 (see warpgroup 0's wait for tile 1)
             }
             MLA_SEESAW_TL(tl_me, 1, 3, tl_pair); // tile a's V ready
-            pv_issue<kF16>(o, aTile, 1, fresh); // P_a V_a[:, 256:512]
+            pv_issue<kF16>(o, aTile, aPa, 1, fresh); // P_a V_a[:, 256:512]
             softmax_p(prev, kBarWg + 1, 4);
             bar_arrive(kBarB, kMathThreads);
             MLA_SEESAW_TL(tl_me, 1, 5, tl_pair); // barrier B arrived
@@ -804,7 +826,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
             if (has_b) {
                 if constexpr (kProd == kProdTmaBf16)
                     zero_v_rows(aTile + kTile, 1, bcur.blk * kBN, cur_seq, sFlags[1], p.page_size);
-                pv_chain<kF16>(o, aTile + kTile, 1, false); // P_b V_b[:, 256:512]
+                pv_chain<kF16>(o, aTile + kTile, aPb, 1, false); // P_b V_b[:, 256:512]
                 MLA_SEESAW_TL(tl_me, 1, 7, tl_pair); // P V b done
                 mbar_arrive(kProd == kProdTmaBf16 ? empty_hi_bar(aBar, 1) : aBar + 24u); // empty[1]
             }
