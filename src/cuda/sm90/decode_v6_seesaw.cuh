@@ -22,7 +22,8 @@
 //     O_L += P_a V_a[:, 0:256] -> wait B -> O_L *= scale1, O_L += P_b V_b[:, 0:256].
 //   warpgroup 1: S_b = Q K_b^T -> wait A -> O_R *= scale0, issue O_R += P_a
 //     V_a[:, 256:512] -> (under it) m1 = max(m0, rowmax S_b), scale1, P_b into tile 1's rope
-//     block -> signal B -> wait for the P_a V_a chain -> O_R *= scale1, O_R += P_b V_b[:, 256:512].
+//     block (v7: a block of its own, V6Cfg::offPb) -> signal B -> wait for the P_a V_a chain
+//     -> O_R *= scale1, O_R += P_b V_b[:, 256:512].
 // So one warpgroup's softmax runs while the other's MMAs do, and S runs at the tensor rate.
 // Row sums: warpgroup 0 keeps l0 = (l0 scale0 + sum P_a) scale1, warpgroup 1 keeps
 // l1 = l1 scale0 scale1 + sum P_b; L = l0 + l1 at the end. A pair without b (a request piece
@@ -113,7 +114,8 @@ struct V6Cfg {
     static constexpr int offPair = offPb + kBlk; // m0, scale0, m1, scale1 per row
     static constexpr int offRedSum = offPair + 4 * kM * 4;
     static constexpr int offFlags = offRedSum + 2 * kM * 4;
-    // full[2], empty[2] (v9: empty lo), raw[2] (bulk producer; v9: empty hi), col[2][9] (v9)
+    // full[2], empty[2] (v9: empty lo), raw[2] (bulk producer; v9: empty hi), col[2][9] (v9;
+    // v7 uses col[1][0] as low_free_bar)
     static constexpr int offBar = offFlags + 16;
     static constexpr int kSmem = offBar + 48 + 2 * kColBlocks * 8 + 1024; // + slack to align the base to 1024
     static_assert(offTile % 1024 == 0 && kTile % 1024 == 0 && offPb % 1024 == 0, "swizzle atoms");
@@ -463,8 +465,9 @@ __device__ __forceinline__ void zero_v_rows(uint32_t aT, int wg, int key0, int s
 }
 
 // O[:, 256 wg ..] += P V for the tile at aT: P at aP (the tile's rope column block, or v7's
-// P_b block), V = its column blocks 4 wg .. 4 wg + 3 read N-major. pv_issue issues and commits the chain; O must not be touched
-// until pv_wait (warpgroup 1 runs its softmax in between). fresh: the request's first chain
+// P_b block), V = its column blocks 4 wg .. 4 wg + 3 read N-major. pv_issue issues and commits
+// the chain; O must not be touched until pv_wait (warpgroup 1 runs its softmax in between).
+// fresh: the request's first chain
 // overwrites O (scale-d = 0 on its first k-step) instead of O being zeroed by ordinary
 // stores (128 of them per request end made ptxas spill).
 template <bool kF16>
@@ -724,7 +727,8 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
             }
         }
 
-        // ---- softmax of this warpgroup's block; P into its tile's rope column block ----
+        // ---- softmax of this warpgroup's block; P into its tile's rope column block (v7's P_b:
+        // its own block) ----
         // Warpgroup 0 starts from the running max; warpgroup 1 from warpgroup 0's new max.
         // Written once, called in each warpgroup's branch: warpgroup 1 has a P V chain in
         // flight around it, and ptxas serialises every wgmma when a path it cannot rule out
@@ -790,7 +794,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_seesaw_kernel(const __grid_cons
                 MLA_SEESAW_TL(tl_me, 0, 6, tl_pair); // tile b's V ready
                 pv_chain<kF16>(o, aTile + kTile, aPb, 0, false); // P_b V_b[:, 0:256]
                 MLA_SEESAW_TL(tl_me, 0, 7, tl_pair); // P V b done
-                mbar_arrive(kSepPb ? low_free_bar(aBar) : aBar + 24u); // empty[1] (v9: empty lo[1])
+                mbar_arrive(kSepPb ? low_free_bar(aBar) : aBar + 24u); // empty[1] (v7: low_free, v9: empty lo[1])
                 if constexpr (kProd == kProdTmaBf16) mbar_arrive(empty_hi_bar(aBar, 1));
             }
         } else {
