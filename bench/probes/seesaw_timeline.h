@@ -92,6 +92,23 @@ static int seesaw_trace_once(probe_decode *pd, float *ms, double *cyc_ns, uint32
     return 0;
 }
 
+// The probes' opening lines: what was traced (dtypes: the probe's query, cache and math), then
+// 1 with a message when the kernel left no stamps (no math stamps, or none of the producer's
+// when producer is set; hint says what to check).
+static int seesaw_print_intro(const seesaw_trace *t, const char *name, const char *dtypes, bool producer,
+                              const char *hint)
+{
+    printf("%s: %s, B %d H %d seq %d, %s; traced call %.4f ms (one call, not in a graph); %.3f SM cycles "
+           "per ns; device flags 0x%x\n",
+           name, t->pd.prop.name, t->B, t->H, t->seq, dtypes, t->ms, t->cyc_ns, t->flags);
+    if (tl_count[0][0] == 0 || (producer && tl_count[0][2] == 0)) {
+        printf("no stamps: the call did not run the traced kernel (%s)\n", hint);
+        return 1;
+    }
+    printf("Mean ns per steady pair (math) or block (producer), first %d CTAs:\n\n", MLA_SEESAW_TL_CTAS);
+    return 0;
+}
+
 // The math warpgroups' table shared by v7_timeline.cu and v9_timeline.cu (same events; v7's
 // event 1 is the whole tile, v9's its column block 0): mean ns of each phase per steady pair.
 static void print_seesaw_math_table(double cyc_ns, const char *wait_label, const char *s_label)

@@ -28,14 +28,9 @@ int main(int argc, char **argv)
                                          MLA_DTYPE_FP8_E4M3, 1))
         return rc;
     const double cyc_ns = t.cyc_ns;
-    printf("v10_timeline: %s, B %d H %d seq %d, fp8 query and cache, fp8 math; traced call %.4f ms "
-           "(one call, not in a graph); %.3f SM cycles per ns; device flags 0x%x\n",
-           t.pd.prop.name, t.B, t.H, t.seq, t.ms, cyc_ns, t.flags);
-    if (tl_count[0][0] == 0) {
-        printf("no v10 stamps: the call did not run v10 (tensor map refused? see decode.cu's takes_v10)\n");
+    if (seesaw_print_intro(&t, "v10_timeline", "fp8 query and cache, fp8 math", false,
+                           "tensor map refused? see decode.cu's takes_v10"))
         return 1;
-    }
-    printf("Mean ns per steady pair (math) or block (producer), first %d CTAs:\n\n", MLA_SEESAW_TL_CTAS);
     printf("| CTA | pairs | wg | S | softmax+P | wait V^T a | P V a | barrier | wait V^T b | P V b | to next S | pair period |\n");
     printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int c = 0; c < MLA_SEESAW_TL_CTAS; c++)

@@ -26,14 +26,7 @@ int main(int argc, char **argv)
                                          MLA_DTYPE_FP8_E4M3, 0))
         return rc;
     const double cyc_ns = t.cyc_ns;
-    printf("v7_timeline: %s, B %d H %d seq %d, bf16 query, fp8 cache; traced call %.4f ms (one call, not in "
-           "a graph); %.3f SM cycles per ns; device flags 0x%x\n",
-           t.pd.prop.name, t.B, t.H, t.seq, t.ms, cyc_ns, t.flags);
-    if (tl_count[0][0] == 0 || tl_count[0][2] == 0) {
-        printf("no v7 stamps: the call did not run v7 (MLA_DECODE_VARIANT set?)\n");
-        return 1;
-    }
-    printf("Mean ns per steady pair (math) or block (producer), first %d CTAs:\n\n", MLA_SEESAW_TL_CTAS);
+    if (seesaw_print_intro(&t, "v7_timeline", "bf16 query, fp8 cache", true, "MLA_DECODE_VARIANT set?")) return 1;
     print_seesaw_math_table(cyc_ns, "wait tile", "S");
     printf("\n| CTA | blocks | wait raw | convert | to next block | block period | tile free -> copies issued | "
            "copies issued -> raw landed |\n");

@@ -29,14 +29,9 @@ int main(int argc, char **argv)
     if (const int rc = seesaw_trace_main(&t, argc, argv, "v9_timeline", 128, 8192, MLA_DTYPE_BF16, MLA_DTYPE_BF16, 0))
         return rc;
     const double cyc_ns = t.cyc_ns;
-    printf("v9_timeline: %s, B %d H %d seq %d, bf16 query and cache; traced call %.4f ms (one call, not in "
-           "a graph); %.3f SM cycles per ns; device flags 0x%x\n",
-           t.pd.prop.name, t.B, t.H, t.seq, t.ms, cyc_ns, t.flags);
-    if (tl_count[0][0] == 0 || tl_count[0][2] == 0) {
-        printf("no v9 stamps: the call did not run v9 (MLA_DECODE_VARIANT set? tensor map refused?)\n");
+    if (seesaw_print_intro(&t, "v9_timeline", "bf16 query and cache", true,
+                           "MLA_DECODE_VARIANT set? tensor map refused?"))
         return 1;
-    }
-    printf("Mean ns per steady pair (math) or block (producer), first %d CTAs:\n\n", MLA_SEESAW_TL_CTAS);
     print_seesaw_math_table(cyc_ns, "wait col 0", "rest of S");
     printf("\n| CTA | blocks | wait empty lo | issue lo | wait empty hi | issue hi | to next block | block period | "
            "lo issued -> S's column block 0 landed (openers) |\n");
