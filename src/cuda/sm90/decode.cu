@@ -4,6 +4,7 @@
 #include "mla_cuda.h"
 #include "decode_v1_mma.cuh"
 #include "decode_v2_fp8reg.cuh"
+#include "decode_v2_swap.cuh"
 #include "decode_v3_wgmma.cuh"
 #include "decode_v6_seesaw.cuh"
 #include "decode_v10_fp8mma.cuh"
@@ -21,9 +22,9 @@ using mla_decode_v1::Cfg;
 using mla_decode_v1::Params;
 
 // Kernel variants (MLA_DECODE_VARIANT selects one for comparison; default "v2"):
-//   "v2"  : rows <= 16 with an fp8 cache: decode_v2_fp8reg.cuh (MLA_DECODE_V2_BN=32|64 keys per
-//           block, default 64; MLA_DECODE_V2_CONV=alu|q8|w8 and MLA_DECODE_V2_LAYOUT=tma|pad|xor|h1:
-//           v2_conversion()); other
+//   "v2"  : rows <= 16 with an fp8 cache: decode_v2_swap.cuh, or decode_v2_fp8reg.cuh
+//           (MLA_DECODE_V2_BN=32|64 keys per block, default 64; MLA_DECODE_V2_CONV=cvt|alu|q8|w8
+//           and MLA_DECODE_V2_LAYOUT=tma|pad|xor|h1: v2_conversion()); other
 //           rows <= 32: decode_v1_mma.cuh "narrow" (32-key blocks, 128 threads, two CTAs per
 //           SM); rows 33..63: decode_v1_mma.cuh with M = 64 (64-key blocks, 256 threads, one
 //           CTA per SM), measured faster than two-per-SM M = 32 tiles at H = 128; rows >= 64:
@@ -146,13 +147,19 @@ int v2_block_n()
     return cached ? 64 : 32;
 }
 
-// v2's conversion (decode_v2_fp8reg.cuh kConv), MLA_DECODE_V2_CONV: "cvt" (default) K and V by
-// the cvt instruction; "alu" (32-key blocks only) both by integer bit moves; "q8" (64-key
+// v2's conversion (decode_v2_fp8reg.cuh kConv), MLA_DECODE_V2_CONV: "swap" (default, 64-key
+// blocks on the TMA layout) decode_v2_swap.cuh: S^T = K Q^T and O^T = V^T P^T on wgmma
+// m64n16k16 with both A operands converted in registers; "cvt" (the default before the
+// seventeenth session, and the form for 32-key blocks and the other layouts) mma.sync with K and
+// V by the cvt instruction; "alu" (32-key blocks only) both by integer bit moves; "q8" (64-key
 // blocks, fp8 query only) QK^T in e4m3 MMAs, V by cvt; "w8" (64-key blocks, fp8 query only)
 // QK^T as one wgmma chain per block from the fp8 stage, V by cvt. Other combinations fall back
 // to "cvt".
+// swap against cvt (H200, 2026-12-04 seventeenth session, bench/NOTES.md): 5-10% faster from
+// 16k keys up (B64 H16 32k 0.340 -> 0.320 ms, B128 32k 0.70 -> 0.62, B128 16k 0.344 -> 0.323),
+// 4% at B128 4k; 5% slower at B32 4k and 2.5% on the uneven 63 x 1k + 128k case.
 // Measured on an H200 (bench/NOTES.md, 2026-12-03), all on the xor layout: "cvt" is the fastest
-// of all; K or V alone by cvt (the other by integer moves) was 14-15% slower at B128 H16 32k,
+// of the mma.sync forms; K or V alone by cvt (the other by integer moves) was 14-15% slower at B128 H16 32k,
 // "q8" 10% slower, "w8" 14% slower (B64 H16 32k, fp8 query). On the padded layout (third
 // session of 2026-12-03) q8 was 5% slower than cvt (B64 32k 0.4133 vs 0.3932 ms), and K or V
 // alone by integer moves 20% slower; "q8" uses the padded layout unless xor or h1 is asked for.
@@ -169,14 +176,17 @@ constexpr int kV2W8 = mla_decode_v2::kConvW8 | mla_decode_v2::kConvCvtV;
 // batch 1 64k 0.0306 / 0.0296 / 0.0276 / 0.0275.
 constexpr int kV2Pad = mla_decode_v2::kConvPad | mla_decode_v2::kConvH1;
 constexpr int kV2Tma = mla_decode_v2::kConvCvt | mla_decode_v2::kConvH1 | mla_decode_v2::kConvTma;
+// "swap" (64-key blocks, TMA layout, either query dtype): decode_v2_swap.cuh.
+constexpr int kV2Swap = kV2Tma | 256;
 int v2_conversion(bool q_fp8, int bn)
 {
     using namespace mla_decode_v2;
-    static const char *const names[] = {"cvt", "alu", "q8", "w8"};
+    static const char *const names[] = {"cvt", "alu", "q8", "w8", "swap"};
     static const char *const layouts[] = {"xor", "h1", "pad", "tma"};
     static int cached = -1, layout = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_V2_CONV", names, 4, 0);
+    if (cached < 0) cached = env_choice("MLA_DECODE_V2_CONV", names, 5, 4);
     if (layout < 0) layout = env_choice("MLA_DECODE_V2_LAYOUT", layouts, 4, 3);
+    if (cached == 4 && bn == 64 && layout == 3) return kV2Swap;
     if (cached == 1 && bn == 32) return kConvAlu;
     if (cached == 2 && bn == 64 && q_fp8) return layout >= 2 ? kV2Q8 | kV2Pad : kV2Q8;
     if (cached == 3 && bn == 64 && q_fp8) return kV2W8;
@@ -208,6 +218,7 @@ const V2Form kV2Forms[] = {
     v2_form<mla_decode_v2::kConvAlu, 32>(),          v2_form<kV2Q8, 64>(),
     v2_form<kV2W8, 64>(),
     v2_form<kV2Q8 | kV2Pad, 64>(),                   v2_form<kV2Tma, 64>(),
+    {kV2Swap, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel, mla_decode_v2s::SwapCfg::kSmem},
 };
 constexpr int kNumV2Forms = (int)(sizeof kV2Forms / sizeof kV2Forms[0]);
 const V2Form *v2_form_of(int conv, int bn)
@@ -412,7 +423,7 @@ cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, cudaStream_t st
 {
     using namespace mla_decode_v2;
     int conv = v2_conversion(prm.q_fp8, pl.bn);
-    if (conv == kV2Tma) {
+    if (conv == kV2Swap || conv == kV2Tma) {
         Params tp = prm;
         if (encode_kv_maps(tp, prm.page_size == 64 && pl.bn == 64 ? 64 : 32)) {
             const V2Form *f = v2_form_of(conv, pl.bn);
