@@ -3,7 +3,8 @@
 // each phase boundary), runs a graph of 16 back-to-back calls of one fp8-cache case twice (as
 // bench/decode's headline time does), and prints, per call of the second replay, the phase
 // times relative to the call's scheduler entry (us). Split-kernel stamps are per CTA (thread
-// 0): min / median / max over CTAs. Only the v2 kernel (H * q_len <= 16, fp8 cache) is traced.
+// 0): min / median / max over CTAs. Only the H * q_len <= 16 fp8-cache kernels are traced
+// (decode_v2_swap.cuh, the default, and decode_v2_fp8reg.cuh with MLA_DECODE_V2_CONV=cvt).
 // Stamps cost a few instructions per CTA; the globaltimer's resolution is printed.
 // Build and run on the device:
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude -Isrc/core -Isrc/cuda

@@ -118,6 +118,11 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
     const int part = blockIdx.x;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
+#ifdef MLA_DECODE_TRACE // bench/probes/decode_trace.cu: the same stamps as version 2
+    const unsigned long long tr_entry = mla_trace_now();
+    unsigned long long tr_issued = 0, tr_first = 0;
+    int tr_blocks = 0;
+#endif
     if (tid == 0) {
         tma_prefetch_map(&p.kv_tma[0]);
         tma_prefetch_map(&p.kv_tma[1]);
@@ -127,12 +132,20 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
     __syncthreads();
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#ifdef MLA_DECODE_TRACE
+    const unsigned long long tr_waited = mla_trace_now();
+#endif
     const int tau = *p.s.tau;
     const float qk_scale = p.scale_log2;
 
     Cursor cons;
     const int seq0 = part_first_cursor(p, part, cons);
-    if (cons.b >= p.batch) return;
+    if (cons.b >= p.batch) {
+#ifdef MLA_DECODE_TRACE
+        mla_trace_split_end(tr_entry, tr_waited, 0, 0, 0);
+#endif
+        return;
+    }
 
     // Per-thread shared-memory offsets inside a stage (see the header's maps).
     const int fg = swap_row_key(g);
@@ -187,6 +200,9 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
     pref = prefetch_block<kBN>(p, prod);
     int nprod = 1;
     bool new_req = false;
+#ifdef MLA_DECODE_TRACE
+    tr_issued = mla_trace_now();
+#endif
 
     for (int j = 0; cons.b < p.batch; j++) {
         const int stage = j & 1;
@@ -199,6 +215,10 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
         mbar_wait(barBase + 8u * stage, (uint32_t)(j >> 1) & 1u);
         mla_decode_v3::fence_proxy_async(); // Q^T and P^T stores -> wgmma
         __syncthreads();
+#ifdef MLA_DECODE_TRACE
+        if (j == 0) tr_first = mla_trace_now();
+        tr_blocks++;
+#endif
         issue(nprod & 1, prod, pref);
         cursor_next(p, part, tau, prod);
         pref = prefetch_block<kBN>(p, prod);
@@ -438,6 +458,9 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
         }
     }
     // Nothing in flight here: the loop ends only after a request's last block, which waited.
+#ifdef MLA_DECODE_TRACE
+    mla_trace_split_end(tr_entry, tr_waited, tr_issued, tr_first, tr_blocks);
+#endif
 }
 
 } // namespace mla_decode_v2s
