@@ -347,7 +347,7 @@ static const int edge_lens[] = {1, 63, 64, 65, 0, 130, 33};
 
 static void sweep(mla_dtype kv)
 {
-    static const int hl[][2] = {{1, 1}, {1, 8}, {16, 1}, {16, 2}, {16, 4}, {16, 8},
+    static const int hl[][2] = {{1, 1}, {1, 8}, {16, 1}, {16, 2}, {16, 4}, {16, 8}, {32, 1}, {24, 1},
                                 {64, 1}, {64, 4}, {128, 1}, {128, 2}, {128, 8}, {96, 1}, {5, 3}};
     static const int pages[] = {32, 64};
     for (size_t i = 0; i < sizeof hl / sizeof hl[0]; i++)
@@ -380,6 +380,10 @@ TEST(gpu_decode_long_sequences)
         const mla_dtype dt = kv ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3;
         gdecode_case c = base_case(3, 1, 16, kv ? 32 : 64, dt, lens_a);
         run_gpu_decode_case(&c, kv ? "long bf16 H16" : "long fp8 H16");
+        /* 32 rows: with an fp8 cache two 16-row head blocks of the swap kernel */
+        c = base_case(3, 1, 32, 64, dt, lens_a);
+        c.with_lse = 1;
+        run_gpu_decode_case(&c, kv ? "long bf16 H32" : "long fp8 H32");
         c = base_case(1, 1, 128, 64, dt, lens_b);
         run_gpu_decode_case(&c, kv ? "long bf16 H128 batch 1" : "long fp8 H128 batch 1");
         c = base_case(2, 4, 64, 64, dt, lens_c);

@@ -22,7 +22,8 @@ using mla_decode_v1::Cfg;
 using mla_decode_v1::Params;
 
 // Kernel variants (MLA_DECODE_VARIANT selects one for comparison; default "v2"):
-//   "v2"  : rows <= 16 with an fp8 cache: decode_v2_swap.cuh, or decode_v2_fp8reg.cuh
+//   "v2"  : rows <= 16 with an fp8 cache (and rows 17..32 as two head blocks when the swap
+//           form is selected, the default): decode_v2_swap.cuh, or decode_v2_fp8reg.cuh
 //           (MLA_DECODE_V2_BN=32|64 keys per block, default 64; MLA_DECODE_V2_CONV=cvt|alu|q8|w8
 //           and MLA_DECODE_V2_LAYOUT=tma|pad|xor|h1: v2_conversion()); other
 //           rows <= 32: decode_v1_mma.cuh "narrow" (32-key blocks, 128 threads, two CTAs per
@@ -196,6 +197,14 @@ int v2_conversion(bool q_fp8, int bn)
     return kConvCvt;
 }
 
+// Whether H * q_len <= 32 fp8 calls take the swap kernel (its conversion, block size and
+// layout are the defaults or asked for): the plan then splits rows 17..32 into two 16-row head
+// blocks. The query dtype does not matter to it.
+bool v2_swap_selected()
+{
+    return v2_conversion(false, v2_block_n()) == kV2Swap;
+}
+
 // The instantiated v2 kernels (v2_conversion returns only these) and their shared memory.
 struct V2Form {
     int conv, bn;
@@ -237,7 +246,9 @@ Plan make_plan(int num_sms, int q_len, int heads, Variant variant, bool fp8)
         pl.bn = 64;
         pl.ctas_per_sm = 1;
     } else if (pl.rows <= 32) {
-        pl.m = pl.rows <= 16 ? 16 : 32;
+        // fp8 rows 17..32 run the swap kernel as two 16-row head blocks when it is selected
+        // (4x the mma.sync M = 32 kernel, which ran at ~20% of copy; bench/NOTES.md).
+        pl.m = pl.rows <= 16 || (fp8 && v2_family(variant) && v2_swap_selected()) ? 16 : 32;
         pl.bn = fp8 && pl.m == 16 && v2_family(variant) ? v2_block_n() : 32;
         pl.ctas_per_sm = 2;
     } else {
@@ -419,9 +430,12 @@ bool encode_kv_maps_bf16(Params &prm)
                             CU_TENSOR_MAP_SWIZZLE_128B);
 }
 
-cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, cudaStream_t stream)
+// *half_partials: whether the kernel it ran writes float16 partials (every v2 form does; the v1
+// fallback below does not).
+cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, bool *half_partials, cudaStream_t stream)
 {
     using namespace mla_decode_v2;
+    *half_partials = true;
     int conv = v2_conversion(prm.q_fp8, pl.bn);
     if (conv == kV2Swap || conv == kV2Tma) {
         Params tp = prm;
@@ -430,6 +444,13 @@ cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, cudaStream_t st
             return launch_split(f->kernel, tp, pl, kNT, f->smem, stream);
         }
         conv = kConvCvt | kV2Pad;
+    }
+    if (pl.head_blocks > 1) {
+        // Rows 17..32 were planned for the swap kernel, whose tensor map could not be made;
+        // the mma.sync forms take one 16-row tile only, v1's M = 16 kernel takes head blocks.
+        *half_partials = false;
+        return pl.bn == 32 ? launch_kernel<true, 16, 32, 128>(prm, pl, stream)
+                           : launch_kernel<true, 16, 64, 256>(prm, pl, stream);
     }
     const V2Form *f = v2_form_of(conv, pl.bn);
     return launch_split(f->kernel, prm, pl, kNT, f->smem, stream);
@@ -466,10 +487,7 @@ cudaError_t launch_variant(const Params &prm, const Plan &pl, bool fp8_math, boo
                            cudaStream_t stream)
 {
     *half_partials = false;
-    if (runs_v2_fp8_m16(pl, FP8)) {
-        *half_partials = true;
-        return launch_v2_fp8_m16(prm, pl, stream);
-    }
+    if (runs_v2_fp8_m16(pl, FP8)) return launch_v2_fp8_m16(prm, pl, half_partials, stream);
     constexpr bool kWideHalf = FP8 && mla_decode_v3::kWideHalfPartials;
     // The wgmma kernel uses the plan of the v1 M = 64 kernel (64-key blocks, one CTA per SM).
     if (FP8 && prm.q_fp8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && pl.rows >= 64 &&

@@ -1,4 +1,5 @@
-// Split-KV MLA decode for H * q_len <= 16 rows with an fp8 cache, "swap" form of version 2:
+// Split-KV MLA decode for H * q_len <= 16 rows (up to 32 as two head blocks) with an fp8 cache,
+// "swap" form of version 2:
 // the products are transposed so that the 64 keys of a block fill wgmma's M = 64 and the 16
 // query rows are its N, with no padding:
 //   S^T (64 keys x 16 rows) = K (64 x 576) Q^T          wgmma m64n16k16, A = K from registers
@@ -62,11 +63,12 @@ __device__ __forceinline__ uint32_t word(const uint4 &v, int i) { return i == 0 
 // Key of S^T row g (+ 8 h) of warp w, below the block's first key.
 __device__ __forceinline__ int swap_row_key(int g) { return (g >> 1) ^ (5 * (g & 1)); }
 
-// Q^T of request b into the tile at sQ (rows >= p.rows zero): 16 rows x 72 chunks of 8 f16,
+// Q^T rows [row0, row0 + 16) of request b into the tile at sQ (rows >= p.rows zero): 16 rows x 72
+// chunks of 8 f16,
 // chunk (q, u, hi) of row n holding dims 64 q + 16 t + 4 u + 2 hi + {0, 1} for t = 0..3. All
 // loads are issued before `between` runs.
 template <bool kFp8, typename F>
-__device__ __forceinline__ void load_qt_t(const Params &p, int b, uint32_t sQ, F between)
+__device__ __forceinline__ void load_qt_t(const Params &p, int b, int row0, uint32_t sQ, F between)
 {
     constexpr int kChunks = kM * 72, kIt = kChunks / kNT;
     static_assert(kChunks % kNT == 0, "Q^T chunks per thread");
@@ -75,7 +77,7 @@ __device__ __forceinline__ void load_qt_t(const Params &p, int b, uint32_t sQ, F
     for (int i = 0; i < kIt; i++) {
         const int ci = (int)threadIdx.x + kNT * i, n = ci / 72, rem = ci % 72;
         const int d0 = 64 * (rem >> 3) + 4 * ((rem >> 1) & 3) + 2 * (rem & 1);
-        const size_t e = ((size_t)b * p.rows + min(n, p.rows - 1)) * kDqk + d0;
+        const size_t e = ((size_t)b * p.rows + min(row0 + n, p.rows - 1)) * kDqk + d0;
 #pragma unroll
         for (int t = 0; t < 4; t++) {
             if constexpr (kFp8) x[i][t] = __ldg(reinterpret_cast<const uint16_t *>((const uint8_t *)p.q + e + 16 * t));
@@ -91,7 +93,7 @@ __device__ __forceinline__ void load_qt_t(const Params &p, int b, uint32_t sQ, F
         for (int t = 0; t < 4; t++) {
             if constexpr (kFp8) h[t] = e4m3x2_to_f16x2((uint16_t)x[i][t]);
             else h[t] = bf16x2_to_f16x2_sat(x[i][t]);
-            if (n >= p.rows) h[t] = 0u;
+            if (row0 + n >= p.rows) h[t] = 0u;
         }
         const uint32_t addr = sQ + (uint32_t)((rem >> 3) * 2048 + n * 128 + (((rem & 7) ^ (n & 7)) << 4));
         mla_decode_ws::st_shared16(addr, make_uint4(h[0], h[1], h[2], h[3]));
@@ -115,7 +117,9 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
     int *sFlags = reinterpret_cast<int *>(smem + C::offFlags);
     const uint32_t barBase = sBase + C::offBar;
 
-    const int part = blockIdx.x;
+    // Head block hb (blockIdx.y) takes query rows [16 hb, 16 hb + 16): rows 17..32 run as two
+    // head blocks whose CTAs read the same key blocks (the second mostly from L2).
+    const int part = blockIdx.x, row0 = kM * (int)blockIdx.y;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
 #ifdef MLA_DECODE_TRACE // bench/probes/decode_trace.cu: the same stamps as version 2
@@ -173,15 +177,15 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
     auto set_limits = [&](int seq) {
 #pragma unroll
         for (int r = 0; r < 4; r++) {
-            const int n = 8 * (r >> 1) + 2 * t + (r & 1);
-            lim_row[r] = n >= p.rows ? -1 : p.causal ? seq - p.q_len + n / p.heads + 1 : seq;
+            const int gr = row0 + 8 * (r >> 1) + 2 * t + (r & 1);
+            lim_row[r] = gr >= p.rows ? -1 : p.causal ? seq - p.q_len + gr / p.heads + 1 : seq;
         }
         lim_min = p.causal ? seq - p.q_len + 1 : seq;
         cur_seq = seq;
     };
     auto load_q = [&](int b, auto between) {
-        if (p.q_fp8) load_qt_t<true>(p, b, sQ, between);
-        else load_qt_t<false>(p, b, sQ, between);
+        if (p.q_fp8) load_qt_t<true>(p, b, row0, sQ, between);
+        else load_qt_t<false>(p, b, row0, sQ, between);
     };
     auto issue = [&](int s, const Cursor &c, const Pref &f) {
         issue_block_tma<kBN>(p, c, f, sBase + (uint32_t)(C::offStage + s * C::kStageBytes), &sFlags[s], barBase + 8u * s);
@@ -415,15 +419,15 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
             const int c = 8 * w + g; // this thread's 16 output dims [16 c, +16)
 #pragma unroll
             for (int r = 0; r < 4; r++) {
-                const int n = 8 * (r >> 1) + 2 * t + (r & 1);
-                if (n >= p.rows) continue;
+                const int n = 8 * (r >> 1) + 2 * t + (r & 1), gr = row0 + n;
+                if (gr >= p.rows) continue;
                 float L = 0.f;
 #pragma unroll
                 for (int v = 0; v < 4; v++) L += sRedSum[v * 16 + n];
                 const float inv = L > 0.f ? 1.0f / L : 0.f;
                 const float lse = L > 0.f ? (m_run[r] + log2f(L)) * 0.69314718055994531f : -INFINITY;
                 const int kx = 4 * (r >> 1) + (r & 1); // o[i][kx] dim 2 i, o[i][kx + 2] dim 2 i + 1
-                const size_t row = (size_t)b * p.rows + n;
+                const size_t row = (size_t)b * p.rows + gr;
                 if (nsplit == 1) {
                     const float sc = inv * p.bmm2;
                     uint32_t wv[8];
@@ -435,7 +439,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
                     if (p.lse && c == 0) p.lse[row] = lse;
                 } else {
                     // float16 partials (decode_split.cuh): |O / l| <= 448 for an fp8 cache.
-                    const size_t prow = (size_t)slot * p.rows + n;
+                    const size_t prow = (size_t)slot * p.rows + gr;
                     uint32_t wv[8];
 #pragma unroll
                     for (int i = 0; i < 8; i++) wv[i] = pack2<true>(o[i][kx] * inv, o[i][kx + 2] * inv);
