@@ -386,6 +386,10 @@ int main(int argc, char **argv)
         cases[n++] = (bench_case){4, 4, 16, 81920, 64, F, "", 0, 0, 0};
         cases[n++] = (bench_case){4, 4, 32, 81920, 64, F, "", 0, 0, 0};
         cases[n++] = (bench_case){64, 1, 16, 16384, 32, F, "", 0, 0, 0};
+        /* 32 query rows (H 32, or H 16 with one speculative token): the H = 32 */
+        cases[n++] = (bench_case){64, 1, 32, 16384, 64, F, "", 0, 0, 0};
+        cases[n++] = (bench_case){64, 2, 16, 16384, 64, F, "", 0, 0, 0};
+        cases[n++] = (bench_case){64, 1, 32, 16384, 64, W, "", 0, 0, 0};
         /* one 128k request among 63 of 1k: the split-KV balance (the uneven case) */
         cases[n++] = (bench_case){64, 1, 16, 1024, 64, F, "", 0, 131072, 0};
     }
