@@ -675,6 +675,9 @@ TEST(gpu_decode_no_causal_mask)
     c = base_case(3, 2, 8, 32, MLA_DTYPE_FP8_E4M3, lens); /* 16 rows: the v2 fp8 kernel */
     c.no_causal = 1;
     run_gpu_decode_case(&c, "no causal mask fp8 16 rows");
+    c = base_case(3, 2, 16, 32, MLA_DTYPE_FP8_E4M3, lens); /* 32 rows: the fp8 swap32 kernel */
+    c.no_causal = 1;
+    run_gpu_decode_case(&c, "no causal mask fp8 32 rows");
 }
 
 TEST(gpu_decode_bad_page_index_is_skipped_and_flagged)

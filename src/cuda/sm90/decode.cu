@@ -5,6 +5,7 @@
 #include "decode_v1_mma.cuh"
 #include "decode_v2_fp8reg.cuh"
 #include "decode_v2_swap.cuh"
+#include "decode_v2_swap32.cuh"
 #include "decode_v3_wgmma.cuh"
 #include "decode_v6_seesaw.cuh"
 #include "decode_v10_fp8mma.cuh"
@@ -205,6 +206,18 @@ bool v2_swap_selected()
     return v2_conversion(false, v2_block_n()) == kV2Swap;
 }
 
+// fp8 rows 17..32 with the swap form selected, MLA_DECODE_V2_ROWS32: "hb2" (default) two 16-row
+// head blocks of decode_v2_swap.cuh, each CTA converting the key block itself; "one" one CTA
+// of two warpgroups per SM converting each block once (decode_v2_swap32.cuh). H200, B64 H32
+// 16k: hb2 0.315 ms (46% of copy), one 0.383 ms (38%) (bench/NOTES.md, seventeenth session).
+int rows32_form()
+{
+    static const char *const names[] = {"one", "hb2"};
+    static int cached = -1;
+    if (cached < 0) cached = env_choice("MLA_DECODE_V2_ROWS32", names, 2, 1);
+    return cached;
+}
+
 // The instantiated v2 kernels (v2_conversion returns only these) and their shared memory.
 struct V2Form {
     int conv, bn;
@@ -248,9 +261,14 @@ Plan make_plan(int num_sms, int q_len, int heads, Variant variant, bool fp8)
     } else if (pl.rows <= 32) {
         // fp8 rows 17..32 run the swap kernel as two 16-row head blocks when it is selected
         // (4x the mma.sync M = 32 kernel, which ran at ~20% of copy; bench/NOTES.md).
-        pl.m = pl.rows <= 16 || (fp8 && v2_family(variant) && v2_swap_selected()) ? 16 : 32;
+        const bool swap = fp8 && v2_family(variant) && v2_swap_selected();
+        pl.m = pl.rows <= 16 || (swap && rows32_form() == 1) ? 16 : 32;
         pl.bn = fp8 && pl.m == 16 && v2_family(variant) ? v2_block_n() : 32;
         pl.ctas_per_sm = 2;
+        if (swap && pl.m == 32) { // decode_v2_swap32.cuh: one CTA of two warpgroups per SM
+            pl.bn = 64;
+            pl.ctas_per_sm = 1;
+        }
     } else {
         pl.m = 64;
         pl.bn = 64;
@@ -327,6 +345,9 @@ cudaError_t set_all_smem_attrs()
             }
         }
     }
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(mla_decode_v2s::decode_fp8_m32_swap_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 mla_decode_v2s::Swap32Cfg::kSmem);
     if (e == cudaSuccess) e = set_v3_smem_attr<true>();
     if (e == cudaSuccess) e = set_v3_smem_attr<false>();
     for (int bulk = 0; bulk < 2 && e == cudaSuccess; bulk++)
@@ -488,6 +509,16 @@ cudaError_t launch_variant(const Params &prm, const Plan &pl, bool fp8_math, boo
 {
     *half_partials = false;
     if (runs_v2_fp8_m16(pl, FP8)) return launch_v2_fp8_m16(prm, pl, half_partials, stream);
+    if (FP8 && pl.m == 32 && pl.bn == 64 && pl.ctas_per_sm == 1 && v2_family(selected_variant()) &&
+        v2_swap_selected()) { // make_plan's swap32 plan (the "wide" variant has the same shape)
+        Params tp = prm;
+        if (encode_kv_maps(tp, prm.page_size == 64 ? 64 : 32)) {
+            *half_partials = true;
+            return launch_split(mla_decode_v2s::decode_fp8_m32_swap_kernel, tp, pl, mla_decode_v2s::kNT32,
+                                mla_decode_v2s::Swap32Cfg::kSmem, stream);
+        }
+        return launch_kernel<FP8, 32, 64, 256>(prm, pl, stream); // no tensor map: v1, M = 32
+    }
     constexpr bool kWideHalf = FP8 && mla_decode_v3::kWideHalfPartials;
     // The wgmma kernel uses the plan of the v1 M = 64 kernel (64-key blocks, one CTA per SM).
     if (FP8 && prm.q_fp8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && pl.rows >= 64 &&

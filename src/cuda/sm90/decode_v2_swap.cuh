@@ -63,19 +63,19 @@ __device__ __forceinline__ uint32_t word(const uint4 &v, int i) { return i == 0 
 // Key of S^T row g (+ 8 h) of warp w, below the block's first key.
 __device__ __forceinline__ int swap_row_key(int g) { return (g >> 1) ^ (5 * (g & 1)); }
 
-// Q^T rows [row0, row0 + 16) of request b into the tile at sQ (rows >= p.rows zero): 16 rows x 72
-// chunks of 8 f16,
-// chunk (q, u, hi) of row n holding dims 64 q + 16 t + 4 u + 2 hi + {0, 1} for t = 0..3. All
-// loads are issued before `between` runs.
-template <bool kFp8, typename F>
+// Q^T rows [row0, row0 + R) of request b into the tile at sQ (rows >= p.rows zero): R rows x 72
+// chunks of 8 f16 (column blocks of R rows x 128 bytes), chunk (q, u, hi) of row n holding dims
+// 64 q + 16 t + 4 u + 2 hi + {0, 1} for t = 0..3; T threads share the work. All loads are
+// issued before `between` runs.
+template <bool kFp8, int R = kM, int T = kNT, typename F>
 __device__ __forceinline__ void load_qt_t(const Params &p, int b, int row0, uint32_t sQ, F between)
 {
-    constexpr int kChunks = kM * 72, kIt = kChunks / kNT;
-    static_assert(kChunks % kNT == 0, "Q^T chunks per thread");
+    constexpr int kChunks = R * 72, kIt = kChunks / T;
+    static_assert(kChunks % T == 0, "Q^T chunks per thread");
     uint32_t x[kIt][4];
 #pragma unroll
     for (int i = 0; i < kIt; i++) {
-        const int ci = (int)threadIdx.x + kNT * i, n = ci / 72, rem = ci % 72;
+        const int ci = (int)threadIdx.x + T * i, n = ci / 72, rem = ci % 72;
         const int d0 = 64 * (rem >> 3) + 4 * ((rem >> 1) & 3) + 2 * (rem & 1);
         const size_t e = ((size_t)b * p.rows + min(row0 + n, p.rows - 1)) * kDqk + d0;
 #pragma unroll
@@ -87,7 +87,7 @@ __device__ __forceinline__ void load_qt_t(const Params &p, int b, int row0, uint
     between();
 #pragma unroll
     for (int i = 0; i < kIt; i++) {
-        const int ci = (int)threadIdx.x + kNT * i, n = ci / 72, rem = ci % 72;
+        const int ci = (int)threadIdx.x + T * i, n = ci / 72, rem = ci % 72;
         uint32_t h[4];
 #pragma unroll
         for (int t = 0; t < 4; t++) {
@@ -95,7 +95,7 @@ __device__ __forceinline__ void load_qt_t(const Params &p, int b, int row0, uint
             else h[t] = bf16x2_to_f16x2_sat(x[i][t]);
             if (row0 + n >= p.rows) h[t] = 0u;
         }
-        const uint32_t addr = sQ + (uint32_t)((rem >> 3) * 2048 + n * 128 + (((rem & 7) ^ (n & 7)) << 4));
+        const uint32_t addr = sQ + (uint32_t)((rem >> 3) * (R * 128) + n * 128 + (((rem & 7) ^ (n & 7)) << 4));
         mla_decode_ws::st_shared16(addr, make_uint4(h[0], h[1], h[2], h[3]));
     }
 }
