@@ -24,7 +24,8 @@ using mla_decode_v1::Params;
 
 // Kernel variants (MLA_DECODE_VARIANT selects one for comparison; default "v2"):
 //   "v2"  : rows <= 16 with an fp8 cache (and rows 17..32 as two head blocks when the swap
-//           form is selected, the default): decode_v2_swap.cuh, or decode_v2_fp8reg.cuh
+//           form is selected, the default; decode_v2_swap32.cuh with MLA_DECODE_V2_ROWS32=one):
+//           decode_v2_swap.cuh, or decode_v2_fp8reg.cuh
 //           (MLA_DECODE_V2_BN=32|64 keys per block, default 64; MLA_DECODE_V2_CONV=cvt|alu|q8|w8
 //           and MLA_DECODE_V2_LAYOUT=tma|pad|xor|h1: v2_conversion()); other
 //           rows <= 32: decode_v1_mma.cuh "narrow" (32-key blocks, 128 threads, two CTAs per
@@ -260,7 +261,8 @@ Plan make_plan(int num_sms, int q_len, int heads, Variant variant, bool fp8)
         pl.ctas_per_sm = 1;
     } else if (pl.rows <= 32) {
         // fp8 rows 17..32 run the swap kernel as two 16-row head blocks when it is selected
-        // (4x the mma.sync M = 32 kernel, which ran at ~20% of copy; bench/NOTES.md).
+        // (2.2x the mma.sync M = 32 kernel, which ran at ~20% of copy; bench/NOTES.md), or
+        // with MLA_DECODE_V2_ROWS32=one the 32-row swap kernel.
         const bool swap = fp8 && v2_family(variant) && v2_swap_selected();
         pl.m = pl.rows <= 16 || (swap && rows32_form() == 1) ? 16 : 32;
         pl.bn = fp8 && pl.m == 16 && v2_family(variant) ? v2_block_n() : 32;
