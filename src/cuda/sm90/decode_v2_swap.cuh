@@ -1,15 +1,15 @@
 // Split-KV MLA decode for H * q_len <= 16 rows (up to 32 as two head blocks) with an fp8 cache,
-// "swap" form of version 2:
-// the products are transposed so that the 64 keys of a block fill wgmma's M = 64 and the 16
-// query rows are its N, with no padding:
+// "swap" form of version 2: the products are transposed so that the 64 keys of a block fill
+// wgmma's M = 64 and the 16 query rows are its N, with no padding:
 //   S^T (64 keys x 16 rows) = K (64 x 576) Q^T          wgmma m64n16k16, A = K from registers
 //   O^T (512 dims x 16 rows) += V^T (512 x 64) P^T      8 x wgmma m64n16k16, A = V^T from registers
 // Both A operands are built in registers straight from the raw fp8 stage (cvt e4m3x2 -> f16x2,
 // exact; V^T's key pairs interleaved with one prmt per two conversions), so the stage is read
 // once by plain 16-byte loads and nothing is written back to shared memory except P^T (2 KB).
 // Q^T (16 rows x 576, f16) and P^T (16 rows x 64 keys) are K-major B tiles in the 128-byte
-// swizzle. Per warp and 64-key block that is ~34 shared loads, 272 conversions, 64 byte permutes
-// and 68 wgmma, against ~1130 instructions for version 2's mma.sync form (bench/NOTES.md).
+// swizzle. Per warp and 64-key block: 34 shared loads of the stage, 272 conversions, 64 byte
+// permutes and 68 wgmma; 925 instructions in all (ncu), against 1129 for version 2's mma.sync
+// form (bench/NOTES.md, seventeenth session).
 //
 // Index maps (the k order of an MMA is free; both operands use the same one):
 //   * S^T's k: k-step 4q + u, slot s = 8 hi + 2 t + e  <->  dim 64 q + 16 t + 4 u + 2 hi + e, so
