@@ -675,7 +675,7 @@ TEST(gpu_decode_no_causal_mask)
     c = base_case(3, 2, 8, 32, MLA_DTYPE_FP8_E4M3, lens); /* 16 rows: the v2 fp8 kernel */
     c.no_causal = 1;
     run_gpu_decode_case(&c, "no causal mask fp8 16 rows");
-    c = base_case(3, 2, 16, 32, MLA_DTYPE_FP8_E4M3, lens); /* 32 rows: two swap head blocks (or swap32) */
+    c = base_case(3, 2, 16, 32, MLA_DTYPE_FP8_E4M3, lens); /* 32 rows: two swap head blocks */
     c.no_causal = 1;
     run_gpu_decode_case(&c, "no causal mask fp8 32 rows");
 }

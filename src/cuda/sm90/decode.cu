@@ -5,7 +5,6 @@
 #include "decode_v1_mma.cuh"
 #include "decode_v2_fp8reg.cuh"
 #include "decode_v2_swap.cuh"
-#include "decode_v2_swap32.cuh"
 #include "decode_v3_wgmma.cuh"
 #include "decode_v6_seesaw.cuh"
 #include "decode_v10_fp8mma.cuh"
@@ -24,8 +23,7 @@ using mla_decode_v1::Params;
 
 // Kernel variants (MLA_DECODE_VARIANT selects one for comparison; default "v2"):
 //   "v2"  : rows <= 16 with an fp8 cache (and rows 17..32 as two head blocks when the swap
-//           form is selected, the default; decode_v2_swap32.cuh with MLA_DECODE_V2_ROWS32=one):
-//           decode_v2_swap.cuh, or decode_v2_fp8reg.cuh
+//           form is selected, the default): decode_v2_swap.cuh, or decode_v2_fp8reg.cuh
 //           (MLA_DECODE_V2_BN=32|64 keys per block, default 64; MLA_DECODE_V2_CONV=cvt|alu|q8|w8
 //           and MLA_DECODE_V2_LAYOUT=tma|pad|xor|h1: v2_conversion()); other
 //           rows <= 32: decode_v1_mma.cuh "narrow" (32-key blocks, 128 threads, two CTAs per
@@ -207,18 +205,6 @@ bool v2_swap_selected()
     return v2_conversion(false, v2_block_n()) == kV2Swap;
 }
 
-// fp8 rows 17..32 with the swap form selected, MLA_DECODE_V2_ROWS32: "hb2" (default) two 16-row
-// head blocks of decode_v2_swap.cuh, each CTA converting the key block itself; "one" one CTA
-// of two warpgroups per SM converting each block once (decode_v2_swap32.cuh). H200, B64 H32
-// 16k: hb2 0.315 ms (46% of copy), one 0.383 ms (38%) (bench/NOTES.md, seventeenth session).
-int rows32_form()
-{
-    static const char *const names[] = {"one", "hb2"};
-    static int cached = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_V2_ROWS32", names, 2, 1);
-    return cached;
-}
-
 // The instantiated v2 kernels (v2_conversion returns only these) and their shared memory.
 struct V2Form {
     int conv, bn;
@@ -261,16 +247,11 @@ Plan make_plan(int num_sms, int q_len, int heads, Variant variant, bool fp8)
         pl.ctas_per_sm = 1;
     } else if (pl.rows <= 32) {
         // fp8 rows 17..32 run the swap kernel as two 16-row head blocks when it is selected
-        // (2.2x the mma.sync M = 32 kernel, which ran at ~20% of copy; bench/NOTES.md), or
-        // with MLA_DECODE_V2_ROWS32=one the 32-row swap kernel.
-        const bool swap = fp8 && v2_family(variant) && v2_swap_selected();
-        pl.m = pl.rows <= 16 || (swap && rows32_form() == 1) ? 16 : 32;
+        // (2.2x the mma.sync M = 32 kernel, which ran at ~20% of copy; a 32-row form converting
+        // each block once was slower: bench/variants/decode/decode_v2_swap32.cuh, NOTES.md).
+        pl.m = pl.rows <= 16 || (fp8 && v2_family(variant) && v2_swap_selected()) ? 16 : 32;
         pl.bn = fp8 && pl.m == 16 && v2_family(variant) ? v2_block_n() : 32;
         pl.ctas_per_sm = 2;
-        if (swap && pl.m == 32) { // decode_v2_swap32.cuh: one CTA of two warpgroups per SM
-            pl.bn = 64;
-            pl.ctas_per_sm = 1;
-        }
     } else {
         pl.m = 64;
         pl.bn = 64;
@@ -347,9 +328,6 @@ cudaError_t set_all_smem_attrs()
             }
         }
     }
-    if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(mla_decode_v2s::decode_fp8_m32_swap_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 mla_decode_v2s::Swap32Cfg::kSmem);
     if (e == cudaSuccess) e = set_v3_smem_attr<true>();
     if (e == cudaSuccess) e = set_v3_smem_attr<false>();
     for (int bulk = 0; bulk < 2 && e == cudaSuccess; bulk++)
@@ -511,16 +489,6 @@ cudaError_t launch_variant(const Params &prm, const Plan &pl, bool fp8_math, boo
 {
     *half_partials = false;
     if (runs_v2_fp8_m16(pl, FP8)) return launch_v2_fp8_m16(prm, pl, half_partials, stream);
-    if (FP8 && pl.m == 32 && pl.bn == 64 && pl.ctas_per_sm == 1 && v2_family(selected_variant()) &&
-        v2_swap_selected()) { // make_plan's swap32 plan (the "wide" variant has the same shape)
-        Params tp = prm;
-        if (encode_kv_maps(tp, prm.page_size == 64 ? 64 : 32)) {
-            *half_partials = true;
-            return launch_split(mla_decode_v2s::decode_fp8_m32_swap_kernel, tp, pl, mla_decode_v2s::kNT32,
-                                mla_decode_v2s::Swap32Cfg::kSmem, stream);
-        }
-        return launch_kernel<FP8, 32, 64, 256>(prm, pl, stream); // no tensor map: v1, M = 32
-    }
     constexpr bool kWideHalf = FP8 && mla_decode_v3::kWideHalfPartials;
     // The wgmma kernel uses the plan of the v1 M = 64 kernel (64-key blocks, one CTA per SM).
     if (FP8 && prm.q_fp8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && pl.rows >= 64 &&

@@ -11,9 +11,10 @@
 //     only those V bytes.
 // 4 stages of 64 keys by TMA (issued by warpgroup 0's warps, version 2's issue_block_tma),
 // Q^T (32 rows, 36 KB) and P^T (4 KB) as K-major B tiles in the 128-byte swizzle.
-// Opt-in (MLA_DECODE_V2_ROWS32=one): on an H200 it ran at 38% of copy against 46% for two 16-row
+// Retired (bench/variants/README.md): on an H200 it ran at 38% of copy against 46% for two 16-row
 // head blocks of the swap kernel (B64 H32 16k 0.383 vs 0.315 ms), which convert every block
-// twice but run as two independent CTAs per SM; bench/NOTES.md.
+// twice but run as two independent CTAs per SM; bench/NOTES.md. Its include path assumes
+// src/cuda/sm90/.
 #pragma once
 #include "decode_v2_swap.cuh"
 
