@@ -63,14 +63,14 @@ __device__ __forceinline__ uint32_t word(const uint4 &v, int i) { return i == 0 
 // Key of S^T row g (+ 8 h) of warp w, below the block's first key.
 __device__ __forceinline__ int swap_row_key(int g) { return (g >> 1) ^ (5 * (g & 1)); }
 
-// Q^T rows [row0, row0 + R) of request b into the tile at sQ (rows >= p.rows zero): R rows x 72
-// chunks of 8 f16 (column blocks of R rows x 128 bytes), chunk (q, u, hi) of row n holding dims
-// 64 q + 16 t + 4 u + 2 hi + {0, 1} for t = 0..3; T threads share the work. All loads are
-// issued before `between` runs.
-template <bool kFp8, int R = kM, int T = kNT, typename F>
+// Q^T rows [row0, row0 + 16) of request b into the tile at sQ (rows >= p.rows zero): 16 rows x
+// 72 chunks of 8 f16 (column blocks of 16 rows x 128 bytes), chunk (q, u, hi) of row n holding
+// dims 64 q + 16 t + 4 u + 2 hi + {0, 1} for t = 0..3. All loads are issued before `between`
+// runs.
+template <bool kFp8, typename F>
 __device__ __forceinline__ void load_qt_t(const Params &p, int b, int row0, uint32_t sQ, F between)
 {
-    constexpr int kChunks = R * 72, kIt = kChunks / T;
+    constexpr int R = kM, T = kNT, kChunks = R * 72, kIt = kChunks / T;
     static_assert(kChunks % T == 0, "Q^T chunks per thread");
     uint32_t x[kIt][4];
 #pragma unroll
