@@ -649,6 +649,8 @@ TEST(gpu_decode_adjacent_pages)
         {64, 2, 32, MLA_DTYPE_BF16, MLA_DTYPE_BF16, 0},          /* v9 */
         {128, 1, 64, MLA_DTYPE_BF16, MLA_DTYPE_BF16, 0},         /* v9 */
         {128, 1, 32, MLA_DTYPE_BF16, MLA_DTYPE_FP8_E4M3, 0},     /* v7 */
+        {16, 1, 32, MLA_DTYPE_BF16, MLA_DTYPE_BF16, 0},          /* bf16 swap, N = 16 */
+        {32, 1, 64, MLA_DTYPE_BF16, MLA_DTYPE_BF16, 0},          /* bf16 swap, N = 32 */
     };
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         gdecode_case c = base_case(8, shapes[i].q_len, shapes[i].heads, shapes[i].page, shapes[i].kv, lens);
@@ -678,6 +680,12 @@ TEST(gpu_decode_no_causal_mask)
     c = base_case(3, 2, 16, 32, MLA_DTYPE_FP8_E4M3, lens); /* 32 rows: two swap head blocks */
     c.no_causal = 1;
     run_gpu_decode_case(&c, "no causal mask fp8 32 rows");
+    c = base_case(3, 2, 16, 64, MLA_DTYPE_BF16, lens); /* 32 rows: the bf16 swap kernel, N = 32 */
+    c.no_causal = 1;
+    run_gpu_decode_case(&c, "no causal mask bf16 32 rows");
+    c = base_case(3, 4, 3, 32, MLA_DTYPE_BF16, lens); /* 12 rows: the bf16 swap kernel, N = 16 */
+    c.no_causal = 1;
+    run_gpu_decode_case(&c, "no causal mask bf16 12 rows");
 }
 
 TEST(gpu_decode_bad_page_index_is_skipped_and_flagged)

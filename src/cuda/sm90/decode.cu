@@ -5,6 +5,7 @@
 #include "decode_v1_mma.cuh"
 #include "decode_v2_fp8reg.cuh"
 #include "decode_v2_swap.cuh"
+#include "decode_bf16_swap.cuh"
 #include "decode_v3_wgmma.cuh"
 #include "decode_v6_seesaw.cuh"
 #include "decode_v10_fp8mma.cuh"
@@ -26,6 +27,9 @@ using mla_decode_v1::Params;
 //           form is selected, the default): decode_v2_swap.cuh, or decode_v2_fp8reg.cuh
 //           (MLA_DECODE_V2_BN=32|64 keys per block, default 64; MLA_DECODE_V2_CONV=cvt|alu|q8|w8
 //           and MLA_DECODE_V2_LAYOUT=tma|pad|xor|h1: v2_conversion()); other
+//           rows <= 32 with a bf16 cache: decode_bf16_swap.cuh (N = 16 or 32 query rows, 64-key
+//           blocks, one CTA per SM; MLA_DECODE_BF16_SWAP=0 keeps the mma.sync kernel below, and
+//           so does a tensor map that cannot be made, as v1 M = 16/32 with the same plan); other
 //           rows <= 32: decode_v1_mma.cuh "narrow" (32-key blocks, 128 threads, two CTAs per
 //           SM); rows 33..63: decode_v1_mma.cuh with M = 64 (64-key blocks, 256 threads, one
 //           CTA per SM), measured faster than two-per-SM M = 32 tiles at H = 128; rows >= 64:
@@ -205,6 +209,16 @@ bool v2_swap_selected()
     return v2_conversion(false, v2_block_n()) == kV2Swap;
 }
 
+// Whether bf16-cache calls with H * q_len <= 32 take decode_bf16_swap.cuh (MLA_DECODE_BF16_SWAP,
+// default 1; read once per process, like the variant, since the plan depends on it).
+bool bf16_swap_selected()
+{
+    static const char *const names[] = {"0", "1"};
+    static int cached = -1;
+    if (cached < 0) cached = env_choice("MLA_DECODE_BF16_SWAP", names, 2, 1);
+    return cached == 1;
+}
+
 // The instantiated v2 kernels (v2_conversion returns only these) and their shared memory.
 struct V2Form {
     int conv, bn;
@@ -243,6 +257,11 @@ Plan make_plan(int num_sms, int q_len, int heads, Variant variant, bool fp8)
     pl.rows = q_len * heads;
     if (variant == kVariantWide) {
         pl.m = pl.rows <= 16 ? 16 : pl.rows <= 32 ? 32 : 64;
+        pl.bn = 64;
+        pl.ctas_per_sm = 1;
+    } else if (pl.rows <= 32 && !fp8 && v2_family(variant) && bf16_swap_selected()) {
+        // decode_bf16_swap.cuh: all rows in one CTA per SM, 64-key blocks.
+        pl.m = pl.rows <= 16 ? 16 : 32;
         pl.bn = 64;
         pl.ctas_per_sm = 1;
     } else if (pl.rows <= 32) {
@@ -328,6 +347,12 @@ cudaError_t set_all_smem_attrs()
             }
         }
     }
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(mla_decode_bs::decode_bf16_swap_kernel<16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 mla_decode_bs::BsCfg<16>::kSmem);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(mla_decode_bs::decode_bf16_swap_kernel<32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 mla_decode_bs::BsCfg<32>::kSmem);
     if (e == cudaSuccess) e = set_v3_smem_attr<true>();
     if (e == cudaSuccess) e = set_v3_smem_attr<false>();
     for (int bulk = 0; bulk < 2 && e == cudaSuccess; bulk++)
@@ -489,6 +514,18 @@ cudaError_t launch_variant(const Params &prm, const Plan &pl, bool fp8_math, boo
 {
     *half_partials = false;
     if (runs_v2_fp8_m16(pl, FP8)) return launch_v2_fp8_m16(prm, pl, half_partials, stream);
+    if (!FP8 && pl.rows <= 32 && pl.bn == 64 && pl.ctas_per_sm == 1 && v2_family(selected_variant()) &&
+        bf16_swap_selected()) {
+        Params tp = prm;
+        if (encode_kv_maps_bf16(tp))
+            return pl.m == 16 ? launch_split(mla_decode_bs::decode_bf16_swap_kernel<16>, tp, pl, mla_decode_bs::kNT,
+                                             mla_decode_bs::BsCfg<16>::kSmem, stream)
+                              : launch_split(mla_decode_bs::decode_bf16_swap_kernel<32>, tp, pl, mla_decode_bs::kNT,
+                                             mla_decode_bs::BsCfg<32>::kSmem, stream);
+        // No tensor map: version 1's one-CTA-per-SM form runs the same plan.
+        return pl.m == 16 ? launch_kernel<false, 16, 64, 256>(prm, pl, stream)
+                          : launch_kernel<false, 32, 64, 256>(prm, pl, stream);
+    }
     constexpr bool kWideHalf = FP8 && mla_decode_v3::kWideHalfPartials;
     // The wgmma kernel uses the plan of the v1 M = 64 kernel (64-key blocks, one CTA per SM).
     if (FP8 && prm.q_fp8 && pl.m == 64 && pl.bn == 64 && pl.ctas_per_sm == 1 && pl.rows >= 64 &&

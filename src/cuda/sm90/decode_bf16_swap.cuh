@@ -1,0 +1,508 @@
+// Split-KV MLA decode for H * q_len <= 32 rows with a bf16 cache, "swap" form: the products
+// are transposed so that the 64 keys of a block fill wgmma's M = 64 and the N = 16 or 32 query
+// rows are its N, and both A operands are the cache tile itself, read by descriptor:
+//   S^T (64 keys x N) = K (64 x 576) Q^T           9 x 4 wgmma m64nNk16, A = K (K-major)
+//   O^T (512 dims x N) += V^T (512 x 64) P^T       8 x 4 wgmma m64nNk16, A = V^T (MN-major)
+// Nothing of the cache passes through registers, so a block costs the warps ~70 wgmma issues,
+// the softmax of 64 x N scores and the P^T stores; the MMAs read 64-dim x 16-key pieces of
+// the tile straight from the TMA boxes (V^T as the transposed A operand of the same bytes).
+//
+// The tile lives in a ring of 8 KB column-block slots (64 keys x 64 dims, the 128-byte
+// swizzle of the bf16 tensor map's boxes), each with a full and an empty mbarrier, filled by
+// one producer thread (warp 4, lane 0) as slots free up. A block's 9 column blocks need not be
+// adjacent (every wgmma has its own descriptor), so the producer runs ahead by whatever part
+// of a block fits: ~2.5 blocks of 72 KB per SM in flight with 24 slots, where two whole
+// stages would leave one block in flight while the other is read. The math warpgroup waits on
+// each column block just before its four S^T k-steps, so S^T starts on the first box that lands.
+// Slot lifetimes: the rope slot is released after S^T, the eight V slots after P V (and the
+// request-end staging of O, which reuses them).
+//
+// Q^T (N rows x 576, bf16) and P^T (N rows x 64 keys, bf16) are K-major B tiles in the
+// 128-byte swizzle. One CTA (128 math threads + 32 producer threads) per SM; plan: 64-key
+// blocks, one head block, same scheduler, cursor, float32 partials and combine as version 1.
+#pragma once
+#include "decode_v1_mma.cuh"
+#include "decode_v3_wgmma.cuh"
+#include "mbarrier.cuh"
+#include "prefill_wgmma.cuh"
+
+namespace mla_decode_bs {
+
+using mla_decode_v1::Cursor;
+using mla_decode_v1::kDqk;
+using mla_decode_v1::kDv;
+using mla_decode_v1::Params;
+using mla_decode_v1::Pref;
+
+constexpr int kBN = 64, kCols = 9, kSlotBytes = kBN * 128;
+constexpr int kMathThreads = 128, kNT = kMathThreads + 32;
+
+template <int N> struct BsCfg {
+    static_assert(N == 16 || N == 32, "16 or 32 query rows");
+    static constexpr int kSlots = N == 16 ? 24 : 22;  // as many as fit next to Q^T
+    static constexpr int kNA = N == 16 ? 4 : 2;        // S^T accumulators (independent chains)
+    static constexpr int offSlots = 0;
+    static constexpr int offQ = kSlots * kSlotBytes;   // 9 column blocks x N rows x 128 B
+    static constexpr int offP = offQ + kCols * N * 128; // N rows x 128 B
+    static constexpr int offRedMax = offP + N * 128;   // [4 warps][N]
+    static constexpr int offRedSum = offRedMax + 4 * N * 4;
+    static constexpr int offFlags = offRedSum + 4 * N * 4; // page masks of 4 blocks in a ring
+    static constexpr int offFull = offFlags + 16;
+    static constexpr int offEmpty = offFull + 8 * kSlots;
+    static constexpr int kSmem = offEmpty + 8 * kSlots + 1024; // + alignment slack
+    static_assert(offQ % 1024 == 0 && offP % 1024 == 0, "swizzled tiles need 1024-byte alignment");
+    static_assert(kSmem <= 227 * 1024, "shared memory");
+    // The request-end staging of O (N rows x 2 KB of float) fits in a block's 8 V slots.
+    static_assert(N * 2048 <= 8 * kSlotBytes, "O staging");
+};
+
+__device__ __forceinline__ void st16(uint32_t addr, uint4 v)
+{
+    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+
+// D(64 x N) += A(64 x 16, shared, K-major or with kTA MN-major) * B(16 x N, shared, K-major),
+// bf16 in, float accumulate.
+template <int N, int kTA>
+__device__ __forceinline__ void wgmma_bf16(float (&d)[N / 2], uint64_t da, uint64_t db, int acc)
+{
+    if constexpr (N == 16)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, %11, 0;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                     : "l"(da), "l"(db), "r"(acc), "n"(kTA));
+    else
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %19, 0;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                     : "l"(da), "l"(db), "r"(acc), "n"(kTA));
+}
+
+// The producer: walks the part's blocks and fills the ring, one column block per slot. Keys
+// past seq_len on a loaded page are loaded too (the math threads zero their V rows); a page
+// past seq_len or with a bad index is not loaded (block_page_mask flags the latter).
+template <int N>
+__device__ __forceinline__ void produce(const Params &p, int part, int tau, Cursor c, int seq0, uint32_t sSlots,
+                                        uint32_t full, uint32_t empty, int *sFlags)
+{
+    using C = BsCfg<N>;
+    Pref f = mla_decode_v1::prefetch_block_seq<kBN>(p, c, seq0);
+    int slot = 0, nblk = 0;
+    uint32_t ph = 0;
+    while (c.b < p.batch) {
+        const int key0 = c.blk * kBN;
+        const int ok = mla_decode_v1::block_page_mask<kBN>(p, key0, f, true);
+        int row[2] = {-1, -1};
+        uint32_t bytes = 0;
+        if (p.page_size == 64) {
+            if (ok & 1) {
+                row[0] = f.idx0 * 64;
+                bytes = 64 * 128;
+            }
+        } else {
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                if (((ok >> h) & 1) && key0 + 32 * h < f.seq) {
+                    row[h] = (h ? f.idx1 : f.idx0) * 32;
+                    bytes += 32 * 128;
+                }
+        }
+        for (int col = 0; col < kCols; col++) {
+            mla_sm90::mbar_wait(empty + 8u * slot, ph ^ 1u);
+            if (col == 0) sFlags[nblk & 3] = ok; // read after the full barrier of column 0
+            const uint32_t bar = full + 8u * slot, dst = sSlots + (uint32_t)slot * kSlotBytes;
+            mla_sm90::mbar_arrive_expect_tx(bar, bytes);
+            if (p.page_size == 64) {
+                if (row[0] >= 0) mla_sm90::tma_load_2d(dst, &p.kv_tma[1], 64 * col, row[0], bar);
+            } else {
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    if (row[h] >= 0) mla_sm90::tma_load_2d(dst + (uint32_t)(h * 32 * 128), &p.kv_tma[0], 64 * col, row[h], bar);
+            }
+            if (++slot == C::kSlots) {
+                slot = 0;
+                ph ^= 1u;
+            }
+        }
+        nblk++;
+        mla_decode_v1::cursor_next(p, part, tau, c);
+        f = mla_decode_v1::prefetch_block<kBN>(p, c);
+    }
+}
+
+template <int N>
+__global__ void __launch_bounds__(kNT, 1) decode_bf16_swap_kernel(const __grid_constant__ Params p)
+{
+    using C = BsCfg<N>;
+    using namespace mla_sm90;
+    using mla_decode_v1::fast_exp2;
+    using mla_decode_v3::acc_fence;
+    using mla_decode_v3::desc_add;
+    using mla_decode_v3::fence_proxy_async;
+    constexpr int NR = N / 4, NA = C::kNA; // query rows per thread (n = 8 j + 2 t + e, r = 2 j + e)
+    extern __shared__ __align__(128) uint8_t smem_raw[];
+    uint8_t *smem = smem_raw;
+    {
+        const uint32_t a = mla_decode_v1::smem_u32(smem_raw);
+        smem += ((a + 1023u) & ~1023u) - a;
+    }
+    const uint32_t sBase = mla_decode_v1::smem_u32(smem);
+    const uint32_t sSlots = sBase + C::offSlots, sQ = sBase + C::offQ, sP = sBase + C::offP;
+    float *sRedMax = reinterpret_cast<float *>(smem + C::offRedMax);
+    float *sRedSum = reinterpret_cast<float *>(smem + C::offRedSum);
+    int *sFlags = reinterpret_cast<int *>(smem + C::offFlags);
+    const uint32_t full = sBase + C::offFull, empty = sBase + C::offEmpty;
+
+    const int part = blockIdx.x;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    if (tid == 0) {
+        tma_prefetch_map(&p.kv_tma[0]);
+        tma_prefetch_map(&p.kv_tma[1]);
+        for (int i = 0; i < C::kSlots; i++) {
+            mbar_init(full + 8u * i, 1);
+            mbar_init(empty + 8u * i, kMathThreads / 32);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+    const int tau = *p.s.tau;
+
+    Cursor cons;
+    const int seq0 = mla_decode_v1::part_first_cursor(p, part, cons);
+    if (cons.b >= p.batch) return;
+    if (w == 4) { // the producer warp; the math threads never wait for it at a CTA barrier
+        if (lane == 0) produce<N>(p, part, tau, cons, seq0, sSlots, full, empty, sFlags);
+        return;
+    }
+
+    const float qk_scale = p.scale_log2;
+    float o[8][N / 2]; // O^T m-tile c: o[c][4 j + 2 h + e] = dim 64 c + 16 w + 8 h + g, row 8 j + 2 t + e
+#pragma unroll
+    for (int c = 0; c < 8; c++)
+#pragma unroll
+        for (int k = 0; k < N / 2; k++) o[c][k] = 0.f;
+    float m_run[NR], l_run[NR];
+    int lim_row[NR];
+    int lim_min = 0, cur_seq = 0;
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        m_run[r] = -INFINITY;
+        l_run[r] = 0.f;
+    }
+    auto row_of = [&](int r) { return 8 * (r >> 1) + 2 * t + (r & 1); };
+    auto set_limits = [&](int seq) {
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            const int gr = row_of(r);
+            lim_row[r] = gr >= p.rows ? -1 : p.causal ? seq - p.q_len + gr / p.heads + 1 : seq;
+        }
+        lim_min = p.causal ? seq - p.q_len + 1 : seq;
+        cur_seq = seq;
+    };
+    auto load_q = [&](int b) {
+        mla_decode_v1::load_q_rows<false, N, kMathThreads, (N == 16 ? 9 : 6)>(p, b, 0, [&](int r, int ch, uint4 v) {
+            st16(sQ + (uint32_t)((ch >> 3) * (N * 128) + r * 128 + (((ch & 7) ^ (r & 7)) << 4)), v);
+        });
+    };
+    // Descriptor bases made opaque once, so each wgmma's descriptor is one add.
+    const uint64_t kdesc0 = mla_decode_v3::opaque_desc(smem_desc(sSlots, 16, 1024, 1));
+    const uint64_t vdesc0 = mla_decode_v3::opaque_desc(smem_desc(sSlots, kSlotBytes, 1024, 1));
+    const uint64_t qdesc0 = mla_decode_v3::opaque_desc(smem_desc(sQ, 16, 1024, 1));
+    const uint64_t pdesc0 = mla_decode_v3::opaque_desc(smem_desc(sP, 16, 1024, 1));
+
+    load_q(cons.b);
+    set_limits(seq0);
+    bool new_q = true, new_req = false;
+    int cslot = 0, nblk = 0; // ring slot of the block's column 0, and its phase
+    uint32_t cph = 0;
+    auto slot_of = [&](int col, uint32_t &ph) -> int {
+        int s = cslot + col;
+        ph = cph;
+        if (s >= C::kSlots) {
+            s -= C::kSlots;
+            ph ^= 1u;
+        }
+        return s;
+    };
+
+    while (cons.b < p.batch) {
+        if (new_req) {
+            int seq = p.s.seq_eff[cons.b];
+            load_q(cons.b);
+            set_limits(seq);
+            new_req = false;
+            new_q = true;
+        }
+        if (new_q) { // Q^T stores -> wgmma
+            fence_proxy_async();
+            mla_decode_v1::named_bar(1, kMathThreads);
+            new_q = false;
+        }
+        const int key0 = cons.blk * kBN;
+
+        // ---- S^T = K Q^T: each column block's 4 k-steps once its box has landed ----
+        float sacc[NA][N / 2];
+#pragma unroll
+        for (int a = 0; a < NA; a++)
+#pragma unroll
+            for (int k = 0; k < N / 2; k++) sacc[a][k] = 0.f;
+#pragma unroll
+        for (int col = 0; col < kCols; col++) {
+            uint32_t ph;
+            const int s = slot_of(col, ph);
+            mbar_wait(full + 8u * s, ph);
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int col = 0; col < kCols; col++) {
+            uint32_t ph;
+            const int s = slot_of(col, ph);
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int ks = 4 * col + u;
+                wgmma_bf16<N, 0>(sacc[ks % NA], desc_add(kdesc0, (uint32_t)(s * kSlotBytes + u * 32)),
+                                 desc_add(qdesc0, (uint32_t)(col * N * 128 + u * 32)), ks >= NA);
+            }
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+#pragma unroll
+        for (int a = 0; a < NA; a++) acc_fence(sacc[a]);
+        {
+            uint32_t ph;
+            const int s = slot_of(8, ph); // the rope slot is done
+            if (lane == 0) mbar_arrive(empty + 8u * s);
+        }
+        float s[N / 2];
+#pragma unroll
+        for (int k = 0; k < N / 2; k++) {
+            float v = sacc[0][k];
+#pragma unroll
+            for (int a = 1; a < NA; a++) v += sacc[a][k];
+            s[k] = v;
+        }
+
+        // ---- mask, scale, column (query row) max over the 64 keys ----
+        const int pmask = sFlags[nblk & 3];
+        const int full_mask = kBN > p.page_size ? 3 : 1;
+        const int page0 = key0 >> p.page_shift;
+        const bool all_valid = key0 + kBN <= lim_min && pmask == full_mask;
+        float mx[NR];
+#pragma unroll
+        for (int r = 0; r < NR; r++) mx[r] = -INFINITY;
+        if (all_valid) {
+#pragma unroll
+            for (int k = 0; k < N / 2; k++) {
+                const int r = 2 * (k >> 2) + (k & 1);
+                s[k] *= qk_scale;
+                mx[r] = fmaxf(mx[r], s[k]);
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < N / 2; k++) {
+                const int r = 2 * (k >> 2) + (k & 1), h = (k >> 1) & 1;
+                const int key = key0 + 16 * w + 8 * h + g;
+                const bool valid = (key < lim_row[r]) & (((pmask >> ((key >> p.page_shift) - page0)) & 1) != 0);
+                const float v = valid ? s[k] * qk_scale : -INFINITY;
+                s[k] = v;
+                mx[r] = fmaxf(mx[r], v);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 4));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 8));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 16));
+        }
+        if (g == 0) {
+#pragma unroll
+            for (int r = 0; r < NR; r++) sRedMax[w * N + row_of(r)] = mx[r];
+        }
+        mla_decode_v1::named_bar(1, kMathThreads);
+        if (key0 + kBN > cur_seq || pmask != full_mask) {
+            // (After the barrier: every warp's S^T reads of these slots are done.)
+            // V rows of keys past seq_len or on pages not loaded -> 0: their bytes are stale or
+            // the page's tail (possibly NaN patterns, which P = 0 does not cancel). Only a
+            // request's last block and bad pages.
+            for (int i = tid; i < kBN * 8; i += kMathThreads) {
+                const int r = i >> 3, col = i & 7;
+                const bool ok = key0 + r < cur_seq && ((pmask >> (kBN > p.page_size ? r >> 5 : 0)) & 1);
+                if (!ok) {
+                    uint32_t ph;
+                    const uint32_t row = sSlots + (uint32_t)(slot_of(col, ph) * kSlotBytes + r * 128);
+#pragma unroll
+                    for (int q = 0; q < 8; q++) st16(row + 16u * q, make_uint4(0, 0, 0, 0));
+                }
+            }
+        }
+        float alpha[NR], ref[NR];
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            const int n = row_of(r);
+            float m = m_run[r];
+#pragma unroll
+            for (int v = 0; v < 4; v++) m = fmaxf(m, sRedMax[v * N + n]);
+            ref[r] = m == -INFINITY ? 0.f : m;
+            alpha[r] = fast_exp2(m_run[r] - ref[r]);
+            m_run[r] = m;
+            l_run[r] *= alpha[r];
+        }
+        // P^T[n][key] as bf16 (row n: 128 bytes, chunk (key / 8) ^ (n & 7))
+#pragma unroll
+        for (int k = 0; k < N / 2; k++) {
+            const int r = 2 * (k >> 2) + (k & 1), h = (k >> 1) & 1;
+            const int n = row_of(r), key = 16 * w + 8 * h + g;
+            const float pv = fast_exp2(s[k] - ref[r]);
+            l_run[r] += pv;
+            const __nv_bfloat16 hv = __float2bfloat16_rn(pv);
+            const uint32_t addr = sP + (uint32_t)(n * 128 + (((key >> 3) ^ (n & 7)) << 4) + ((key & 7) << 1));
+            asm volatile("st.shared.b16 [%0], %1;\n" ::"r"(addr), "h"(*reinterpret_cast<const uint16_t *>(&hv)) : "memory");
+        }
+        // Skipped when no row of the warp changed its maximum (alpha exactly 1: most blocks).
+        bool any = false;
+#pragma unroll
+        for (int r = 0; r < NR; r++) any |= alpha[r] != 1.0f;
+        if (__any_sync(0xffffffffu, any)) {
+#pragma unroll
+            for (int c = 0; c < 8; c++)
+#pragma unroll
+                for (int k = 0; k < N / 2; k++) o[c][k] *= alpha[2 * (k >> 2) + (k & 1)];
+        }
+        fence_proxy_async(); // P^T stores and zeroed V rows -> wgmma
+        mla_decode_v1::named_bar(1, kMathThreads);
+
+        // ---- O^T += V^T P^T: m-tile c = column block c, 4 k-steps of 16 keys ----
+#pragma unroll
+        for (int c = 0; c < 8; c++) acc_fence(o[c]);
+        wgmma_fence();
+#pragma unroll
+        for (int c = 0; c < 8; c++) {
+            uint32_t ph;
+            const int sl = slot_of(c, ph);
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+                wgmma_bf16<N, 1>(o[c], desc_add(vdesc0, (uint32_t)(sl * kSlotBytes + kk * 16 * 128)),
+                                 desc_add(pdesc0, (uint32_t)(kk * 32)), 1);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+#pragma unroll
+        for (int c = 0; c < 8; c++) acc_fence(o[c]);
+
+        // ---- end of this request's piece: O staged through the block's V slots ----
+        const int b = cons.b;
+        const bool last = cons.blk + 1 >= cons.hi;
+        mla_decode_v1::cursor_next(p, part, tau, cons);
+        if (last) {
+            float lsum[NR];
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                float v = l_run[r];
+                v += __shfl_xor_sync(0xffffffffu, v, 4);
+                v += __shfl_xor_sync(0xffffffffu, v, 8);
+                v += __shfl_xor_sync(0xffffffffu, v, 16);
+                lsum[r] = v;
+            }
+            if (g == 0) {
+#pragma unroll
+                for (int r = 0; r < NR; r++) sRedSum[w * N + row_of(r)] = lsum[r];
+            }
+            mla_decode_v1::named_bar(1, kMathThreads);
+            const int nsplit = p.s.num_splits[b];
+            const int pslot = p.s.slot_base[b] + part - p.s.first_part[b];
+            // Row n's 512 floats: slot (n / 4) of the block, 2 KB per row, 16-byte chunk q at
+            // q ^ 2 ((n >> 1) & 3) so that the four rows of a store land on distinct banks.
+            auto stage_addr = [&](int n, int q) -> uint32_t {
+                uint32_t ph;
+                return sSlots + (uint32_t)(slot_of(n >> 2, ph) * kSlotBytes + (n & 3) * 2048 + ((q ^ (2 * ((n >> 1) & 3))) << 4));
+            };
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                const int n = row_of(r);
+                float L = 0.f;
+#pragma unroll
+                for (int v = 0; v < 4; v++) L += sRedSum[v * N + n];
+                const float inv = L > 0.f ? 1.0f / L : 0.f;
+                const float sc = nsplit == 1 ? inv * p.bmm2 : inv;
+                if (w == 0 && g == 0 && n < p.rows) {
+                    const float lse = L > 0.f ? (m_run[r] + log2f(L)) * 0.69314718055994531f : -INFINITY;
+                    if (nsplit == 1) {
+                        if (p.lse) p.lse[(size_t)b * p.rows + n] = lse;
+                    } else {
+                        p.s.part_lse[(size_t)pslot * p.rows + n] = lse;
+                    }
+                }
+                const int kx = 4 * (r >> 1) + (r & 1); // o[c][kx + 2 h]: dim 64 c + 16 w + 8 h + g
+#pragma unroll
+                for (int c = 0; c < 8; c++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const int d = 64 * c + 16 * w + 8 * h + g;
+                        const uint32_t addr = stage_addr(n, d >> 2) + (uint32_t)((d & 3) * 4);
+                        asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(addr), "f"(o[c][kx + 2 * h] * sc) : "memory");
+                    }
+            }
+            mla_decode_v1::named_bar(1, kMathThreads);
+            // 8 floats (two chunks) per thread and step, a row's 64 pairs by consecutive threads.
+#pragma unroll 4
+            for (int i = tid; i < N * 64; i += kMathThreads) {
+                const int n = i >> 6, q2 = i & 63;
+                if (n >= p.rows) continue;
+                float4 x0, x1;
+                asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                             : "=f"(x0.x), "=f"(x0.y), "=f"(x0.z), "=f"(x0.w) : "r"(stage_addr(n, 2 * q2)));
+                asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                             : "=f"(x1.x), "=f"(x1.y), "=f"(x1.z), "=f"(x1.w) : "r"(stage_addr(n, 2 * q2 + 1)));
+                if (nsplit == 1) {
+                    uint16_t *dst = p.out + ((size_t)b * p.rows + n) * kDv + 8 * q2;
+                    *reinterpret_cast<uint4 *>(dst) =
+                        make_uint4(mla_decode_v1::pack2<false>(x0.x, x0.y), mla_decode_v1::pack2<false>(x0.z, x0.w),
+                                   mla_decode_v1::pack2<false>(x1.x, x1.y), mla_decode_v1::pack2<false>(x1.z, x1.w));
+                } else {
+                    float4 *dst = reinterpret_cast<float4 *>(p.s.part_o + ((size_t)pslot * p.rows + n) * kDv + 8 * q2);
+                    dst[0] = x0;
+                    dst[1] = x1;
+                }
+            }
+#pragma unroll
+            for (int c = 0; c < 8; c++)
+#pragma unroll
+                for (int k = 0; k < N / 2; k++) o[c][k] = 0.f;
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                m_run[r] = -INFINITY;
+                l_run[r] = 0.f;
+            }
+            new_req = true;
+        }
+        // The eight V slots back to the producer (after any generic writes to them: the zeroed
+        // rows, the staging).
+        fence_proxy_async();
+        __syncwarp();
+        if (lane == 0) {
+#pragma unroll
+            for (int c = 0; c < 8; c++) {
+                uint32_t ph;
+                mbar_arrive(empty + 8u * slot_of(c, ph));
+            }
+        }
+        cslot += kCols;
+        if (cslot >= C::kSlots) {
+            cslot -= C::kSlots;
+            cph ^= 1u;
+        }
+        nblk++;
+    }
+}
+
+} // namespace mla_decode_bs
