@@ -219,6 +219,16 @@ bool bf16_swap_selected()
     return cached == 1;
 }
 
+// Rows 17..32 on the bf16 swap kernel: MLA_DECODE_BF16_ROWS32=wg2 (two math warpgroups of 16
+// rows sharing the ring) or n32 (one warpgroup, N = 32).
+int bf16_swap_rows32()
+{
+    static const char *const names[] = {"n32", "wg2"};
+    static int cached = -1;
+    if (cached < 0) cached = env_choice("MLA_DECODE_BF16_ROWS32", names, 2, 1);
+    return cached ? 2 : 1;
+}
+
 // The instantiated v2 kernels (v2_conversion returns only these) and their shared memory.
 struct V2Form {
     int conv, bn;
@@ -348,11 +358,14 @@ cudaError_t set_all_smem_attrs()
         }
     }
     if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(mla_decode_bs::decode_bf16_swap_kernel<16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 mla_decode_bs::BsCfg<16>::kSmem);
+        e = cudaFuncSetAttribute(mla_decode_bs::decode_bf16_swap_kernel<16, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 mla_decode_bs::BsCfg<16, 1>::kSmem);
     if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(mla_decode_bs::decode_bf16_swap_kernel<32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 mla_decode_bs::BsCfg<32>::kSmem);
+        e = cudaFuncSetAttribute(mla_decode_bs::decode_bf16_swap_kernel<16, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 mla_decode_bs::BsCfg<16, 2>::kSmem);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(mla_decode_bs::decode_bf16_swap_kernel<32, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 mla_decode_bs::BsCfg<32, 1>::kSmem);
     if (e == cudaSuccess) e = set_v3_smem_attr<true>();
     if (e == cudaSuccess) e = set_v3_smem_attr<false>();
     for (int bulk = 0; bulk < 2 && e == cudaSuccess; bulk++)
@@ -517,11 +530,13 @@ cudaError_t launch_variant(const Params &prm, const Plan &pl, bool fp8_math, boo
     if (!FP8 && pl.rows <= 32 && pl.bn == 64 && pl.ctas_per_sm == 1 && v2_family(selected_variant()) &&
         bf16_swap_selected()) {
         Params tp = prm;
-        if (encode_kv_maps_bf16(tp))
-            return pl.m == 16 ? launch_split(mla_decode_bs::decode_bf16_swap_kernel<16>, tp, pl, mla_decode_bs::kNT,
-                                             mla_decode_bs::BsCfg<16>::kSmem, stream)
-                              : launch_split(mla_decode_bs::decode_bf16_swap_kernel<32>, tp, pl, mla_decode_bs::kNT,
-                                             mla_decode_bs::BsCfg<32>::kSmem, stream);
+        if (encode_kv_maps_bf16(tp)) {
+            using namespace mla_decode_bs;
+            if (pl.m == 16) return launch_split(decode_bf16_swap_kernel<16, 1>, tp, pl, BsCfg<16, 1>::kNT, BsCfg<16, 1>::kSmem, stream);
+            if (bf16_swap_rows32() == 2)
+                return launch_split(decode_bf16_swap_kernel<16, 2>, tp, pl, BsCfg<16, 2>::kNT, BsCfg<16, 2>::kSmem, stream);
+            return launch_split(decode_bf16_swap_kernel<32, 1>, tp, pl, BsCfg<32, 1>::kNT, BsCfg<32, 1>::kSmem, stream);
+        }
         // No tensor map: version 1's one-CTA-per-SM form runs the same plan.
         return pl.m == 16 ? launch_kernel<false, 16, 64, 256>(prm, pl, stream)
                           : launch_kernel<false, 32, 64, 256>(prm, pl, stream);

@@ -35,25 +35,32 @@ using mla_decode_v1::Params;
 using mla_decode_v1::Pref;
 
 constexpr int kBN = 64, kCols = 9, kSlotBytes = kBN * 128;
-constexpr int kMathThreads = 128, kNT = kMathThreads + 32;
+constexpr int kMathThreads = 128; // per math warpgroup
 
-template <int N> struct BsCfg {
+// N query rows per math warpgroup, kWG math warpgroups (rows [N wg, N wg + N) each), all
+// reading the same ring.
+template <int N, int kWG> struct BsCfg {
     static_assert(N == 16 || N == 32, "16 or 32 query rows");
-    static constexpr int kSlots = N == 16 ? 24 : 22;  // as many as fit next to Q^T
-    static constexpr int kNA = N == 16 ? 4 : 2;        // S^T accumulators (independent chains)
+    // One producer warp; with two math warpgroups a whole producer warpgroup, so that registers
+    // can move to the math warpgroups (setmaxnreg: 40 for the producer, 232 for the math).
+    static constexpr int kNT = kWG * kMathThreads + (kWG > 1 ? 128 : 32);
+    static constexpr int kRows = N * kWG;
+    static constexpr int kSlots = kRows == 16 ? 24 : 22; // as many as fit next to Q^T
+    static constexpr int kNA = N == 16 ? 4 : 2;          // S^T accumulators (independent chains)
     static constexpr int offSlots = 0;
-    static constexpr int offQ = kSlots * kSlotBytes;   // 9 column blocks x N rows x 128 B
-    static constexpr int offP = offQ + kCols * N * 128; // N rows x 128 B
-    static constexpr int offRedMax = offP + N * 128;   // [4 warps][N]
-    static constexpr int offRedSum = offRedMax + 4 * N * 4;
-    static constexpr int offFlags = offRedSum + 4 * N * 4; // page masks of 4 blocks in a ring
+    static constexpr int offQ = kSlots * kSlotBytes;     // per warpgroup: 9 column blocks x N rows x 128 B
+    static constexpr int offP = offQ + kWG * kCols * N * 128; // per warpgroup: N rows x 128 B
+    static constexpr int offRedMax = offP + kWG * N * 128;    // [warpgroup][4 warps][N]
+    static constexpr int offRedSum = offRedMax + kWG * 4 * N * 4;
+    static constexpr int offFlags = offRedSum + kWG * 4 * N * 4; // page masks of 4 blocks in a ring
     static constexpr int offFull = offFlags + 16;
     static constexpr int offEmpty = offFull + 8 * kSlots;
     static constexpr int kSmem = offEmpty + 8 * kSlots + 1024; // + alignment slack
-    static_assert(offQ % 1024 == 0 && offP % 1024 == 0, "swizzled tiles need 1024-byte alignment");
+    static_assert(offQ % 1024 == 0 && offP % 1024 == 0 && (N * 128 * kCols) % 1024 == 0,
+                  "swizzled tiles need 1024-byte alignment");
     static_assert(kSmem <= 227 * 1024, "shared memory");
-    // The request-end staging of O (N rows x 2 KB of float) fits in a block's 8 V slots.
-    static_assert(N * 2048 <= 8 * kSlotBytes, "O staging");
+    // The request-end staging of O (kRows rows x 2 KB of float) fits in a block's 8 V slots.
+    static_assert(kRows * 2048 <= 8 * kSlotBytes, "O staging");
 };
 
 __device__ __forceinline__ void st16(uint32_t addr, uint4 v)
@@ -88,11 +95,11 @@ __device__ __forceinline__ void wgmma_bf16(float (&d)[N / 2], uint64_t da, uint6
 // The producer: walks the part's blocks and fills the ring, one column block per slot. Keys
 // past seq_len on a loaded page are loaded too (the math threads zero their V rows); a page
 // past seq_len or with a bad index is not loaded (block_page_mask flags the latter).
-template <int N>
+template <int N, int kWG>
 __device__ __forceinline__ void produce(const Params &p, int part, int tau, Cursor c, int seq0, uint32_t sSlots,
                                         uint32_t full, uint32_t empty, int *sFlags)
 {
-    using C = BsCfg<N>;
+    using C = BsCfg<N, kWG>;
     Pref f = mla_decode_v1::prefetch_block_seq<kBN>(p, c, seq0);
     int slot = 0, nblk = 0;
     uint32_t ph = 0;
@@ -137,10 +144,10 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
     }
 }
 
-template <int N>
-__global__ void __launch_bounds__(kNT, 1) decode_bf16_swap_kernel(const __grid_constant__ Params p)
+template <int N, int kWG>
+__global__ void __launch_bounds__(BsCfg<N, kWG>::kNT, 1) decode_bf16_swap_kernel(const __grid_constant__ Params p)
 {
-    using C = BsCfg<N>;
+    using C = BsCfg<N, kWG>;
     using namespace mla_sm90;
     using mla_decode_v1::fast_exp2;
     using mla_decode_v3::acc_fence;
@@ -154,21 +161,29 @@ __global__ void __launch_bounds__(kNT, 1) decode_bf16_swap_kernel(const __grid_c
         smem += ((a + 1023u) & ~1023u) - a;
     }
     const uint32_t sBase = mla_decode_v1::smem_u32(smem);
-    const uint32_t sSlots = sBase + C::offSlots, sQ = sBase + C::offQ, sP = sBase + C::offP;
-    float *sRedMax = reinterpret_cast<float *>(smem + C::offRedMax);
-    float *sRedSum = reinterpret_cast<float *>(smem + C::offRedSum);
+    const int part = blockIdx.x;
+    const bool producer = threadIdx.x >= kWG * kMathThreads;
+    const int lane = threadIdx.x & 31, wg = kWG == 1 ? 0 : min((int)threadIdx.x >> 7, kWG - 1);
+    // The thread's index in its warpgroup, opaque to ptxas: written as threadIdx.x & 127 the
+    // one-warpgroup kernel took 255 registers instead of 215 and ran at 79.5% of copy instead
+    // of 89-92% (H200, B64 H16 16k), and the two-warpgroup one at 82% instead of 86%.
+    int tid = (int)threadIdx.x;
+    if constexpr (kWG > 1) asm("and.b32 %0, %1, 127;\n" : "=r"(tid) : "r"((int)threadIdx.x));
+    const int w = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int row0 = N * wg, bar_wg = 1 + wg; // named barrier of this math warpgroup
+    const uint32_t sSlots = sBase + C::offSlots;
+    const uint32_t sQ = sBase + C::offQ + (uint32_t)(wg * kCols * N * 128), sP = sBase + C::offP + (uint32_t)(wg * N * 128);
+    float *sRedMax = reinterpret_cast<float *>(smem + C::offRedMax) + wg * 4 * N;
+    float *sRedSum = reinterpret_cast<float *>(smem + C::offRedSum) + wg * 4 * N;
     int *sFlags = reinterpret_cast<int *>(smem + C::offFlags);
     const uint32_t full = sBase + C::offFull, empty = sBase + C::offEmpty;
-
-    const int part = blockIdx.x;
-    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
-    const int g = lane >> 2, t = lane & 3;
-    if (tid == 0) {
+    if (threadIdx.x == 0) {
         tma_prefetch_map(&p.kv_tma[0]);
         tma_prefetch_map(&p.kv_tma[1]);
         for (int i = 0; i < C::kSlots; i++) {
             mbar_init(full + 8u * i, 1);
-            mbar_init(empty + 8u * i, kMathThreads / 32);
+            mbar_init(empty + 8u * i, kWG * kMathThreads / 32);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
@@ -180,11 +195,13 @@ __global__ void __launch_bounds__(kNT, 1) decode_bf16_swap_kernel(const __grid_c
     Cursor cons;
     const int seq0 = mla_decode_v1::part_first_cursor(p, part, cons);
     if (cons.b >= p.batch) return;
-    if (w == 4) { // the producer warp; the math threads never wait for it at a CTA barrier
-        if (lane == 0) produce<N>(p, part, tau, cons, seq0, sSlots, full, empty, sFlags);
+    if (producer) { // the producer warp(s); the math threads never wait for them at a CTA barrier
+        if constexpr (kWG > 1) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+        if (threadIdx.x == kWG * kMathThreads) produce<N, kWG>(p, part, tau, cons, seq0, sSlots, full, empty, sFlags);
         return;
     }
 
+    if constexpr (kWG > 1) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     const float qk_scale = p.scale_log2;
     float o[8][N / 2]; // O^T m-tile c: o[c][4 j + 2 h + e] = dim 64 c + 16 w + 8 h + g, row 8 j + 2 t + e
 #pragma unroll
@@ -203,16 +220,18 @@ __global__ void __launch_bounds__(kNT, 1) decode_bf16_swap_kernel(const __grid_c
     auto set_limits = [&](int seq) {
 #pragma unroll
         for (int r = 0; r < NR; r++) {
-            const int gr = row_of(r);
+            const int gr = row0 + row_of(r);
             lim_row[r] = gr >= p.rows ? -1 : p.causal ? seq - p.q_len + gr / p.heads + 1 : seq;
         }
         lim_min = p.causal ? seq - p.q_len + 1 : seq;
         cur_seq = seq;
     };
     auto load_q = [&](int b) {
-        mla_decode_v1::load_q_rows<false, N, kMathThreads, (N == 16 ? 9 : 6)>(p, b, 0, [&](int r, int ch, uint4 v) {
-            st16(sQ + (uint32_t)((ch >> 3) * (N * 128) + r * 128 + (((ch & 7) ^ (r & 7)) << 4)), v);
-        });
+        mla_decode_v1::load_q_rows<false, N, kMathThreads, (N == 16 ? 9 : 6)>(
+            p, b, wg, [&](int r, int ch, uint4 v) {
+                st16(sQ + (uint32_t)((ch >> 3) * (N * 128) + r * 128 + (((ch & 7) ^ (r & 7)) << 4)), v);
+            },
+            tid);
     };
     // Descriptor bases made opaque once, so each wgmma's descriptor is one add.
     const uint64_t kdesc0 = mla_decode_v3::opaque_desc(smem_desc(sSlots, 16, 1024, 1));
@@ -245,7 +264,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_bf16_swap_kernel(const __grid_c
         }
         if (new_q) { // Q^T stores -> wgmma
             fence_proxy_async();
-            mla_decode_v1::named_bar(1, kMathThreads);
+            mla_decode_v1::named_bar(bar_wg, kMathThreads);
             new_q = false;
         }
         const int key0 = cons.blk * kBN;
@@ -328,7 +347,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_bf16_swap_kernel(const __grid_c
 #pragma unroll
             for (int r = 0; r < NR; r++) sRedMax[w * N + row_of(r)] = mx[r];
         }
-        mla_decode_v1::named_bar(1, kMathThreads);
+        mla_decode_v1::named_bar(bar_wg, kMathThreads);
         if (key0 + kBN > cur_seq || pmask != full_mask) {
             // (After the barrier: every warp's S^T reads of these slots are done.)
             // V rows of keys past seq_len or on pages not loaded -> 0: their bytes are stale or
@@ -379,7 +398,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_bf16_swap_kernel(const __grid_c
                 for (int k = 0; k < N / 2; k++) o[c][k] *= alpha[2 * (k >> 2) + (k & 1)];
         }
         fence_proxy_async(); // P^T stores and zeroed V rows -> wgmma
-        mla_decode_v1::named_bar(1, kMathThreads);
+        mla_decode_v1::named_bar(bar_wg, kMathThreads);
 
         // ---- O^T += V^T P^T: m-tile c = column block c, 4 k-steps of 16 keys ----
 #pragma unroll
@@ -417,14 +436,17 @@ __global__ void __launch_bounds__(kNT, 1) decode_bf16_swap_kernel(const __grid_c
 #pragma unroll
                 for (int r = 0; r < NR; r++) sRedSum[w * N + row_of(r)] = lsum[r];
             }
-            mla_decode_v1::named_bar(1, kMathThreads);
+            // With two math warpgroups both must be past P V before either stages O in the V
+            // slots (the warpgroups reach a request's end at the same block).
+            if constexpr (kWG > 1) mla_decode_v1::named_bar(kWG + 1, kWG * kMathThreads);
+            else mla_decode_v1::named_bar(bar_wg, kMathThreads);
             const int nsplit = p.s.num_splits[b];
             const int pslot = p.s.slot_base[b] + part - p.s.first_part[b];
-            // Row n's 512 floats: slot (n / 4) of the block, 2 KB per row, 16-byte chunk q at
-            // q ^ 2 ((n >> 1) & 3) so that the four rows of a store land on distinct banks.
+            // Row n's 512 floats: slot (N wg + n) / 4 of the block, 2 KB per row, 16-byte chunk q
+            // at q ^ 2 ((n >> 1) & 3) so that the four rows of a store land on distinct banks.
             auto stage_addr = [&](int n, int q) -> uint32_t {
                 uint32_t ph;
-                return sSlots + (uint32_t)(slot_of(n >> 2, ph) * kSlotBytes + (n & 3) * 2048 + ((q ^ (2 * ((n >> 1) & 3))) << 4));
+                return sSlots + (uint32_t)(slot_of((row0 + n) >> 2, ph) * kSlotBytes + (n & 3) * 2048 + ((q ^ (2 * ((n >> 1) & 3))) << 4));
             };
 #pragma unroll
             for (int r = 0; r < NR; r++) {
@@ -434,12 +456,12 @@ __global__ void __launch_bounds__(kNT, 1) decode_bf16_swap_kernel(const __grid_c
                 for (int v = 0; v < 4; v++) L += sRedSum[v * N + n];
                 const float inv = L > 0.f ? 1.0f / L : 0.f;
                 const float sc = nsplit == 1 ? inv * p.bmm2 : inv;
-                if (w == 0 && g == 0 && n < p.rows) {
+                if (w == 0 && g == 0 && row0 + n < p.rows) {
                     const float lse = L > 0.f ? (m_run[r] + log2f(L)) * 0.69314718055994531f : -INFINITY;
                     if (nsplit == 1) {
-                        if (p.lse) p.lse[(size_t)b * p.rows + n] = lse;
+                        if (p.lse) p.lse[(size_t)b * p.rows + row0 + n] = lse;
                     } else {
-                        p.s.part_lse[(size_t)pslot * p.rows + n] = lse;
+                        p.s.part_lse[(size_t)pslot * p.rows + row0 + n] = lse;
                     }
                 }
                 const int kx = 4 * (r >> 1) + (r & 1); // o[c][kx + 2 h]: dim 64 c + 16 w + 8 h + g
@@ -452,24 +474,24 @@ __global__ void __launch_bounds__(kNT, 1) decode_bf16_swap_kernel(const __grid_c
                         asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(addr), "f"(o[c][kx + 2 * h] * sc) : "memory");
                     }
             }
-            mla_decode_v1::named_bar(1, kMathThreads);
+            mla_decode_v1::named_bar(bar_wg, kMathThreads);
             // 8 floats (two chunks) per thread and step, a row's 64 pairs by consecutive threads.
 #pragma unroll 4
             for (int i = tid; i < N * 64; i += kMathThreads) {
-                const int n = i >> 6, q2 = i & 63;
-                if (n >= p.rows) continue;
+                const int n = i >> 6, q2 = i & 63, gr = row0 + n;
+                if (gr >= p.rows) continue;
                 float4 x0, x1;
                 asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
                              : "=f"(x0.x), "=f"(x0.y), "=f"(x0.z), "=f"(x0.w) : "r"(stage_addr(n, 2 * q2)));
                 asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
                              : "=f"(x1.x), "=f"(x1.y), "=f"(x1.z), "=f"(x1.w) : "r"(stage_addr(n, 2 * q2 + 1)));
                 if (nsplit == 1) {
-                    uint16_t *dst = p.out + ((size_t)b * p.rows + n) * kDv + 8 * q2;
+                    uint16_t *dst = p.out + ((size_t)b * p.rows + gr) * kDv + 8 * q2;
                     *reinterpret_cast<uint4 *>(dst) =
                         make_uint4(mla_decode_v1::pack2<false>(x0.x, x0.y), mla_decode_v1::pack2<false>(x0.z, x0.w),
                                    mla_decode_v1::pack2<false>(x1.x, x1.y), mla_decode_v1::pack2<false>(x1.z, x1.w));
                 } else {
-                    float4 *dst = reinterpret_cast<float4 *>(p.s.part_o + ((size_t)pslot * p.rows + n) * kDv + 8 * q2);
+                    float4 *dst = reinterpret_cast<float4 *>(p.s.part_o + ((size_t)pslot * p.rows + gr) * kDv + 8 * q2);
                     dst[0] = x0;
                     dst[1] = x1;
                 }

@@ -328,7 +328,7 @@ template <bool F16> __device__ __forceinline__ uint4 q_chunk_16bit(uint4 raw, bo
 // profile). Larger batches spill in the 255-register kernels; callers pick kBatch by
 // ptxas spill counts.
 template <bool F16, int M, int NT, int kBatch, class Store>
-__device__ __forceinline__ void load_q_rows(const Params &p, int b, int hb, Store store)
+__device__ __forceinline__ void load_q_rows(const Params &p, int b, int hb, Store store, int tid = (int)threadIdx.x)
 {
     constexpr int kChunks = M * 72, kN = (kChunks + NT - 1) / NT, kB = kN < kBatch ? kN : kBatch;
     const bool fp8q = p.q_fp8 != 0;
@@ -339,7 +339,7 @@ __device__ __forceinline__ void load_q_rows(const Params &p, int b, int hb, Stor
         uint4 raw[kB];
 #pragma unroll
         for (int j = 0; j < kB && i0 + j < kN; j++) {
-            const int u = (int)threadIdx.x + (i0 + j) * NT;
+            const int u = tid + (i0 + j) * NT;
             const int r = u / 72, ch = u % 72;
             const int gr = min(hb * M + r, p.rows - 1);
             const uint8_t *src = q + (((size_t)b * p.rows + gr) * kDqk + ch * 8) * esz;
@@ -356,7 +356,7 @@ __device__ __forceinline__ void load_q_rows(const Params &p, int b, int hb, Stor
         }
 #pragma unroll
         for (int j = 0; j < kB && i0 + j < kN; j++) {
-            const int u = (int)threadIdx.x + (i0 + j) * NT;
+            const int u = tid + (i0 + j) * NT;
             const int r = u / 72, ch = u % 72;
             if (kChunks % NT == 0 || u < kChunks) {
                 const uint4 v = hb * M + r < p.rows ? q_chunk_16bit<F16>(raw[j], fp8q) : make_uint4(0, 0, 0, 0);
