@@ -9,17 +9,21 @@
 //
 // The tile lives in a ring of 8 KB column-block slots (64 keys x 64 dims, the 128-byte
 // swizzle of the bf16 tensor map's boxes), each with a full and an empty mbarrier, filled by
-// one producer thread (warp 4, lane 0) as slots free up. A block's 9 column blocks need not be
-// adjacent (every wgmma has its own descriptor), so the producer runs ahead by whatever part
-// of a block fits: ~2.5 blocks of 72 KB per SM in flight with 24 slots, where two whole
-// stages would leave one block in flight while the other is read. The math warpgroup waits on
-// each column block just before its four S^T k-steps, so S^T starts on the first box that lands.
-// Slot lifetimes: the rope slot is released after S^T, the eight V slots after P V (and the
+// one producer thread (the first thread after the math warpgroups) as slots free up. A block's
+// 9 column blocks need not be adjacent (every wgmma has its own descriptor), so the producer
+// runs ahead by whatever part of a block fits: the ring holds 2.4-2.7 blocks of 72 KB, where
+// two whole stages (all that fits next to Q^T) would leave one block in flight while the other
+// is read. The math warpgroups wait for a block's 9 boxes before its S^T (waits between the
+// wgmmas made ptxas serialize them, C7520). Slot lifetimes: the rope slot is released after S^T, the eight V slots after P V (and the
 // request-end staging of O, which reuses them).
 //
 // Q^T (N rows x 576, bf16) and P^T (N rows x 64 keys, bf16) are K-major B tiles in the
-// 128-byte swizzle. One CTA (128 math threads + 32 producer threads) per SM; plan: 64-key
-// blocks, one head block, same scheduler, cursor, float32 partials and combine as version 1.
+// 128-byte swizzle. One CTA per SM: for up to 16 rows one math warpgroup + a producer warp;
+// for 17..32 rows two math warpgroups of 16 rows that read the same ring (each its own Q^T,
+// P^T and barrier) + a producer warpgroup (setmaxnreg moves its registers to the math). Plan:
+// 64-key blocks, one head block, same scheduler, cursor, float32 partials and combine as
+// version 1. H200 (bench/NOTES.md, eighteenth session): 88-95% of copy for H16 from 16k keys
+// and B128 4k (v1: 77-86%), 86-87% for 32 rows (v1: 44%).
 #pragma once
 #include "decode_v1_mma.cuh"
 #include "decode_v3_wgmma.cuh"
