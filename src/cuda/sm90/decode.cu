@@ -26,11 +26,12 @@ using mla_decode_v1::Params;
 //   "v2"  : rows <= 16 with an fp8 cache (and rows 17..32 as two head blocks when the swap
 //           form is selected, the default): decode_v2_swap.cuh, or decode_v2_fp8reg.cuh
 //           (MLA_DECODE_V2_BN=32|64 keys per block, default 64; MLA_DECODE_V2_CONV=cvt|alu|q8|w8
-//           and MLA_DECODE_V2_LAYOUT=tma|pad|xor|h1: v2_conversion()); other
-//           rows <= 32 with a bf16 cache: decode_bf16_swap.cuh (N = 16 or 32 query rows, 64-key
-//           blocks, one CTA per SM; MLA_DECODE_BF16_SWAP=0 keeps the mma.sync kernel below, and
-//           so does a tensor map that cannot be made, as v1 M = 16/32 with the same plan); other
-//           rows <= 32: decode_v1_mma.cuh "narrow" (32-key blocks, 128 threads, two CTAs per
+//           and MLA_DECODE_V2_LAYOUT=tma|pad|xor|h1: v2_conversion()); rows <= 32 with a
+//           bf16 cache: decode_bf16_swap.cuh (one math warpgroup of 16 rows, or for 17..32
+//           rows two sharing the ring (MLA_DECODE_BF16_ROWS32=n32: one of N = 32); 64-key
+//           blocks, one CTA per SM; MLA_DECODE_BF16_SWAP=0 keeps the mma.sync kernel below,
+//           and a tensor map that cannot be made falls back to v1 M = 16/32 with 64-key blocks
+//           and one CTA per SM, the same plan); other rows <= 32: decode_v1_mma.cuh "narrow" (32-key blocks, 128 threads, two CTAs per
 //           SM); rows 33..63: decode_v1_mma.cuh with M = 64 (64-key blocks, 256 threads, one
 //           CTA per SM), measured faster than two-per-SM M = 32 tiles at H = 128; rows >= 64:
 //           fp8 cache: decode_v6_seesaw.cuh with the bulk producer ("v7", kV7Default below);
