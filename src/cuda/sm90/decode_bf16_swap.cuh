@@ -157,7 +157,12 @@ __global__ void __launch_bounds__(BsCfg<N, kWG>::kNT, 1) decode_bf16_swap_kernel
     using mla_decode_v3::acc_fence;
     using mla_decode_v3::desc_add;
     using mla_decode_v3::fence_proxy_async;
-    constexpr int NR = N / 4, NA = C::kNA; // query rows per thread (n = 8 j + 2 t + e, r = 2 j + e)
+    constexpr int NR = N / 4, NA = C::kNA;
+    // One math warpgroup leaves P V in flight across the block's end: it retires behind the next
+    // block's S^T, and the V slots go back then (H200: B32 H16 4k 7% faster, B128 4k 3%, B64 16k
+    // 1.4%). With two warpgroups that was 4% slower (B64 H32 16k), so they wait at the end;
+    // so does the N = 32 form (not measured with it).
+    constexpr bool kDeferPV = kWG == 1 && N == 16; // query rows per thread (n = 8 j + 2 t + e, r = 2 j + e)
     extern __shared__ __align__(128) uint8_t smem_raw[];
     uint8_t *smem = smem_raw;
     {
@@ -246,8 +251,22 @@ __global__ void __launch_bounds__(BsCfg<N, kWG>::kNT, 1) decode_bf16_swap_kernel
     load_q(cons.b);
     set_limits(seq0);
     bool new_q = true, new_req = false;
+    int pv_pending = -1; // ring slot of column 0 of a block whose P V is still in flight
     int cslot = 0, nblk = 0; // ring slot of the block's column 0, and its phase
     uint32_t cph = 0;
+    // The eight V slots of the block whose column 0 is at ring slot base back to the producer
+    // (after any generic writes to them: the zeroed rows, the staging).
+    auto release_v = [&](int base) {
+        fence_proxy_async();
+        __syncwarp();
+        if (lane == 0) {
+#pragma unroll
+            for (int c = 0; c < 8; c++) {
+                const int sl = base + c;
+                mbar_arrive(empty + 8u * (sl >= C::kSlots ? sl - C::kSlots : sl));
+            }
+        }
+    };
     auto slot_of = [&](int col, uint32_t &ph) -> int {
         int s = cslot + col;
         ph = cph;
@@ -298,6 +317,12 @@ __global__ void __launch_bounds__(BsCfg<N, kWG>::kNT, 1) decode_bf16_swap_kernel
             }
         }
         wgmma_commit();
+        if (kDeferPV && pv_pending >= 0) {
+            // The previous block's P V retires behind this block's S^T; its V slots go back.
+            wgmma_wait<1>();
+            release_v(pv_pending);
+            pv_pending = -1;
+        }
         wgmma_wait<0>();
 #pragma unroll
         for (int a = 0; a < NA; a++) acc_fence(sacc[a]);
@@ -418,14 +443,21 @@ __global__ void __launch_bounds__(BsCfg<N, kWG>::kNT, 1) decode_bf16_swap_kernel
                                  desc_add(pdesc0, (uint32_t)(kk * 32)), 1);
         }
         wgmma_commit();
-        wgmma_wait<0>();
+        if constexpr (!kDeferPV) {
+            wgmma_wait<0>();
 #pragma unroll
-        for (int c = 0; c < 8; c++) acc_fence(o[c]);
+            for (int c = 0; c < 8; c++) acc_fence(o[c]);
+        }
 
         // ---- end of this request's piece: O staged through the block's V slots ----
         const int b = cons.b;
         const bool last = cons.blk + 1 >= cons.hi;
         mla_decode_v1::cursor_next(p, part, tau, cons);
+        if (kDeferPV && last) {
+            wgmma_wait<0>();
+#pragma unroll
+            for (int c = 0; c < 8; c++) acc_fence(o[c]);
+        }
         if (last) {
             float lsum[NR];
 #pragma unroll
@@ -511,17 +543,8 @@ __global__ void __launch_bounds__(BsCfg<N, kWG>::kNT, 1) decode_bf16_swap_kernel
             }
             new_req = true;
         }
-        // The eight V slots back to the producer (after any generic writes to them: the zeroed
-        // rows, the staging).
-        fence_proxy_async();
-        __syncwarp();
-        if (lane == 0) {
-#pragma unroll
-            for (int c = 0; c < 8; c++) {
-                uint32_t ph;
-                mbar_arrive(empty + 8u * slot_of(c, ph));
-            }
-        }
+        if (!kDeferPV || last) release_v(cslot);
+        else pv_pending = cslot;
         cslot += kCols;
         if (cslot >= C::kSlots) {
             cslot -= C::kSlots;
