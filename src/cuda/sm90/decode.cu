@@ -31,9 +31,10 @@ using mla_decode_v1::Params;
 //           rows two sharing the ring (MLA_DECODE_BF16_ROWS32=n32: one of N = 32); 64-key
 //           blocks, one CTA per SM; MLA_DECODE_BF16_SWAP=0 keeps the mma.sync kernel below,
 //           and a tensor map that cannot be made falls back to v1 M = 16/32 with 64-key blocks
-//           and one CTA per SM, the same plan); other rows <= 32: decode_v1_mma.cuh "narrow" (32-key blocks, 128 threads, two CTAs per
-//           SM); rows 33..63: decode_v1_mma.cuh with M = 64 (64-key blocks, 256 threads, one
-//           CTA per SM), measured faster than two-per-SM M = 32 tiles at H = 128; rows >= 64:
+//           and one CTA per SM, the same plan); other rows <= 32: decode_v1_mma.cuh
+//           "narrow" (32-key blocks, 128 threads, two CTAs per SM); rows 33..63:
+//           decode_v1_mma.cuh with M = 64 (64-key blocks, 256 threads, one CTA per SM),
+//           measured faster than two-per-SM M = 32 tiles at H = 128; rows >= 64:
 //           fp8 cache: decode_v6_seesaw.cuh with the bulk producer ("v7", kV7Default below);
 //           bf16 cache: decode_v6_seesaw.cuh with the TMA producer ("v9", kV9Default), or
 //           decode_v3_wgmma.cuh (wgmma, same plan as v1 M = 64; kV3Default) when the tensor

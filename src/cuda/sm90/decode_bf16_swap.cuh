@@ -157,12 +157,12 @@ __global__ void __launch_bounds__(BsCfg<N, kWG>::kNT, 1) decode_bf16_swap_kernel
     using mla_decode_v3::acc_fence;
     using mla_decode_v3::desc_add;
     using mla_decode_v3::fence_proxy_async;
-    constexpr int NR = N / 4, NA = C::kNA;
+    constexpr int NR = N / 4, NA = C::kNA; // query rows per thread (n = 8 j + 2 t + e, r = 2 j + e)
     // One math warpgroup leaves P V in flight across the block's end: it retires behind the next
     // block's S^T, and the V slots go back then (H200: B32 H16 4k 7% faster, B128 4k 3%, B64 16k
     // 1.4%). With two warpgroups that was 4% slower (B64 H32 16k), so they wait at the end;
     // so does the N = 32 form (not measured with it).
-    constexpr bool kDeferPV = kWG == 1 && N == 16; // query rows per thread (n = 8 j + 2 t + e, r = 2 j + e)
+    constexpr bool kDeferPV = kWG == 1 && N == 16;
     extern __shared__ __align__(128) uint8_t smem_raw[];
     uint8_t *smem = smem_raw;
     {
@@ -292,7 +292,7 @@ __global__ void __launch_bounds__(BsCfg<N, kWG>::kNT, 1) decode_bf16_swap_kernel
         }
         const int key0 = cons.blk * kBN;
 
-        // ---- S^T = K Q^T: each column block's 4 k-steps once its box has landed ----
+        // ---- S^T = K Q^T: the 9 boxes landed, then 4 k-steps per column block ----
         float sacc[NA][N / 2];
 #pragma unroll
         for (int a = 0; a < NA; a++)

@@ -326,7 +326,9 @@ template <bool F16> __device__ __forceinline__ uint4 q_chunk_16bit(uint4 raw, bo
 // row instead of branching, and kBatch chunks per thread are loaded before any is converted:
 // a loop that branched per chunk serialized its loads (bench/NOTES.md, batch-1 stall
 // profile). Larger batches spill in the 255-register kernels; callers pick kBatch by
-// ptxas spill counts.
+// ptxas spill counts. tid: the thread's index among the NT loading threads (threadIdx.x
+// unless they are not the CTA's first NT threads, as in decode_bf16_swap.cuh's second math
+// warpgroup).
 template <bool F16, int M, int NT, int kBatch, class Store>
 __device__ __forceinline__ void load_q_rows(const Params &p, int b, int hb, Store store, int tid = (int)threadIdx.x)
 {
