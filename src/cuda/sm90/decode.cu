@@ -31,8 +31,9 @@ using mla_decode_v1::Params;
 //           rows two sharing the ring (MLA_DECODE_BF16_ROWS32=n32: one of N = 32); 64-key
 //           blocks, one CTA per SM; MLA_DECODE_BF16_SWAP=0 keeps the mma.sync kernel below,
 //           and a tensor map that cannot be made falls back to v1 M = 16/32 with 64-key blocks
-//           and one CTA per SM, the same plan); other rows <= 32: decode_v1_mma.cuh
-//           "narrow" (32-key blocks, 128 threads, two CTAs per SM); rows 33..63:
+//           and one CTA per SM, the same plan; MLA_DECODE_FP8_CONV=32|all runs fp8-cache rows
+//           there too, through its converter form: opt-in, slower); other rows <= 32:
+//           decode_v1_mma.cuh "narrow" (32-key blocks, 128 threads, two CTAs per SM); rows 33..63:
 //           decode_v1_mma.cuh with M = 64 (64-key blocks, 256 threads, one CTA per SM),
 //           measured faster than two-per-SM M = 32 tiles at H = 128; rows >= 64:
 //           fp8 cache: decode_v6_seesaw.cuh with the bulk producer ("v7", kV7Default below);
@@ -221,6 +222,21 @@ bool bf16_swap_selected()
     return cached == 1;
 }
 
+// Whether fp8-cache calls take decode_bf16_swap.cuh's converter form, opt-in
+// (MLA_DECODE_FP8_CONV: "0" none, the default; "32" rows 17..32; "all" rows <= 32; read once
+// per process, the plan depends on it). Correct, but 2x slower than the swap kernel's two head
+// blocks for 32 rows and 3.4x for 16 (H200, 2026-12-04: B64 H32 16k 0.622 ms against 0.314; its
+// f16 ring holds less than two blocks, so conversion and math take turns; bench/NOTES.md).
+int fp8_conv_rows()
+{
+    static const char *const names[] = {"0", "32", "all"};
+    static int cached = -1;
+    if (cached < 0) cached = env_choice("MLA_DECODE_FP8_CONV", names, 3, 0);
+    return cached == 0 ? 0 : cached == 1 ? 32 : 16;
+}
+// Whether an fp8-cache call of this many rows takes the converter form.
+bool fp8_conv_takes(int rows) { return fp8_conv_rows() && rows <= 32 && (fp8_conv_rows() == 16 || rows > 16); }
+
 // Rows 17..32 on the bf16 swap kernel: MLA_DECODE_BF16_ROWS32=wg2 (two math warpgroups of 16
 // rows sharing the ring) or n32 (one warpgroup, N = 32).
 int bf16_swap_rows32()
@@ -271,7 +287,7 @@ Plan make_plan(int num_sms, int q_len, int heads, Variant variant, bool fp8)
         pl.m = pl.rows <= 16 ? 16 : pl.rows <= 32 ? 32 : 64;
         pl.bn = 64;
         pl.ctas_per_sm = 1;
-    } else if (pl.rows <= 32 && !fp8 && v2_family(variant) && bf16_swap_selected()) {
+    } else if (pl.rows <= 32 && v2_family(variant) && (fp8 ? fp8_conv_takes(pl.rows) : bf16_swap_selected())) {
         // decode_bf16_swap.cuh: all rows in one CTA per SM, 64-key blocks.
         pl.m = pl.rows <= 16 ? 16 : 32;
         pl.bn = 64;
@@ -368,6 +384,12 @@ cudaError_t set_all_smem_attrs()
     if (e == cudaSuccess)
         e = cudaFuncSetAttribute(mla_decode_bs::decode_bf16_swap_kernel<32, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  mla_decode_bs::BsCfg<32, 1>::kSmem);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(mla_decode_bs::decode_bf16_swap_kernel<16, 1, true>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_bs::BsCfg<16, 1, true>::kSmem);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(mla_decode_bs::decode_bf16_swap_kernel<16, 2, true>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_bs::BsCfg<16, 2, true>::kSmem);
     if (e == cudaSuccess) e = set_v3_smem_attr<true>();
     if (e == cudaSuccess) e = set_v3_smem_attr<false>();
     for (int bulk = 0; bulk < 2 && e == cudaSuccess; bulk++)
@@ -471,6 +493,14 @@ bool encode_kv_maps_bf16(Params &prm)
                             CU_TENSOR_MAP_SWIZZLE_128B);
 }
 
+// The fp8 cache as decode_bf16_swap.cuh's converter loads it: 64-byte columns, unswizzled, in
+// boxes of 32 rows ([0], page 32) and 64 rows ([1], page 64).
+bool encode_kv_maps_fp8_plain(Params &prm)
+{
+    return encode_cache_map(&prm.kv_tma[0], prm, CU_TENSOR_MAP_DATA_TYPE_UINT8, 64, 32, CU_TENSOR_MAP_SWIZZLE_NONE) &&
+           encode_cache_map(&prm.kv_tma[1], prm, CU_TENSOR_MAP_DATA_TYPE_UINT8, 64, 64, CU_TENSOR_MAP_SWIZZLE_NONE);
+}
+
 // *half_partials: whether the kernel it ran writes float16 partials (every v2 form does; the v1
 // fallback below does not).
 cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, bool *half_partials, cudaStream_t stream)
@@ -529,6 +559,20 @@ cudaError_t launch_variant(const Params &prm, const Plan &pl, bool fp8_math, boo
 {
     *half_partials = false;
     if (runs_v2_fp8_m16(pl, FP8)) return launch_v2_fp8_m16(prm, pl, half_partials, stream);
+    if (FP8 && pl.rows <= 32 && pl.bn == 64 && pl.ctas_per_sm == 1 && v2_family(selected_variant()) &&
+        fp8_conv_takes(pl.rows)) {
+        Params tp = prm;
+        if (encode_kv_maps_fp8_plain(tp)) {
+            using namespace mla_decode_bs;
+            return pl.m == 16 ? launch_split(decode_bf16_swap_kernel<16, 1, true>, tp, pl, BsCfg<16, 1, true>::kNT,
+                                             BsCfg<16, 1, true>::kSmem, stream)
+                              : launch_split(decode_bf16_swap_kernel<16, 2, true>, tp, pl, BsCfg<16, 2, true>::kNT,
+                                             BsCfg<16, 2, true>::kSmem, stream);
+        }
+        // No tensor map: version 1's one-CTA-per-SM form runs the same plan.
+        return pl.m == 16 ? launch_kernel<true, 16, 64, 256>(prm, pl, stream)
+                          : launch_kernel<true, 32, 64, 256>(prm, pl, stream);
+    }
     if (!FP8 && pl.rows <= 32 && pl.bn == 64 && pl.ctas_per_sm == 1 && v2_family(selected_variant()) &&
         bf16_swap_selected()) {
         Params tp = prm;

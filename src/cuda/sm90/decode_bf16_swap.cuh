@@ -24,11 +24,17 @@
 // 64-key blocks, one head block, same scheduler, cursor, float32 partials and combine as
 // version 1. H200 (bench/NOTES.md, eighteenth session): 88-95% of copy for H16 from 16k keys
 // and B128 4k (v1: 77-86%), 86-87% for 32 rows (v1: 44%).
+//
+// kFp8 (opt-in, MLA_DECODE_FP8_CONV): an fp8 cache through a converter warpgroup that turns
+// each TMA'd fp8 column block into an f16 slot once for all rows. Correct, but 2-3.4x slower
+// than decode_v2_swap.cuh: next to an fp8 ring the f16 ring holds 16-18 slots, under two
+// blocks, so the converter waits for the math to free a block's slots and the two take turns.
 #pragma once
 #include "decode_v1_mma.cuh"
 #include "decode_v3_wgmma.cuh"
 #include "mbarrier.cuh"
 #include "prefill_wgmma.cuh"
+#include "ws_common.cuh"
 
 namespace mla_decode_bs {
 
@@ -42,24 +48,34 @@ constexpr int kBN = 64, kCols = 9, kSlotBytes = kBN * 128;
 constexpr int kMathThreads = 128; // per math warpgroup
 
 // N query rows per math warpgroup, kWG math warpgroups (rows [N wg, N wg + N) each), all
-// reading the same ring.
-template <int N, int kWG> struct BsCfg {
+// reading the same ring. kFp8: an fp8 cache, loaded by TMA into a ring of 4 KB fp8 slots and
+// converted to f16 into the ring of 8 KB slots by a converter warpgroup (the math then runs in
+// f16; Q rounded to f16 as in decode_v2_swap.cuh).
+template <int N, int kWG, bool kFp8 = false> struct BsCfg {
     static_assert(N == 16 || N == 32, "16 or 32 query rows");
-    // One producer warp; with two math warpgroups a whole producer warpgroup, so that registers
-    // can move to the math warpgroups (setmaxnreg: 40 for the producer, 232 for the math).
-    static constexpr int kNT = kWG * kMathThreads + (kWG > 1 ? 128 : 32);
+    // One producer warp; with two math warpgroups or an fp8 cache a whole producer (converter)
+    // warpgroup, so that registers can move to the math warpgroups (setmaxnreg).
+    static constexpr int kNT = kWG * kMathThreads + (kWG > 1 || kFp8 ? 128 : 32);
+    // With 384 threads each starts with 168 registers (64512 in all): setmaxnreg.inc waits until
+    // the pool can grant it, so producer + math may not ask for more than that in total.
+    static constexpr int kRegProd = kFp8 ? 72 : 40, kRegMath = kFp8 ? 216 : 232;
+    static_assert(kNT != 384 || kRegProd * 128 + kRegMath * 256 <= 168 * 384, "setmaxnreg pool");
     static constexpr int kRows = N * kWG;
-    static constexpr int kSlots = kRows == 16 ? 24 : 22; // as many as fit next to Q^T
+    static constexpr int kSlots = kFp8 ? (kRows == 16 ? 18 : 16) : kRows == 16 ? 24 : 22; // as many as fit
+    static constexpr int kSlots8 = kFp8 ? 14 : 0;         // fp8 slots: 64 keys x 64 bytes
     static constexpr int kNA = N == 16 ? 4 : 2;          // S^T accumulators (independent chains)
     static constexpr int offSlots = 0;
-    static constexpr int offQ = kSlots * kSlotBytes;     // per warpgroup: 9 column blocks x N rows x 128 B
+    static constexpr int offSlots8 = kSlots * kSlotBytes;
+    static constexpr int offQ = offSlots8 + kSlots8 * 4096; // per warpgroup: 9 column blocks x N rows x 128 B
     static constexpr int offP = offQ + kWG * kCols * N * 128; // per warpgroup: N rows x 128 B
     static constexpr int offRedMax = offP + kWG * N * 128;    // [warpgroup][4 warps][N]
     static constexpr int offRedSum = offRedMax + kWG * 4 * N * 4;
     static constexpr int offFlags = offRedSum + kWG * 4 * N * 4; // page masks of 4 blocks in a ring
     static constexpr int offFull = offFlags + 16;
     static constexpr int offEmpty = offFull + 8 * kSlots;
-    static constexpr int kSmem = offEmpty + 8 * kSlots + 1024; // + alignment slack
+    static constexpr int offFull8 = offEmpty + 8 * kSlots;
+    static constexpr int offFlags8 = offFull8 + 8 * kSlots8; // fp8: (page mask, seq_len) of 8 blocks
+    static constexpr int kSmem = offFlags8 + (kFp8 ? 64 : 0) + 1024; // + alignment slack
     static_assert(offQ % 1024 == 0 && offP % 1024 == 0 && (N * 128 * kCols) % 1024 == 0,
                   "swizzled tiles need 1024-byte alignment");
     static_assert(kSmem <= 227 * 1024, "shared memory");
@@ -78,10 +94,23 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar)
 
 // D(64 x N) += A(64 x 16, shared, K-major or with kTA MN-major) * B(16 x N, shared, K-major),
 // bf16 in, float accumulate.
-template <int N, int kTA>
+template <int N, int kTA, bool kF16 = false>
 __device__ __forceinline__ void wgmma_bf16(float (&d)[N / 2], uint64_t da, uint64_t db, int acc)
 {
-    if constexpr (N == 16)
+    if constexpr (kF16 && N == 16)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, %11, 0;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                     : "l"(da), "l"(db), "r"(acc), "n"(kTA));
+    else if constexpr (kF16)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %19, 0;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                     : "l"(da), "l"(db), "r"(acc), "n"(kTA));
+    else if constexpr (N == 16)
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
                      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
                      "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, %11, 0;\n}\n"
@@ -148,10 +177,121 @@ __device__ __forceinline__ void produce(const Params &p, int part, int tau, Curs
     }
 }
 
+// The fp8 cache's producer warpgroup (ct = 0..127): thread 0 keeps kSlots8 fp8 column blocks
+// in flight by TMA (64 keys x 64 bytes, unswizzled), and all 128 threads convert each one, in
+// order, to f16 into its 8 KB slot in the 128-byte swizzle the math's descriptors expect (two
+// 16-byte fp8 chunks per thread). Rows past seq_len or on pages not loaded are written as
+// zeros, so the math needs no zeroing pass. The converter is the fp8 ring's only reader, so a
+// barrier of its own warpgroup frees a slot for the next TMA.
 template <int N, int kWG>
-__global__ void __launch_bounds__(BsCfg<N, kWG>::kNT, 1) decode_bf16_swap_kernel(const __grid_constant__ Params p)
+__device__ __forceinline__ void convert_fp8(const Params &p, int part, int tau, Cursor c, int seq0, uint32_t sSlots,
+                                            uint32_t sSlots8, uint32_t full, uint32_t empty, uint32_t full8,
+                                            int2 *sFl, int ct)
 {
-    using C = BsCfg<N, kWG>;
+    using C = BsCfg<N, kWG, true>;
+    constexpr int kBarConv = kWG + 2; // named barrier of this warpgroup (the math use 1..kWG + 1)
+    const int lane = ct & 31;
+    // Issuer state (thread 0 only).
+    Cursor ic = c;
+    Pref f = {0, -1, -1};
+    int icol = 0, iblk = 0, islot = 0, row[2] = {-1, -1};
+    uint32_t ibytes = 0;
+    if (ct == 0) f = mla_decode_v1::prefetch_block_seq<kBN>(p, ic, seq0);
+    auto issue_next = [&]() {
+        if (ic.b >= p.batch) return;
+        if (icol == 0) {
+            const int key0 = ic.blk * kBN;
+            const int ok = mla_decode_v1::block_page_mask<kBN>(p, key0, f, true);
+            row[0] = row[1] = -1;
+            ibytes = 0;
+            if (p.page_size == 64) {
+                if (ok & 1) {
+                    row[0] = f.idx0 * 64;
+                    ibytes = 64 * 64;
+                }
+            } else {
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    if (((ok >> h) & 1) && key0 + 32 * h < f.seq) {
+                        row[h] = (h ? f.idx1 : f.idx0) * 32;
+                        ibytes += 32 * 64;
+                    }
+            }
+            sFl[iblk & 7] = make_int2(ok, f.seq); // read after the fp8 slot's full barrier
+        }
+        const uint32_t bar = full8 + 8u * islot, dst = sSlots8 + (uint32_t)islot * 4096u;
+        mla_sm90::mbar_arrive_expect_tx(bar, ibytes);
+        if (p.page_size == 64) {
+            if (row[0] >= 0) mla_sm90::tma_load_2d(dst, &p.kv_tma[1], 64 * icol, row[0], bar);
+        } else {
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                if (row[h] >= 0) mla_sm90::tma_load_2d(dst + (uint32_t)(h * 32 * 64), &p.kv_tma[0], 64 * icol, row[h], bar);
+        }
+        if (++islot == C::kSlots8) islot = 0;
+        if (++icol == kCols) {
+            icol = 0;
+            iblk++;
+            mla_decode_v1::cursor_next(p, part, tau, ic);
+            f = mla_decode_v1::prefetch_block<kBN>(p, ic);
+        }
+    };
+    if (ct == 0)
+        for (int i = 0; i < C::kSlots8; i++) issue_next();
+
+    int s8 = 0, s16 = 0, blk = 0;
+    uint32_t ph8 = 0, ph16 = 0;
+    while (c.b < p.batch) {
+        const int key0 = c.blk * kBN;
+        int2 fl = make_int2(0, 0);
+        for (int col = 0; col < kCols; col++) {
+            mla_sm90::mbar_wait(full8 + 8u * s8, ph8);
+            if (col == 0) fl = sFl[blk & 7];
+            mla_sm90::mbar_wait(empty + 8u * s16, ph16 ^ 1u);
+#pragma unroll
+            for (int k = 0; k < 2; k++) {
+                const int id = ct + 128 * k, r = id >> 2, q = id & 3;
+                const bool valid = key0 + r < fl.y && ((fl.x >> (p.page_size == 32 ? r >> 5 : 0)) & 1);
+                uint4 raw;
+                asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                             : "=r"(raw.x), "=r"(raw.y), "=r"(raw.z), "=r"(raw.w)
+                             : "r"(sSlots8 + (uint32_t)(s8 * 4096 + r * 64 + q * 16)));
+                uint32_t h[8];
+                mla_decode_ws::e4m3x4_to_f16x4(raw.x, h[0], h[1]);
+                mla_decode_ws::e4m3x4_to_f16x4(raw.y, h[2], h[3]);
+                mla_decode_ws::e4m3x4_to_f16x4(raw.z, h[4], h[5]);
+                mla_decode_ws::e4m3x4_to_f16x4(raw.w, h[6], h[7]);
+                if (!valid) {
+#pragma unroll
+                    for (int i = 0; i < 8; i++) h[i] = 0u;
+                }
+                const uint32_t rowa = sSlots + (uint32_t)(s16 * kSlotBytes + r * 128);
+                st16(rowa + (uint32_t)(((2 * q) ^ (r & 7)) << 4), make_uint4(h[0], h[1], h[2], h[3]));
+                st16(rowa + (uint32_t)(((2 * q + 1) ^ (r & 7)) << 4), make_uint4(h[4], h[5], h[6], h[7]));
+            }
+            mla_decode_v3::fence_proxy_async(); // f16 stores -> the math's wgmma
+            __syncwarp();
+            if (lane == 0) mbar_arrive(full + 8u * s16);
+            mla_decode_v1::named_bar(kBarConv, 128); // every thread is done with fp8 slot s8
+            if (ct == 0) issue_next();                // ... which the next TMA reuses
+            if (++s8 == C::kSlots8) {
+                s8 = 0;
+                ph8 ^= 1u;
+            }
+            if (++s16 == C::kSlots) {
+                s16 = 0;
+                ph16 ^= 1u;
+            }
+        }
+        blk++;
+        mla_decode_v1::cursor_next(p, part, tau, c);
+    }
+}
+
+template <int N, int kWG, bool kFp8 = false>
+__global__ void __launch_bounds__(BsCfg<N, kWG, kFp8>::kNT, 1) decode_bf16_swap_kernel(const __grid_constant__ Params p)
+{
+    using C = BsCfg<N, kWG, kFp8>;
     using namespace mla_sm90;
     using mla_decode_v1::fast_exp2;
     using mla_decode_v3::acc_fence;
@@ -186,14 +326,16 @@ __global__ void __launch_bounds__(BsCfg<N, kWG>::kNT, 1) decode_bf16_swap_kernel
     float *sRedMax = reinterpret_cast<float *>(smem + C::offRedMax) + wg * 4 * N;
     float *sRedSum = reinterpret_cast<float *>(smem + C::offRedSum) + wg * 4 * N;
     int *sFlags = reinterpret_cast<int *>(smem + C::offFlags);
-    const uint32_t full = sBase + C::offFull, empty = sBase + C::offEmpty;
+    int2 *sFl8 = reinterpret_cast<int2 *>(smem + C::offFlags8);
+    const uint32_t full = sBase + C::offFull, empty = sBase + C::offEmpty, full8 = sBase + C::offFull8;
     if (threadIdx.x == 0) {
         tma_prefetch_map(&p.kv_tma[0]);
         tma_prefetch_map(&p.kv_tma[1]);
         for (int i = 0; i < C::kSlots; i++) {
-            mbar_init(full + 8u * i, 1);
+            mbar_init(full + 8u * i, kFp8 ? 4 : 1); // the converter's warps, or the TMA producer
             mbar_init(empty + 8u * i, kWG * kMathThreads / 32);
         }
+        for (int i = 0; i < C::kSlots8; i++) mbar_init(full8 + 8u * i, 1);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
@@ -205,12 +347,16 @@ __global__ void __launch_bounds__(BsCfg<N, kWG>::kNT, 1) decode_bf16_swap_kernel
     const int seq0 = mla_decode_v1::part_first_cursor(p, part, cons);
     if (cons.b >= p.batch) return;
     if (producer) { // the producer warp(s); the math threads never wait for them at a CTA barrier
-        if constexpr (kWG > 1) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-        if (threadIdx.x == kWG * kMathThreads) produce<N, kWG>(p, part, tau, cons, seq0, sSlots, full, empty, sFlags);
+        if constexpr (C::kNT == 384) asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(C::kRegProd) : "memory");
+        if constexpr (kFp8)
+            convert_fp8<N, kWG>(p, part, tau, cons, seq0, sSlots, sBase + C::offSlots8, full, empty, full8, sFl8,
+                                (int)threadIdx.x - kWG * kMathThreads);
+        else if (threadIdx.x == kWG * kMathThreads)
+            produce<N, kWG>(p, part, tau, cons, seq0, sSlots, full, empty, sFlags);
         return;
     }
 
-    if constexpr (kWG > 1) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    if constexpr (C::kNT == 384) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(C::kRegMath) : "memory");
     const float qk_scale = p.scale_log2;
     float o[8][N / 2]; // O^T m-tile c: o[c][4 j + 2 h + e] = dim 64 c + 16 w + 8 h + g, row 8 j + 2 t + e
 #pragma unroll
@@ -236,7 +382,7 @@ __global__ void __launch_bounds__(BsCfg<N, kWG>::kNT, 1) decode_bf16_swap_kernel
         cur_seq = seq;
     };
     auto load_q = [&](int b) {
-        mla_decode_v1::load_q_rows<false, N, kMathThreads, (N == 16 ? 9 : 6)>(
+        mla_decode_v1::load_q_rows<kFp8, N, kMathThreads, (N == 16 ? 9 : 6)>(
             p, b, wg, [&](int r, int ch, uint4 v) {
                 st16(sQ + (uint32_t)((ch >> 3) * (N * 128) + r * 128 + (((ch & 7) ^ (r & 7)) << 4)), v);
             },
@@ -312,7 +458,7 @@ __global__ void __launch_bounds__(BsCfg<N, kWG>::kNT, 1) decode_bf16_swap_kernel
 #pragma unroll
             for (int u = 0; u < 4; u++) {
                 const int ks = 4 * col + u;
-                wgmma_bf16<N, 0>(sacc[ks % NA], desc_add(kdesc0, (uint32_t)(s * kSlotBytes + u * 32)),
+                wgmma_bf16<N, 0, kFp8>(sacc[ks % NA], desc_add(kdesc0, (uint32_t)(s * kSlotBytes + u * 32)),
                                  desc_add(qdesc0, (uint32_t)(col * N * 128 + u * 32)), ks >= NA);
             }
         }
@@ -341,7 +487,7 @@ __global__ void __launch_bounds__(BsCfg<N, kWG>::kNT, 1) decode_bf16_swap_kernel
         }
 
         // ---- mask, scale, column (query row) max over the 64 keys ----
-        const int pmask = sFlags[nblk & 3];
+        const int pmask = kFp8 ? sFl8[nblk & 7].x : sFlags[nblk & 3];
         const int full_mask = kBN > p.page_size ? 3 : 1;
         const int page0 = key0 >> p.page_shift;
         const bool all_valid = key0 + kBN <= lim_min && pmask == full_mask;
@@ -377,7 +523,7 @@ __global__ void __launch_bounds__(BsCfg<N, kWG>::kNT, 1) decode_bf16_swap_kernel
             for (int r = 0; r < NR; r++) sRedMax[w * N + row_of(r)] = mx[r];
         }
         mla_decode_v1::named_bar(bar_wg, kMathThreads);
-        if (key0 + kBN > cur_seq || pmask != full_mask) {
+        if (!kFp8 && (key0 + kBN > cur_seq || pmask != full_mask)) { // (the fp8 converter wrote zeros)
             // (After the barrier: every warp's S^T reads of these slots are done.)
             // V rows of keys past seq_len or on pages not loaded -> 0: their bytes are stale or
             // the page's tail (possibly NaN patterns, which P = 0 does not cancel). Only a
@@ -412,9 +558,11 @@ __global__ void __launch_bounds__(BsCfg<N, kWG>::kNT, 1) decode_bf16_swap_kernel
             const int n = row_of(r), key = 16 * w + 8 * h + g;
             const float pv = fast_exp2(s[k] - ref[r]);
             l_run[r] += pv;
-            const __nv_bfloat16 hv = __float2bfloat16_rn(pv);
+            uint16_t hv;
+            if constexpr (kFp8) hv = __half_as_ushort(__float2half_rn(pv));
+            else hv = __bfloat16_as_ushort(__float2bfloat16_rn(pv));
             const uint32_t addr = sP + (uint32_t)(n * 128 + (((key >> 3) ^ (n & 7)) << 4) + ((key & 7) << 1));
-            asm volatile("st.shared.b16 [%0], %1;\n" ::"r"(addr), "h"(*reinterpret_cast<const uint16_t *>(&hv)) : "memory");
+            asm volatile("st.shared.b16 [%0], %1;\n" ::"r"(addr), "h"(hv) : "memory");
         }
         // Skipped when no row of the warp changed its maximum (alpha exactly 1: most blocks).
         bool any = false;
@@ -439,7 +587,7 @@ __global__ void __launch_bounds__(BsCfg<N, kWG>::kNT, 1) decode_bf16_swap_kernel
             const int sl = slot_of(c, ph);
 #pragma unroll
             for (int kk = 0; kk < 4; kk++)
-                wgmma_bf16<N, 1>(o[c], desc_add(vdesc0, (uint32_t)(sl * kSlotBytes + kk * 16 * 128)),
+                wgmma_bf16<N, 1, kFp8>(o[c], desc_add(vdesc0, (uint32_t)(sl * kSlotBytes + kk * 16 * 128)),
                                  desc_add(pdesc0, (uint32_t)(kk * 32)), 1);
         }
         wgmma_commit();
