@@ -651,6 +651,8 @@ TEST(gpu_decode_adjacent_pages)
         {128, 1, 32, MLA_DTYPE_BF16, MLA_DTYPE_FP8_E4M3, 0},     /* v7 */
         {16, 1, 32, MLA_DTYPE_BF16, MLA_DTYPE_BF16, 0},          /* bf16 swap, N = 16 */
         {32, 1, 64, MLA_DTYPE_BF16, MLA_DTYPE_BF16, 0},          /* bf16 swap, N = 32 */
+        {32, 1, 32, MLA_DTYPE_BF16, MLA_DTYPE_FP8_E4M3, 0},      /* fp8, 32 rows */
+        {16, 2, 64, MLA_DTYPE_FP8_E4M3, MLA_DTYPE_FP8_E4M3, 0},  /* fp8, 32 rows, fp8 query */
     };
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         gdecode_case c = base_case(8, shapes[i].q_len, shapes[i].heads, shapes[i].page, shapes[i].kv, lens);
@@ -690,11 +692,14 @@ TEST(gpu_decode_no_causal_mask)
 
 TEST(gpu_decode_bad_page_index_is_skipped_and_flagged)
 {
-    /* 16 heads: the narrow kernels; 128: the wgmma kernels (each loader masks pages itself). */
+    /* 16 heads: the narrow kernels; 32: the 32-row kernels; 128: the wgmma kernels (each loader
+     * masks pages itself). */
     static const int lens[] = {300, 70, 5};
-    for (int heads = 16; heads <= 128; heads *= 8)
+    static const int heads_list[] = {16, 32, 128}; /* 32: the fp8 32-row kernels */
+    for (size_t hi = 0; hi < sizeof heads_list / sizeof heads_list[0]; hi++)
         for (int kv = 0; kv < 2; kv++)
             for (int page = 32; page <= 64; page *= 2) {
+                const int heads = heads_list[hi];
                 gdecode_case c = base_case(3, 1, heads, page, kv ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3, lens);
                 c.bad_page_req = 0;
                 c.expect_flags = MLA_DEVERR_PAGE_INDEX;

@@ -6,6 +6,7 @@
 #include "decode_v2_fp8reg.cuh"
 #include "decode_v2_swap.cuh"
 #include "decode_bf16_swap.cuh"
+#include "decode_fp8_seesaw32.cuh"
 #include "decode_v3_wgmma.cuh"
 #include "decode_v6_seesaw.cuh"
 #include "decode_v10_fp8mma.cuh"
@@ -24,7 +25,9 @@ using mla_decode_v1::Params;
 
 // Kernel variants (MLA_DECODE_VARIANT selects one for comparison; default "v2"):
 //   "v2"  : rows <= 16 with an fp8 cache (and rows 17..32 as two head blocks when the swap
-//           form is selected, the default): decode_v2_swap.cuh, or decode_v2_fp8reg.cuh
+//           form is selected, the default, below 96 requests; from 96 requests rows 17..32
+//           run on decode_fp8_seesaw32.cuh, MLA_DECODE_FP8_ROWS32=heads|seesaw|auto):
+//           decode_v2_swap.cuh, or decode_v2_fp8reg.cuh
 //           (MLA_DECODE_V2_BN=32|64 keys per block, default 64; MLA_DECODE_V2_CONV=cvt|alu|q8|w8
 //           and MLA_DECODE_V2_LAYOUT=tma|pad|xor|h1: v2_conversion()); rows <= 32 with a
 //           bf16 cache: decode_bf16_swap.cuh (one math warpgroup of 16 rows, or for 17..32
@@ -237,6 +240,30 @@ int fp8_conv_rows()
 // Whether an fp8-cache call of this many rows takes the converter form.
 bool fp8_conv_takes(int rows) { return fp8_conv_rows() && rows <= 32 && (fp8_conv_rows() == 16 || rows > 16); }
 
+// fp8-cache rows 17..32 (MLA_DECODE_FP8_ROWS32, read once per process): "heads" two 16-row head
+// blocks of the swap kernel, each converting every key block; "seesaw" decode_fp8_seesaw32.cuh,
+// one CTA per SM whose two math warpgroups take the blocks in turn (each block's K and V
+// converted once); "auto" (default) the seesaw from kSeesaw32MinBatch requests. Both forms have
+// num_sms parts of 64-key blocks, so the split layout and a decode plan fit either.
+// H200 (bench/NOTES.md, nineteenth session), seesaw against heads, H32: B128 4k-8k 15-20%
+// faster, B96 16k 18%, B96 4k 3.5%, B64 16k 14%, B64 8k 6%, B32 16k 6%; slower at B64 4k (8%),
+// B32 4k (30%) and batch 1 64k (14%), where each part's fixed costs weigh more.
+constexpr int kSeesaw32MinBatch = 96;
+int fp8_rows32_mode()
+{
+    static const char *const names[] = {"heads", "seesaw", "auto"};
+    static int cached = -1;
+    if (cached < 0) cached = env_choice("MLA_DECODE_FP8_ROWS32", names, 3, 2);
+    return cached;
+}
+// Whether an fp8-cache call of this many rows and requests takes decode_fp8_seesaw32.cuh.
+bool fp8_seesaw32_takes(int rows, int batch)
+{
+    if (rows <= 16 || rows > 32 || fp8_conv_takes(rows)) return false;
+    const int mode = fp8_rows32_mode();
+    return mode == 1 || (mode == 2 && batch >= kSeesaw32MinBatch);
+}
+
 // Rows 17..32 on the bf16 swap kernel: MLA_DECODE_BF16_ROWS32=wg2 (two math warpgroups of 16
 // rows sharing the ring) or n32 (one warpgroup, N = 32).
 int bf16_swap_rows32()
@@ -279,7 +306,7 @@ const V2Form *v2_form_of(int conv, int bn)
     return &kV2Forms[bn == 64 ? 0 : 1]; // not reached: v2_conversion returns listed forms
 }
 
-Plan make_plan(int num_sms, int q_len, int heads, Variant variant, bool fp8)
+Plan make_plan(int num_sms, int batch, int q_len, int heads, Variant variant, bool fp8)
 {
     Plan pl;
     pl.rows = q_len * heads;
@@ -287,7 +314,8 @@ Plan make_plan(int num_sms, int q_len, int heads, Variant variant, bool fp8)
         pl.m = pl.rows <= 16 ? 16 : pl.rows <= 32 ? 32 : 64;
         pl.bn = 64;
         pl.ctas_per_sm = 1;
-    } else if (pl.rows <= 32 && v2_family(variant) && (fp8 ? fp8_conv_takes(pl.rows) : bf16_swap_selected())) {
+    } else if (pl.rows <= 32 && v2_family(variant) &&
+               (fp8 ? fp8_conv_takes(pl.rows) || fp8_seesaw32_takes(pl.rows, batch) : bf16_swap_selected())) {
         // decode_bf16_swap.cuh: all rows in one CTA per SM, 64-key blocks.
         pl.m = pl.rows <= 16 ? 16 : 32;
         pl.bn = 64;
@@ -317,7 +345,7 @@ size_t bytes_for(const mla_cuda_device_info *dev, int batch, int q_len, int head
     size_t need = 0;
     for (int v = 0; v < kNumVariants; v++)
         for (int fp8 = 0; fp8 < 2; fp8++) {
-            const Plan pl = make_plan(dev->num_sms, q_len, heads, (Variant)v, fp8);
+            const Plan pl = make_plan(dev->num_sms, batch, q_len, heads, (Variant)v, fp8);
             const mla_decode_split_layout L =
                 mla_decode_split_layout_make(batch, pl.rows, dv, pl.num_parts);
             if (L.total_bytes > need) need = L.total_bytes;
@@ -390,6 +418,9 @@ cudaError_t set_all_smem_attrs()
     if (e == cudaSuccess)
         e = cudaFuncSetAttribute(mla_decode_bs::decode_bf16_swap_kernel<16, 2, true>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_bs::BsCfg<16, 2, true>::kSmem);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(mla_decode_s32::decode_fp8_m32_seesaw_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 mla_decode_s32::S32Cfg::kSmem);
     if (e == cudaSuccess) e = set_v3_smem_attr<true>();
     if (e == cudaSuccess) e = set_v3_smem_attr<false>();
     for (int bulk = 0; bulk < 2 && e == cudaSuccess; bulk++)
@@ -559,6 +590,17 @@ cudaError_t launch_variant(const Params &prm, const Plan &pl, bool fp8_math, boo
 {
     *half_partials = false;
     if (runs_v2_fp8_m16(pl, FP8)) return launch_v2_fp8_m16(prm, pl, half_partials, stream);
+    if (FP8 && pl.m == 32 && pl.bn == 64 && pl.ctas_per_sm == 1 && v2_family(selected_variant()) &&
+        fp8_seesaw32_takes(pl.rows, prm.batch)) {
+        Params tp = prm;
+        if (encode_kv_maps(tp, prm.page_size == 64 ? 64 : 32)) {
+            *half_partials = true;
+            return launch_split(mla_decode_s32::decode_fp8_m32_seesaw_kernel, tp, pl, mla_decode_s32::kNT,
+                                mla_decode_s32::S32Cfg::kSmem, stream);
+        }
+        // No tensor map: version 1's one-CTA-per-SM form runs the same plan.
+        return launch_kernel<true, 32, 64, 256>(prm, pl, stream);
+    }
     if (FP8 && pl.rows <= 32 && pl.bn == 64 && pl.ctas_per_sm == 1 && v2_family(selected_variant()) &&
         fp8_conv_takes(pl.rows)) {
         Params tp = prm;
@@ -650,7 +692,7 @@ extern "C" size_t mla_cuda_decode_plan_size(const mla_cuda_device_info *dev, int
 {
     if (batch < 1) batch = 1;
     if (q_len < 1) q_len = 1;
-    const Plan pl = make_plan(dev->num_sms, q_len, num_heads, selected_variant(), fp8_kv != 0);
+    const Plan pl = make_plan(dev->num_sms, batch, q_len, num_heads, selected_variant(), fp8_kv != 0);
     return mla_decode_split_layout_make(batch, pl.rows, mla_decode_v1::kDv, pl.num_parts).off_lse;
 }
 
@@ -675,7 +717,7 @@ extern "C" int mla_cuda_decode_plan(const mla_cuda_device_info *dev, const mla_d
     int rc = check_decode_problem(p);
     if (rc != (int)cudaSuccess || p->batch < 1) return rc;
     if (!p->plan) return (int)cudaErrorInvalidValue;
-    const Plan pl = make_plan(dev->num_sms, p->q_len, p->num_heads, selected_variant(),
+    const Plan pl = make_plan(dev->num_sms, p->batch, p->q_len, p->num_heads, selected_variant(),
                               p->kv_dtype == MLA_DTYPE_FP8_E4M3);
     const mla_decode_split_layout L =
         mla_decode_split_layout_make(p->batch, pl.rows, mla_decode_v1::kDv, pl.num_parts);
@@ -692,7 +734,7 @@ extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode
     if (rc != (int)cudaSuccess) return rc;
     if (p->batch < 1) return (int)cudaSuccess;
 
-    const Plan pl = make_plan(dev->num_sms, p->q_len, p->num_heads, selected_variant(),
+    const Plan pl = make_plan(dev->num_sms, p->batch, p->q_len, p->num_heads, selected_variant(),
                               p->kv_dtype == MLA_DTYPE_FP8_E4M3);
     const mla_decode_split_layout L =
         mla_decode_split_layout_make(p->batch, pl.rows, mla_decode_v1::kDv, pl.num_parts);
