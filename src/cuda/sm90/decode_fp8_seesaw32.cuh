@@ -21,7 +21,8 @@
 // Index maps as in decode_v2_swap.cuh (Q^T in the permuted k order, S^T's key rows f(g)); the
 // O^T rows of warpgroup h: m-tile i, warp w row g + 8 hh is dim 256 h + 8 (8 w + g) + 2 i + hh,
 // so one 8-byte load per key row feeds the 4 m-tiles and a thread ends with 8 consecutive dims
-// per query row. One CTA per SM (4 stages of 36 KB + two Q^T tiles of 36 KB + rings: 221 KB).
+// per query row. One CTA per SM (4 stages of 36 KB, two Q^T tiles of 36 KB and small rings:
+// 220 KB).
 #pragma once
 #include "decode_v2_swap.cuh"
 
@@ -36,6 +37,8 @@ using mla_decode_v2s::word;
 // registers per thread (three warps on one SM sub-partition; setmaxnreg does not change what
 // it allocates), and the math then spills and its wgmmas are serialised (C7511).
 constexpr int kBN = 64, kRows = 32, kStages = 4, kMath = 128, kNT = 2 * kMath;
+// Build-time knobs for experiments (defaults measured best, bench/NOTES.md nineteenth session:
+// 4 accumulators spilled, or with the other's P V retired early, 2.5% slower).
 #ifndef MLA_S32_NA
 #define MLA_S32_NA 2
 #endif
@@ -454,7 +457,6 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8_m32_seesaw_kernel(const __g
         if (key0 + kBN > cur_seq || pmask != full_mask) {
             // V bytes of rows not loaded or past seq_len -> 0 (stale bytes could be NaN
             // patterns, which P = 0 does not cancel); the other warpgroup reads them after done.
-            // (A fixed trip count: with the opaque tid, a loop from tid is divergent for ptxas.)
 #pragma unroll 4
             for (int it = 0; it < kBN * 32 / kMath; it++) {
                 const int i = tid + kMath * it, r = i >> 5, cb = (i >> 3) & 3, c16 = i & 7;
@@ -468,7 +470,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8_m32_seesaw_kernel(const __g
             mla_decode_v1::named_bar(bar_wg, kMath);
         }
 
-        // ---- S^T = K Q^T: 9 spans of 64 dims, 4 k-steps each, into 4 accumulators ----
+        // ---- S^T = K Q^T: 9 spans of 64 dims, 4 k-steps each, into kNA accumulators ----
         float sacc[kNA][16];
 #pragma unroll
         for (int u = 0; u < kNA; u++) {
