@@ -411,6 +411,10 @@ TEST(gpu_decode_uneven_batches)
         }
         gdecode_case c = base_case(B, rep ? 1 : 2, 16, 64, MLA_DTYPE_FP8_E4M3, lens);
         run_gpu_decode_case(&c, rep == 2 ? "uneven batch 1100" : rep ? "uneven batch 300" : "uneven batch 40 q_len 2");
+        if (rep == 1) { /* 32 rows from 96 requests: the fp8 32-row seesaw by default */
+            c = base_case(B, 1, 32, 32, MLA_DTYPE_FP8_E4M3, lens);
+            run_gpu_decode_case(&c, "uneven batch 300 fp8 H32");
+        }
         if (rep == 2) {
             free(lens);
             break;
@@ -462,6 +466,9 @@ TEST(gpu_decode_uniform_batches)
     run_gpu_decode_case(&c, "uniform 64 x 2000 bf16 H64 q_len 2");
     c = base_case(256, 1, 16, 64, MLA_DTYPE_FP8_E4M3, lens256);
     run_gpu_decode_case(&c, "uniform 256 x 2000 fp8 H16");
+    c = base_case(256, 2, 16, 64, MLA_DTYPE_FP8_E4M3, lens256); /* 32 rows: the fp8 seesaw */
+    c.with_lse = 0;
+    run_gpu_decode_case(&c, "uniform 256 x 2000 fp8 H16 q_len 2");
     c = base_case(40, 1, 128, 64, MLA_DTYPE_FP8_E4M3, lens64);
     run_gpu_decode_case(&c, "uniform 40 x 2000 fp8 H128 (split as usual)");
 }
