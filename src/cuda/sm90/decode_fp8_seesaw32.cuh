@@ -38,7 +38,7 @@ using mla_decode_v2s::word;
 // it allocates), and the math then spills and its wgmmas are serialised (C7511).
 constexpr int kBN = 64, kRows = 32, kStages = 4, kMath = 128, kNT = 2 * kMath;
 // Build-time knobs for experiments (defaults measured best, bench/NOTES.md nineteenth session:
-// 4 accumulators spilled, or with the other's P V retired early, 2.5% slower).
+// 4 accumulators spilled, or, with the other's P V retired before the softmax, 2.5% slower).
 #ifndef MLA_S32_NA
 #define MLA_S32_NA 2
 #endif
@@ -47,10 +47,6 @@ constexpr int kBN = 64, kRows = 32, kStages = 4, kMath = 128, kNT = 2 * kMath;
 #endif
 constexpr int kNA = MLA_S32_NA;       // S^T accumulators (independent wgmma chains)
 constexpr int kSpans = MLA_S32_SPANS; // S^T spans (4 k-steps of A registers) in flight
-#ifndef MLA_S32_HELPER_WAIT
-#define MLA_S32_HELPER_WAIT 0
-#endif
-constexpr bool kHelperWait = MLA_S32_HELPER_WAIT; // the other's P V retires before the softmax
 
 struct S32Cfg {
     static constexpr int kStageBytes = kBN * kRow8;                 // 36 KB, stw_off<64>'s layout
