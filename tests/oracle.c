@@ -221,6 +221,51 @@ void oracle_fill(mla_dtype dtype, void *buf, float *deq, int64_t n, float lo, fl
     }
 }
 
+/* Steps (log2 units) between one planted key's score and the next: a kernel that moves its row
+ * reference only when a block exceeds it by more than 2^8 takes both branches. */
+static const double plant_steps[] = {3.0, 7.0, 9.0, 13.0, 5.0, 11.0};
+#define PLANTS_MAX ((int)(sizeof plant_steps / sizeof plant_steps[0]))
+
+static double dequant_value(mla_dtype dt, const void *buf, int64_t i)
+{
+    return dt == MLA_DTYPE_FP8_E4M3 ? oracle_fp8_value(((const uint8_t *)buf)[i])
+                                    : oracle_bf16_value(((const uint16_t *)buf)[i]);
+}
+
+void oracle_plant_growing_scores(const oracle_plant_args *a)
+{
+    const int D = a->dqk;
+    for (int b = 0; b < a->batch; b++) {
+        const int len = a->seq_lens[b];
+        const int n = len / 128 < PLANTS_MAX ? len / 128 : PLANTS_MAX;
+        /* the last query token sees every key under the causal mask */
+        const int64_t qrow = ((int64_t)b * a->q_len + a->q_len - 1) * a->heads + b % a->heads;
+        double qq = 0;
+        for (int d = a->dv; d < D; d++) {
+            const double v = dequant_value(a->q_dtype, a->q, qrow * D + d);
+            qq += v * v;
+        }
+        if (n == 0 || !(qq > 0)) continue;
+        double target = 4.0;
+        for (int i = 0; i < n; i++) {
+            /* rope dims of the key = c q (quantized): that part of the score is bmm1 c |q_rope|^2
+             * log2(e) ~ target; the value dims keep their random data, so outputs stay in range */
+            const double c = target / (a->bmm1 * qq * 1.4426950408889634);
+            const int key = (int)((int64_t)(i + 1) * len / (n + 1));
+            const int64_t row = (int64_t)a->block_table[(int64_t)b * a->max_pages + key / a->page_size] * a->page_size +
+                                key % a->page_size;
+            for (int d = a->dv; d < D; d++) {
+                const double x = c * dequant_value(a->q_dtype, a->q, qrow * D + d);
+                const int64_t e = row * D + d;
+                if (a->kv_dtype == MLA_DTYPE_FP8_E4M3) ((uint8_t *)a->kv)[e] = oracle_fp8_from_double(x);
+                else ((uint16_t *)a->kv)[e] = oracle_bf16_from_double(x);
+                if (a->kv_deq) a->kv_deq[e] = (float)dequant_value(a->kv_dtype, a->kv, e);
+            }
+            target += plant_steps[i];
+        }
+    }
+}
+
 /* ------------------------------------------------------------------------------------------
  * Attention
  * ---------------------------------------------------------------------------------------- */

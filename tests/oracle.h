@@ -30,6 +30,25 @@ void oracle_fill_f32(float *buf, int64_t n, float lo, float hi);
 /* Fills a buffer of `dtype` (bf16 or fp8_e4m3 or f32) and its dequantized copy. */
 void oracle_fill(mla_dtype dtype, void *buf, float *deq, int64_t n, float lo, float hi);
 
+/* ---- data whose row maxima move inside a request ---- */
+/* For each request of >= 128 keys, overwrites the rope dims [dv, dqk) of up to 6 keys spread
+ * over its length with c * q (quantized to the cache dtype; q = the last query token's row of
+ * head b % heads), so that this part of that row's score grows key by key: ~4 at the first,
+ * then steps of 3, 7, 9, 13, 5 and 11 (log2 units; the value dims keep their random data and
+ * add their random share, sd ~0.6 with the tests' ranges). Online softmaxes then rescale
+ * inside a request, with jumps below and above 2^8. Keys past seq_lens are not touched. */
+typedef struct oracle_plant_args {
+    int batch, q_len, heads, dqk, dv, page_size, max_pages;
+    mla_dtype q_dtype, kv_dtype;       /* bf16 or fp8_e4m3 each */
+    const void *q;                     /* [batch, q_len, heads, dqk] */
+    void *kv;                          /* [pages, page_size, dqk] */
+    float *kv_deq;                     /* its dequantized copy, kept in step (may be NULL) */
+    const int32_t *block_table;        /* [batch, max_pages] */
+    const int32_t *seq_lens;           /* [batch] */
+    double bmm1;                       /* score = bmm1 * q.k (natural log units) */
+} oracle_plant_args;
+void oracle_plant_growing_scores(const oracle_plant_args *a);
+
 /* ---- the oracle ---- */
 typedef struct oracle_decode_args {
     int batch, q_len, heads, dqk, dv;

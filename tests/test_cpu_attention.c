@@ -112,6 +112,7 @@ typedef struct decode_case {
     int unused_entries; /* value of block-table entries past a sequence's pages (0: a real page) */
     int nan_tail;       /* the last nan_tail tokens of every sequence hold NaN */
     int fp8_math;       /* mla_config.decode_fp8_math (the CPU backend computes exactly anyway) */
+    int grow_scores;    /* oracle_plant_growing_scores: a row's maximum moves inside requests */
     const int *seq_lens;
 } decode_case;
 
@@ -168,6 +169,15 @@ static void run_decode_case(const decode_case *c, const char *label)
     void *q = xmalloc((size_t)q_elems * mla_dtype_size(c->q_dtype));
     float *q_f = xmalloc((size_t)q_elems * sizeof(float));
     oracle_fill(c->q_dtype, q, q_f, q_elems, -range_of(c->q_dtype), range_of(c->q_dtype));
+    if (c->grow_scores) {
+        const oracle_plant_args pa = {
+            .batch = B, .q_len = L, .heads = H, .dqk = D, .dv = R, .page_size = c->page, .max_pages = max_pages,
+            .q_dtype = c->q_dtype, .kv_dtype = c->kv_dtype, .q = q, .kv = cache, .kv_deq = cache_f,
+            .block_table = table, .seq_lens = seq,
+            .bmm1 = (double)cfg.scales.softmax_scale * (fp8_q ? 0.5 : 1.0) * (fp8_kv ? 0.375 : 1.0),
+        };
+        oracle_plant_growing_scores(&pa);
+    }
     uint16_t *out = poisoned((size_t)out_elems * 2);
     float *lse = c->with_lse ? poisoned((size_t)B * L * H * sizeof(float)) : NULL;
 
@@ -230,6 +240,62 @@ static void decode_sweep(mla_dtype kv_dtype, mla_dtype q_dtype)
                          c.page);
                 run_decode_case(&c, label);
             }
+}
+
+TEST(cpu_decode_growing_scores)
+{
+    /* A row whose maximum grows along the sequence (steps of 3..13 in log2 units): the
+     * backend's online softmax rescales inside a request. Also checks the planted data. */
+    static const int lens[] = {4097, 1000, 130, 2500, 64, 777};
+    static const mla_dtype kv[] = {MLA_DTYPE_FP8_E4M3, MLA_DTYPE_BF16};
+    for (int i = 0; i < 2; i++)
+        for (int a = 0; a < 2; a++) {
+            decode_case c = {
+                .batch = 6, .q_len = a ? 4 : 1, .heads = a ? 3 : 16, .rank = a ? 64 : 512,
+                .rope = a ? 16 : 64, .page = 64, .kv_dtype = kv[i],
+                .q_dtype = a ? MLA_DTYPE_FP8_E4M3 : MLA_DTYPE_BF16, .with_lse = 1,
+                .grow_scores = 1, .seq_lens = lens,
+            };
+            char label[160];
+            snprintf(label, sizeof label, "growing scores, %s cache, %s q, q_len %d, H %d",
+                     mla_dtype_name(c.kv_dtype), mla_dtype_name(c.q_dtype), c.q_len, c.heads);
+            run_decode_case(&c, label);
+        }
+}
+
+TEST(oracle_planted_scores_grow_as_documented)
+{
+    /* The test data above: the planted part of the keys' scores for their row, in log2 units. */
+    enum { H = 2, D = 576, LEN = 1000, PAGE = 64, PAGES = (LEN + PAGE - 1) / PAGE };
+    static const double expect[] = {4, 7, 14, 23, 36, 41}; /* 1000 / 128 = 7 -> all 6 plants */
+    for (int kvi = 0; kvi < 2; kvi++) {
+        const mla_dtype kvt = kvi ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3, qt = kvi ? MLA_DTYPE_FP8_E4M3 : MLA_DTYPE_BF16;
+        void *q = xmalloc((size_t)H * D * 2);
+        float *q_f = xmalloc((size_t)H * D * sizeof(float));
+        void *kv = xmalloc((size_t)PAGES * PAGE * D * 2);
+        float *kv_f = xmalloc((size_t)PAGES * PAGE * D * sizeof(float));
+        oracle_fill(qt, q, q_f, (int64_t)H * D, -2.0f, 2.0f);
+        oracle_fill(kvt, kv, kv_f, (int64_t)PAGES * PAGE * D, -1.0f, 1.0f);
+        int32_t table[PAGES], len = LEN;
+        for (int i = 0; i < PAGES; i++) table[i] = PAGES - 1 - i;
+        const double bmm1 = 0.0722 * (kvi ? 1.0 : 0.375);
+        const oracle_plant_args pa = {
+            .batch = 1, .q_len = 1, .heads = H, .dqk = D, .dv = 512, .page_size = PAGE, .max_pages = PAGES,
+            .q_dtype = qt, .kv_dtype = kvt, .q = q, .kv = kv, .kv_deq = kv_f,
+            .block_table = table, .seq_lens = &len, .bmm1 = bmm1,
+        };
+        oracle_plant_growing_scores(&pa);
+        for (int i = 0; i < 6; i++) {
+            const int key = (i + 1) * LEN / 7;
+            const int64_t row = (int64_t)table[key / PAGE] * PAGE + key % PAGE;
+            double dot = 0; /* row of head 0 (request 0 % H), the planted rope dims */
+            for (int d = 512; d < D; d++) dot += (double)q_f[d] * kv_f[row * D + d];
+            const double score = bmm1 * dot * 1.4426950408889634;
+            CHECK_MSG(fabs(score - expect[i]) < 0.25 + 0.02 * expect[i], "%s cache: plant %d score %.3f, expected ~%.0f",
+                      mla_dtype_name(kvt), i, score, expect[i]);
+        }
+        free(q); free(q_f); free(kv); free(kv_f);
+    }
 }
 
 TEST(cpu_decode_bf16_cache_q_len_heads_pages)

@@ -43,6 +43,8 @@ typedef struct gdecode_case {
                                 * bit-identical unless exactly one of the two takes fp8 math */
     int in_order_pages;        /* pages handed out in order: a request's consecutive pages are
                                 * adjacent cache rows (the TMA loaders' one-box path at page 32) */
+    int grow_scores;           /* oracle_plant_growing_scores: a row's maximum moves inside
+                                * requests (rescales mid-request, jumps below and above 2^8) */
 } gdecode_case;
 
 static void *xmalloc(size_t n)
@@ -183,6 +185,15 @@ static void run_gpu_decode_case(const gdecode_case *c, const char *label)
     /* ---- CPU reference ---- */
     mla_config cfg;
     config_for(&cfg, c, MLA_DEVICE_CPU);
+    if (c->grow_scores) {
+        const oracle_plant_args pa = {
+            .batch = B, .q_len = L, .heads = H, .dqk = D, .dv = R, .page_size = P, .max_pages = max_pages,
+            .q_dtype = c->q_dtype, .kv_dtype = c->kv_dtype, .q = q, .kv = cache, .kv_deq = NULL,
+            .block_table = table, .seq_lens = seq_ref,
+            .bmm1 = (double)cfg.scales.softmax_scale * cfg.scales.q_scale * cfg.scales.k_scale,
+        };
+        oracle_plant_growing_scores(&pa);
+    }
     mla_backend *cpu = NULL;
     CHECK_STATUS(mla_backend_create("cpu", &cfg, &cpu), MLA_OK);
     uint16_t *ref_out = xmalloc((size_t)out_elems * 2);
@@ -513,6 +524,38 @@ TEST(gpu_decode_heavy_requests_across_shapes)
         run_gpu_decode_case(&c, label);
     }
     free(lens);
+}
+
+TEST(gpu_decode_growing_scores)
+{
+    /* One row per request whose maximum grows along the sequence (oracle.h,
+     * oracle_plant_growing_scores: steps of 3 to 13 in log2 units): every kernel's online
+     * softmax rescales mid-request, with jumps below and above 2^8 (the swap kernel's lazy
+     * reference takes both branches), and the split parts of one request see different
+     * maxima, so the combine merges partials whose LSEs differ by up to ~30. */
+    static const int lens[] = {4097, 1000, 130, 9000, 64, 777};
+    const mla_dtype F8 = MLA_DTYPE_FP8_E4M3, B16 = MLA_DTYPE_BF16;
+    const struct { int heads, q_len; mla_dtype kv, q; int fp8_math; } k[] = {
+        {16, 1, F8, B16, 0}, {16, 1, B16, B16, 0}, {32, 1, F8, B16, 0}, {16, 2, F8, F8, 0},
+        {8, 2, B16, B16, 0}, {16, 4, F8, B16, 0}, {64, 1, F8, B16, 0}, {128, 1, F8, B16, 0},
+        {128, 1, B16, B16, 0}, {128, 1, F8, F8, 1},
+    };
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
+        gdecode_case c = base_case(6, k[i].q_len, k[i].heads, 64, k[i].kv, lens);
+        c.q_dtype = k[i].q;
+        c.fp8_math = k[i].fp8_math;
+        c.grow_scores = 1;
+        char label[128];
+        snprintf(label, sizeof label, "growing scores %s cache %s q H %d q_len %d%s", mla_dtype_name(c.kv_dtype),
+                 mla_dtype_name(c.q_dtype), c.heads, c.q_len, c.fp8_math ? " fp8 math" : "");
+        run_gpu_decode_case(&c, label);
+    }
+    /* 32 rows with an fp8 cache from 96 requests: the seesaw (decode_fp8_seesaw32.cuh) */
+    int many[100];
+    for (int b = 0; b < 100; b++) many[b] = mla_test_rand_int(100, 1600);
+    gdecode_case c = base_case(100, 1, 32, 64, MLA_DTYPE_FP8_E4M3, many);
+    c.grow_scores = 1;
+    run_gpu_decode_case(&c, "growing scores fp8 cache H 32 batch 100");
 }
 
 TEST(gpu_decode_full_range_cache_values)
