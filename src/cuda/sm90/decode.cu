@@ -187,17 +187,20 @@ constexpr int kV2W8 = mla_decode_v2::kConvW8 | mla_decode_v2::kConvCvtV;
 // batch 1 64k 0.0306 / 0.0296 / 0.0276 / 0.0275.
 constexpr int kV2Pad = mla_decode_v2::kConvPad | mla_decode_v2::kConvH1;
 constexpr int kV2Tma = mla_decode_v2::kConvCvt | mla_decode_v2::kConvH1 | mla_decode_v2::kConvTma;
-// "swap" (64-key blocks, TMA layout, either query dtype): decode_v2_swap.cuh.
+// "swap" (64-key blocks, TMA layout, either query dtype): decode_v2_swap.cuh. "lazy": the same
+// kernel with its softmax against a lazy row reference (kLazy; opt-in, not yet run on a device).
 constexpr int kV2Swap = kV2Tma | 256;
+constexpr int kV2SwapLazy = kV2Tma | 512;
 int v2_conversion(bool q_fp8, int bn)
 {
     using namespace mla_decode_v2;
-    static const char *const names[] = {"cvt", "alu", "q8", "w8", "swap"};
+    static const char *const names[] = {"cvt", "alu", "q8", "w8", "swap", "lazy"};
     static const char *const layouts[] = {"xor", "h1", "pad", "tma"};
     static int cached = -1, layout = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_V2_CONV", names, 5, 4);
+    if (cached < 0) cached = env_choice("MLA_DECODE_V2_CONV", names, 6, 4);
     if (layout < 0) layout = env_choice("MLA_DECODE_V2_LAYOUT", layouts, 4, 3);
     if (cached == 4 && bn == 64 && layout == 3) return kV2Swap;
+    if (cached == 5 && bn == 64 && layout == 3) return kV2SwapLazy;
     if (cached == 1 && bn == 32) return kConvAlu;
     if (cached == 2 && bn == 64 && q_fp8) return layout >= 2 ? kV2Q8 | kV2Pad : kV2Q8;
     if (cached == 3 && bn == 64 && q_fp8) return kV2W8;
@@ -212,7 +215,8 @@ int v2_conversion(bool q_fp8, int bn)
 // blocks. The query dtype does not matter to it.
 bool v2_swap_selected()
 {
-    return v2_conversion(false, v2_block_n()) == kV2Swap;
+    const int conv = v2_conversion(false, v2_block_n());
+    return conv == kV2Swap || conv == kV2SwapLazy;
 }
 
 // Whether bf16-cache calls with H * q_len <= 32 take decode_bf16_swap.cuh (MLA_DECODE_BF16_SWAP,
@@ -296,7 +300,8 @@ const V2Form kV2Forms[] = {
     v2_form<mla_decode_v2::kConvAlu, 32>(),          v2_form<kV2Q8, 64>(),
     v2_form<kV2W8, 64>(),
     v2_form<kV2Q8 | kV2Pad, 64>(),                   v2_form<kV2Tma, 64>(),
-    {kV2Swap, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel, mla_decode_v2s::SwapCfg::kSmem},
+    {kV2Swap, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<false>, mla_decode_v2s::SwapCfg::kSmem},
+    {kV2SwapLazy, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<true>, mla_decode_v2s::SwapCfg::kSmemLazy},
 };
 constexpr int kNumV2Forms = (int)(sizeof kV2Forms / sizeof kV2Forms[0]);
 const V2Form *v2_form_of(int conv, int bn)
@@ -539,7 +544,7 @@ cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, bool *half_part
     using namespace mla_decode_v2;
     *half_partials = true;
     int conv = v2_conversion(prm.q_fp8, pl.bn);
-    if (conv == kV2Swap || conv == kV2Tma) {
+    if (conv == kV2Swap || conv == kV2SwapLazy || conv == kV2Tma) {
         Params tp = prm;
         if (encode_kv_maps(tp, prm.page_size == 64 && pl.bn == 64 ? 64 : 32)) {
             const V2Form *f = v2_form_of(conv, pl.bn);

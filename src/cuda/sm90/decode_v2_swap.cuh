@@ -31,6 +31,9 @@ namespace mla_decode_v2s {
 using namespace mla_decode_v2;
 
 constexpr int kBN = 64;
+// The lazy form: how far (log2 units) a block's score may exceed its row's reference before the
+// reference moves (P <= 2^8 in f16).
+constexpr float kLazyMax = 8.f;
 struct SwapCfg {
     static constexpr int kStageBytes = kBN * kRow8; // 36 KB, stw_off<64>'s layout
     static constexpr int offStage = 0;
@@ -41,7 +44,11 @@ struct SwapCfg {
     static constexpr int offFlags = offRedSum + 256;
     static constexpr int offBar = offFlags + 16;
     static constexpr int kSmem = offBar + 16 + 1024; // + alignment slack (base aligned to 1024)
-    static_assert(offQ % 1024 == 0 && offP % 1024 == 0, "swizzled tiles need 1024-byte alignment");
+    // The lazy form's second P^T buffer (block parity): see the kernel's kLazy branch.
+    static constexpr int offP2 = (offBar + 16 + 1023) / 1024 * 1024;
+    static constexpr int kSmemLazy = offP2 + 2048 + 1024;
+    static_assert(offQ % 1024 == 0 && offP % 1024 == 0 && offP2 % 1024 == 0, "swizzled tiles need 1024-byte alignment");
+    static_assert(2 * (kSmemLazy + 1024) <= 228 * 1024, "two CTAs per SM");
 };
 
 // D(64x16) += A(64x16, registers) * B(16x16, shared memory K-major, 128-byte swizzle), f16.
@@ -100,6 +107,9 @@ __device__ __forceinline__ void load_qt_t(const Params &p, int b, int row0, uint
     }
 }
 
+// kLazy: the softmax against a lazy reference (opt-in, MLA_DECODE_V2_CONV=lazy; written after the
+// device time of 2026-12-04's twentieth session was spent, not yet run): see the branch below.
+template <bool kLazy>
 __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __grid_constant__ Params p)
 {
     using C = SwapCfg;
@@ -194,6 +204,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
     // (formed from the address per wgmma, they cost ~3.5 uniform instructions each: 245 of the
     // 1157 instructions per warp and block, ncu).
     const uint64_t qdesc0 = smem_desc(sQ, 16, 1024, 1), pdesc0 = smem_desc(sP, 16, 1024, 1);
+    const uint64_t pdesc1 = smem_desc(sBase + C::offP2, 16, 1024, 1); // kLazy only
 
     Cursor prod = cons;
     Pref pref;
@@ -289,73 +300,170 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
 #pragma unroll
         for (int i = 0; i < 8; i++) mla_decode_v3::acc_fence(o[i]);
 
-        // ---- mask, scale, column (query row) max over the 64 keys ----
-        const int page0 = key0 >> p.page_shift;
-        const bool full = key0 + kBN <= lim_min && pmask == full_mask;
-        float mx[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-        // CTA-uniform split: per-element `full || ...` compiled to a branch region per element.
-        if (full) {
+        if constexpr (!kLazy) {
+            // ---- mask, scale, column (query row) max over the 64 keys ----
+            const int page0 = key0 >> p.page_shift;
+            const bool full = key0 + kBN <= lim_min && pmask == full_mask;
+            float mx[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+            // CTA-uniform split: per-element `full || ...` compiled to a branch region per element.
+            if (full) {
 #pragma unroll
-            for (int k = 0; k < 8; k++) {
-                const int r = 2 * (k >> 2) + (k & 1);
-                s[k] *= qk_scale;
-                mx[r] = fmaxf(mx[r], s[k]);
+                for (int k = 0; k < 8; k++) {
+                    const int r = 2 * (k >> 2) + (k & 1);
+                    s[k] *= qk_scale;
+                    mx[r] = fmaxf(mx[r], s[k]);
+                }
+            } else {
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    const int r = 2 * (k >> 2) + (k & 1), h = (k >> 1) & 1;
+                    const int key = key0 + 16 * w + 8 * h + fg;
+                    const bool valid = (key < lim_row[r]) & (((pmask >> ((key >> p.page_shift) - page0)) & 1) != 0);
+                    const float v = valid ? s[k] * qk_scale : -INFINITY;
+                    s[k] = v;
+                    mx[r] = fmaxf(mx[r], v);
+                }
             }
-        } else {
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 4));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 8));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 16));
+            }
+            if (g == 0) {
+#pragma unroll
+                for (int r = 0; r < 4; r++) sRedMax[w * 16 + 8 * (r >> 1) + 2 * t + (r & 1)] = mx[r];
+            }
+            __syncthreads();
+            float alpha[4], ref[4];
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const int n = 8 * (r >> 1) + 2 * t + (r & 1);
+                float m = m_run[r];
+#pragma unroll
+                for (int v = 0; v < 4; v++) m = fmaxf(m, sRedMax[v * 16 + n]);
+                ref[r] = m == -INFINITY ? 0.f : m;
+                alpha[r] = fast_exp2(m_run[r] - ref[r]);
+                m_run[r] = m;
+                l_run[r] *= alpha[r];
+            }
+            // P^T[n][key] as f16 (row n: 128 bytes, chunk (key / 8) ^ (n & 7))
 #pragma unroll
             for (int k = 0; k < 8; k++) {
                 const int r = 2 * (k >> 2) + (k & 1), h = (k >> 1) & 1;
-                const int key = key0 + 16 * w + 8 * h + fg;
-                const bool valid = (key < lim_row[r]) & (((pmask >> ((key >> p.page_shift) - page0)) & 1) != 0);
-                const float v = valid ? s[k] * qk_scale : -INFINITY;
-                s[k] = v;
-                mx[r] = fmaxf(mx[r], v);
+                const int n = 8 * (r >> 1) + 2 * t + (r & 1), key = 16 * w + 8 * h + fg;
+                const float pv = fast_exp2(s[k] - ref[r]);
+                l_run[r] += pv;
+                const __half hv = __float2half_rn(pv);
+                const uint32_t addr = sP + (uint32_t)(n * 128 + ((((key >> 3) ^ (n & 7))) << 4) + ((key & 7) << 1));
+                asm volatile("st.shared.b16 [%0], %1;\n" ::"r"(addr), "h"(*reinterpret_cast<const uint16_t *>(&hv)) : "memory");
             }
+            // Skipped when no row of the warp changed its maximum (alpha exactly 1: most blocks).
+            if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f || alpha[2] != 1.0f || alpha[3] != 1.0f)) {
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+#pragma unroll
+                    for (int k = 0; k < 8; k++) o[i][k] *= alpha[2 * (k >> 2) + (k & 1)];
+            }
+            mla_decode_v3::fence_proxy_async(); // P^T stores -> wgmma
+            __syncthreads();
+        } else {
+            // ---- mask, scale; P against the row's running maximum ----
+            // P^T alternates between two buffers by block parity: it is stored here before any
+            // barrier of this block, while other warps' P V of the block before may still read
+            // the other buffer (a warp's wgmma wait retires its own share of the warpgroup's
+            // MMAs only); the block before that one was retired by every warp before this
+            // block's first barrier.
+            // P^T is formed against the reference m_run of the blocks before, with no exchange of
+            // this block's maxima: valid while no score exceeds it by more than kLazyMax (P <= 2^8
+            // in f16, the float sums exact in their reference). The barrier that publishes P^T
+            // also ORs the threads' "exceeded" flags; only then (a request's first block, or a
+            // maximum that moved by more than 2^8) the block takes the exchange and forms P^T again.
+            const uint32_t sPj = (j & 1) ? sBase + C::offP2 : sP;
+            const int page0 = key0 >> p.page_shift;
+            const bool full = key0 + kBN <= lim_min && pmask == full_mask;
+            // CTA-uniform split: per-element `full || ...` compiled to a branch region per element.
+            if (full) {
+#pragma unroll
+                for (int k = 0; k < 8; k++) s[k] *= qk_scale;
+            } else {
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    const int r = 2 * (k >> 2) + (k & 1), h = (k >> 1) & 1;
+                    const int key = key0 + 16 * w + 8 * h + fg;
+                    const int gr = row0 + 8 * (r >> 1) + 2 * t + (r & 1); // (a rare path: the limit computed here)
+                    const int lim = gr >= p.rows ? -1 : p.causal ? cur_seq - p.q_len + gr / p.heads + 1 : cur_seq;
+                    const bool valid = (key < lim) & (((pmask >> ((key >> p.page_shift) - page0)) & 1) != 0);
+                    s[k] = valid ? s[k] * qk_scale : -INFINITY;
+                }
+            }
+            // m_run = -inf (no key seen yet): any finite score exceeds; a row with none stays at P = 0.
+            bool exceeded = false;
+            float ref[4];
+#pragma unroll
+            for (int k = 0; k < 8; k++) exceeded |= s[k] > m_run[2 * (k >> 2) + (k & 1)] + kLazyMax;
+#pragma unroll
+            for (int r = 0; r < 4; r++) ref[r] = m_run[r] == -INFINITY ? 0.f : m_run[r];
+            // P^T[n][key] as f16 (row n: 128 bytes, chunk (key / 8) ^ (n & 7))
+            float psum[4];
+            auto store_pt = [&]() {
+#pragma unroll
+                for (int r = 0; r < 4; r++) psum[r] = 0.f;
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    const int r = 2 * (k >> 2) + (k & 1), h = (k >> 1) & 1;
+                    const int n = 8 * (r >> 1) + 2 * t + (r & 1), key = 16 * w + 8 * h + fg;
+                    const float pv = fast_exp2(s[k] - ref[r]);
+                    psum[r] += pv;
+                    const __half hv = __float2half_rn(pv);
+                    const uint32_t addr = sPj + (uint32_t)(n * 128 + ((((key >> 3) ^ (n & 7))) << 4) + ((key & 7) << 1));
+                    asm volatile("st.shared.b16 [%0], %1;\n" ::"r"(addr), "h"(*reinterpret_cast<const uint16_t *>(&hv)) : "memory");
+                }
+            };
+            store_pt();
+            mla_decode_v3::fence_proxy_async(); // P^T stores -> wgmma
+            if (__syncthreads_or(exceeded)) {
+                // The exchange: the block's row maxima over the 4 warps, a new reference, P^T again.
+                float mx[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+#pragma unroll
+                for (int k = 0; k < 8; k++) mx[2 * (k >> 2) + (k & 1)] = fmaxf(mx[2 * (k >> 2) + (k & 1)], s[k]);
+#pragma unroll
+                for (int r = 0; r < 4; r++) {
+                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 4));
+                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 8));
+                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 16));
+                }
+                if (g == 0) {
+#pragma unroll
+                    for (int r = 0; r < 4; r++) sRedMax[w * 16 + 8 * (r >> 1) + 2 * t + (r & 1)] = mx[r];
+                }
+                __syncthreads();
+                float alpha[4];
+#pragma unroll
+                for (int r = 0; r < 4; r++) {
+                    const int n = 8 * (r >> 1) + 2 * t + (r & 1);
+                    float m = m_run[r];
+#pragma unroll
+                    for (int v = 0; v < 4; v++) m = fmaxf(m, sRedMax[v * 16 + n]);
+                    ref[r] = m == -INFINITY ? 0.f : m;
+                    alpha[r] = fast_exp2(m_run[r] - ref[r]);
+                    m_run[r] = m;
+                }
+#pragma unroll
+                for (int r = 0; r < 4; r++) l_run[r] *= alpha[r];
+                store_pt();
+                if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f || alpha[2] != 1.0f || alpha[3] != 1.0f)) {
+#pragma unroll
+                    for (int i = 0; i < 8; i++)
+#pragma unroll
+                        for (int k = 0; k < 8; k++) o[i][k] *= alpha[2 * (k >> 2) + (k & 1)];
+                }
+                mla_decode_v3::fence_proxy_async(); // P^T stores -> wgmma
+                __syncthreads();
+            }
+#pragma unroll
+            for (int r = 0; r < 4; r++) l_run[r] += psum[r];
         }
-#pragma unroll
-        for (int r = 0; r < 4; r++) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 4));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 8));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 16));
-        }
-        if (g == 0) {
-#pragma unroll
-            for (int r = 0; r < 4; r++) sRedMax[w * 16 + 8 * (r >> 1) + 2 * t + (r & 1)] = mx[r];
-        }
-        __syncthreads();
-        float alpha[4], ref[4];
-#pragma unroll
-        for (int r = 0; r < 4; r++) {
-            const int n = 8 * (r >> 1) + 2 * t + (r & 1);
-            float m = m_run[r];
-#pragma unroll
-            for (int v = 0; v < 4; v++) m = fmaxf(m, sRedMax[v * 16 + n]);
-            ref[r] = m == -INFINITY ? 0.f : m;
-            alpha[r] = fast_exp2(m_run[r] - ref[r]);
-            m_run[r] = m;
-            l_run[r] *= alpha[r];
-        }
-        // P^T[n][key] as f16 (row n: 128 bytes, chunk (key / 8) ^ (n & 7))
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            const int r = 2 * (k >> 2) + (k & 1), h = (k >> 1) & 1;
-            const int n = 8 * (r >> 1) + 2 * t + (r & 1), key = 16 * w + 8 * h + fg;
-            const float pv = fast_exp2(s[k] - ref[r]);
-            l_run[r] += pv;
-            const __half hv = __float2half_rn(pv);
-            const uint32_t addr = sP + (uint32_t)(n * 128 + ((((key >> 3) ^ (n & 7))) << 4) + ((key & 7) << 1));
-            asm volatile("st.shared.b16 [%0], %1;\n" ::"r"(addr), "h"(*reinterpret_cast<const uint16_t *>(&hv)) : "memory");
-        }
-        // Skipped when no row of the warp changed its maximum (alpha exactly 1: most blocks).
-        if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f || alpha[2] != 1.0f || alpha[3] != 1.0f)) {
-#pragma unroll
-            for (int i = 0; i < 8; i++)
-#pragma unroll
-                for (int k = 0; k < 8; k++) o[i][k] *= alpha[2 * (k >> 2) + (k & 1)];
-        }
-        mla_decode_v3::fence_proxy_async(); // P^T stores -> wgmma
-        __syncthreads();
-
         // ---- O^T += V^T P^T: 4 k-steps of 16 keys, 8 m-tiles of 64 dims ----
 #pragma unroll
         for (int i = 0; i < 8; i++) mla_decode_v3::acc_fence(o[i]);
@@ -369,7 +477,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
             v[3] = lds128(base + vb1 + 1024);
         };
         v_load(0, vn);
-        const uint64_t pdd = mla_decode_v3::opaque_desc(pdesc0);
+        const uint64_t pdd = mla_decode_v3::opaque_desc(kLazy && (j & 1) ? pdesc1 : pdesc0);
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
             const uint4 v0 = vn[0], v1 = vn[1], v2 = vn[2], v3 = vn[3];
