@@ -26,7 +26,7 @@ using mla_decode_v1::Params;
 // Kernel variants (MLA_DECODE_VARIANT selects one for comparison; default "v2"):
 //   "v2"  : rows <= 16 with an fp8 cache (and rows 17..32 as two head blocks when the swap
 //           form is selected, the default, below 96 requests; from 96 requests rows 17..32
-//           run on decode_fp8_seesaw32.cuh, MLA_DECODE_FP8_ROWS32=heads|seesaw|auto):
+//           run on decode_fp8_seesaw32.cuh, MLA_DECODE_FP8_ROWS32=heads|seesaw|auto|lazy):
 //           decode_v2_swap.cuh, or decode_v2_fp8reg.cuh
 //           (MLA_DECODE_V2_BN=32|64 keys per block, default 64; MLA_DECODE_V2_CONV=cvt|alu|q8|w8
 //           and MLA_DECODE_V2_LAYOUT=tma|pad|xor|h1: v2_conversion()); rows <= 32 with a
@@ -248,16 +248,18 @@ bool fp8_conv_takes(int rows) { return fp8_conv_rows() && rows <= 32 && (fp8_con
 // blocks of the swap kernel, each converting every key block; "seesaw" decode_fp8_seesaw32.cuh,
 // one CTA per SM whose two math warpgroups take the blocks in turn (each block's K and V
 // converted once); "auto" (default) the seesaw from kSeesaw32MinBatch requests. Both forms have
-// num_sms parts of 64-key blocks, so the split layout and a decode plan fit either.
+// num_sms parts of 64-key blocks, so the split layout and a decode plan fit either. "lazy": the
+// seesaw at every batch with its owner's softmax against a lazy reference (kLazy; opt-in, not yet
+// run on a device).
 // H200 (bench/NOTES.md, nineteenth session), seesaw against heads, H32: B128 4k-8k 15-20%
 // faster, B96 16k 18%, B96 4k 3.5%, B64 16k 14%, B64 8k 6%, B32 16k 6%; slower at B64 4k (8%),
 // B32 4k (30%) and batch 1 64k (14%), where each part's fixed costs weigh more.
 constexpr int kSeesaw32MinBatch = 96;
 int fp8_rows32_mode()
 {
-    static const char *const names[] = {"heads", "seesaw", "auto"};
+    static const char *const names[] = {"heads", "seesaw", "auto", "lazy"};
     static int cached = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_FP8_ROWS32", names, 3, 2);
+    if (cached < 0) cached = env_choice("MLA_DECODE_FP8_ROWS32", names, 4, 2);
     return cached;
 }
 // Whether an fp8-cache call of this many rows and requests takes decode_fp8_seesaw32.cuh.
@@ -265,7 +267,7 @@ bool fp8_seesaw32_takes(int rows, int batch)
 {
     if (rows <= 16 || rows > 32 || fp8_conv_takes(rows)) return false;
     const int mode = fp8_rows32_mode();
-    return mode == 1 || (mode == 2 && batch >= kSeesaw32MinBatch);
+    return mode == 1 || mode == 3 || (mode == 2 && batch >= kSeesaw32MinBatch);
 }
 
 // Rows 17..32 on the bf16 swap kernel: MLA_DECODE_BF16_ROWS32=wg2 (two math warpgroups of 16
@@ -424,7 +426,10 @@ cudaError_t set_all_smem_attrs()
         e = cudaFuncSetAttribute(mla_decode_bs::decode_bf16_swap_kernel<16, 2, true>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_bs::BsCfg<16, 2, true>::kSmem);
     if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(mla_decode_s32::decode_fp8_m32_seesaw_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        e = cudaFuncSetAttribute(mla_decode_s32::decode_fp8_m32_seesaw_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 mla_decode_s32::S32Cfg::kSmem);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(mla_decode_s32::decode_fp8_m32_seesaw_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  mla_decode_s32::S32Cfg::kSmem);
     if (e == cudaSuccess) e = set_v3_smem_attr<true>();
     if (e == cudaSuccess) e = set_v3_smem_attr<false>();
@@ -600,8 +605,9 @@ cudaError_t launch_variant(const Params &prm, const Plan &pl, bool fp8_math, boo
         Params tp = prm;
         if (encode_kv_maps(tp, prm.page_size == 64 ? 64 : 32)) {
             *half_partials = true;
-            return launch_split(mla_decode_s32::decode_fp8_m32_seesaw_kernel, tp, pl, mla_decode_s32::kNT,
-                                mla_decode_s32::S32Cfg::kSmem, stream);
+            return launch_split(fp8_rows32_mode() == 3 ? mla_decode_s32::decode_fp8_m32_seesaw_kernel<true>
+                                                       : mla_decode_s32::decode_fp8_m32_seesaw_kernel<false>,
+                                tp, pl, mla_decode_s32::kNT, mla_decode_s32::S32Cfg::kSmem, stream);
         }
         // No tensor map: version 1's one-CTA-per-SM form runs the same plan.
         return launch_kernel<true, 32, 64, 256>(prm, pl, stream);

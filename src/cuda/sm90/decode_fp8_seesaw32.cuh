@@ -37,6 +37,7 @@ using mla_decode_v2s::word;
 // registers per thread (three warps on one SM sub-partition; setmaxnreg does not change what
 // it allocates), and the math then spills and its wgmmas are serialised (C7511).
 constexpr int kBN = 64, kRows = 32, kStages = 4, kMath = 128, kNT = 2 * kMath;
+using mla_decode_v2s::kLazyMax; // the lazy form's bound on P (2^8)
 // Build-time knobs for experiments (defaults measured best, bench/NOTES.md nineteenth session:
 // 4 accumulators spilled, or, with the other's P V retired before the softmax, 2.5% slower).
 #ifndef MLA_S32_NA
@@ -180,6 +181,18 @@ __device__ __forceinline__ void issue_stage(const Params &p, const Cursor &c, co
     }
 }
 
+// A named barrier of `threads` threads that also returns whether `pred` held in any of them.
+__device__ __forceinline__ bool named_bar_or(int id, int threads, bool pred)
+{
+    uint32_t r;
+    asm volatile("{\n.reg .pred p, q;\nsetp.ne.u32 p, %1, 0;\nbarrier.cta.red.or.pred q, %2, %3, p;\nselp.u32 %0, 1, 0, q;\n}\n"
+                 : "=r"(r) : "r"((uint32_t)pred), "r"(id), "r"(threads) : "memory");
+    return r != 0;
+}
+
+// kLazy: the owner's softmax against a lazy reference (opt-in, MLA_DECODE_FP8_ROWS32=lazy; written
+// after the device time of the twentieth session was spent, not yet run): see its branch below.
+template <bool kLazy>
 __global__ void __launch_bounds__(kNT, 1) decode_fp8_m32_seesaw_kernel(const __grid_constant__ Params p)
 {
     using C = S32Cfg;
@@ -520,51 +533,110 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8_m32_seesaw_kernel(const __g
             __syncwarp();
         }
 
-        // ---- mask, scale, column (query row) max over the 64 keys ----
-        const int page0 = key0 >> p.page_shift;
-        const bool all_valid = key0 + kBN <= lim_min && pmask == full_mask;
-        float mx[8];
+        float alpha[8], ref[8], mnew[8];
+        if constexpr (!kLazy) {
+            // ---- mask, scale, column (query row) max over the 64 keys ----
+            const int page0 = key0 >> p.page_shift;
+            const bool all_valid = key0 + kBN <= lim_min && pmask == full_mask;
+            float mx[8];
 #pragma unroll
-        for (int r = 0; r < 8; r++) mx[r] = -INFINITY;
-        if (all_valid) {
+            for (int r = 0; r < 8; r++) mx[r] = -INFINITY;
+            if (all_valid) {
 #pragma unroll
-            for (int k = 0; k < 16; k++) {
-                const int r = 2 * (k >> 2) + (k & 1);
-                s[k] *= qk_scale;
-                mx[r] = fmaxf(mx[r], s[k]);
+                for (int k = 0; k < 16; k++) {
+                    const int r = 2 * (k >> 2) + (k & 1);
+                    s[k] *= qk_scale;
+                    mx[r] = fmaxf(mx[r], s[k]);
+                }
+            } else {
+#pragma unroll
+                for (int k = 0; k < 16; k++) {
+                    const int r = 2 * (k >> 2) + (k & 1), hh = (k >> 1) & 1;
+                    const int key = key0 + 16 * w + 8 * hh + fg;
+                    const int gr = row_of(r); // (the row's key limit, computed here: a rare path)
+                    const int lim = gr >= p.rows ? -1 : p.causal ? cur_seq - p.q_len + gr / p.heads + 1 : cur_seq;
+                    const bool valid = (key < lim) & (((pmask >> ((key >> p.page_shift) - page0)) & 1) != 0);
+                    const float v = valid ? s[k] * qk_scale : -INFINITY;
+                    s[k] = v;
+                    mx[r] = fmaxf(mx[r], v);
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < 8; r++) {
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 4));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 8));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 16));
+                if (g == 0) stsf(aRed + 4u * (w * kRows + row_of(r)), mx[r]);
+            }
+            mla_decode_v1::named_bar(bar_wg, kMath);
+#pragma unroll
+            for (int r = 0; r < 8; r++) {
+                const int n = row_of(r);
+                // m_{j-1} from the other warpgroup (done(j - 1) waited for above), unless j starts a piece.
+                const float mp = start ? -INFINITY : ldsf(aM + 4u * (((j - 1) & (kStages - 1)) * kRows + n));
+                const float m = fmaxf(fmaxf(mp, fmaxf(ldsf(aRed + 4u * n), ldsf(aRed + 4u * (kRows + n)))),
+                                      fmaxf(ldsf(aRed + 4u * (2 * kRows + n)), ldsf(aRed + 4u * (3 * kRows + n))));
+                ref[r] = m == -INFINITY ? 0.f : m;
+                alpha[r] = fast_exp2(mp - ref[r]);
+                mnew[r] = m;
             }
         } else {
+            // ---- mask, scale; the reference of the block before unless a score exceeds it ----
+            // As decode_v2_swap.cuh's lazy form: P^T against m_{j-1} (P <= 2^8 while no score
+            // exceeds it by more than kLazyMax), the first barrier ORs the "exceeded" flags, and
+            // only then the maxima are exchanged (a piece's first block, or a jump above 2^8). That
+            // barrier also orders every warp's S^T rope loads before the P^T stores into the rope.
+            const int page0 = key0 >> p.page_shift;
+            const bool all_valid = key0 + kBN <= lim_min && pmask == full_mask;
+            if (all_valid) {
 #pragma unroll
-            for (int k = 0; k < 16; k++) {
-                const int r = 2 * (k >> 2) + (k & 1), hh = (k >> 1) & 1;
-                const int key = key0 + 16 * w + 8 * hh + fg;
-                const int gr = row_of(r); // (the row's key limit, computed here: a rare path)
-                const int lim = gr >= p.rows ? -1 : p.causal ? cur_seq - p.q_len + gr / p.heads + 1 : cur_seq;
-                const bool valid = (key < lim) & (((pmask >> ((key >> p.page_shift) - page0)) & 1) != 0);
-                const float v = valid ? s[k] * qk_scale : -INFINITY;
-                s[k] = v;
-                mx[r] = fmaxf(mx[r], v);
+                for (int k = 0; k < 16; k++) s[k] *= qk_scale;
+            } else {
+#pragma unroll
+                for (int k = 0; k < 16; k++) {
+                    const int r = 2 * (k >> 2) + (k & 1), hh = (k >> 1) & 1;
+                    const int key = key0 + 16 * w + 8 * hh + fg;
+                    const int gr = row_of(r); // (the row's key limit, computed here: a rare path)
+                    const int lim = gr >= p.rows ? -1 : p.causal ? cur_seq - p.q_len + gr / p.heads + 1 : cur_seq;
+                    const bool valid = (key < lim) & (((pmask >> ((key >> p.page_shift) - page0)) & 1) != 0);
+                    s[k] = valid ? s[k] * qk_scale : -INFINITY;
+                }
             }
-        }
+            bool exceeded = false;
 #pragma unroll
-        for (int r = 0; r < 8; r++) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 4));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 8));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 16));
-            if (g == 0) stsf(aRed + 4u * (w * kRows + row_of(r)), mx[r]);
-        }
-        mla_decode_v1::named_bar(bar_wg, kMath);
-        float alpha[8], ref[8], mnew[8];
+            for (int r = 0; r < 8; r++) {
+                // m_{j-1} from the other warpgroup (done(j - 1) waited for above), unless j starts a piece.
+                mnew[r] = start ? -INFINITY : ldsf(aM + 4u * (((j - 1) & (kStages - 1)) * kRows + row_of(r)));
+                ref[r] = mnew[r] == -INFINITY ? 0.f : mnew[r];
+                alpha[r] = 1.0f;
+            }
 #pragma unroll
-        for (int r = 0; r < 8; r++) {
-            const int n = row_of(r);
-            // m_{j-1} from the other warpgroup (done(j - 1) waited for above), unless j starts a piece.
-            const float mp = start ? -INFINITY : ldsf(aM + 4u * (((j - 1) & (kStages - 1)) * kRows + n));
-            const float m = fmaxf(fmaxf(mp, fmaxf(ldsf(aRed + 4u * n), ldsf(aRed + 4u * (kRows + n)))),
-                                  fmaxf(ldsf(aRed + 4u * (2 * kRows + n)), ldsf(aRed + 4u * (3 * kRows + n))));
-            ref[r] = m == -INFINITY ? 0.f : m;
-            alpha[r] = fast_exp2(mp - ref[r]);
-            mnew[r] = m;
+            for (int k = 0; k < 16; k++) exceeded |= s[k] > mnew[2 * (k >> 2) + (k & 1)] + kLazyMax;
+            if (named_bar_or(bar_wg, kMath, exceeded)) {
+                float mx[8];
+#pragma unroll
+                for (int r = 0; r < 8; r++) mx[r] = -INFINITY;
+#pragma unroll
+                for (int k = 0; k < 16; k++) mx[2 * (k >> 2) + (k & 1)] = fmaxf(mx[2 * (k >> 2) + (k & 1)], s[k]);
+#pragma unroll
+                for (int r = 0; r < 8; r++) {
+                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 4));
+                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 8));
+                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 16));
+                    if (g == 0) stsf(aRed + 4u * (w * kRows + row_of(r)), mx[r]);
+                }
+                mla_decode_v1::named_bar(bar_wg, kMath);
+#pragma unroll
+                for (int r = 0; r < 8; r++) {
+                    const int n = row_of(r);
+                    const float mp = mnew[r];
+                    const float m = fmaxf(fmaxf(mp, fmaxf(ldsf(aRed + 4u * n), ldsf(aRed + 4u * (kRows + n)))),
+                                          fmaxf(ldsf(aRed + 4u * (2 * kRows + n)), ldsf(aRed + 4u * (3 * kRows + n))));
+                    ref[r] = m == -INFINITY ? 0.f : m;
+                    alpha[r] = fast_exp2(mp - ref[r]);
+                    mnew[r] = m;
+                }
+            }
         }
         // P^T[n][key] as f16 (row n: 128 bytes, chunk (key / 8) ^ (n & 7)) in the stage's rope
         // block: only S^T reads the rope, and the stage lives until both P V halves are done.
