@@ -74,15 +74,17 @@ __device__ __forceinline__ int swap_row_key(int g) { return (g >> 1) ^ (5 * (g &
 // 72 chunks of 8 f16 (column blocks of 16 rows x 128 bytes), chunk (q, u, hi) of row n holding
 // dims 64 q + 16 t + 4 u + 2 hi + {0, 1} for t = 0..3. All loads are issued before `between`
 // runs.
-template <bool kFp8, typename F>
+template <bool kFp8, int kPasses = 1, typename F>
 __device__ __forceinline__ void load_qt_t(const Params &p, int b, int row0, uint32_t sQ, F between)
 {
-    constexpr int R = kM, T = kNT, kChunks = R * 72, kIt = kChunks / T;
-    static_assert(kChunks % T == 0, "Q^T chunks per thread");
+    constexpr int R = kM, T = kNT, kChunks = R * 72, kIt = kChunks / T / kPasses;
+    static_assert(kChunks % (T * kPasses) == 0, "Q^T chunks per thread");
+#pragma unroll 1
+    for (int pass = 0; pass < kPasses; pass++) {
     uint32_t x[kIt][4];
 #pragma unroll
     for (int i = 0; i < kIt; i++) {
-        const int ci = (int)threadIdx.x + T * i, n = ci / 72, rem = ci % 72;
+        const int ci = (int)threadIdx.x + T * (i + kIt * pass), n = ci / 72, rem = ci % 72;
         const int d0 = 64 * (rem >> 3) + 4 * ((rem >> 1) & 3) + 2 * (rem & 1);
         const size_t e = ((size_t)b * p.rows + min(row0 + n, p.rows - 1)) * kDqk + d0;
 #pragma unroll
@@ -91,10 +93,10 @@ __device__ __forceinline__ void load_qt_t(const Params &p, int b, int row0, uint
             else x[i][t] = __ldg(reinterpret_cast<const uint32_t *>((const uint16_t *)p.q + e + 16 * t));
         }
     }
-    between();
+    if (pass == 0) between();
 #pragma unroll
     for (int i = 0; i < kIt; i++) {
-        const int ci = (int)threadIdx.x + T * i, n = ci / 72, rem = ci % 72;
+        const int ci = (int)threadIdx.x + T * (i + kIt * pass), n = ci / 72, rem = ci % 72;
         uint32_t h[4];
 #pragma unroll
         for (int t = 0; t < 4; t++) {
@@ -105,7 +107,10 @@ __device__ __forceinline__ void load_qt_t(const Params &p, int b, int row0, uint
         const uint32_t addr = sQ + (uint32_t)((rem >> 3) * (R * 128) + n * 128 + (((rem & 7) ^ (n & 7)) << 4));
         mla_decode_ws::st_shared16(addr, make_uint4(h[0], h[1], h[2], h[3]));
     }
+    }
 }
+
+template <int N> struct QPasses { static constexpr int value = N; }; // load_qt_t's passes, as a lambda argument
 
 // kLazy: the softmax against a lazy reference (opt-in, MLA_DECODE_V2_CONV=lazy; written after the
 // device time of 2026-12-04's twentieth session was spent, not yet run): see the branch below.
@@ -193,9 +198,12 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
         lim_min = p.causal ? seq - p.q_len + 1 : seq;
         cur_seq = seq;
     };
-    auto load_q = [&](int b, auto between) {
-        if (p.q_fp8) load_qt_t<true>(p, b, row0, sQ, between);
-        else load_qt_t<false>(p, b, row0, sQ, between);
+    // (Inside the loop the lazy form loads a new request's Q^T in three passes of 12 registers:
+    // with all 36 in flight next to o, ptxas spilled ~110 bytes in its loop.)
+    auto load_q = [&](int b, auto between, auto passes) {
+        constexpr int kQPasses = decltype(passes)::value;
+        if (p.q_fp8) load_qt_t<true, kQPasses>(p, b, row0, sQ, between);
+        else load_qt_t<false, kQPasses>(p, b, row0, sQ, between);
     };
     auto issue = [&](int s, const Cursor &c, const Pref &f) {
         issue_block_tma<kBN>(p, c, f, sBase + (uint32_t)(C::offStage + s * C::kStageBytes), &sFlags[s], barBase + 8u * s);
@@ -208,7 +216,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
 
     Cursor prod = cons;
     Pref pref;
-    load_q(cons.b, [&] { pref = prefetch_block_seq<kBN>(p, prod, seq0); });
+    load_q(cons.b, [&] { pref = prefetch_block_seq<kBN>(p, prod, seq0); }, QPasses<1>{});
     set_limits(seq0);
     issue(0, prod, pref);
     cursor_next(p, part, tau, prod);
@@ -223,7 +231,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
         const int stage = j & 1;
         if (new_req) {
             int seq;
-            load_q(cons.b, [&] { seq = p.s.seq_eff[cons.b]; });
+            load_q(cons.b, [&] { seq = p.s.seq_eff[cons.b]; }, QPasses<kLazy ? 3 : 1>{});
             set_limits(seq);
             new_req = false;
         }
