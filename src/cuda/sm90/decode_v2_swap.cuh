@@ -114,7 +114,10 @@ template <int N> struct QPasses { static constexpr int value = N; }; // load_qt_
 
 // kLazy: the softmax against a lazy reference (opt-in, MLA_DECODE_V2_CONV=lazy; written after the
 // device time of 2026-12-04's twentieth session was spent, not yet run): see the branch below.
-template <bool kLazy>
+// kQLoop: passes of a new request's Q^T load inside the loop (1: all 36 load registers in flight
+// at once; 3: 12, which takes the kernel from 255 registers to 235: the opt-in "swapq3" form, to
+// tell the register effect from the lazy softmax's).
+template <bool kLazy, int kQLoop = kLazy ? 3 : 1>
 __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __grid_constant__ Params p)
 {
     using C = SwapCfg;
@@ -199,7 +202,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
         cur_seq = seq;
     };
     // (Inside the loop the lazy form loads a new request's Q^T in three passes of 12 registers:
-    // with all 36 in flight next to o, ptxas spilled ~110 bytes in its loop.)
+    // with all 36 in flight next to o, ptxas spilled ~110 bytes in its loop. See kQLoop.)
     auto load_q = [&](int b, auto between, auto passes) {
         constexpr int kQPasses = decltype(passes)::value;
         if (p.q_fp8) load_qt_t<true, kQPasses>(p, b, row0, sQ, between);
@@ -231,7 +234,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
         const int stage = j & 1;
         if (new_req) {
             int seq;
-            load_q(cons.b, [&] { seq = p.s.seq_eff[cons.b]; }, QPasses<kLazy ? 3 : 1>{});
+            load_q(cons.b, [&] { seq = p.s.seq_eff[cons.b]; }, QPasses<kQLoop>{});
             set_limits(seq);
             new_req = false;
         }
