@@ -323,18 +323,17 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
 #pragma unroll
         for (int i = 0; i < 8; i++) mla_decode_v3::acc_fence(o[i]);
 
-        if constexpr (!kLazy) {
-            // ---- mask, scale, column (query row) max over the 64 keys ----
+        // ---- mask and scale; the row maxima; P^T ----
+        // s *= scale with masked keys -inf (a CTA-uniform full/partial split: per-element
+        // `full || ...` compiled to a branch region per element); on_v(row, value) sees each.
+        auto mask_scale = [&](auto on_v) {
             const int page0 = key0 >> p.page_shift;
             const bool full = key0 + kBN <= lim_min && pmask == full_mask;
-            float mx[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-            // CTA-uniform split: per-element `full || ...` compiled to a branch region per element.
             if (full) {
 #pragma unroll
                 for (int k = 0; k < 8; k++) {
-                    const int r = 2 * (k >> 2) + (k & 1);
                     s[k] *= qk_scale;
-                    mx[r] = fmaxf(mx[r], s[k]);
+                    on_v(2 * (k >> 2) + (k & 1), s[k]);
                 }
             } else {
 #pragma unroll
@@ -344,9 +343,13 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
                     const bool valid = (key < lim_row[r]) & (((pmask >> ((key >> p.page_shift) - page0)) & 1) != 0);
                     const float v = valid ? s[k] * qk_scale : -INFINITY;
                     s[k] = v;
-                    mx[r] = fmaxf(mx[r], v);
+                    on_v(r, v);
                 }
             }
+        };
+        // This thread's row maxima mx over the 4 warps (a CTA barrier), folded into m_run; ref is
+        // the new reference (0 for a row with no key yet), alpha = exp2(old m_run - ref).
+        auto exchange_max = [&](float (&mx)[4], float (&ref)[4], float (&alpha)[4]) {
 #pragma unroll
             for (int r = 0; r < 4; r++) {
                 mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 4));
@@ -358,7 +361,6 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
                 for (int r = 0; r < 4; r++) sRedMax[w * 16 + 8 * (r >> 1) + 2 * t + (r & 1)] = mx[r];
             }
             __syncthreads();
-            float alpha[4], ref[4];
 #pragma unroll
             for (int r = 0; r < 4; r++) {
                 const int n = 8 * (r >> 1) + 2 * t + (r & 1);
@@ -370,117 +372,70 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
                 m_run[r] = m;
                 l_run[r] *= alpha[r];
             }
-            // P^T[n][key] as f16 (row n: 128 bytes, chunk (key / 8) ^ (n & 7))
+        };
+        // P^T[n][key] = exp2(s - ref) as f16 into the tile at sPt (row n: 128 bytes, chunk
+        // (key / 8) ^ (n & 7)); the row sums added to sum.
+        auto store_pt = [&](uint32_t sPt, const float (&ref)[4], float (&sum)[4]) {
 #pragma unroll
             for (int k = 0; k < 8; k++) {
                 const int r = 2 * (k >> 2) + (k & 1), h = (k >> 1) & 1;
                 const int n = 8 * (r >> 1) + 2 * t + (r & 1), key = 16 * w + 8 * h + fg;
                 const float pv = fast_exp2(s[k] - ref[r]);
-                l_run[r] += pv;
+                sum[r] += pv;
                 const __half hv = __float2half_rn(pv);
-                const uint32_t addr = sP + (uint32_t)(n * 128 + ((((key >> 3) ^ (n & 7))) << 4) + ((key & 7) << 1));
+                const uint32_t addr = sPt + (uint32_t)(n * 128 + ((((key >> 3) ^ (n & 7))) << 4) + ((key & 7) << 1));
                 asm volatile("st.shared.b16 [%0], %1;\n" ::"r"(addr), "h"(*reinterpret_cast<const uint16_t *>(&hv)) : "memory");
             }
-            // Skipped when no row of the warp changed its maximum (alpha exactly 1: most blocks).
+        };
+        // o *= alpha, skipped when no row of the warp changed its maximum (alpha exactly 1).
+        auto rescale_o = [&](const float (&alpha)[4]) {
             if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f || alpha[2] != 1.0f || alpha[3] != 1.0f)) {
 #pragma unroll
                 for (int i = 0; i < 8; i++)
 #pragma unroll
                     for (int k = 0; k < 8; k++) o[i][k] *= alpha[2 * (k >> 2) + (k & 1)];
             }
+        };
+        float ref[4], alpha[4];
+        if constexpr (!kLazy) {
+            float mx[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+            mask_scale([&](int r, float v) { mx[r] = fmaxf(mx[r], v); });
+            exchange_max(mx, ref, alpha);
+            store_pt(sP, ref, l_run);
+            rescale_o(alpha);
             mla_decode_v3::fence_proxy_async(); // P^T stores -> wgmma
             __syncthreads();
         } else {
-            // ---- mask, scale; P against the row's running maximum ----
+            // The lazy form: P^T against the reference m_run of the blocks before, with no
+            // exchange of this block's maxima, valid while no score exceeds it by more than
+            // kLazyMax (P <= 2^8 in f16; the float sums are exact in any reference). The barrier
+            // that publishes P^T also ORs the threads' "exceeded" flags; only when one is set (a
+            // piece's first block, m_run = -inf, or a maximum that moved by more than 2^8) the
+            // block takes the exchange and forms P^T again.
             // P^T alternates between two buffers by block parity: it is stored here before any
             // barrier of this block, while other warps' P V of the block before may still read
             // the other buffer (a warp's wgmma wait retires its own share of the warpgroup's
             // MMAs only); the block before that one was retired by every warp before this
             // block's first barrier.
-            // P^T is formed against the reference m_run of the blocks before, with no exchange of
-            // this block's maxima: valid while no score exceeds it by more than kLazyMax (P <= 2^8
-            // in f16, the float sums exact in their reference). The barrier that publishes P^T
-            // also ORs the threads' "exceeded" flags; only then (a request's first block, or a
-            // maximum that moved by more than 2^8) the block takes the exchange and forms P^T again.
             const uint32_t sPj = (j & 1) ? sBase + C::offP2 : sP;
-            const int page0 = key0 >> p.page_shift;
-            const bool full = key0 + kBN <= lim_min && pmask == full_mask;
-            // CTA-uniform split: per-element `full || ...` compiled to a branch region per element.
-            if (full) {
-#pragma unroll
-                for (int k = 0; k < 8; k++) s[k] *= qk_scale;
-            } else {
-#pragma unroll
-                for (int k = 0; k < 8; k++) {
-                    const int r = 2 * (k >> 2) + (k & 1), h = (k >> 1) & 1;
-                    const int key = key0 + 16 * w + 8 * h + fg;
-                    const int gr = row0 + 8 * (r >> 1) + 2 * t + (r & 1); // (a rare path: the limit computed here)
-                    const int lim = gr >= p.rows ? -1 : p.causal ? cur_seq - p.q_len + gr / p.heads + 1 : cur_seq;
-                    const bool valid = (key < lim) & (((pmask >> ((key >> p.page_shift) - page0)) & 1) != 0);
-                    s[k] = valid ? s[k] * qk_scale : -INFINITY;
-                }
-            }
-            // m_run = -inf (no key seen yet): any finite score exceeds; a row with none stays at P = 0.
-            bool exceeded = false;
-            float ref[4];
+            mask_scale([](int, float) {});
+            bool exceeded = false; // (m_run = -inf: any finite score exceeds; a row with none keeps P = 0)
 #pragma unroll
             for (int k = 0; k < 8; k++) exceeded |= s[k] > m_run[2 * (k >> 2) + (k & 1)] + kLazyMax;
+            float psum[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
             for (int r = 0; r < 4; r++) ref[r] = m_run[r] == -INFINITY ? 0.f : m_run[r];
-            // P^T[n][key] as f16 (row n: 128 bytes, chunk (key / 8) ^ (n & 7))
-            float psum[4];
-            auto store_pt = [&]() {
-#pragma unroll
-                for (int r = 0; r < 4; r++) psum[r] = 0.f;
-#pragma unroll
-                for (int k = 0; k < 8; k++) {
-                    const int r = 2 * (k >> 2) + (k & 1), h = (k >> 1) & 1;
-                    const int n = 8 * (r >> 1) + 2 * t + (r & 1), key = 16 * w + 8 * h + fg;
-                    const float pv = fast_exp2(s[k] - ref[r]);
-                    psum[r] += pv;
-                    const __half hv = __float2half_rn(pv);
-                    const uint32_t addr = sPj + (uint32_t)(n * 128 + ((((key >> 3) ^ (n & 7))) << 4) + ((key & 7) << 1));
-                    asm volatile("st.shared.b16 [%0], %1;\n" ::"r"(addr), "h"(*reinterpret_cast<const uint16_t *>(&hv)) : "memory");
-                }
-            };
-            store_pt();
+            store_pt(sPj, ref, psum);
             mla_decode_v3::fence_proxy_async(); // P^T stores -> wgmma
             if (__syncthreads_or(exceeded)) {
-                // The exchange: the block's row maxima over the 4 warps, a new reference, P^T again.
                 float mx[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
 #pragma unroll
                 for (int k = 0; k < 8; k++) mx[2 * (k >> 2) + (k & 1)] = fmaxf(mx[2 * (k >> 2) + (k & 1)], s[k]);
+                exchange_max(mx, ref, alpha);
 #pragma unroll
-                for (int r = 0; r < 4; r++) {
-                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 4));
-                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 8));
-                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 16));
-                }
-                if (g == 0) {
-#pragma unroll
-                    for (int r = 0; r < 4; r++) sRedMax[w * 16 + 8 * (r >> 1) + 2 * t + (r & 1)] = mx[r];
-                }
-                __syncthreads();
-                float alpha[4];
-#pragma unroll
-                for (int r = 0; r < 4; r++) {
-                    const int n = 8 * (r >> 1) + 2 * t + (r & 1);
-                    float m = m_run[r];
-#pragma unroll
-                    for (int v = 0; v < 4; v++) m = fmaxf(m, sRedMax[v * 16 + n]);
-                    ref[r] = m == -INFINITY ? 0.f : m;
-                    alpha[r] = fast_exp2(m_run[r] - ref[r]);
-                    m_run[r] = m;
-                }
-#pragma unroll
-                for (int r = 0; r < 4; r++) l_run[r] *= alpha[r];
-                store_pt();
-                if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f || alpha[2] != 1.0f || alpha[3] != 1.0f)) {
-#pragma unroll
-                    for (int i = 0; i < 8; i++)
-#pragma unroll
-                        for (int k = 0; k < 8; k++) o[i][k] *= alpha[2 * (k >> 2) + (k & 1)];
-                }
+                for (int r = 0; r < 4; r++) psum[r] = 0.f;
+                store_pt(sPj, ref, psum);
+                rescale_o(alpha);
                 mla_decode_v3::fence_proxy_async(); // P^T stores -> wgmma
                 __syncthreads();
             }
