@@ -25,6 +25,7 @@
 // stage, issue_block_tma), two CTAs per SM; same scheduler, cursor and partials as version 2.
 #pragma once
 #include "decode_v2_fp8reg.cuh"
+#include "timeline.cuh" // MLA_SEESAW_TL: bench/probes/swap_timeline.cu
 
 namespace mla_decode_v2s {
 
@@ -140,6 +141,12 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
     const int part = blockIdx.x, row0 = kM * (int)blockIdx.y;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
+    // Timeline stamps (-DMLA_SEESAW_TIMELINE only): lane 0 of warps 0 and 3, per block j.
+#define MLA_SWAP_TL(ev)                                  \
+    do {                                                 \
+        MLA_SEESAW_TL(tid == 0, 0, ev, j);               \
+        MLA_SEESAW_TL(tid == 96, 1, ev, j);              \
+    } while (0)
 #ifdef MLA_DECODE_TRACE // bench/probes/decode_trace.cu: the same stamps as version 2
     const unsigned long long tr_entry = mla_trace_now();
     unsigned long long tr_issued = 0, tr_first = 0;
@@ -230,8 +237,10 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
     tr_issued = mla_trace_now();
 #endif
 
-    for (int j = 0; cons.b < p.batch; j++) {
+    int j = 0;
+    for (; cons.b < p.batch; j++) {
         const int stage = j & 1;
+        MLA_SWAP_TL(0); // block start
         if (new_req) {
             int seq;
             load_q(cons.b, [&] { seq = p.s.seq_eff[cons.b]; }, QPasses<kQLoop>{});
@@ -241,6 +250,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
         mbar_wait(barBase + 8u * stage, (uint32_t)(j >> 1) & 1u);
         mla_decode_v3::fence_proxy_async(); // Q^T and P^T stores -> wgmma
         __syncthreads();
+        MLA_SWAP_TL(1); // stage landed, all warps in
 #ifdef MLA_DECODE_TRACE
         if (j == 0) tr_first = mla_trace_now();
         tr_blocks++;
@@ -261,6 +271,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
         cursor_next(p, part, tau, prod);
         pref = prefetch_block<kBN>(p, prod);
         nprod++;
+        MLA_SWAP_TL(2); // next block issued, cursor advanced
         const int pmask = sFlags[stage];
         const uint32_t st = sBase + (uint32_t)(C::offStage + stage * C::kStageBytes);
         const int key0 = cons.blk * kBN;
@@ -315,6 +326,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
             wgmma_commit();
         }
         wgmma_wait<0>();
+        MLA_SWAP_TL(3); // S^T retired
         float s[8];
 #pragma unroll
         for (int u = 0; u < 4; u++) mla_decode_v3::acc_fence(sacc[u]);
@@ -401,6 +413,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
             float mx[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
             mask_scale([&](int r, float v) { mx[r] = fmaxf(mx[r], v); });
             exchange_max(mx, ref, alpha);
+            MLA_SWAP_TL(4); // maxima exchanged
             store_pt(sP, ref, l_run);
             rescale_o(alpha);
             mla_decode_v3::fence_proxy_async(); // P^T stores -> wgmma
@@ -427,7 +440,9 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
             for (int r = 0; r < 4; r++) ref[r] = m_run[r] == -INFINITY ? 0.f : m_run[r];
             store_pt(sPj, ref, psum);
             mla_decode_v3::fence_proxy_async(); // P^T stores -> wgmma
-            if (__syncthreads_or(exceeded)) {
+            const bool any_exceeded = __syncthreads_or(exceeded);
+            MLA_SWAP_TL(4); // P^T published (or the exchange ahead)
+            if (any_exceeded) {
                 float mx[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
 #pragma unroll
                 for (int k = 0; k < 8; k++) mx[2 * (k >> 2) + (k & 1)] = fmaxf(mx[2 * (k >> 2) + (k & 1)], s[k]);
@@ -442,6 +457,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
 #pragma unroll
             for (int r = 0; r < 4; r++) l_run[r] += psum[r];
         }
+        MLA_SWAP_TL(5); // P^T ready for P V
         // ---- O^T += V^T P^T: 4 k-steps of 16 keys, 8 m-tiles of 64 dims ----
 #pragma unroll
         for (int i = 0; i < 8; i++) mla_decode_v3::acc_fence(o[i]);
@@ -475,6 +491,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
             for (int i = 0; i < 8; i++) wgmma_m64n16k16_rs(o[i], a[i], pd, 1);
             wgmma_commit();
         }
+        MLA_SWAP_TL(6); // P V issued
         // P V stays in flight into the next block (its loop top and first S^T spans); the
         // next block's S^T waits retire it before o or P^T are touched again.
 
@@ -546,7 +563,13 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
             }
             new_req = true;
         }
+        MLA_SWAP_TL(7); // block end (a request's end written)
     }
+#ifdef MLA_SEESAW_TIMELINE
+    if (tid == 0) mla_seesaw_tl_count(0, j);
+    if (tid == 96) mla_seesaw_tl_count(1, j);
+#endif
+#undef MLA_SWAP_TL
     // Nothing in flight here: the loop ends only after a request's last block, which waited.
 #ifdef MLA_DECODE_TRACE
     mla_trace_split_end(tr_entry, tr_waited, tr_issued, tr_first, tr_blocks);
