@@ -352,19 +352,19 @@ template <int R> __device__ __forceinline__ uint64_t w8_desc(uint32_t tile, int 
     return ks < 16 ? smem_desc(tile + (uint32_t)((ks >> 2) * (R * 128) + (ks & 3) * 32), 16, 1024, 1)
                    : smem_desc(tile + (uint32_t)(4 * R * 128 + (ks - 16) * 32), 16, 512, 2);
 }
-// The fp8 query rows of request b into the query tile (rows >= p.rows zero): 576 chunks of
-// 16 bytes, all loads issued before `between` runs, stored after it.
+// The fp8 query rows [row0, row0 + 16) of request b into the query tile (rows >= p.rows zero):
+// 576 chunks of 16 bytes, all loads issued before `between` runs, stored after it.
 template <typename F>
-__device__ __forceinline__ void load_q8_tile(const Params &p, int b, uint8_t *sQ, F between)
+__device__ __forceinline__ void load_q8_tile(const Params &p, int b, uint8_t *sQ, F between, int row0 = 0)
 {
     constexpr int kChunks = kM * 36, kIt = (kChunks + kNT - 1) / kNT;
-    const uint8_t *q = (const uint8_t *)p.q + (size_t)b * p.rows * kDqk;
+    const uint8_t *q = (const uint8_t *)p.q + ((size_t)b * p.rows + row0) * kDqk;
     uint4 x[kIt];
 #pragma unroll
     for (int i = 0; i < kIt; i++) {
         const int c = (int)threadIdx.x + kNT * i, r = c / 36;
         x[i] = make_uint4(0, 0, 0, 0);
-        if (c < kChunks && r < p.rows) x[i] = __ldg(reinterpret_cast<const uint4 *>(q + (size_t)c * 16));
+        if (c < kChunks && row0 + r < p.rows) x[i] = __ldg(reinterpret_cast<const uint4 *>(q + (size_t)c * 16));
     }
     between();
 #pragma unroll

@@ -118,7 +118,14 @@ template <int N> struct QPasses { static constexpr int value = N; }; // load_qt_
 // kQLoop: passes of a new request's Q^T load inside the loop (1: all 36 load registers in flight
 // at once; 3: 12, with the rows prefetched into L1 a block ahead, which takes the kernel from 255
 // registers to 235-239: the opt-in "swapq3" form, to tell this effect from the lazy softmax's).
-template <bool kLazy, int kQLoop = kLazy ? 3 : 1>
+// kQ8 (fp8 query only; opt-in "swap8", not yet run): S^T = K Q^T as wgmma m64n16k32 e4m3 with both
+// operands in shared memory (A = the stage's key tile as TMA wrote it, B = the fp8 query tile,
+// both K-major in the 128- and 64-byte swizzles; decode_v2_fp8reg.cuh's w8 layout): no K
+// conversion, no K loads, 18 MMAs instead of 36. Products of e4m3 values are exact; the fp8
+// tensor cores keep fewer accumulator bits than float32 (~14, DeepSeek-V3 report), so each of
+// five accumulators takes at most 4 k-steps (128 dims) and they are added in float32. The key
+// rows are then the tile's own (fg = g).
+template <bool kLazy, int kQLoop = kLazy ? 3 : 1, bool kQ8 = false>
 __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __grid_constant__ Params p)
 {
     using C = SwapCfg;
@@ -177,7 +184,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
     }
 
     // Per-thread shared-memory offsets inside a stage (see the header's maps).
-    const int fg = swap_row_key(g);
+    const int fg = kQ8 ? g : swap_row_key(g);
     const uint32_t kb0 = (uint32_t)((16 * w + fg) * 128 + ((t ^ fg) << 4));       // even 64-dim spans
     const uint32_t kb1 = (uint32_t)((16 * w + fg) * 128 + (((4 | t) ^ fg) << 4)); // odd spans
     const uint32_t kbr = (uint32_t)(4 * kBN * 128 + (16 * w + fg) * 64 + ((t ^ (fg >> 1)) << 4));
@@ -211,9 +218,14 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
     // (Inside the loop the lazy form loads a new request's Q^T in three passes of 12 registers:
     // with all 36 in flight next to o, ptxas spilled ~110 bytes in its loop. See kQLoop.)
     auto load_q = [&](int b, auto between, auto passes) {
-        constexpr int kQPasses = decltype(passes)::value;
-        if (p.q_fp8) load_qt_t<true, kQPasses>(p, b, row0, sQ, between);
-        else load_qt_t<false, kQPasses>(p, b, row0, sQ, between);
+        if constexpr (kQ8) {
+            (void)passes;
+            load_q8_tile(p, b, smem + C::offQ, between, row0); // (the launcher: fp8 query)
+        } else {
+            constexpr int kQPasses = decltype(passes)::value;
+            if (p.q_fp8) load_qt_t<true, kQPasses>(p, b, row0, sQ, between);
+            else load_qt_t<false, kQPasses>(p, b, row0, sQ, between);
+        }
     };
     auto issue = [&](int s, const Cursor &c, const Pref &f) {
         issue_block_tma<kBN>(p, c, f, sBase + (uint32_t)(C::offStage + s * C::kStageBytes), &sFlags[s], barBase + 8u * s);
@@ -222,6 +234,11 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
     // (formed from the address per wgmma, they cost ~3.5 uniform instructions each: 245 of the
     // 1157 instructions per warp and block, ncu).
     const uint64_t qdesc0 = smem_desc(sQ, 16, 1024, 1), pdesc0 = smem_desc(sP, 16, 1024, 1);
+    // kQ8: the fp8 tiles' descriptors, dims [0, 512) (128-byte swizzle) and the rope (64-byte),
+    // of the query tile and of stage 0's key tile.
+    const uint64_t q8d = smem_desc(sQ, 16, 1024, 1), q8r = smem_desc(sQ + 4 * kM * 128, 16, 512, 2);
+    const uint64_t k8d = smem_desc(sBase + C::offStage, 16, 1024, 1),
+                   k8r = smem_desc(sBase + C::offStage + 4 * kBN * 128, 16, 512, 2);
     const uint64_t pdesc1 = smem_desc(sBase + C::offP2, 16, 1024, 1); // kLazy only
 
     Cursor prod = cons;
@@ -289,49 +306,74 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
             __syncthreads();
         }
 
-        // ---- S^T = K Q^T: 9 spans of 64 dims, 4 k-steps each ----
-        // Four accumulators (k-step u of every span into sacc[u]): one chain of 36 dependent
-        // m64n16k16 would run at the MMA's latency, not its rate. A span's raw bytes are
-        // loaded one span ahead and all its A registers converted before its four wgmmas, so
-        // that one warpgroup.arrive covers them.
-        float sacc[4][8];
+        float s[8];
+        if constexpr (kQ8) {
+            // ---- S^T = K Q^T: 18 k-steps of 32 dims, e4m3, both operands by descriptor ----
+            float acc[5][8];
+            const uint64_t kd = mla_decode_v3::opaque_desc(mla_decode_v3::desc_add(k8d, (uint32_t)(stage * C::kStageBytes)));
+            const uint64_t kr = mla_decode_v3::opaque_desc(mla_decode_v3::desc_add(k8r, (uint32_t)(stage * C::kStageBytes)));
+            const uint64_t qd = mla_decode_v3::opaque_desc(q8d), qr = mla_decode_v3::opaque_desc(q8r);
+            wgmma_fence();
 #pragma unroll
-        for (int u = 0; u < 4; u++) {
-#pragma unroll
-            for (int k = 0; k < 8; k++) sacc[u][k] = 0.f;
-            mla_decode_v3::acc_fence(sacc[u]);
-        }
-        auto k_addr = [&](int q) -> uint32_t {
-            return q < 8 ? st + (uint32_t)((q >> 1) * kBN * 128) + ((q & 1) ? kb1 : kb0) : st + kbr;
-        };
-        uint4 kn0 = lds128(k_addr(0)), kn1 = lds128(k_addr(0) + 1024);
-        const uint64_t qd = mla_decode_v3::opaque_desc(qdesc0);
-        wgmma_fence();
-#pragma unroll
-        for (int q = 0; q < 9; q++) {
-            const uint4 k0 = kn0, k1 = kn1;
-            if (q < 8) {
-                kn0 = lds128(k_addr(q + 1));
-                kn1 = lds128(k_addr(q + 1) + (q + 1 < 8 ? 1024 : 512));
+            for (int ks = 0; ks < 18; ks++) {
+                // k-step ks into acc[ks % 5]: consecutive MMAs independent, <= 4 k-steps per accumulator
+                const uint64_t da = ks < 16 ? mla_decode_v3::desc_add(kd, (uint32_t)((ks >> 2) * (kBN * 128) + (ks & 3) * 32))
+                                            : mla_decode_v3::desc_add(kr, (uint32_t)((ks - 16) * 32));
+                const uint64_t db = ks < 16 ? mla_decode_v3::desc_add(qd, (uint32_t)((ks >> 2) * (kM * 128) + (ks & 3) * 32))
+                                            : mla_decode_v3::desc_add(qr, (uint32_t)((ks - 16) * 32));
+                wgmma_m64n16k32_e4m3(acc[ks % 5], da, db, ks >= 5);
             }
-            if (q >= 3) wgmma_wait<2>(); // bounds the A registers in flight to three spans
-            uint32_t a[4][4];
+            wgmma_commit();
+            wgmma_wait<0>();
+            MLA_SWAP_TL(3); // S^T retired
+#pragma unroll
+            for (int u = 0; u < 5; u++) mla_decode_v3::acc_fence(acc[u]);
+#pragma unroll
+            for (int k = 0; k < 8; k++) s[k] = ((acc[0][k] + acc[1][k]) + (acc[2][k] + acc[3][k])) + acc[4][k];
+        } else {
+            // ---- S^T = K Q^T: 9 spans of 64 dims, 4 k-steps each ----
+            // Four accumulators (k-step u of every span into sacc[u]): one chain of 36 dependent
+            // m64n16k16 would run at the MMA's latency, not its rate. A span's raw bytes are
+            // loaded one span ahead and all its A registers converted before its four wgmmas, so
+            // that one warpgroup.arrive covers them.
+            float sacc[4][8];
 #pragma unroll
             for (int u = 0; u < 4; u++) {
-                mla_decode_ws::e4m3x4_to_f16x4(word(k0, u), a[u][0], a[u][2]);
-                mla_decode_ws::e4m3x4_to_f16x4(word(k1, u), a[u][1], a[u][3]);
+#pragma unroll
+                for (int k = 0; k < 8; k++) sacc[u][k] = 0.f;
+                mla_decode_v3::acc_fence(sacc[u]);
             }
+            auto k_addr = [&](int q) -> uint32_t {
+                return q < 8 ? st + (uint32_t)((q >> 1) * kBN * 128) + ((q & 1) ? kb1 : kb0) : st + kbr;
+            };
+            uint4 kn0 = lds128(k_addr(0)), kn1 = lds128(k_addr(0) + 1024);
+            const uint64_t qd = mla_decode_v3::opaque_desc(qdesc0);
+            wgmma_fence();
 #pragma unroll
-            for (int u = 0; u < 4; u++) wgmma_m64n16k16_rs(sacc[u], a[u], mla_decode_v3::desc_add(qd, (uint32_t)(q * 2048 + u * 32)), q);
-            wgmma_commit();
+            for (int q = 0; q < 9; q++) {
+                const uint4 k0 = kn0, k1 = kn1;
+                if (q < 8) {
+                    kn0 = lds128(k_addr(q + 1));
+                    kn1 = lds128(k_addr(q + 1) + (q + 1 < 8 ? 1024 : 512));
+                }
+                if (q >= 3) wgmma_wait<2>(); // bounds the A registers in flight to three spans
+                uint32_t a[4][4];
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    mla_decode_ws::e4m3x4_to_f16x4(word(k0, u), a[u][0], a[u][2]);
+                    mla_decode_ws::e4m3x4_to_f16x4(word(k1, u), a[u][1], a[u][3]);
+                }
+#pragma unroll
+                for (int u = 0; u < 4; u++) wgmma_m64n16k16_rs(sacc[u], a[u], mla_decode_v3::desc_add(qd, (uint32_t)(q * 2048 + u * 32)), q);
+                wgmma_commit();
+            }
+            wgmma_wait<0>();
+            MLA_SWAP_TL(3); // S^T retired
+#pragma unroll
+            for (int u = 0; u < 4; u++) mla_decode_v3::acc_fence(sacc[u]);
+#pragma unroll
+            for (int k = 0; k < 8; k++) s[k] = (sacc[0][k] + sacc[1][k]) + (sacc[2][k] + sacc[3][k]);
         }
-        wgmma_wait<0>();
-        MLA_SWAP_TL(3); // S^T retired
-        float s[8];
-#pragma unroll
-        for (int u = 0; u < 4; u++) mla_decode_v3::acc_fence(sacc[u]);
-#pragma unroll
-        for (int k = 0; k < 8; k++) s[k] = (sacc[0][k] + sacc[1][k]) + (sacc[2][k] + sacc[3][k]);
 #pragma unroll
         for (int i = 0; i < 8; i++) mla_decode_v3::acc_fence(o[i]);
 
