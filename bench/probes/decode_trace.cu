@@ -82,7 +82,7 @@ int main(int argc, char **argv)
     trace_resolution<<<1, 1>>>(d_res);
     CK(cudaMemcpy(&res, d_res, 8, cudaMemcpyDeviceToHost));
 
-    const Plan pl = make_plan(dev.num_sms, 1, H, selected_variant(), true);
+    const Plan pl = make_plan(dev.num_sms, B, 1, H, selected_variant(), true);
     const int ctas = pl.num_parts * pl.head_blocks;
     printf("decode_trace: %s, B %d H %d seq %d (request 0: %d), %d CTAs of the split kernel; %.4f ms per call "
            "in the chain; globaltimer step %llu ns; %u calls traced\n",
