@@ -32,11 +32,16 @@ ifneq ($(NVCC),)
   # for the wgmma decode kernels (decode_v3_wgmma.cuh).
   CU_SWITCH_OBJ := $(BUILD)/switches/decode_v10_units.cu.o $(BUILD)/switches/decode_wide_half.cu.o \
                    $(BUILD)/switches/decode_v10_vfull_halves.cu.o $(BUILD)/switches/decode_seesaw_timeline.cu.o
+  # The device probes (bench/probes/*.cu: traces, timelines, pipe rates), compiled by `make test`
+  # (not linked, not run) so that they cannot rot: decode_trace.cu had stopped compiling when
+  # the decode plan took the batch size, unnoticed for a session.
+  CU_PROBE_OBJ := $(patsubst bench/probes/%.cu,$(BUILD)/probes/%.o,$(sort $(wildcard bench/probes/*.cu)))
 else
   CUDA_C_SRC := src/cuda/hopper_stub.c
   CU_SRC     :=
   BUILD_KIND := CPU only (nvcc not found: the hopper backend reports itself unavailable)
   CU_SWITCH_OBJ :=
+  CU_PROBE_OBJ :=
 endif
 
 LIB_C_SRC := $(sort $(wildcard src/core/*.c src/cpu/*.c)) src/cuda/hopper_caps.c $(CUDA_C_SRC)
@@ -71,6 +76,10 @@ $(BUILD)/switches/decode_v10_vfull_halves.cu.o: src/cuda/sm90/decode.cu $(wildca
 $(BUILD)/switches/decode_seesaw_timeline.cu.o: src/cuda/sm90/decode.cu $(wildcard include/*.h src/core/*.h src/cuda/*.h src/cuda/*/*.cuh)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -DMLA_SEESAW_TIMELINE -c $< -o $@
+
+$(BUILD)/probes/%.o: bench/probes/%.cu $(wildcard bench/probes/*.h include/*.h src/core/*.h src/cuda/*.h src/cuda/*/*.cuh src/cuda/*/*.cu)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
 $(BUILD)/switches/decode_wide_half.cu.o: src/cuda/sm90/decode.cu $(wildcard include/*.h src/core/*.h src/cuda/*.h src/cuda/*/*.cuh)
 	@mkdir -p $(dir $@)
@@ -112,7 +121,7 @@ run: all
 
 # Every test: C tests (+ Python tests when python3 with numpy and pytest is present),
 # then one summary line "N passed, N failed".
-test: all lib
+test: all lib $(CU_PROBE_OBJ)
 	@scripts/run-tests $(BUILD)
 
 test-c: $(BUILD)/mla_tests

@@ -22,7 +22,7 @@ typedef const long long (*tl_events)[MLA_SEESAW_TL_SEQ];
 
 // Mean over steady indices [2, n - 1) of stamp(e1) - stamp(e0) (both of index i, or e1 of
 // index i + 1 when next), skipping pairs where either stamp is missing; -1 when none.
-static double mean_gap(tl_events ev, int n, int e0, int e1, bool next, double cyc_ns)
+static inline double mean_gap(tl_events ev, int n, int e0, int e1, bool next, double cyc_ns)
 {
     double sum = 0;
     int k = 0;
@@ -45,11 +45,11 @@ struct seesaw_trace {
     uint32_t flags;
 };
 
-static int seesaw_trace_once(probe_decode *pd, float *ms, double *cyc_ns, uint32_t *h_flags);
+static inline int seesaw_trace_once(probe_decode *pd, float *ms, double *cyc_ns, uint32_t *h_flags);
 
 // The probes' main: [B H seq] from the command line (defaults B0 128 seq0), the decode set up
 // with these dtypes, traced once. 0 on success, 2 on a usage error, 1 on a CUDA error.
-static int seesaw_trace_main(seesaw_trace *t, int argc, char **argv, const char *name, int B0, int seq0,
+static inline int seesaw_trace_main(seesaw_trace *t, int argc, char **argv, const char *name, int B0, int seq0,
                              mla_dtype q_dtype, mla_dtype kv_dtype, int fp8_math)
 {
     t->B = argc > 1 ? atoi(argv[1]) : B0;
@@ -68,7 +68,7 @@ static int seesaw_trace_main(seesaw_trace *t, int argc, char **argv, const char 
 
 // Five warm-up calls, the stamps cleared, one traced call (not in a graph) copied back into
 // tl / tl_count; its time, the SM clock rate and the device flags. 0 on success.
-static int seesaw_trace_once(probe_decode *pd, float *ms, double *cyc_ns, uint32_t *h_flags)
+static inline int seesaw_trace_once(probe_decode *pd, float *ms, double *cyc_ns, uint32_t *h_flags)
 {
     cudaStream_t st = (cudaStream_t)pd->pr.stream;
     if (probe_decode_warm(pd, 5)) return 1;
@@ -95,7 +95,7 @@ static int seesaw_trace_once(probe_decode *pd, float *ms, double *cyc_ns, uint32
 // The probes' opening lines: what was traced (dtypes: the probe's query, cache and math), then
 // 1 with a message when the kernel left no stamps (no math stamps, or none of the producer's
 // when producer is set; hint says what to check).
-static int seesaw_print_intro(const seesaw_trace *t, const char *name, const char *dtypes, bool producer,
+static inline int seesaw_print_intro(const seesaw_trace *t, const char *name, const char *dtypes, bool producer,
                               const char *hint)
 {
     printf("%s: %s, B %d H %d seq %d, %s; traced call %.4f ms (one call, not in a graph); %.3f SM cycles "
@@ -111,7 +111,7 @@ static int seesaw_print_intro(const seesaw_trace *t, const char *name, const cha
 
 // The math warpgroups' table shared by v7_timeline.cu and v9_timeline.cu (same events; v7's
 // event 1 is the whole tile, v9's its column block 0): mean ns of each phase per steady pair.
-static void print_seesaw_math_table(double cyc_ns, const char *wait_label, const char *s_label)
+static inline void print_seesaw_math_table(double cyc_ns, const char *wait_label, const char *s_label)
 {
     printf("| CTA | pairs | wg | %s | %s | wg0: softmax+P / wg1: barrier A, wait V a | "
            "wg0: P V a / wg1: softmax+P | wg0: barrier B / wg1: arrive B | wg0: wait V b / wg1: rest of P V a | "
@@ -133,7 +133,7 @@ static void print_seesaw_math_table(double cyc_ns, const char *wait_label, const
 
 // CTA 0's first pairs as raw offsets (ns) from warpgroup 0's first stamp: per pair the math
 // warpgroups' events, then the producer's events of the pair's two blocks.
-static void print_raw_offsets(double cyc_ns)
+static inline void print_raw_offsets(double cyc_ns)
 {
     const long long t0 = tl[0][0][0][0];
     const int show = tl_count[0][0] < 6 ? tl_count[0][0] : 6;
