@@ -28,7 +28,7 @@ using mla_decode_v1::Params;
 //           form is selected, the default, below 96 requests; from 96 requests rows 17..32
 //           run on decode_fp8_seesaw32.cuh, MLA_DECODE_FP8_ROWS32=heads|seesaw|auto|lazy):
 //           decode_v2_swap.cuh, or decode_v2_fp8reg.cuh
-//           (MLA_DECODE_V2_BN=32|64 keys per block, default 64; MLA_DECODE_V2_CONV=cvt|alu|q8|w8|swap|lazy|swapq3|swap8
+//           (MLA_DECODE_V2_BN=32|64 keys per block, default 64; MLA_DECODE_V2_CONV=cvt|alu|q8|w8|swap|lazy|swapq3|swap8|lazy8
 //           and MLA_DECODE_V2_LAYOUT=tma|pad|xor|h1: v2_conversion()); rows <= 32 with a
 //           bf16 cache: decode_bf16_swap.cuh (one math warpgroup of 16 rows, or for 17..32
 //           rows two sharing the ring (MLA_DECODE_BF16_ROWS32=n32: one of N = 32); 64-key
@@ -197,18 +197,21 @@ constexpr int kV2SwapQ3 = kV2Tma | 1024;
 // "swap8": with an fp8 query, S^T as e4m3 wgmma from the stage and the fp8 query tile (no K
 // conversion; opt-in, not yet run); bf16-query calls keep "swap".
 constexpr int kV2SwapQ8 = kV2Tma | 2048;
+// "lazy8": swap8 with the lazy softmax (fp8 query; bf16-query calls take "lazy").
+constexpr int kV2SwapLazyQ8 = kV2Tma | 4096;
 int v2_conversion(bool q_fp8, int bn)
 {
     using namespace mla_decode_v2;
-    static const char *const names[] = {"cvt", "alu", "q8", "w8", "swap", "lazy", "swapq3", "swap8"};
+    static const char *const names[] = {"cvt", "alu", "q8", "w8", "swap", "lazy", "swapq3", "swap8", "lazy8"};
     static const char *const layouts[] = {"xor", "h1", "pad", "tma"};
     static int cached = -1, layout = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_V2_CONV", names, 8, 4);
+    if (cached < 0) cached = env_choice("MLA_DECODE_V2_CONV", names, 9, 4);
     if (layout < 0) layout = env_choice("MLA_DECODE_V2_LAYOUT", layouts, 4, 3);
     if (cached == 4 && bn == 64 && layout == 3) return kV2Swap;
     if (cached == 5 && bn == 64 && layout == 3) return kV2SwapLazy;
     if (cached == 6 && bn == 64 && layout == 3) return kV2SwapQ3;
     if (cached == 7 && bn == 64 && layout == 3) return q_fp8 ? kV2SwapQ8 : kV2Swap;
+    if (cached == 8 && bn == 64 && layout == 3) return q_fp8 ? kV2SwapLazyQ8 : kV2SwapLazy;
     if (cached == 1 && bn == 32) return kConvAlu;
     if (cached == 2 && bn == 64 && q_fp8) return layout >= 2 ? kV2Q8 | kV2Pad : kV2Q8;
     if (cached == 3 && bn == 64 && q_fp8) return kV2W8;
@@ -224,7 +227,7 @@ int v2_conversion(bool q_fp8, int bn)
 bool v2_swap_selected()
 {
     const int conv = v2_conversion(false, v2_block_n());
-    return conv == kV2Swap || conv == kV2SwapLazy || conv == kV2SwapQ3 || conv == kV2SwapQ8;
+    return conv == kV2Swap || conv == kV2SwapLazy || conv == kV2SwapQ3 || conv == kV2SwapQ8 || conv == kV2SwapLazyQ8;
 }
 
 // Whether bf16-cache calls with H * q_len <= 32 take decode_bf16_swap.cuh (MLA_DECODE_BF16_SWAP,
@@ -314,6 +317,7 @@ const V2Form kV2Forms[] = {
     {kV2SwapLazy, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<true>, mla_decode_v2s::SwapCfg::kSmemLazy},
     {kV2SwapQ3, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<false, 3>, mla_decode_v2s::SwapCfg::kSmem},
     {kV2SwapQ8, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<false, 1, true>, mla_decode_v2s::SwapCfg::kSmem},
+    {kV2SwapLazyQ8, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<true, 1, true>, mla_decode_v2s::SwapCfg::kSmemLazy},
 };
 constexpr int kNumV2Forms = (int)(sizeof kV2Forms / sizeof kV2Forms[0]);
 const V2Form *v2_form_of(int conv, int bn)
@@ -559,7 +563,8 @@ cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, bool *half_part
     using namespace mla_decode_v2;
     *half_partials = true;
     int conv = v2_conversion(prm.q_fp8, pl.bn);
-    if (conv == kV2Swap || conv == kV2SwapLazy || conv == kV2SwapQ3 || conv == kV2SwapQ8 || conv == kV2Tma) {
+    if (conv == kV2Swap || conv == kV2SwapLazy || conv == kV2SwapQ3 || conv == kV2SwapQ8 || conv == kV2SwapLazyQ8 ||
+        conv == kV2Tma) {
         Params tp = prm;
         if (encode_kv_maps(tp, prm.page_size == 64 && pl.bn == 64 ? 64 : 32)) {
             const V2Form *f = v2_form_of(conv, pl.bn);
