@@ -607,9 +607,12 @@ TEST(gpu_decode_fp8_query)
      * (MLA_DECODE_V2_CONV=q8) takes Q and K into e4m3 MMAs as they are. Padding rows (1, 8
      * and 16 rows), q_len 2 with the causal mask, and a request split over many parts. */
     static const int lens_long[] = {32768, 4097, 63, 65};
-    static const int hl[][2] = {{1, 1}, {4, 2}, {8, 2}, {16, 1}};
-    for (int i = 0; i < 4; i++) {
-        gdecode_case c = base_case(4, hl[i][1], hl[i][0], 64, MLA_DTYPE_FP8_E4M3, lens_long);
+    /* and 17..32 rows (two head blocks, or the 32-row seesaw under MLA_DECODE_FP8_ROWS32), on
+     * shorter requests: these tests also run under the sanitizers */
+    static const int lens_mid[] = {6000, 2049, 63, 65};
+    static const int hl[][2] = {{1, 1}, {4, 2}, {8, 2}, {16, 1}, {16, 2}, {32, 1}, {24, 1}};
+    for (int i = 0; i < 7; i++) {
+        gdecode_case c = base_case(4, hl[i][1], hl[i][0], 64, MLA_DTYPE_FP8_E4M3, i < 4 ? lens_long : lens_mid);
         c.q_dtype = MLA_DTYPE_FP8_E4M3;
         c.with_lse = i % 2;
         char label[96];

@@ -26,7 +26,7 @@ using mla_decode_v1::Params;
 // Kernel variants (MLA_DECODE_VARIANT selects one for comparison; default "v2"):
 //   "v2"  : rows <= 16 with an fp8 cache (and rows 17..32 as two head blocks when the swap
 //           form is selected, the default, below 96 requests; from 96 requests rows 17..32
-//           run on decode_fp8_seesaw32.cuh, MLA_DECODE_FP8_ROWS32=heads|seesaw|auto|lazy):
+//           run on decode_fp8_seesaw32.cuh, MLA_DECODE_FP8_ROWS32=heads|seesaw|auto|lazy|seesaw8|lazy8):
 //           decode_v2_swap.cuh, or decode_v2_fp8reg.cuh
 //           (MLA_DECODE_V2_BN=32|64 keys per block, default 64; MLA_DECODE_V2_CONV=cvt|alu|q8|w8|swap|lazy|swapq3|swap8|lazy8
 //           and MLA_DECODE_V2_LAYOUT=tma|pad|xor|h1: v2_conversion()); rows <= 32 with a
@@ -261,16 +261,17 @@ bool fp8_conv_takes(int rows) { return fp8_conv_rows() && rows <= 32 && (fp8_con
 // converted once); "auto" (default) the seesaw from kSeesaw32MinBatch requests. Both forms have
 // num_sms parts of 64-key blocks, so the split layout and a decode plan fit either. "lazy": the
 // seesaw at every batch with its owner's softmax against a lazy reference (kLazy; opt-in, not yet
-// run on a device).
+// run on a device). "seesaw8" / "lazy8": those two with, for an fp8 query, the owner's S^T in
+// e4m3 wgmma from the stage (kQ8; opt-in, not yet run).
 // H200 (bench/NOTES.md, nineteenth session), seesaw against heads, H32: B128 4k-8k 15-20%
 // faster, B96 16k 18%, B96 4k 3.5%, B64 16k 14%, B64 8k 6%, B32 16k 6%; slower at B64 4k (8%),
 // B32 4k (30%) and batch 1 64k (14%), where each part's fixed costs weigh more.
 constexpr int kSeesaw32MinBatch = 96;
 int fp8_rows32_mode()
 {
-    static const char *const names[] = {"heads", "seesaw", "auto", "lazy"};
+    static const char *const names[] = {"heads", "seesaw", "auto", "lazy", "seesaw8", "lazy8"};
     static int cached = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_FP8_ROWS32", names, 4, 2);
+    if (cached < 0) cached = env_choice("MLA_DECODE_FP8_ROWS32", names, 6, 2);
     return cached;
 }
 // Whether an fp8-cache call of this many rows and requests takes decode_fp8_seesaw32.cuh.
@@ -278,7 +279,7 @@ bool fp8_seesaw32_takes(int rows, int batch)
 {
     if (rows <= 16 || rows > 32 || fp8_conv_takes(rows)) return false;
     const int mode = fp8_rows32_mode();
-    return mode == 1 || mode == 3 || (mode == 2 && batch >= kSeesaw32MinBatch);
+    return mode == 1 || mode >= 3 || (mode == 2 && batch >= kSeesaw32MinBatch);
 }
 
 // Rows 17..32 on the bf16 swap kernel: MLA_DECODE_BF16_ROWS32=wg2 (two math warpgroups of 16
@@ -445,6 +446,12 @@ cudaError_t set_all_smem_attrs()
     if (e == cudaSuccess)
         e = cudaFuncSetAttribute(mla_decode_s32::decode_fp8_m32_seesaw_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  mla_decode_s32::S32Cfg::kSmem);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(mla_decode_s32::decode_fp8_m32_seesaw_kernel<false, true>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_s32::S32Cfg::kSmem);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(mla_decode_s32::decode_fp8_m32_seesaw_kernel<true, true>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_s32::S32Cfg::kSmem);
     if (e == cudaSuccess) e = set_v3_smem_attr<true>();
     if (e == cudaSuccess) e = set_v3_smem_attr<false>();
     for (int bulk = 0; bulk < 2 && e == cudaSuccess; bulk++)
@@ -620,9 +627,12 @@ cudaError_t launch_variant(const Params &prm, const Plan &pl, bool fp8_math, boo
         Params tp = prm;
         if (encode_kv_maps(tp, prm.page_size == 64 ? 64 : 32)) {
             *half_partials = true;
-            return launch_split(fp8_rows32_mode() == 3 ? mla_decode_s32::decode_fp8_m32_seesaw_kernel<true>
-                                                       : mla_decode_s32::decode_fp8_m32_seesaw_kernel<false>,
-                                tp, pl, mla_decode_s32::kNT, mla_decode_s32::S32Cfg::kSmem, stream);
+            using namespace mla_decode_s32;
+            const int mode = fp8_rows32_mode();
+            const bool lazy = mode == 3 || mode == 5, q8 = mode >= 4 && prm.q_fp8;
+            return launch_split(q8 ? (lazy ? decode_fp8_m32_seesaw_kernel<true, true> : decode_fp8_m32_seesaw_kernel<false, true>)
+                                   : (lazy ? decode_fp8_m32_seesaw_kernel<true> : decode_fp8_m32_seesaw_kernel<false>),
+                                tp, pl, mla_decode_s32::kNT, S32Cfg::kSmem, stream);
         }
         // No tensor map: version 1's one-CTA-per-SM form runs the same plan.
         return launch_kernel<true, 32, 64, 256>(prm, pl, stream);

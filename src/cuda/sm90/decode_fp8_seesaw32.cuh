@@ -101,6 +101,43 @@ __device__ __forceinline__ void arrive(uint32_t bar)
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
 
+// kQ8 (fp8 query): D(64x32) += A(64x32 e4m3, shared memory K-major) * B(32x32 e4m3, shared
+// memory K-major), both by descriptor.
+__device__ __forceinline__ void wgmma_m64n32k32_e4m3(float (&d)[16], uint64_t da, uint64_t db, int acc)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k32.f32.e4m3.e4m3 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                 : "l"(da), "l"(db), "r"(acc));
+}
+
+// kQ8: the fp8 query rows of request b (32 rows, rows >= p.rows zero) as they are, in the
+// stage's K-major layout for 32 rows (stw_off<32>: four column blocks of 32 x 128 bytes in the
+// 128-byte swizzle, the rope as 32 x 64 bytes in the 64-byte one), by one warpgroup (thread ct
+// of 128); two passes of 16 rows keep 20 load registers in flight.
+__device__ __forceinline__ void load_q8_32(const Params &p, int b, uint32_t sQ, int ct)
+{
+    constexpr int kChunks = 16 * 36, kIt = (kChunks + kMath - 1) / kMath;
+    const uint8_t *q = (const uint8_t *)p.q + (size_t)b * p.rows * kDqk;
+#pragma unroll 1
+    for (int half = 0; half < 2; half++) {
+        uint4 x[kIt];
+#pragma unroll
+        for (int i = 0; i < kIt; i++) {
+            const int c = 16 * 36 * half + ct + kMath * i, r = c / 36;
+            x[i] = make_uint4(0, 0, 0, 0);
+            if (ct + kMath * i < kChunks && r < p.rows) x[i] = __ldg(reinterpret_cast<const uint4 *>(q + (size_t)c * 16));
+        }
+#pragma unroll
+        for (int i = 0; i < kIt; i++) {
+            const int c = 16 * 36 * half + ct + kMath * i;
+            if (ct + kMath * i < kChunks) mla_decode_ws::st_shared16(sQ + stw_off<kRows>(c / 36, c % 36), x[i]);
+        }
+    }
+}
+
 // Q^T of request b for 32 rows (rows >= p.rows zero) by one warpgroup (thread ct of 128), in
 // decode_v2_swap.cuh's permuted k order: chunk (q, u, hi) of row n holds dims
 // 64 q + 16 t + 4 u + 2 hi + {0, 1} for t = 0..3; column block q is 32 rows x 128 bytes.
@@ -192,7 +229,11 @@ __device__ __forceinline__ bool named_bar_or(int id, int threads, bool pred)
 
 // kLazy: the owner's softmax against a lazy reference (opt-in, MLA_DECODE_FP8_ROWS32=lazy; written
 // after the device time of the twentieth session was spent, not yet run): see its branch below.
-template <bool kLazy>
+// kQ8 (fp8 query only; opt-in, MLA_DECODE_FP8_ROWS32=seesaw8 / lazy8; not yet run): the owner's
+// S^T = K Q^T as wgmma m64n32k32 e4m3 from the stage and the fp8 query tile (decode_v2_swap.cuh's
+// swap8 for 32 rows): no K loads or conversions on the owner's chain; four float32-added
+// accumulators of at most 5 k-steps each; the key rows are the tile's own (fg = g).
+template <bool kLazy, bool kQ8 = false>
 __global__ void __launch_bounds__(kNT, 1) decode_fp8_m32_seesaw_kernel(const __grid_constant__ Params p)
 {
     using C = S32Cfg;
@@ -255,7 +296,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8_m32_seesaw_kernel(const __g
     // rows 2t (+1, +8, +9) of a 16-key step, 8 bytes at dims 256 h + 64 w + 8 g, i.e. column
     // block 2h + w / 2, chunk 4 (w & 1) + g / 2 (xor the row's low 3 bits), byte 8 (g & 1):
     // each half warp covers the 32 banks once.
-    const int fg = swap_row_key(g);
+    const int fg = kQ8 ? g : swap_row_key(g);
     const uint32_t kb0 = (uint32_t)((16 * w + fg) * 128 + ((t ^ fg) << 4));
     const uint32_t kb1 = (uint32_t)((16 * w + fg) * 128 + (((4 | t) ^ fg) << 4));
     const uint32_t kbr = (uint32_t)(4 * kBN * 128 + (16 * w + fg) * 64 + ((t ^ (fg >> 1)) << 4));
@@ -264,6 +305,11 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8_m32_seesaw_kernel(const __g
     const uint32_t vb0 = vcb + (uint32_t)((2 * t) * 128 + ((vch ^ (2 * t)) << 4));
     const uint32_t vb1 = vcb + (uint32_t)((2 * t + 1) * 128 + ((vch ^ (2 * t + 1)) << 4));
     const uint64_t qdesc0 = smem_desc(sQ, 16, 1024, 1);
+    // kQ8: the fp8 tiles' descriptors (dims [0, 512) in the 128-byte swizzle, the rope in the
+    // 64-byte one) of this warpgroup's query tile and of stage 0's key tile.
+    const uint64_t q8r = smem_desc(sQ + 4 * kRows * 128, 16, 512, 2);
+    const uint64_t k8d = smem_desc(sBase + C::offStage, 16, 1024, 1),
+                   k8r = smem_desc(sBase + C::offStage + 4 * kBN * 128, 16, 512, 2);
     const uint64_t pdesc0 = smem_desc(sBase + C::offStage + C::offRope, 16, 1024, 1); // stage 0's P^T
 
     float o[4][16]; // m-tile i: o[i][4 jj + 2 hh + e] = dim 256 h + 8 (8 w + g) + 2 i + hh, row 8 jj + 2 t + e
@@ -450,7 +496,8 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8_m32_seesaw_kernel(const __g
         cursor_next(p, part, tau, cur);
         bool sync = false;
         if (b != qb) {
-            load_qt32(p, b, sQ, tid);
+            if constexpr (kQ8) load_q8_32(p, b, sQ, tid);
+            else load_qt32(p, b, sQ, tid);
             qb = b;
             const int seq = b == first_b ? seq0 : p.s.seq_eff[b];
             lim_min = p.causal ? seq - p.q_len + 1 : seq;
@@ -479,53 +526,76 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8_m32_seesaw_kernel(const __g
             mla_decode_v1::named_bar(bar_wg, kMath);
         }
 
-        // ---- S^T = K Q^T: 9 spans of 64 dims, 4 k-steps each, into kNA accumulators ----
-        float sacc[kNA][16];
-#pragma unroll
-        for (int u = 0; u < kNA; u++) {
-#pragma unroll
-            for (int k = 0; k < 16; k++) sacc[u][k] = 0.f;
-            acc_fence(sacc[u]);
-        }
-        auto k_addr = [&](int q) -> uint32_t {
-            return q < 8 ? st + (uint32_t)((q >> 1) * kBN * 128) + ((q & 1) ? kb1 : kb0) : st + kbr;
-        };
-        {
-            uint4 kn0 = lds128(k_addr(0)), kn1 = lds128(k_addr(0) + 1024);
-            const uint64_t qd = mla_decode_v3::opaque_desc(qdesc0);
+        float s[16];
+        if constexpr (kQ8) {
+            // ---- S^T = K Q^T: 18 k-steps of 32 dims, e4m3, both operands by descriptor ----
+            float acc[4][16];
+            const uint32_t soff = (uint32_t)((j & (kStages - 1)) * C::kStageBytes);
+            const uint64_t kd = mla_decode_v3::opaque_desc(desc_add(k8d, soff)), kr = mla_decode_v3::opaque_desc(desc_add(k8r, soff));
+            const uint64_t qd = mla_decode_v3::opaque_desc(qdesc0), qr = mla_decode_v3::opaque_desc(q8r);
             wgmma_fence();
 #pragma unroll
-            for (int q = 0; q < 9; q++) {
-                const uint4 k0 = kn0, k1 = kn1;
-                if (q < 8) {
-                    kn0 = lds128(k_addr(q + 1));
-                    kn1 = lds128(k_addr(q + 1) + (q + 1 < 8 ? 1024 : 512));
-                }
-                if (q >= kSpans) wgmma_wait<kSpans - 1>(); // bounds the A registers in flight
-                uint32_t a[4][4];
-#pragma unroll
-                for (int u = 0; u < 4; u++) {
-                    mla_decode_ws::e4m3x4_to_f16x4(word(k0, u), a[u][0], a[u][2]);
-                    mla_decode_ws::e4m3x4_to_f16x4(word(k1, u), a[u][1], a[u][3]);
-                }
-#pragma unroll
-                for (int u = 0; u < 4; u++)
-                    wgmma_m64n32k16_rs(sacc[u % kNA], a[u], desc_add(qd, (uint32_t)(q * kRows * 128 + u * 32)), q > 0 || u >= kNA);
-                wgmma_commit();
+            for (int ks = 0; ks < 18; ks++) {
+                const uint64_t da = ks < 16 ? desc_add(kd, (uint32_t)((ks >> 2) * (kBN * 128) + (ks & 3) * 32))
+                                            : desc_add(kr, (uint32_t)((ks - 16) * 32));
+                const uint64_t db = ks < 16 ? desc_add(qd, (uint32_t)((ks >> 2) * (kRows * 128) + (ks & 3) * 32))
+                                            : desc_add(qr, (uint32_t)((ks - 16) * 32));
+                wgmma_m64n32k32_e4m3(acc[ks & 3], da, db, ks >= 4);
             }
-        }
-        // S^T retires before the other's block: its A registers and accumulators would not fit
-        // next to the P V operands (ptxas then serialises the wgmmas, C7511/C7512).
-        wgmma_wait<0>();
+            wgmma_commit();
+            wgmma_wait<0>();
 #pragma unroll
-        for (int u = 0; u < kNA; u++) acc_fence(sacc[u]);
-        float s[16];
+            for (int u = 0; u < 4; u++) acc_fence(acc[u]);
 #pragma unroll
-        for (int k = 0; k < 16; k++) {
-            float v = sacc[0][k];
+            for (int k = 0; k < 16; k++) s[k] = (acc[0][k] + acc[1][k]) + (acc[2][k] + acc[3][k]);
+        } else {
+            // ---- S^T = K Q^T: 9 spans of 64 dims, 4 k-steps each, into kNA accumulators ----
+            float sacc[kNA][16];
 #pragma unroll
-            for (int u = 1; u < kNA; u++) v += sacc[u][k];
-            s[k] = v;
+            for (int u = 0; u < kNA; u++) {
+#pragma unroll
+                for (int k = 0; k < 16; k++) sacc[u][k] = 0.f;
+                acc_fence(sacc[u]);
+            }
+            auto k_addr = [&](int q) -> uint32_t {
+                return q < 8 ? st + (uint32_t)((q >> 1) * kBN * 128) + ((q & 1) ? kb1 : kb0) : st + kbr;
+            };
+            {
+                uint4 kn0 = lds128(k_addr(0)), kn1 = lds128(k_addr(0) + 1024);
+                const uint64_t qd = mla_decode_v3::opaque_desc(qdesc0);
+                wgmma_fence();
+#pragma unroll
+                for (int q = 0; q < 9; q++) {
+                    const uint4 k0 = kn0, k1 = kn1;
+                    if (q < 8) {
+                        kn0 = lds128(k_addr(q + 1));
+                        kn1 = lds128(k_addr(q + 1) + (q + 1 < 8 ? 1024 : 512));
+                    }
+                    if (q >= kSpans) wgmma_wait<kSpans - 1>(); // bounds the A registers in flight
+                    uint32_t a[4][4];
+#pragma unroll
+                    for (int u = 0; u < 4; u++) {
+                        mla_decode_ws::e4m3x4_to_f16x4(word(k0, u), a[u][0], a[u][2]);
+                        mla_decode_ws::e4m3x4_to_f16x4(word(k1, u), a[u][1], a[u][3]);
+                    }
+#pragma unroll
+                    for (int u = 0; u < 4; u++)
+                        wgmma_m64n32k16_rs(sacc[u % kNA], a[u], desc_add(qd, (uint32_t)(q * kRows * 128 + u * 32)), q > 0 || u >= kNA);
+                    wgmma_commit();
+                }
+            }
+            // S^T retires before the other's block: its A registers and accumulators would not fit
+            // next to the P V operands (ptxas then serialises the wgmmas, C7511/C7512).
+            wgmma_wait<0>();
+#pragma unroll
+            for (int u = 0; u < kNA; u++) acc_fence(sacc[u]);
+#pragma unroll
+            for (int k = 0; k < 16; k++) {
+                float v = sacc[0][k];
+#pragma unroll
+                for (int u = 1; u < kNA; u++) v += sacc[u][k];
+                s[k] = v;
+            }
         }
         // m_{j-1} (and the ring of m, alpha free again): the other warpgroup's done(j - 1).
         if (pend) {
