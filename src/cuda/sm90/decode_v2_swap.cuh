@@ -275,8 +275,8 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
         issue(nprod & 1, prod, pref);
         if constexpr (kQLoop > 1) {
             // The block just issued starts a new request: its Q^T rows into L1 now, a block
-            // ahead of load_q, so that the three passes find them there (~1 us saved per
-            // request start). Addresses only, no registers held.
+            // ahead of load_q, so that the three passes find them there instead of paying three
+            // L2 round trips. Addresses only, no registers held.
             if (prod.b != cons.b && prod.b < p.batch) {
                 const int nr = min(kM, p.rows - row0);
                 const uint32_t esz = p.q_fp8 ? 1u : 2u, lines = ((uint32_t)nr * kDqk * esz + 127u) / 128u;
