@@ -28,7 +28,8 @@ using mla_decode_v1::Params;
 //           form is selected, the default, below 96 requests; from 96 requests rows 17..32
 //           run on decode_fp8_seesaw32.cuh, MLA_DECODE_FP8_ROWS32=heads|seesaw|auto|lazy|seesaw8|lazy8):
 //           decode_v2_swap.cuh, or decode_v2_fp8reg.cuh
-//           (MLA_DECODE_V2_BN=32|64 keys per block, default 64; MLA_DECODE_V2_CONV=cvt|alu|q8|w8|swap|lazy|swapq3|swap8|lazy8
+//           (MLA_DECODE_V2_BN=32|64 keys per block, default 64;
+//           MLA_DECODE_V2_CONV=cvt|alu|q8|w8|swap|lazy|swapq3|swap8|lazy8
 //           and MLA_DECODE_V2_LAYOUT=tma|pad|xor|h1: v2_conversion()); rows <= 32 with a
 //           bf16 cache: decode_bf16_swap.cuh (one math warpgroup of 16 rows, or for 17..32
 //           rows two sharing the ring (MLA_DECODE_BF16_ROWS32=n32: one of N = 32); 64-key
@@ -441,11 +442,11 @@ cudaError_t set_all_smem_attrs()
         e = cudaFuncSetAttribute(mla_decode_bs::decode_bf16_swap_kernel<16, 2, true>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_bs::BsCfg<16, 2, true>::kSmem);
     if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(mla_decode_s32::decode_fp8_m32_seesaw_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 mla_decode_s32::S32Cfg::kSmem);
+        e = cudaFuncSetAttribute(mla_decode_s32::decode_fp8_m32_seesaw_kernel<false>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_s32::S32Cfg::kSmem);
     if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(mla_decode_s32::decode_fp8_m32_seesaw_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 mla_decode_s32::S32Cfg::kSmem);
+        e = cudaFuncSetAttribute(mla_decode_s32::decode_fp8_m32_seesaw_kernel<true>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_s32::S32Cfg::kSmem);
     if (e == cudaSuccess)
         e = cudaFuncSetAttribute(mla_decode_s32::decode_fp8_m32_seesaw_kernel<false, true>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_s32::S32Cfg::kSmem);
@@ -630,9 +631,10 @@ cudaError_t launch_variant(const Params &prm, const Plan &pl, bool fp8_math, boo
             using namespace mla_decode_s32;
             const int mode = fp8_rows32_mode();
             const bool lazy = mode == 3 || mode == 5, q8 = mode >= 4 && prm.q_fp8;
-            return launch_split(q8 ? (lazy ? decode_fp8_m32_seesaw_kernel<true, true> : decode_fp8_m32_seesaw_kernel<false, true>)
-                                   : (lazy ? decode_fp8_m32_seesaw_kernel<true> : decode_fp8_m32_seesaw_kernel<false>),
-                                tp, pl, mla_decode_s32::kNT, S32Cfg::kSmem, stream);
+            void (*kernel)(Params) = q8 ? (lazy ? decode_fp8_m32_seesaw_kernel<true, true>
+                                                : decode_fp8_m32_seesaw_kernel<false, true>)
+                                        : (lazy ? decode_fp8_m32_seesaw_kernel<true> : decode_fp8_m32_seesaw_kernel<false>);
+            return launch_split(kernel, tp, pl, mla_decode_s32::kNT, S32Cfg::kSmem, stream);
         }
         // No tensor map: version 1's one-CTA-per-SM form runs the same plan.
         return launch_kernel<true, 32, 64, 256>(prm, pl, stream);
