@@ -192,7 +192,7 @@ constexpr int kV2Tma = mla_decode_v2::kConvCvt | mla_decode_v2::kConvH1 | mla_de
 // kernel with its softmax against a lazy row reference (kLazy; opt-in, not yet run on a device).
 constexpr int kV2Swap = kV2Tma | 256;
 constexpr int kV2SwapLazy = kV2Tma | 512;
-// "swapq3": the default swap kernel with the lazy form's three-pass Q^T load in its loop (235
+// "swapq3": the default swap kernel with the lazy form's three-pass Q^T load in its loop (240
 // registers instead of 255; opt-in, not yet run), to separate the two effects of "lazy".
 constexpr int kV2SwapQ3 = kV2Tma | 1024;
 // "swap8": with an fp8 query, S^T as e4m3 wgmma from the stage and the fp8 query tile (no K
@@ -200,6 +200,11 @@ constexpr int kV2SwapQ3 = kV2Tma | 1024;
 constexpr int kV2SwapQ8 = kV2Tma | 2048;
 // "lazy8": swap8 with the lazy softmax (fp8 query; bf16-query calls take "lazy").
 constexpr int kV2SwapLazyQ8 = kV2Tma | 4096;
+// Whether a conversion code is one of decode_v2_swap.cuh's forms (same plan, same TMA stage).
+constexpr bool swap_form(int conv)
+{
+    return conv == kV2Swap || conv == kV2SwapLazy || conv == kV2SwapQ3 || conv == kV2SwapQ8 || conv == kV2SwapLazyQ8;
+}
 int v2_conversion(bool q_fp8, int bn)
 {
     using namespace mla_decode_v2;
@@ -227,8 +232,7 @@ int v2_conversion(bool q_fp8, int bn)
 // blocks. The query dtype does not matter to it.
 bool v2_swap_selected()
 {
-    const int conv = v2_conversion(false, v2_block_n());
-    return conv == kV2Swap || conv == kV2SwapLazy || conv == kV2SwapQ3 || conv == kV2SwapQ8 || conv == kV2SwapLazyQ8;
+    return swap_form(v2_conversion(false, v2_block_n()));
 }
 
 // Whether bf16-cache calls with H * q_len <= 32 take decode_bf16_swap.cuh (MLA_DECODE_BF16_SWAP,
@@ -571,8 +575,7 @@ cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, bool *half_part
     using namespace mla_decode_v2;
     *half_partials = true;
     int conv = v2_conversion(prm.q_fp8, pl.bn);
-    if (conv == kV2Swap || conv == kV2SwapLazy || conv == kV2SwapQ3 || conv == kV2SwapQ8 || conv == kV2SwapLazyQ8 ||
-        conv == kV2Tma) {
+    if (swap_form(conv) || conv == kV2Tma) {
         Params tp = prm;
         if (encode_kv_maps(tp, prm.page_size == 64 && pl.bn == 64 ? 64 : 32)) {
             const V2Form *f = v2_form_of(conv, pl.bn);
