@@ -604,7 +604,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8_m32_seesaw_kernel(const __g
         }
 
         float alpha[8], ref[8], mnew[8];
-        if constexpr (!kLazy) {
+        {
             // ---- mask, scale, column (query row) max over the 64 keys ----
             const int page0 = key0 >> p.page_shift;
             const bool all_valid = key0 + kBN <= lim_min && pmask == full_mask;
@@ -631,63 +631,25 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8_m32_seesaw_kernel(const __g
                     mx[r] = fmaxf(mx[r], v);
                 }
             }
+            bool exchange = true;
+            if constexpr (kLazy) {
+                // The lazy form (as decode_v2_swap.cuh's): P^T against m_{j-1} (P <= 2^8 while no
+                // score exceeds it by more than kLazyMax); the first barrier ORs the "exceeded"
+                // flags, and only then the maxima are exchanged (a piece's first block, or a jump
+                // above 2^8). That barrier also orders every warp's S^T rope loads before the
+                // P^T stores into the rope.
+                bool exceeded = false;
 #pragma unroll
-            for (int r = 0; r < 8; r++) {
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 4));
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 8));
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 16));
-                if (g == 0) stsf(aRed + 4u * (w * kRows + row_of(r)), mx[r]);
-            }
-            mla_decode_v1::named_bar(bar_wg, kMath);
-#pragma unroll
-            for (int r = 0; r < 8; r++) {
-                const int n = row_of(r);
-                // m_{j-1} from the other warpgroup (done(j - 1) waited for above), unless j starts a piece.
-                const float mp = start ? -INFINITY : ldsf(aM + 4u * (((j - 1) & (kStages - 1)) * kRows + n));
-                const float m = fmaxf(fmaxf(mp, fmaxf(ldsf(aRed + 4u * n), ldsf(aRed + 4u * (kRows + n)))),
-                                      fmaxf(ldsf(aRed + 4u * (2 * kRows + n)), ldsf(aRed + 4u * (3 * kRows + n))));
-                ref[r] = m == -INFINITY ? 0.f : m;
-                alpha[r] = fast_exp2(mp - ref[r]);
-                mnew[r] = m;
-            }
-        } else {
-            // ---- mask, scale; the reference of the block before unless a score exceeds it ----
-            // As decode_v2_swap.cuh's lazy form: P^T against m_{j-1} (P <= 2^8 while no score
-            // exceeds it by more than kLazyMax), the first barrier ORs the "exceeded" flags, and
-            // only then the maxima are exchanged (a piece's first block, or a jump above 2^8). That
-            // barrier also orders every warp's S^T rope loads before the P^T stores into the rope.
-            const int page0 = key0 >> p.page_shift;
-            const bool all_valid = key0 + kBN <= lim_min && pmask == full_mask;
-            if (all_valid) {
-#pragma unroll
-                for (int k = 0; k < 16; k++) s[k] *= qk_scale;
-            } else {
-#pragma unroll
-                for (int k = 0; k < 16; k++) {
-                    const int r = 2 * (k >> 2) + (k & 1), hh = (k >> 1) & 1;
-                    const int key = key0 + 16 * w + 8 * hh + fg;
-                    const int gr = row_of(r); // (the row's key limit, computed here: a rare path)
-                    const int lim = gr >= p.rows ? -1 : p.causal ? cur_seq - p.q_len + gr / p.heads + 1 : cur_seq;
-                    const bool valid = (key < lim) & (((pmask >> ((key >> p.page_shift) - page0)) & 1) != 0);
-                    s[k] = valid ? s[k] * qk_scale : -INFINITY;
+                for (int r = 0; r < 8; r++) {
+                    // m_{j-1} from the other warpgroup (done(j - 1) waited for above), unless j starts a piece.
+                    mnew[r] = start ? -INFINITY : ldsf(aM + 4u * (((j - 1) & (kStages - 1)) * kRows + row_of(r)));
+                    ref[r] = mnew[r] == -INFINITY ? 0.f : mnew[r];
+                    alpha[r] = 1.0f;
+                    exceeded |= mx[r] > mnew[r] + kLazyMax;
                 }
+                exchange = named_bar_or(bar_wg, kMath, exceeded);
             }
-            bool exceeded = false;
-#pragma unroll
-            for (int r = 0; r < 8; r++) {
-                // m_{j-1} from the other warpgroup (done(j - 1) waited for above), unless j starts a piece.
-                mnew[r] = start ? -INFINITY : ldsf(aM + 4u * (((j - 1) & (kStages - 1)) * kRows + row_of(r)));
-                ref[r] = mnew[r] == -INFINITY ? 0.f : mnew[r];
-                alpha[r] = 1.0f;
-            }
-#pragma unroll
-            for (int k = 0; k < 16; k++) exceeded |= s[k] > mnew[2 * (k >> 2) + (k & 1)] + kLazyMax;
-            if (named_bar_or(bar_wg, kMath, exceeded)) {
-                float mx[8];
-#pragma unroll
-                for (int r = 0; r < 8; r++) mx[r] = -INFINITY;
-#pragma unroll
-                for (int k = 0; k < 16; k++) mx[2 * (k >> 2) + (k & 1)] = fmaxf(mx[2 * (k >> 2) + (k & 1)], s[k]);
+            if (exchange) {
 #pragma unroll
                 for (int r = 0; r < 8; r++) {
                     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 4));
@@ -699,7 +661,8 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8_m32_seesaw_kernel(const __g
 #pragma unroll
                 for (int r = 0; r < 8; r++) {
                     const int n = row_of(r);
-                    const float mp = mnew[r];
+                    // m_{j-1} from the other warpgroup (done(j - 1) waited for above), unless j starts a piece.
+                    const float mp = start ? -INFINITY : ldsf(aM + 4u * (((j - 1) & (kStages - 1)) * kRows + n));
                     const float m = fmaxf(fmaxf(mp, fmaxf(ldsf(aRed + 4u * n), ldsf(aRed + 4u * (kRows + n)))),
                                           fmaxf(ldsf(aRed + 4u * (2 * kRows + n)), ldsf(aRed + 4u * (3 * kRows + n))));
                     ref[r] = m == -INFINITY ? 0.f : m;
