@@ -237,6 +237,11 @@ typedef struct {
     int content_done;    /* one index-content mutation per case (expectations read contents) */
     uint32_t sp_done;    /* op-specific mutation kinds already applied */
     int unhinted;        /* non-OK mutations with no expected message word */
+    int fix_dim;         /* 1 + the dim a fixed-size shape mutation set (0: none yet) ... */
+    int64_t fix_value;   /* ... and its value: a second tensor given the same dim and value, or
+                          * a second zero size, could agree with the first again (quantize's
+                          * input [3, 5, 0] and output [0, 5, 7] are a valid empty call), so
+                          * that is not drawn */
     size_t len;
     char desc[900];
 } fz_case;
@@ -399,7 +404,9 @@ static void mutate_tensor(fz_case *c, fz_tensor *T, int nt, int i, const fz_aren
             const int64_t cand[] = {0,         -1,        s + 1,     s - 1,       2 * s + 1,
                                     1LL << 31, 1LL << 40, INT64_MIN, -(1LL << 40)};
             do v = pick64(cand, 9);
-            while (v == s);
+            while (v == s || (c->fix_dim && v == c->fix_value && (v == 0 || c->fix_dim == d + 1)));
+            c->fix_dim = d + 1;
+            c->fix_value = v;
         }
         t->shape[d] = v;
         int consistent = rnd(0, 1);
@@ -1667,7 +1674,9 @@ static int bld_special(void *p, fz_case *c)
     const mla_forward_mode mode = a->mode;
     const int ragged = mode == MLA_FORWARD_DRAFT_EXTEND || mode == MLA_FORWARD_EXTEND;
     int k = rnd(0, 9);
-    if (k >= 2 && k <= 5 && c->content_done) k = rnd(0, 1) ? 6 + rnd(0, 3) : rnd(0, 1);
+    /* q_len too: its expectation reads seq_lens, and a seq_lens mutation's expectation reads
+     * q_len (seq_lens[b] = 2 fails at q_len 3, not after q_len becomes 1). */
+    if (k >= 1 && k <= 5 && c->content_done) k = rnd(0, 1) ? 6 + rnd(0, 3) : 0;
     if (!once(c, k)) return 0;
     switch (k) {
     case 0: {
@@ -2057,6 +2066,8 @@ static void fuzz_forward(mla_forward_mode mode, const char *op)
         if (sl[b] < 1) sl[b] = 1; /* the other-mode metadata (decode) needs a token */
     }
     if (extend) el[1] = 0, sl[2] = el[2] + 40; /* a request without new tokens; a long prefix */
+    if (extend && el[0] == 0 && el[2] == 0) /* at least one new token: an empty batch returns */
+        el[0] = 1;                           /* before reading most of the arguments */
     x.md = build_md(x.be, mode, q_len, rt, rpi, sl, el);
     x.md_other_mode =
         build_md(x.be, extend ? MLA_FORWARD_DECODE : MLA_FORWARD_EXTEND, 1, rt, rpi, sl, el);

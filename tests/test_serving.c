@@ -582,6 +582,27 @@ TEST(serving_forward_rejects_bad_input)
     CHECK_STATUS(mla_forward_extend(e.be, md, &xa), MLA_ERR_INVALID_ARGUMENT);
     xa.prefix_chunk_size = -1;
     CHECK_STATUS(mla_forward_extend(e.be, md, &xa), MLA_ERR_INVALID_ARGUMENT);
+    /* A bad scale is refused even when no request has new tokens (the call has no attention
+     * to run, but the caller's argument is wrong all the same); the same batch with good
+     * scales is a valid no-op. */
+    make_batch(&e, &eb, 2, 0, 0, 0, 0);
+    a = batch_args(&e, &eb, MLA_FORWARD_EXTEND, 0);
+    CHECK_STATUS(mla_metadata_build(md, &a), MLA_OK);
+    mla_forward_args za = {
+        .q = sv_t3(&e, eq, MLA_DTYPE_BF16, 0, H, e.Dqk),
+        .k = sv_t3(&e, ek, MLA_DTYPE_BF16, 0, H, e.Dqk),
+        .v = sv_t3(&e, ev, MLA_DTYPE_BF16, 0, H, e.Dv),
+        .out = sv_t3(&e, eo, MLA_DTYPE_BF16, 0, H, e.Dv),
+        .kv_cache = sv_cache_tensor(&e),
+    };
+    mla_scales bad = e.cfg.scales;
+    bad.v_scale = NAN;
+    za.scales = &bad;
+    CHECK_STATUS(mla_forward_extend(e.be, md, &za), MLA_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(mla_last_error(), "scales.v_scale") != NULL);
+    mla_scales good = e.cfg.scales;
+    za.scales = &good;
+    CHECK_STATUS(mla_forward_extend(e.be, md, &za), MLA_OK);
     mla_metadata_destroy(md);
     mla_metadata_destroy(NULL);
     mla_multistep_draft_destroy(NULL);

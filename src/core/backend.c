@@ -208,16 +208,6 @@ static const mla_scales *resolve_scales(const mla_backend *be, const mla_scales 
     return s ? s : &be->cfg.scales;
 }
 
-static mla_status check_scales(const char *op, const mla_scales *s)
-{
-    MLA_TRY(mla_check_scale(op, "scales.softmax_scale", s->softmax_scale));
-    MLA_TRY(mla_check_scale(op, "scales.q_scale", s->q_scale));
-    MLA_TRY(mla_check_scale(op, "scales.k_scale", s->k_scale));
-    MLA_TRY(mla_check_scale(op, "scales.v_scale", s->v_scale));
-    MLA_TRY(mla_check_scale(op, "scales.o_scale", s->o_scale));
-    return MLA_OK;
-}
-
 /* ---- decode ---- */
 
 /* seq_lens[b] = s against a block table max_pages wide (decode calls and plan builds). */
@@ -470,7 +460,7 @@ mla_status mla_decode(mla_backend *be, const mla_decode_args *a)
         return mla_set_error(MLA_ERR_INVALID_ARGUMENT, "%s: no_causal_mask = %d must be 0 or 1",
                              op, a->no_causal_mask);
     const mla_scales *s = resolve_scales(be, a->scales);
-    MLA_TRY(check_scales(op, s));
+    MLA_TRY(mla_check_scales(op, s));
     if (a->workspace == NULL && a->workspace_bytes != 0)
         return mla_set_error(MLA_ERR_NULL_POINTER,
                              "%s: workspace_bytes = %zu but workspace is NULL", op,
@@ -632,7 +622,7 @@ mla_status mla_prefill(mla_backend *be, const mla_prefill_args *a)
     if (a->max_seqlen_q < 0 || a->max_seqlen_kv < 0)
         return mla_set_error(MLA_ERR_INVALID_ARGUMENT, "%s: max_seqlen_q/kv must be >= 0", op);
     const mla_scales *s = resolve_scales(be, a->scales);
-    MLA_TRY(check_scales(op, s));
+    MLA_TRY(mla_check_scales(op, s));
     if (B == 0 || total_q == 0) return MLA_OK;
 
     int max_q = a->max_seqlen_q > 0 ? a->max_seqlen_q : (int)total_q;
@@ -816,7 +806,7 @@ mla_status mla_kv_cache_write(mla_backend *be, const mla_kv_cache_write_args *a)
     MLA_TRY(mla_check_no_overlap(op, &a->kv_cache, "kv_cache", &a->k_pe, "k_pe"));
     MLA_TRY(mla_check_no_overlap(op, &a->kv_cache, "kv_cache", &a->slots, "slots"));
     const mla_scales *s = resolve_scales(be, a->scales);
-    MLA_TRY(check_scales(op, s));
+    MLA_TRY(mla_check_scales(op, s));
     const int64_t num_pages = a->kv_cache.shape[0];
     if (n > INT32_MAX || num_pages > INT32_MAX)
         return mla_set_error(MLA_ERR_UNSUPPORTED, "%s: more than 2^31-1 rows or pages", op);

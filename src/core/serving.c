@@ -30,6 +30,9 @@ mla_status mla_serving_check_call(mla_backend *be, mla_batch_metadata *md,
     if (md->backend != be)
         return mla_set_error(MLA_ERR_INVALID_ARGUMENT,
                              "%s: the metadata was created for another backend", op);
+    /* Here, not only in the attention call: a batch without new tokens never reaches it, and
+     * a bad scale is the caller's error whatever the batch holds. */
+    if (a->scales) MLA_TRY(mla_check_scales(op, a->scales));
     return MLA_OK;
 }
 

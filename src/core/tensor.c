@@ -200,3 +200,13 @@ mla_status mla_check_scale(const char *op, const char *name, float v)
                              "%s: %s must be finite and > 0 (got %g)", op, name, (double)v);
     return MLA_OK;
 }
+
+mla_status mla_check_scales(const char *op, const mla_scales *s)
+{
+    MLA_TRY(mla_check_scale(op, "scales.softmax_scale", s->softmax_scale));
+    MLA_TRY(mla_check_scale(op, "scales.q_scale", s->q_scale));
+    MLA_TRY(mla_check_scale(op, "scales.k_scale", s->k_scale));
+    MLA_TRY(mla_check_scale(op, "scales.v_scale", s->v_scale));
+    MLA_TRY(mla_check_scale(op, "scales.o_scale", s->o_scale));
+    return MLA_OK;
+}

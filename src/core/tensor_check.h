@@ -28,6 +28,8 @@ mla_status mla_check_outputs_disjoint(const char *op, const mla_tensor *const *o
                                       int num_ins);
 /* finite and > 0 */
 mla_status mla_check_scale(const char *op, const char *name, float v);
+/* every scale of s finite and > 0 (named "scales.<field>" in the message) */
+mla_status mla_check_scales(const char *op, const mla_scales *s);
 
 #define MLA_TRY(expr)                                                                  \
     do {                                                                               \
