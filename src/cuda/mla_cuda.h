@@ -34,6 +34,10 @@ size_t mla_cuda_decode_plan_size(const mla_cuda_device_info *dev, int batch, int
                                  int num_heads, int fp8_kv);
 int mla_cuda_decode_plan(const mla_cuda_device_info *dev, const mla_decode_problem *p,
                          uint32_t *device_error_flags);
+/* Test hook: the MLA_DECODE_* switches are read once per process; after this the next call
+ * reads them again (a backend created after it plans for the new forms; one created before
+ * must not be used again). Not thread-safe against concurrent decode calls. */
+void mla_cuda_decode_reread_switches(void);
 
 int mla_cuda_prefill(const mla_cuda_device_info *dev, const mla_prefill_problem *p);
 int mla_cuda_merge_state(const mla_merge_problem *p);

@@ -18,6 +18,7 @@
  * Rows that see no key must be exactly zero with lse -inf (checked through the reference). */
 #include "../test.h"
 #include "../oracle.h"
+#include "../../src/cuda/mla_cuda.h"
 
 #include <cuda_runtime.h>
 #include <math.h>
@@ -111,6 +112,155 @@ static int runs_fp8_math(const gdecode_case *c)
     const int on = by_cfg || (v && !strcmp(v, "v10"));
     return on && c->q_dtype == MLA_DTYPE_FP8_E4M3 && c->kv_dtype == MLA_DTYPE_FP8_E4M3 &&
            c->q_len * c->heads >= 64;
+}
+
+/* What one GPU run is checked against: the reference (computed once per case) and the
+ * host buffers the outputs are copied into. */
+typedef struct gpu_check_buffers {
+    uint16_t *out;
+    float *lse;
+    const uint16_t *ref_out;
+    const float *ref_lse;
+    int64_t out_elems, rows;
+    oracle_tolerance tol;
+    int fp8_math;
+} gpu_check_buffers;
+
+/* One decode on `gpu` with the device tensors of `a` (outputs poisoned first; a caller-owned
+ * workspace of exactly the reported size, poisoned too, when the case asks for one), then the
+ * error flags and every element against the reference. */
+static void gpu_decode_and_check(mla_backend *gpu, const gdecode_case *c, const char *label, mla_decode_args *a,
+                                 const gpu_check_buffers *k)
+{
+    void *d_ws = NULL;
+    uint32_t flags = 0;
+    mla_backend_device_errors(gpu, &flags); /* clear */
+    cudaMemset(a->out.data, 0xff, (size_t)k->out_elems * 2);
+    if (c->with_lse) cudaMemset(a->lse.data, 0xff, (size_t)k->rows * sizeof(float));
+    a->workspace = NULL;
+    a->workspace_bytes = 0;
+    if (c->own_workspace) {
+        size_t ws = 0;
+        CHECK_STATUS(mla_decode_workspace_size(gpu, c->batch, c->q_len, &ws), MLA_OK);
+        cudaMalloc(&d_ws, ws);
+        cudaMemset(d_ws, 0xff, ws); /* stale metadata must not matter */
+        a->workspace = d_ws;
+        a->workspace_bytes = ws;
+    }
+    CHECK_STATUS(mla_decode(gpu, a), MLA_OK);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess);
+    cudaMemcpy(k->out, a->out.data, (size_t)k->out_elems * 2, cudaMemcpyDeviceToHost);
+    if (c->with_lse) cudaMemcpy(k->lse, a->lse.data, (size_t)k->rows * sizeof(float), cudaMemcpyDeviceToHost);
+    CHECK_STATUS(mla_backend_device_errors(gpu, &flags), MLA_OK);
+    CHECK_MSG(flags == c->expect_flags, "%s: device error flags 0x%x, expected 0x%x", label, flags,
+              c->expect_flags);
+
+    double *ref = xmalloc((size_t)k->out_elems * sizeof(double));
+    for (int64_t i = 0; i < k->out_elems; i++) ref[i] = mla_bf16_to_float(k->ref_out[i]);
+    oracle_report r = oracle_compare_bf16(k->out, ref, k->out_elems, k->tol);
+    report(label, "out", &r);
+    if (k->fp8_math)
+        printf("    %s: fp8-math kernel rel L2 %.3e (bound %.3e)\n", label, r.rel_l2, k->tol.rel_l2);
+    if (c->with_lse) {
+        double *rl = xmalloc((size_t)k->rows * sizeof(double));
+        for (int64_t i = 0; i < k->rows; i++) rl[i] = k->ref_lse[i];
+        r = oracle_compare_f32(k->lse, rl, k->rows, lse_tol);
+        report(label, "lse", &r);
+        free(rl);
+    }
+    free(ref);
+    a->workspace = NULL;
+    a->workspace_bytes = 0;
+    cudaFree(d_ws);
+}
+
+/* MLA_TEST_DECODE_FORMS: decode forms to run on every case after the default, each against
+ * the same reference (one oracle pass checks them all; the switches are read once per process
+ * otherwise, so each form re-reads them through mla_cuda_decode_reread_switches and gets a
+ * backend of its own). Forms are separated by ';', a form's switches by ',', e.g.
+ *   MLA_TEST_DECODE_FORMS="MLA_DECODE_V2_CONV=lazy;MLA_DECODE_V2_CONV=swap8,MLA_DECODE_FP8_ROWS32=seesaw8"
+ * A form that changes whether the case takes fp8 math (MLA_DECODE_VARIANT) is skipped for it,
+ * since the tolerance was derived for the default. */
+#define MAX_FORM_SWITCHES 8
+typedef struct form_switches {
+    int n;
+    char name[MAX_FORM_SWITCHES][64];
+    char *saved[MAX_FORM_SWITCHES]; /* the value before the form, NULL: unset */
+} form_switches;
+
+static int form_parse_apply(const char *form, form_switches *fs)
+{
+    fs->n = 0;
+    const char *p = form;
+    while (*p) {
+        while (*p == ' ' || *p == ',') p++;
+        if (!*p) break;
+        const char *e = p;
+        while (*e && *e != ',') e++;
+        const char *eq = memchr(p, '=', (size_t)(e - p));
+        if (!eq || eq == p || eq - p >= 64 || fs->n == MAX_FORM_SWITCHES) return 0;
+        char value[64];
+        size_t vlen = (size_t)(e - eq - 1);
+        while (vlen && eq[vlen] == ' ') vlen--;
+        if (vlen >= sizeof value) return 0;
+        memcpy(fs->name[fs->n], p, (size_t)(eq - p));
+        fs->name[fs->n][eq - p] = 0;
+        memcpy(value, eq + 1, vlen);
+        value[vlen] = 0;
+        const char *old = getenv(fs->name[fs->n]);
+        fs->saved[fs->n] = old ? strdup(old) : NULL;
+        setenv(fs->name[fs->n], value, 1);
+        fs->n++;
+        p = e;
+    }
+    mla_cuda_decode_reread_switches();
+    return fs->n > 0;
+}
+
+static void form_restore(form_switches *fs)
+{
+    for (int i = fs->n - 1; i >= 0; i--) {
+        if (fs->saved[i]) setenv(fs->name[i], fs->saved[i], 1);
+        else unsetenv(fs->name[i]);
+        free(fs->saved[i]);
+    }
+    fs->n = 0;
+    mla_cuda_decode_reread_switches();
+}
+
+static void run_extra_forms(const gdecode_case *c, const char *label, mla_decode_args *a, const gpu_check_buffers *k)
+{
+    const char *list = getenv("MLA_TEST_DECODE_FORMS");
+    if (!list || !*list) return;
+    char *copy = strdup(list), *save = NULL;
+    int checked = 0;
+    for (char *form = strtok_r(copy, ";", &save); form; form = strtok_r(NULL, ";", &save)) {
+        form_switches fs;
+        const int ok = form_parse_apply(form, &fs);
+        CHECK_MSG(ok, "MLA_TEST_DECODE_FORMS: cannot read the form '%s' (want NAME=VALUE[,NAME=VALUE])", form);
+        if (!ok) {
+            form_restore(&fs);
+            continue;
+        }
+        char flabel[256];
+        snprintf(flabel, sizeof flabel, "%s [%s]", label, form);
+        if (runs_fp8_math(c) != k->fp8_math) {
+            printf("    %s: skipped (the form changes whether the case takes fp8 math)\n", flabel);
+        } else {
+            mla_config cfg;
+            config_for(&cfg, c, MLA_DEVICE_CUDA);
+            mla_backend *gpu = NULL;
+            CHECK_STATUS(mla_backend_create("hopper", &cfg, &gpu), MLA_OK);
+            if (gpu) {
+                gpu_decode_and_check(gpu, c, flabel, a, k);
+                checked++;
+            }
+            mla_backend_destroy(gpu);
+        }
+        form_restore(&fs);
+    }
+    printf("    %s: %d extra form(s) checked\n", label, checked);
+    free(copy);
 }
 
 static void run_gpu_decode_case(const gdecode_case *c, const char *label)
@@ -266,50 +416,20 @@ static void run_gpu_decode_case(const gdecode_case *c, const char *label)
     void *d_cache = to_device(cache, (size_t)num_pages * P * row_bytes);
     void *d_table = to_device(table, (size_t)B * max_pages * sizeof(int32_t));
     void *d_seq = to_device(seq, (size_t)B * sizeof(int32_t));
-    void *d_out = NULL, *d_lse = NULL, *d_ws = NULL;
+    void *d_out = NULL, *d_lse = NULL;
     cudaMalloc(&d_out, (size_t)out_elems * 2);
     cudaMalloc(&d_lse, (size_t)rows * sizeof(float));
-    cudaMemset(d_out, 0xff, (size_t)out_elems * 2);
-    cudaMemset(d_lse, 0xff, (size_t)rows * sizeof(float));
     CHECK(d_q && d_cache && d_table && d_seq && d_out && d_lse);
     if (gpu && d_q && d_cache && d_table && d_seq && d_out && d_lse) {
-        uint32_t flags = 0;
-        mla_backend_device_errors(gpu, &flags); /* clear */
         a.q = dev_tensor(d_q, c->q_dtype, 4, B, L, H, D);
         a.kv_cache = dev_tensor(d_cache, c->kv_dtype, 3, num_pages, P, D, 0);
         a.block_table = dev_tensor(d_table, MLA_DTYPE_I32, 2, B, max_pages, 0, 0);
         a.seq_lens = dev_tensor(d_seq, MLA_DTYPE_I32, 1, B, 0, 0, 0);
         a.out = dev_tensor(d_out, MLA_DTYPE_BF16, 4, B, L, H, R);
         a.lse = c->with_lse ? dev_tensor(d_lse, MLA_DTYPE_F32, 3, B, L, H, 0) : (mla_tensor){0};
-        if (c->own_workspace) {
-            size_t ws = 0;
-            CHECK_STATUS(mla_decode_workspace_size(gpu, B, L, &ws), MLA_OK);
-            cudaMalloc(&d_ws, ws);
-            cudaMemset(d_ws, 0xff, ws); /* stale metadata must not matter */
-            a.workspace = d_ws;
-            a.workspace_bytes = ws;
-        }
-        CHECK_STATUS(mla_decode(gpu, &a), MLA_OK);
-        CHECK(cudaDeviceSynchronize() == cudaSuccess);
-        cudaMemcpy(out, d_out, (size_t)out_elems * 2, cudaMemcpyDeviceToHost);
-        cudaMemcpy(lse, d_lse, (size_t)rows * sizeof(float), cudaMemcpyDeviceToHost);
-        CHECK_STATUS(mla_backend_device_errors(gpu, &flags), MLA_OK);
-        CHECK_MSG(flags == c->expect_flags, "%s: device error flags 0x%x, expected 0x%x", label,
-                  flags, c->expect_flags);
-
-        double *ref = xmalloc((size_t)out_elems * sizeof(double));
-        for (int64_t i = 0; i < out_elems; i++) ref[i] = mla_bf16_to_float(ref_out[i]);
-        oracle_report r = oracle_compare_bf16(out, ref, out_elems, tol);
-        report(label, "out", &r);
-        if (fp8_math) printf("    %s: fp8-math kernel rel L2 %.3e (bound %.3e)\n", label, r.rel_l2, tol.rel_l2);
-        if (c->with_lse) {
-            double *rl = xmalloc((size_t)rows * sizeof(double));
-            for (int64_t i = 0; i < rows; i++) rl[i] = ref_lse[i];
-            r = oracle_compare_f32(lse, rl, rows, lse_tol);
-            report(label, "lse", &r);
-            free(rl);
-        }
-        free(ref);
+        const gpu_check_buffers bufs = {.out = out, .lse = lse, .ref_out = ref_out, .ref_lse = ref_lse,
+                                        .out_elems = out_elems, .rows = rows, .tol = tol, .fp8_math = fp8_math};
+        gpu_decode_and_check(gpu, c, label, &a, &bufs);
         if (c->check_switch) { /* the same inputs through a backend with the other setting */
             gdecode_case o = *c;
             o.fp8_math = !c->fp8_math;
@@ -319,6 +439,7 @@ static void run_gpu_decode_case(const gdecode_case *c, const char *label)
             CHECK_STATUS(mla_backend_create("hopper", &cfg2, &gpu2), MLA_OK);
             uint16_t *out2 = xmalloc((size_t)out_elems * 2);
             if (gpu2) {
+                uint32_t flags = 0;
                 cudaMemset(d_out, 0xff, (size_t)out_elems * 2);
                 CHECK_STATUS(mla_decode(gpu2, &a), MLA_OK);
                 CHECK(cudaDeviceSynchronize() == cudaSuccess);
@@ -333,9 +454,10 @@ static void run_gpu_decode_case(const gdecode_case *c, const char *label)
             free(out2);
             mla_backend_destroy(gpu2);
         }
+        run_extra_forms(c, label, &a, &bufs);
     }
     cudaFree(d_q); cudaFree(d_cache); cudaFree(d_table); cudaFree(d_seq);
-    cudaFree(d_out); cudaFree(d_lse); cudaFree(d_ws);
+    cudaFree(d_out); cudaFree(d_lse);
     mla_backend_destroy(gpu);
     free(perm); free(table); free(seq); free(seq_ref); free(cache); free(q);
     free(ref_out); free(ref_lse); free(out); free(lse);

@@ -13,6 +13,8 @@
 #include "tensor_map.h"
 
 #include <cuda_runtime.h>
+
+#include <atomic>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,11 +94,28 @@ int env_choice(const char *name, const char *const *values, int count, int fallb
     return fallback;
 }
 
+// The MLA_DECODE_* switches are read once per process (the plan depends on them); a test
+// that runs one reference against several forms bumps this generation
+// (mla_cuda_decode_reread_switches) so that the next call reads them again.
+std::atomic<int> g_switch_generation{0};
+struct CachedSwitch {
+    int value = -1, generation = -1;
+};
+int cached_env_choice(CachedSwitch &slot, const char *name, const char *const *values, int count, int fallback)
+{
+    const int gen = g_switch_generation.load(std::memory_order_relaxed);
+    if (slot.generation != gen) {
+        slot.value = env_choice(name, values, count, fallback);
+        slot.generation = gen;
+    }
+    return slot.value;
+}
+
 Variant selected_variant()
 {
     static const char *const names[] = {"v2", "v1", "wide", "v3", "v6", "v7", "v10"};
-    static int cached = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_VARIANT", names, kNumVariants, 0);
+    static CachedSwitch slot;
+    const int cached = cached_env_choice(slot, "MLA_DECODE_VARIANT", names, kNumVariants, 0);
     return (Variant)cached;
 }
 
@@ -146,16 +165,16 @@ bool bf16_seesaw(int rows)
 int align_uniform()
 {
     static const char *const names[] = {"0", "1"};
-    static int cached = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_ALIGN", names, 2, 1);
+    static CachedSwitch slot;
+    const int cached = cached_env_choice(slot, "MLA_DECODE_ALIGN", names, 2, 1);
     return cached;
 }
 
 int v2_block_n()
 {
     static const char *const names[] = {"32", "64"};
-    static int cached = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_V2_BN", names, 2, 1);
+    static CachedSwitch slot;
+    const int cached = cached_env_choice(slot, "MLA_DECODE_V2_BN", names, 2, 1);
     return cached ? 64 : 32;
 }
 
@@ -210,9 +229,9 @@ int v2_conversion(bool q_fp8, int bn)
     using namespace mla_decode_v2;
     static const char *const names[] = {"cvt", "alu", "q8", "w8", "swap", "lazy", "swapq3", "swap8", "lazy8"};
     static const char *const layouts[] = {"xor", "h1", "pad", "tma"};
-    static int cached = -1, layout = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_V2_CONV", names, 9, 4);
-    if (layout < 0) layout = env_choice("MLA_DECODE_V2_LAYOUT", layouts, 4, 3);
+    static CachedSwitch conv_slot, layout_slot;
+    const int cached = cached_env_choice(conv_slot, "MLA_DECODE_V2_CONV", names, 9, 4);
+    const int layout = cached_env_choice(layout_slot, "MLA_DECODE_V2_LAYOUT", layouts, 4, 3);
     if (cached == 4 && bn == 64 && layout == 3) return kV2Swap;
     if (cached == 5 && bn == 64 && layout == 3) return kV2SwapLazy;
     if (cached == 6 && bn == 64 && layout == 3) return kV2SwapQ3;
@@ -240,8 +259,8 @@ bool v2_swap_selected()
 bool bf16_swap_selected()
 {
     static const char *const names[] = {"0", "1"};
-    static int cached = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_BF16_SWAP", names, 2, 1);
+    static CachedSwitch slot;
+    const int cached = cached_env_choice(slot, "MLA_DECODE_BF16_SWAP", names, 2, 1);
     return cached == 1;
 }
 
@@ -253,8 +272,8 @@ bool bf16_swap_selected()
 int fp8_conv_rows()
 {
     static const char *const names[] = {"0", "32", "all"};
-    static int cached = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_FP8_CONV", names, 3, 0);
+    static CachedSwitch slot;
+    const int cached = cached_env_choice(slot, "MLA_DECODE_FP8_CONV", names, 3, 0);
     return cached == 0 ? 0 : cached == 1 ? 32 : 16;
 }
 // Whether an fp8-cache call of this many rows takes the converter form.
@@ -275,8 +294,8 @@ constexpr int kSeesaw32MinBatch = 96;
 int fp8_rows32_mode()
 {
     static const char *const names[] = {"heads", "seesaw", "auto", "lazy", "seesaw8", "lazy8"};
-    static int cached = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_FP8_ROWS32", names, 6, 2);
+    static CachedSwitch slot;
+    const int cached = cached_env_choice(slot, "MLA_DECODE_FP8_ROWS32", names, 6, 2);
     return cached;
 }
 // Whether an fp8-cache call of this many rows and requests takes decode_fp8_seesaw32.cuh.
@@ -292,8 +311,8 @@ bool fp8_seesaw32_takes(int rows, int batch)
 int bf16_swap_rows32()
 {
     static const char *const names[] = {"n32", "wg2"};
-    static int cached = -1;
-    if (cached < 0) cached = env_choice("MLA_DECODE_BF16_ROWS32", names, 2, 1);
+    static CachedSwitch slot;
+    const int cached = cached_env_choice(slot, "MLA_DECODE_BF16_ROWS32", names, 2, 1);
     return cached ? 2 : 1;
 }
 
@@ -825,6 +844,11 @@ extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode
     e = mla_launch_decode_combine(&s, p->batch, pl.rows, mla_decode_v1::kDv, pl.num_parts, half,
                                   p->bmm2_scale, p->out, p->lse, stream);
     return (int)e;
+}
+
+extern "C" void mla_cuda_decode_reread_switches(void)
+{
+    g_switch_generation.fetch_add(1, std::memory_order_relaxed);
 }
 
 extern "C" int mla_cuda_decode_warmup(const mla_cuda_device_info *dev)
