@@ -97,18 +97,20 @@ int env_choice(const char *name, const char *const *values, int count, int fallb
 // The MLA_DECODE_* switches are read once per process (the plan depends on them); a test
 // that runs one reference against several forms bumps this generation
 // (mla_cuda_decode_reread_switches) so that the next call reads them again.
+// A slot holds generation * 256 + choice in one atomic word, so that a thread never sees a
+// generation without its choice (threads that race on the first read store the same word).
 std::atomic<int> g_switch_generation{0};
 struct CachedSwitch {
-    int value = -1, generation = -1;
+    std::atomic<int> packed{-1};
 };
 int cached_env_choice(CachedSwitch &slot, const char *name, const char *const *values, int count, int fallback)
 {
-    const int gen = g_switch_generation.load(std::memory_order_relaxed);
-    if (slot.generation != gen) {
-        slot.value = env_choice(name, values, count, fallback);
-        slot.generation = gen;
-    }
-    return slot.value;
+    const int gen = g_switch_generation.load(std::memory_order_acquire);
+    const int p = slot.packed.load(std::memory_order_acquire);
+    if (p >= 0 && p >> 8 == gen) return p & 255;
+    const int v = env_choice(name, values, count, fallback);
+    slot.packed.store(gen << 8 | v, std::memory_order_release);
+    return v;
 }
 
 Variant selected_variant()
@@ -848,7 +850,7 @@ extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode
 
 extern "C" void mla_cuda_decode_reread_switches(void)
 {
-    g_switch_generation.fetch_add(1, std::memory_order_relaxed);
+    g_switch_generation.fetch_add(1, std::memory_order_acq_rel);
 }
 
 extern "C" int mla_cuda_decode_warmup(const mla_cuda_device_info *dev)
