@@ -588,13 +588,9 @@ TEST(serving_forward_rejects_bad_input)
     make_batch(&e, &eb, 2, 0, 0, 0, 0);
     a = batch_args(&e, &eb, MLA_FORWARD_EXTEND, 0);
     CHECK_STATUS(mla_metadata_build(md, &a), MLA_OK);
-    mla_forward_args za = {
-        .q = sv_t3(&e, eq, MLA_DTYPE_BF16, 0, H, e.Dqk),
-        .k = sv_t3(&e, ek, MLA_DTYPE_BF16, 0, H, e.Dqk),
-        .v = sv_t3(&e, ev, MLA_DTYPE_BF16, 0, H, e.Dv),
-        .out = sv_t3(&e, eo, MLA_DTYPE_BF16, 0, H, e.Dv),
-        .kv_cache = sv_cache_tensor(&e),
-    };
+    mla_forward_args za = xa; /* the same tensors, no rows */
+    za.q.shape[0] = za.k.shape[0] = za.v.shape[0] = za.out.shape[0] = 0;
+    za.prefix_chunk_size = 0;
     mla_scales bad = e.cfg.scales;
     bad.v_scale = NAN;
     za.scales = &bad;
