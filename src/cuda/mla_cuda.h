@@ -36,7 +36,7 @@ int mla_cuda_decode_plan(const mla_cuda_device_info *dev, const mla_decode_probl
                          uint32_t *device_error_flags);
 /* Test hook: the MLA_DECODE_* switches are read once per process; after this the next call
  * reads them again (a backend created after it plans for the new forms; one created before
- * must not be used again). Not thread-safe against concurrent decode calls. */
+ * must not be used again). A call running at the same time may still see the old forms. */
 void mla_cuda_decode_reread_switches(void);
 
 int mla_cuda_prefill(const mla_cuda_device_info *dev, const mla_prefill_problem *p);

@@ -119,8 +119,8 @@ static int runs_fp8_math(const gdecode_case *c)
 typedef struct gpu_check_buffers {
     uint16_t *out;
     float *lse;
-    const uint16_t *ref_out;
-    const float *ref_lse;
+    const double *ref_out; /* the reference as the comparisons take it, widened once per case */
+    const double *ref_lse;
     int64_t out_elems, rows;
     oracle_tolerance tol;
     int fp8_math;
@@ -155,20 +155,14 @@ static void gpu_decode_and_check(mla_backend *gpu, const gdecode_case *c, const 
     CHECK_MSG(flags == c->expect_flags, "%s: device error flags 0x%x, expected 0x%x", label, flags,
               c->expect_flags);
 
-    double *ref = xmalloc((size_t)k->out_elems * sizeof(double));
-    for (int64_t i = 0; i < k->out_elems; i++) ref[i] = mla_bf16_to_float(k->ref_out[i]);
-    oracle_report r = oracle_compare_bf16(k->out, ref, k->out_elems, k->tol);
+    oracle_report r = oracle_compare_bf16(k->out, k->ref_out, k->out_elems, k->tol);
     report(label, "out", &r);
     if (k->fp8_math)
         printf("    %s: fp8-math kernel rel L2 %.3e (bound %.3e)\n", label, r.rel_l2, k->tol.rel_l2);
     if (c->with_lse) {
-        double *rl = xmalloc((size_t)k->rows * sizeof(double));
-        for (int64_t i = 0; i < k->rows; i++) rl[i] = k->ref_lse[i];
-        r = oracle_compare_f32(k->lse, rl, k->rows, lse_tol);
+        r = oracle_compare_f32(k->lse, k->ref_lse, k->rows, lse_tol);
         report(label, "lse", &r);
-        free(rl);
     }
-    free(ref);
     a->workspace = NULL;
     a->workspace_bytes = 0;
     cudaFree(d_ws);
@@ -427,7 +421,10 @@ static void run_gpu_decode_case(const gdecode_case *c, const char *label)
         a.seq_lens = dev_tensor(d_seq, MLA_DTYPE_I32, 1, B, 0, 0, 0);
         a.out = dev_tensor(d_out, MLA_DTYPE_BF16, 4, B, L, H, R);
         a.lse = c->with_lse ? dev_tensor(d_lse, MLA_DTYPE_F32, 3, B, L, H, 0) : (mla_tensor){0};
-        const gpu_check_buffers bufs = {.out = out, .lse = lse, .ref_out = ref_out, .ref_lse = ref_lse,
+        double *ref_wide = xmalloc((size_t)out_elems * sizeof(double)), *lse_wide = xmalloc((size_t)rows * sizeof(double));
+        for (int64_t i = 0; i < out_elems; i++) ref_wide[i] = mla_bf16_to_float(ref_out[i]);
+        for (int64_t i = 0; i < rows; i++) lse_wide[i] = ref_lse[i];
+        const gpu_check_buffers bufs = {.out = out, .lse = lse, .ref_out = ref_wide, .ref_lse = lse_wide,
                                         .out_elems = out_elems, .rows = rows, .tol = tol, .fp8_math = fp8_math};
         gpu_decode_and_check(gpu, c, label, &a, &bufs);
         if (c->check_switch) { /* the same inputs through a backend with the other setting */
@@ -455,6 +452,8 @@ static void run_gpu_decode_case(const gdecode_case *c, const char *label)
             mla_backend_destroy(gpu2);
         }
         run_extra_forms(c, label, &a, &bufs);
+        free(ref_wide);
+        free(lse_wide);
     }
     cudaFree(d_q); cudaFree(d_cache); cudaFree(d_table); cudaFree(d_seq);
     cudaFree(d_out); cudaFree(d_lse);
