@@ -42,4 +42,89 @@ TEST(decode_switches_are_read_once_until_reread)
     free(saved);
     mla_cuda_decode_reread_switches();
 }
+/* A decode problem of the given shape with the fields the form choice reads. */
+static mla_decode_problem form_problem(int batch, int heads, int q_fp8, long long total_keys)
+{
+    mla_decode_problem p = {
+        .batch = batch, .q_len = 1, .num_heads = heads, .kv_lora_rank = 512, .rope_dim = 64,
+        .page_size = 64, .num_pages = 1, .max_pages_per_seq = 1024, .max_seq_len = 65536,
+        .total_keys = total_keys, .causal = 1,
+        .q_dtype = q_fp8 ? MLA_DTYPE_FP8_E4M3 : MLA_DTYPE_BF16, .kv_dtype = MLA_DTYPE_FP8_E4M3,
+    };
+    return p;
+}
+
+static const char *form_of(int batch, int heads, int q_fp8, long long total_keys)
+{
+    const mla_cuda_device_info dev = {.device = 0, .num_sms = 132, .sm_arch = 90, .max_smem_per_block_optin = 232448};
+    const mla_decode_problem p = form_problem(batch, heads, q_fp8, total_keys);
+    return mla_cuda_decode_form(&dev, &p);
+}
+
+#define CHECK_FORM(want, batch, heads, q8, total)                                                   \
+    do {                                                                                            \
+        const char *got_ = form_of(batch, heads, q8, total);                                        \
+        CHECK_MSG(strcmp(got_, want) == 0, "B%d H%d %s query, %lld keys: form \"%s\", expected \"%s\"", \
+                  batch, heads, q8 ? "fp8" : "bf16", (long long)(total), got_, want);               \
+    } while (0)
+
+TEST(decode_forms_for_16_and_32_rows)
+{
+    /* The defaults (H200 A/Bs, bench/NOTES.md twenty-second session): 16 rows on the swap
+     * kernel with the lazy softmax, S^T in e4m3 for an fp8 query; 32 rows on the 32-row seesaw
+     * from 320k keys in all when the total is known, else from 96 requests, and on two 16-row
+     * head blocks below. */
+    static const char *const vars[] = {"MLA_DECODE_VARIANT", "MLA_DECODE_V2_CONV", "MLA_DECODE_V2_BN",
+                                       "MLA_DECODE_V2_LAYOUT", "MLA_DECODE_FP8_ROWS32", "MLA_DECODE_FP8_CONV"};
+    enum { kVars = (int)(sizeof vars / sizeof vars[0]) };
+    char *saved[kVars];
+    for (int i = 0; i < kVars; i++) {
+        const char *v = getenv(vars[i]);
+        saved[i] = v ? strdup(v) : NULL;
+        unsetenv(vars[i]);
+    }
+    mla_cuda_decode_reread_switches();
+
+    CHECK_FORM("lazy", 64, 16, 0, 0);
+    CHECK_FORM("lazy8", 64, 16, 1, 64LL * 16384);
+    CHECK_FORM("lazy8", 1, 16, 1, 65536);
+    CHECK_FORM("lazy x2", 64, 32, 0, 64LL * 4096);        /* 256k keys: head blocks */
+    CHECK_FORM("seesaw32 lazy", 64, 32, 0, 64LL * 8192);  /* 512k keys */
+    CHECK_FORM("seesaw32 lazy8", 64, 32, 1, 320LL * 1024); /* the edge */
+    CHECK_FORM("lazy8 x2", 64, 32, 1, 320LL * 1024 - 1);
+    CHECK_FORM("lazy8 x2", 200, 32, 1, 200LL * 1000);     /* many short requests */
+    CHECK_FORM("seesaw32 lazy8", 96, 32, 1, 0);           /* total unknown: the batch rule */
+    CHECK_FORM("lazy8 x2", 95, 32, 1, 0);
+    CHECK_FORM("other", 64, 64, 1, 0);                    /* 64 rows: another kernel */
+
+    /* Forced forms. */
+    setenv("MLA_DECODE_FP8_ROWS32", "heads", 1);
+    setenv("MLA_DECODE_V2_CONV", "swap", 1);
+    mla_cuda_decode_reread_switches();
+    CHECK_FORM("swap x2", 128, 32, 1, 128LL * 8192);
+    CHECK_FORM("swap", 64, 16, 1, 0);
+    setenv("MLA_DECODE_FP8_ROWS32", "seesaw", 1);
+    mla_cuda_decode_reread_switches();
+    CHECK_FORM("seesaw32 seesaw", 4, 32, 1, 4096);
+    setenv("MLA_DECODE_FP8_ROWS32", "seesaw8", 1);
+    mla_cuda_decode_reread_switches();
+    CHECK_FORM("seesaw32 seesaw8", 4, 32, 1, 4096);
+    CHECK_FORM("seesaw32 seesaw", 4, 32, 0, 4096); /* bf16 query: no e4m3 S */
+    /* Head blocks of 32-key blocks have another split layout than the seesaw's: the key rule
+     * must not pick between them (a plan built without the total would not fit). */
+    unsetenv("MLA_DECODE_FP8_ROWS32");
+    unsetenv("MLA_DECODE_V2_CONV");
+    setenv("MLA_DECODE_V2_BN", "32", 1);
+    mla_cuda_decode_reread_switches();
+    CHECK_FORM("seesaw32 lazy8", 96, 32, 1, 96LL * 100);
+    CHECK_MSG(strncmp(form_of(64, 32, 1, 64LL * 16384), "seesaw32", 8) != 0,
+              "32-key blocks, 64 requests: the key rule picked the seesaw");
+
+    for (int i = 0; i < kVars; i++) {
+        if (saved[i]) setenv(vars[i], saved[i], 1);
+        else unsetenv(vars[i]);
+        free(saved[i]);
+    }
+    mla_cuda_decode_reread_switches();
+}
 #endif

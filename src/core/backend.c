@@ -227,9 +227,10 @@ static mla_status check_seq_len(const char *op, int b, int s, int max_pages, int
 static mla_status check_decode_indices(const char *op, const int32_t *seq_lens,
                                        const int32_t *block_table, int batch, int max_pages,
                                        int page_size, int num_pages, int max_seq_len_arg,
-                                       int *max_seen)
+                                       int *max_seen, long long *total)
 {
     *max_seen = 0;
+    *total = 0;
     for (int b = 0; b < batch; b++) {
         int s = seq_lens[b];
         MLA_TRY(check_seq_len(op, b, s, max_pages, page_size));
@@ -238,6 +239,7 @@ static mla_status check_decode_indices(const char *op, const int32_t *seq_lens,
                                  "%s: seq_lens[%d] = %d exceeds max_seq_len = %d", op, b, s,
                                  max_seq_len_arg);
         if (s > *max_seen) *max_seen = s;
+        *total += s;
         int pages = (s + page_size - 1) / page_size;
         for (int j = 0; j < pages; j++) {
             int32_t pg = block_table[(int64_t)b * max_pages + j];
@@ -475,6 +477,8 @@ mla_status mla_decode(mla_backend *be, const mla_decode_args *a)
 
     int capacity = (int)(max_pages * cfg->page_size);
     int bound = a->max_seq_len > 0 && a->max_seq_len < capacity ? a->max_seq_len : capacity;
+    /* The sum of seq_lens where the host knows it (the backend picks kernel forms by it). */
+    long long total_keys = 0;
     if (index_check_enabled(be, a->stream)) {
         const void *sl, *bt;
         void *sl_owned, *bt_owned;
@@ -483,7 +487,7 @@ mla_status mla_decode(mla_backend *be, const mla_decode_args *a)
         int max_seen = 0;
         if (st == MLA_OK)
             st = check_decode_indices(op, sl, bt, (int)B, (int)max_pages, cfg->page_size,
-                                      (int)num_pages, a->max_seq_len, &max_seen);
+                                      (int)num_pages, a->max_seq_len, &max_seen, &total_keys);
         if (st == MLA_OK && a->plan && a->plan->lens) {
             const int32_t *now = sl;
             for (int b = 0; b < (int)B; b++)
@@ -500,6 +504,8 @@ mla_status mla_decode(mla_backend *be, const mla_decode_args *a)
         free(bt_owned);
         if (st != MLA_OK) return st;
         if (a->max_seq_len == 0) bound = max_seen;
+    } else if (a->plan && a->plan->lens) {
+        for (int b = 0; b < (int)B; b++) total_keys += a->plan->lens[b];
     }
 
     const int fp8_kv = cfg->kv_cache_dtype == MLA_DTYPE_FP8_E4M3;
@@ -514,6 +520,7 @@ mla_status mla_decode(mla_backend *be, const mla_decode_args *a)
         .num_pages = (int)num_pages,
         .max_pages_per_seq = (int)max_pages,
         .max_seq_len = bound,
+        .total_keys = total_keys,
         .causal = !a->no_causal_mask,
         .fp8_math = cfg->decode_fp8_math,
         .q_dtype = a->q.dtype,

@@ -29,6 +29,7 @@ typedef struct mla_decode_problem {
     int kv_lora_rank, rope_dim; /* D_qk = kv_lora_rank + rope_dim, D_v = kv_lora_rank */
     int page_size, num_pages, max_pages_per_seq;
     int max_seq_len;            /* upper bound on seq_lens (from args or block table width) */
+    long long total_keys;       /* sum of seq_lens when read on the host, else 0: picks forms */
     int causal;
     int fp8_math;               /* mla_config.decode_fp8_math: e4m3 P allowed (fp8 q and cache) */
     mla_dtype q_dtype, kv_dtype;

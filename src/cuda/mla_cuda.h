@@ -38,6 +38,10 @@ int mla_cuda_decode_plan(const mla_cuda_device_info *dev, const mla_decode_probl
  * reads them again (a backend created after it plans for the new forms; one created before
  * must not be used again). A call running at the same time may still see the old forms. */
 void mla_cuda_decode_reread_switches(void);
+/* Test hook: the split kernel mla_cuda_decode would pick for this problem where it picks one of
+ * the fp8-cache forms for H * q_len <= 32 ("lazy8", "lazy x2" for two 16-row head blocks,
+ * "seesaw32 lazy8", ...; "other" for the rest), read on the host alone. */
+const char *mla_cuda_decode_form(const mla_cuda_device_info *dev, const mla_decode_problem *p);
 
 int mla_cuda_prefill(const mla_cuda_device_info *dev, const mla_prefill_problem *p);
 int mla_cuda_merge_state(const mla_merge_problem *p);

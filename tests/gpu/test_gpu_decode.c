@@ -543,7 +543,8 @@ TEST(gpu_decode_uneven_batches)
         }
         gdecode_case c = base_case(B, rep ? 1 : 2, 16, 64, MLA_DTYPE_FP8_E4M3, lens);
         run_gpu_decode_case(&c, rep == 2 ? "uneven batch 1100" : rep ? "uneven batch 300" : "uneven batch 40 q_len 2");
-        if (rep == 1) { /* 32 rows from 96 requests: the fp8 32-row seesaw by default */
+        if (rep == 1) { /* 32 rows, 300 requests of ~230k keys in all: by default two swap head
+                         * blocks (the key rule; the seesaw where the host knows no total) */
             c = base_case(B, 1, 32, 32, MLA_DTYPE_FP8_E4M3, lens);
             run_gpu_decode_case(&c, "uneven batch 300 fp8 H32");
         }
@@ -671,12 +672,32 @@ TEST(gpu_decode_growing_scores)
                  mla_dtype_name(c.q_dtype), c.heads, c.q_len, c.fp8_math ? " fp8 math" : "");
         run_gpu_decode_case(&c, label);
     }
-    /* 32 rows with an fp8 cache from 96 requests: the seesaw (decode_fp8_seesaw32.cuh) */
+    /* 32 rows with an fp8 cache, 330k-360k keys in all (>= 320k): the seesaw by default
+     * (decode_fp8_seesaw32.cuh) */
     int many[100];
-    for (int b = 0; b < 100; b++) many[b] = mla_test_rand_int(100, 1600);
+    for (int b = 0; b < 100; b++) many[b] = mla_test_rand_int(3300, 3600);
     gdecode_case c = base_case(100, 1, 32, 64, MLA_DTYPE_FP8_E4M3, many);
     c.grow_scores = 1;
     run_gpu_decode_case(&c, "growing scores fp8 cache H 32 batch 100");
+}
+
+TEST(gpu_decode_rows32_by_total_keys)
+{
+    /* fp8-cache rows 17..32 pick their kernel by the keys of the whole call when the host
+     * knows them (decode.cu fp8_seesaw32_auto): 40 requests of 8.2k-8.4k keys (>= 320k in
+     * all) take the 32-row seesaw with its lazy softmax, with a bf16 and an fp8 query (S^T in
+     * e4m3 wgmma); 120 short requests take two 16-row head blocks of the swap kernel. */
+    int lens[120];
+    for (int b = 0; b < 40; b++) lens[b] = mla_test_rand_int(8200, 8400);
+    for (int q8 = 0; q8 < 2; q8++) {
+        gdecode_case c = base_case(40, 1, 32, 64, MLA_DTYPE_FP8_E4M3, lens);
+        if (q8) c.q_dtype = MLA_DTYPE_FP8_E4M3;
+        run_gpu_decode_case(&c, q8 ? "320k+ keys H32 fp8 q" : "320k+ keys H32 bf16 q");
+    }
+    for (int b = 0; b < 120; b++) lens[b] = mla_test_rand_int(1, 1500);
+    gdecode_case c = base_case(120, 1, 32, 32, MLA_DTYPE_FP8_E4M3, lens);
+    c.q_dtype = MLA_DTYPE_FP8_E4M3;
+    run_gpu_decode_case(&c, "120 short requests H32 fp8 q");
 }
 
 TEST(gpu_decode_full_range_cache_values)

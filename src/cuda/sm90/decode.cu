@@ -27,8 +27,9 @@ using mla_decode_v1::Params;
 
 // Kernel variants (MLA_DECODE_VARIANT selects one for comparison; default "v2"):
 //   "v2"  : rows <= 16 with an fp8 cache (and rows 17..32 as two head blocks when the swap
-//           form is selected, the default, below 96 requests; from 96 requests rows 17..32
-//           run on decode_fp8_seesaw32.cuh, MLA_DECODE_FP8_ROWS32=heads|seesaw|auto|lazy|seesaw8|lazy8):
+//           form is selected, the default, for small calls; from 320k keys in all, or 96
+//           requests where the host does not know the total, rows 17..32 run on
+//           decode_fp8_seesaw32.cuh, MLA_DECODE_FP8_ROWS32=heads|seesaw|auto|lazy|seesaw8|lazy8):
 //           decode_v2_swap.cuh, or decode_v2_fp8reg.cuh
 //           (MLA_DECODE_V2_BN=32|64 keys per block, default 64;
 //           MLA_DECODE_V2_CONV=cvt|alu|q8|w8|swap|lazy|swapq3|swap8|lazy8
@@ -180,9 +181,12 @@ int v2_block_n()
     return cached ? 64 : 32;
 }
 
-// v2's conversion (decode_v2_fp8reg.cuh kConv), MLA_DECODE_V2_CONV: "swap" (default, 64-key
-// blocks on the TMA layout) decode_v2_swap.cuh: S^T = K Q^T and O^T = V^T P^T on wgmma
-// m64n16k16 with both A operands converted in registers; "cvt" (the default before the
+// v2's conversion (decode_v2_fp8reg.cuh kConv), MLA_DECODE_V2_CONV: "lazy8" (default since
+// the twenty-second session; 64-key blocks on the TMA layout) decode_v2_swap.cuh with its
+// softmax against a lazy row reference, and with an fp8 query S^T in e4m3 wgmma from the stage
+// (a bf16 query takes "lazy"); "swap" (the default before) the same kernel with an exact
+// running max and both A operands converted in registers: S^T = K Q^T and O^T = V^T P^T on
+// wgmma m64n16k16; "cvt" (the default before the
 // seventeenth session, and the form for 32-key blocks and the other layouts) mma.sync with K and
 // V by the cvt instruction; "alu" (32-key blocks only) both by integer bit moves; "q8" (64-key
 // blocks, fp8 query only) QK^T in e4m3 MMAs, V by cvt; "w8" (64-key blocks, fp8 query only)
@@ -210,16 +214,24 @@ constexpr int kV2W8 = mla_decode_v2::kConvW8 | mla_decode_v2::kConvCvtV;
 constexpr int kV2Pad = mla_decode_v2::kConvPad | mla_decode_v2::kConvH1;
 constexpr int kV2Tma = mla_decode_v2::kConvCvt | mla_decode_v2::kConvH1 | mla_decode_v2::kConvTma;
 // "swap" (64-key blocks, TMA layout, either query dtype): decode_v2_swap.cuh. "lazy": the same
-// kernel with its softmax against a lazy row reference (kLazy; opt-in, not yet run on a device).
+// kernel with its softmax against a lazy row reference (kLazy). H200, 2026-12-05 (twenty-second
+// session, scripts/decode-ab, bench/NOTES.md), ms against "swap", bf16 query: B64 H16 16k
+// 0.1717 -> 0.1662 (84.3% -> 86.8% of copy), B32 32k 0.1729 -> 0.1686, B32 16k 0.0958 ->
+// 0.0927, B128 4k and batch 1 equal.
 constexpr int kV2Swap = kV2Tma | 256;
 constexpr int kV2SwapLazy = kV2Tma | 512;
 // "swapq3": the default swap kernel with the lazy form's three-pass Q^T load in its loop (240
-// registers instead of 255; opt-in, not yet run), to separate the two effects of "lazy".
+// registers instead of 255; opt-in), to separate the two effects of "lazy": it measured 0-2%
+// slower than "swap", so the lazy softmax is what gains.
 constexpr int kV2SwapQ3 = kV2Tma | 1024;
 // "swap8": with an fp8 query, S^T as e4m3 wgmma from the stage and the fp8 query tile (no K
-// conversion; opt-in, not yet run); bf16-query calls keep "swap".
+// conversion; the products are exact either way, e4m3 values being bf16 values); bf16-query
+// calls keep "swap".
 constexpr int kV2SwapQ8 = kV2Tma | 2048;
-// "lazy8": swap8 with the lazy softmax (fp8 query; bf16-query calls take "lazy").
+// "lazy8": swap8 with the lazy softmax (fp8 query; bf16-query calls take "lazy"). H200,
+// 2026-12-05, fp8 query, ms against "swap": B64 H16 16k 0.1689 -> 0.1594 (85.4% -> 90.2%),
+// B32 32k 0.1709 -> 0.1609, B128 4k 0.0966 -> 0.0906 (75.3% -> 80.5%), batch 1 64k 0.0257 ->
+// 0.0244; "swap8" within 1% of it.
 constexpr int kV2SwapLazyQ8 = kV2Tma | 4096;
 // Whether a conversion code is one of decode_v2_swap.cuh's forms (same plan, same TMA stage).
 constexpr bool swap_form(int conv)
@@ -232,7 +244,7 @@ int v2_conversion(bool q_fp8, int bn)
     static const char *const names[] = {"cvt", "alu", "q8", "w8", "swap", "lazy", "swapq3", "swap8", "lazy8"};
     static const char *const layouts[] = {"xor", "h1", "pad", "tma"};
     static CachedSwitch conv_slot, layout_slot;
-    const int cached = cached_env_choice(conv_slot, "MLA_DECODE_V2_CONV", names, 9, 4);
+    const int cached = cached_env_choice(conv_slot, "MLA_DECODE_V2_CONV", names, 9, 8);
     const int layout = cached_env_choice(layout_slot, "MLA_DECODE_V2_LAYOUT", layouts, 4, 3);
     if (cached == 4 && bn == 64 && layout == 3) return kV2Swap;
     if (cached == 5 && bn == 64 && layout == 3) return kV2SwapLazy;
@@ -284,15 +296,22 @@ bool fp8_conv_takes(int rows) { return fp8_conv_rows() && rows <= 32 && (fp8_con
 // fp8-cache rows 17..32 (MLA_DECODE_FP8_ROWS32, read once per process): "heads" two 16-row head
 // blocks of the swap kernel, each converting every key block; "seesaw" decode_fp8_seesaw32.cuh,
 // one CTA per SM whose two math warpgroups take the blocks in turn (each block's K and V
-// converted once); "auto" (default) the seesaw from kSeesaw32MinBatch requests. Both forms have
-// num_sms parts of 64-key blocks, so the split layout and a decode plan fit either. "lazy": the
-// seesaw at every batch with its owner's softmax against a lazy reference (kLazy; opt-in, not yet
-// run on a device). "seesaw8" / "lazy8": those two with, for an fp8 query, the owner's S^T in
-// e4m3 wgmma from the stage (kQ8; opt-in, not yet run).
+// converted once); "lazy": the seesaw with its owner's softmax against a lazy reference
+// (kLazy); "seesaw8" / "lazy8": those two with, for an fp8 query, the owner's S^T in e4m3
+// wgmma from the stage (kQ8); "auto" (default) "lazy8" (so "lazy" for a bf16 query) when the
+// call is large enough (fp8_seesaw32_auto), else "heads". Both forms have num_sms parts of
+// 64-key blocks, so the split layout and a decode plan fit either.
 // H200 (bench/NOTES.md, nineteenth session), seesaw against heads, H32: B128 4k-8k 15-20%
 // faster, B96 16k 18%, B96 4k 3.5%, B64 16k 14%, B64 8k 6%, B32 16k 6%; slower at B64 4k (8%),
-// B32 4k (30%) and batch 1 64k (14%), where each part's fixed costs weigh more.
+// B32 4k (30%) and batch 1 64k (14%), where each part's fixed costs weigh more. Twenty-second
+// session (2026-12-05): "lazy" 2-4% faster than "seesaw" (B128 H32 8k 0.2533 -> 0.2446 ms);
+// with an fp8 query "lazy8" 14% faster than "seesaw" and 28% than heads (B64 H32 16k 0.3158 ->
+// 0.2278), "seesaw8" 8%. Heads against the seesaw by total keys: heads faster at 64k-256k keys
+// (batch 1 64k, B32 4k, B16 16k, B64 4k), the seesaw from 384k (B96 4k) and 512k (B64 8k 8%,
+// B32 16k 9%, B128 4k) up; hence the rule below on the total when the host knows it (the
+// index check read seq_lens, or a plan holds them), else on the batch.
 constexpr int kSeesaw32MinBatch = 96;
+constexpr long long kSeesaw32MinKeys = 320LL * 1024;
 int fp8_rows32_mode()
 {
     static const char *const names[] = {"heads", "seesaw", "auto", "lazy", "seesaw8", "lazy8"};
@@ -300,12 +319,21 @@ int fp8_rows32_mode()
     const int cached = cached_env_choice(slot, "MLA_DECODE_FP8_ROWS32", names, 6, 2);
     return cached;
 }
-// Whether an fp8-cache call of this many rows and requests takes decode_fp8_seesaw32.cuh.
-bool fp8_seesaw32_takes(int rows, int batch)
+// "auto"'s choice for a call of `batch` requests holding total_keys keys (0: not known on the
+// host). The key rule only where heads would run the swap kernel on 64-key blocks: that plan
+// has the seesaw's split layout, so a plan built without the total still fits the call.
+bool fp8_seesaw32_auto(int batch, long long total_keys)
+{
+    if (total_keys > 0 && v2_swap_selected() && v2_block_n() == 64)
+        return total_keys >= kSeesaw32MinKeys;
+    return batch >= kSeesaw32MinBatch;
+}
+// Whether an fp8-cache call of this many rows, requests and keys takes decode_fp8_seesaw32.cuh.
+bool fp8_seesaw32_takes(int rows, int batch, long long total_keys)
 {
     if (rows <= 16 || rows > 32 || fp8_conv_takes(rows)) return false;
     const int mode = fp8_rows32_mode();
-    return mode == 1 || mode >= 3 || (mode == 2 && batch >= kSeesaw32MinBatch);
+    return mode == 1 || mode >= 3 || (mode == 2 && fp8_seesaw32_auto(batch, total_keys));
 }
 
 // Rows 17..32 on the bf16 swap kernel: MLA_DECODE_BF16_ROWS32=wg2 (two math warpgroups of 16
@@ -354,7 +382,10 @@ const V2Form *v2_form_of(int conv, int bn)
     return &kV2Forms[bn == 64 ? 0 : 1]; // not reached: v2_conversion returns listed forms
 }
 
-Plan make_plan(int num_sms, int batch, int q_len, int heads, Variant variant, bool fp8)
+// total_keys: the sum of seq_lens, or 0 where the host does not know it (plan sizes, plan
+// builds): it only picks between forms of the same split layout.
+Plan make_plan(int num_sms, int batch, int q_len, int heads, Variant variant, bool fp8,
+               long long total_keys = 0)
 {
     Plan pl;
     pl.rows = q_len * heads;
@@ -363,7 +394,7 @@ Plan make_plan(int num_sms, int batch, int q_len, int heads, Variant variant, bo
         pl.bn = 64;
         pl.ctas_per_sm = 1;
     } else if (pl.rows <= 32 && v2_family(variant) &&
-               (fp8 ? fp8_conv_takes(pl.rows) || fp8_seesaw32_takes(pl.rows, batch) : bf16_swap_selected())) {
+               (fp8 ? fp8_conv_takes(pl.rows) || fp8_seesaw32_takes(pl.rows, batch, total_keys) : bf16_swap_selected())) {
         // decode_bf16_swap.cuh: all rows in one CTA per SM, 64-key blocks.
         pl.m = pl.rows <= 16 ? 16 : 32;
         pl.bn = 64;
@@ -628,6 +659,20 @@ bool runs_v2_fp8_m16(const Plan &pl, bool fp8)
     return fp8 && pl.m == 16 && pl.ctas_per_sm == 2 && v2_family(selected_variant());
 }
 
+// Whether the plan's call runs decode_fp8_seesaw32.cuh (when its tensor maps can be made), and
+// in which form: the lazy softmax, S^T in e4m3 wgmma ("auto" runs "lazy8").
+bool runs_fp8_seesaw32(const Plan &pl, bool fp8, int batch, long long total_keys)
+{
+    return fp8 && pl.m == 32 && pl.bn == 64 && pl.ctas_per_sm == 1 && v2_family(selected_variant()) &&
+           fp8_seesaw32_takes(pl.rows, batch, total_keys);
+}
+void seesaw32_form(bool q_fp8, bool *lazy, bool *q8)
+{
+    const int mode = fp8_rows32_mode();
+    *lazy = mode == 2 || mode == 3 || mode == 5;
+    *q8 = (mode == 2 || mode >= 4) && q_fp8;
+}
+
 // Whether an fp8-query, fp8-cache call with rows >= 64 takes v10: MLA_DECODE_VARIANT=v10, or
 // mla_config.decode_fp8_math with the default variant (another variant named for a comparison
 // wins). v10 runs on v7's plan, so a decode plan does not depend on this.
@@ -640,21 +685,20 @@ bool takes_v10(bool fp8_math)
 // Launches the split kernel for this plan; *half_partials: whether the kernel it picked writes
 // float16 partials (the H * q_len <= 16 fp8 kernel always; the fp8-cache wgmma kernels, whose
 // rows go through decode_v3_wgmma.cuh's write_rows, when built with -DMLA_WIDE_HALF_PARTIALS),
-// which the combine must know.
+// which the combine must know. total_keys: as make_plan's (the same value, so both pick alike).
 template <bool FP8>
-cudaError_t launch_variant(const Params &prm, const Plan &pl, bool fp8_math, bool *half_partials,
-                           cudaStream_t stream)
+cudaError_t launch_variant(const Params &prm, const Plan &pl, bool fp8_math, long long total_keys,
+                           bool *half_partials, cudaStream_t stream)
 {
     *half_partials = false;
     if (runs_v2_fp8_m16(pl, FP8)) return launch_v2_fp8_m16(prm, pl, half_partials, stream);
-    if (FP8 && pl.m == 32 && pl.bn == 64 && pl.ctas_per_sm == 1 && v2_family(selected_variant()) &&
-        fp8_seesaw32_takes(pl.rows, prm.batch)) {
+    if (runs_fp8_seesaw32(pl, FP8, prm.batch, total_keys)) {
         Params tp = prm;
         if (encode_kv_maps(tp, prm.page_size == 64 ? 64 : 32)) {
             *half_partials = true;
             using namespace mla_decode_s32;
-            const int mode = fp8_rows32_mode();
-            const bool lazy = mode == 3 || mode == 5, q8 = mode >= 4 && prm.q_fp8;
+            bool lazy, q8;
+            seesaw32_form(prm.q_fp8, &lazy, &q8);
             void (*kernel)(Params) = q8 ? (lazy ? decode_fp8_m32_seesaw_kernel<true, true>
                                                 : decode_fp8_m32_seesaw_kernel<false, true>)
                                         : (lazy ? decode_fp8_m32_seesaw_kernel<true> : decode_fp8_m32_seesaw_kernel<false>);
@@ -797,7 +841,7 @@ extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode
     if (p->batch < 1) return (int)cudaSuccess;
 
     const Plan pl = make_plan(dev->num_sms, p->batch, p->q_len, p->num_heads, selected_variant(),
-                              p->kv_dtype == MLA_DTYPE_FP8_E4M3);
+                              p->kv_dtype == MLA_DTYPE_FP8_E4M3, p->total_keys);
     const mla_decode_split_layout L =
         mla_decode_split_layout_make(p->batch, pl.rows, mla_decode_v1::kDv, pl.num_parts);
     if (!p->workspace || p->workspace_bytes < L.total_bytes) return (int)cudaErrorInvalidValue;
@@ -840,12 +884,35 @@ extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode
     prm.bmm2 = p->bmm2_scale;
 
     bool half = false;
-    e = p->kv_dtype == MLA_DTYPE_FP8_E4M3 ? launch_variant<true>(prm, pl, p->fp8_math != 0, &half, stream)
-                                          : launch_variant<false>(prm, pl, p->fp8_math != 0, &half, stream);
+    e = p->kv_dtype == MLA_DTYPE_FP8_E4M3 ? launch_variant<true>(prm, pl, p->fp8_math != 0, p->total_keys, &half, stream)
+                                          : launch_variant<false>(prm, pl, p->fp8_math != 0, p->total_keys, &half, stream);
     if (e != cudaSuccess) return (int)e;
     e = mla_launch_decode_combine(&s, p->batch, pl.rows, mla_decode_v1::kDv, pl.num_parts, half,
                                   p->bmm2_scale, p->out, p->lse, stream);
     return (int)e;
+}
+
+extern "C" const char *mla_cuda_decode_form(const mla_cuda_device_info *dev, const mla_decode_problem *p)
+{
+    if (check_decode_problem(p) != (int)cudaSuccess || p->batch < 1) return "none";
+    const bool fp8 = p->kv_dtype == MLA_DTYPE_FP8_E4M3, q_fp8 = p->q_dtype == MLA_DTYPE_FP8_E4M3;
+    const Plan pl = make_plan(dev->num_sms, p->batch, p->q_len, p->num_heads, selected_variant(), fp8,
+                              p->total_keys);
+    if (runs_fp8_seesaw32(pl, fp8, p->batch, p->total_keys)) {
+        bool lazy, q8;
+        seesaw32_form(q_fp8, &lazy, &q8);
+        return q8 ? (lazy ? "seesaw32 lazy8" : "seesaw32 seesaw8") : (lazy ? "seesaw32 lazy" : "seesaw32 seesaw");
+    }
+    if (runs_v2_fp8_m16(pl, fp8)) {
+        static const struct { int conv; const char *name, *heads2; } swaps[] = {
+            {kV2Swap, "swap", "swap x2"}, {kV2SwapLazy, "lazy", "lazy x2"}, {kV2SwapQ3, "swapq3", "swapq3 x2"},
+            {kV2SwapQ8, "swap8", "swap8 x2"}, {kV2SwapLazyQ8, "lazy8", "lazy8 x2"}};
+        const int conv = v2_conversion(q_fp8, pl.bn);
+        for (const auto &f : swaps)
+            if (f.conv == conv) return pl.head_blocks == 2 ? f.heads2 : f.name;
+        return "v2 other";
+    }
+    return "other";
 }
 
 extern "C" void mla_cuda_decode_reread_switches(void)

@@ -113,12 +113,12 @@ __device__ __forceinline__ void load_qt_t(const Params &p, int b, int row0, uint
 
 template <int N> struct QPasses { static constexpr int value = N; }; // load_qt_t's passes, as a lambda argument
 
-// kLazy: the softmax against a lazy reference (opt-in, MLA_DECODE_V2_CONV=lazy; written after the
-// device time of 2026-12-04's twentieth session was spent, not yet run): see the branch below.
+// kLazy: the softmax against a lazy reference (MLA_DECODE_V2_CONV=lazy, and lazy8, the default
+// since 2026-12-05: 2.5-3.5% faster from 16k keys on an H200, bench/NOTES.md): see the branch below.
 // kQLoop: passes of a new request's Q^T load inside the loop (1: all 36 load registers in flight
 // at once; 3: 12, with the rows prefetched into L1 a block ahead, which takes the kernel from 255
 // registers to 235-239: the opt-in "swapq3" form, to tell this effect from the lazy softmax's).
-// kQ8 (fp8 query only; opt-in "swap8", not yet run): S^T = K Q^T as wgmma m64n16k32 e4m3 with both
+// kQ8 (fp8 query only; "swap8", and "lazy8" with kLazy, the default; 5.5-6% faster): S^T = K Q^T as wgmma m64n16k32 e4m3 with both
 // operands in shared memory (A = the stage's key tile as TMA wrote it, B = the fp8 query tile,
 // both K-major in the 128- and 64-byte swizzles; decode_v2_fp8reg.cuh's w8 layout): no K
 // conversion, no K loads, 18 MMAs instead of 36. Products of e4m3 values are exact; the fp8
