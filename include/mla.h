@@ -150,7 +150,9 @@ typedef struct mla_config {
     /* 1: skip the host-side check of index contents (block tables, seq_lens, cu_seqlens,
      * slots) that live in device memory. Kernels still never read or write out of bounds
      * (bad pages are skipped and flagged, see mla_backend_device_errors). Checks are skipped
-     * automatically while a CUDA stream is being captured. */
+     * automatically while a CUDA stream is being captured. The lengths the check reads also
+     * pick "hopper"'s decode kernel for an fp8 cache with H * q_len 17..32 (by the keys of the
+     * whole call); without them (or a plan built with them) it goes by the batch size. */
     int skip_index_check;
     /* 1: decode with an fp8 query and an fp8 cache may run on fp8 tensor-core math, P (the
      * softmax probabilities) rounded to e4m3 for P V. "hopper" then takes its e4m3 kernel where
