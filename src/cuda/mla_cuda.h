@@ -39,9 +39,11 @@ int mla_cuda_decode_plan(const mla_cuda_device_info *dev, const mla_decode_probl
  * must not be used again). A call running at the same time may still see the old forms. */
 void mla_cuda_decode_reread_switches(void);
 /* Test hook: the split kernel mla_cuda_decode would pick for this problem where it picks one of
- * the fp8-cache forms for H * q_len <= 32 ("lazy8", "lazy x2" for two 16-row head blocks,
- * "seesaw32 lazy8", ...; "other" for the rest), read on the host alone. */
-const char *mla_cuda_decode_form(const mla_cuda_device_info *dev, const mla_decode_problem *p);
+ * the fp8-cache forms for H * q_len <= 32 (the swap kernel's MLA_DECODE_V2_CONV value, e.g.
+ * "lazy8", or "v2 mma.sync"; "seesaw32 lazy8", ...; "other" for the rest), and its head blocks
+ * (two 16-row ones for 32 rows on the swap kernel), read on the host alone. */
+const char *mla_cuda_decode_form(const mla_cuda_device_info *dev, const mla_decode_problem *p,
+                                 int *head_blocks);
 
 int mla_cuda_prefill(const mla_cuda_device_info *dev, const mla_prefill_problem *p);
 int mla_cuda_merge_state(const mla_merge_problem *p);

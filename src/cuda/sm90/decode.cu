@@ -351,6 +351,7 @@ struct V2Form {
     int conv, bn;
     void (*kernel)(Params);
     int smem;
+    const char *name; // the MLA_DECODE_V2_CONV value of a swap form (mla_cuda_decode_form)
 };
 template <int kConv, int kBN> constexpr V2Form v2_form()
 {
@@ -359,7 +360,8 @@ template <int kConv, int kBN> constexpr V2Form v2_form()
     return {kConv, kBN, decode_fp8_m16_kernel<kConv, kBN>,
             (kConv & kConvW8)    ? V2Cfg<kBN>::kSmemW8
             : (kConv & kConvTma) ? V2Cfg<kBN>::kSmemTma
-                                 : V2Cfg<kBN, pad>::kSmem};
+                                 : V2Cfg<kBN, pad>::kSmem,
+            nullptr};
 }
 const V2Form kV2Forms[] = {
     v2_form<mla_decode_v2::kConvCvt | kV2Pad, 64>(), v2_form<mla_decode_v2::kConvCvt | kV2Pad, 32>(),
@@ -368,11 +370,12 @@ const V2Form kV2Forms[] = {
     v2_form<mla_decode_v2::kConvAlu, 32>(),          v2_form<kV2Q8, 64>(),
     v2_form<kV2W8, 64>(),
     v2_form<kV2Q8 | kV2Pad, 64>(),                   v2_form<kV2Tma, 64>(),
-    {kV2Swap, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<false>, mla_decode_v2s::SwapCfg::kSmem},
-    {kV2SwapLazy, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<true>, mla_decode_v2s::SwapCfg::kSmemLazy},
-    {kV2SwapQ3, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<false, 3>, mla_decode_v2s::SwapCfg::kSmem},
-    {kV2SwapQ8, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<false, 1, true>, mla_decode_v2s::SwapCfg::kSmem},
-    {kV2SwapLazyQ8, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<true, 1, true>, mla_decode_v2s::SwapCfg::kSmemLazy},
+    {kV2Swap, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<false>, mla_decode_v2s::SwapCfg::kSmem, "swap"},
+    {kV2SwapLazy, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<true>, mla_decode_v2s::SwapCfg::kSmemLazy, "lazy"},
+    {kV2SwapQ3, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<false, 3>, mla_decode_v2s::SwapCfg::kSmem, "swapq3"},
+    {kV2SwapQ8, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<false, 1, true>, mla_decode_v2s::SwapCfg::kSmem, "swap8"},
+    {kV2SwapLazyQ8, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<true, 1, true>, mla_decode_v2s::SwapCfg::kSmemLazy,
+     "lazy8"},
 };
 constexpr int kNumV2Forms = (int)(sizeof kV2Forms / sizeof kV2Forms[0]);
 const V2Form *v2_form_of(int conv, int bn)
@@ -892,25 +895,23 @@ extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode
     return (int)e;
 }
 
-extern "C" const char *mla_cuda_decode_form(const mla_cuda_device_info *dev, const mla_decode_problem *p)
+extern "C" const char *mla_cuda_decode_form(const mla_cuda_device_info *dev, const mla_decode_problem *p,
+                                            int *head_blocks)
 {
+    *head_blocks = 0;
     if (check_decode_problem(p) != (int)cudaSuccess || p->batch < 1) return "none";
     const bool fp8 = p->kv_dtype == MLA_DTYPE_FP8_E4M3, q_fp8 = p->q_dtype == MLA_DTYPE_FP8_E4M3;
     const Plan pl = make_plan(dev->num_sms, p->batch, p->q_len, p->num_heads, selected_variant(), fp8,
                               p->total_keys);
+    *head_blocks = pl.head_blocks;
     if (runs_fp8_seesaw32(pl, fp8, p->batch, p->total_keys)) {
         bool lazy, q8;
         seesaw32_form(q_fp8, &lazy, &q8);
         return q8 ? (lazy ? "seesaw32 lazy8" : "seesaw32 seesaw8") : (lazy ? "seesaw32 lazy" : "seesaw32 seesaw");
     }
     if (runs_v2_fp8_m16(pl, fp8)) {
-        static const struct { int conv; const char *name, *heads2; } swaps[] = {
-            {kV2Swap, "swap", "swap x2"}, {kV2SwapLazy, "lazy", "lazy x2"}, {kV2SwapQ3, "swapq3", "swapq3 x2"},
-            {kV2SwapQ8, "swap8", "swap8 x2"}, {kV2SwapLazyQ8, "lazy8", "lazy8 x2"}};
-        const int conv = v2_conversion(q_fp8, pl.bn);
-        for (const auto &f : swaps)
-            if (f.conv == conv) return pl.head_blocks == 2 ? f.heads2 : f.name;
-        return "v2 other";
+        const char *name = v2_form_of(v2_conversion(q_fp8, pl.bn), pl.bn)->name;
+        return name ? name : "v2 mma.sync";
     }
     return "other";
 }
