@@ -123,7 +123,8 @@ TEST(decode_forms_for_16_and_32_rows)
     setenv("MLA_DECODE_V2_BN", "32", 1);
     mla_cuda_decode_reread_switches();
     CHECK_FORM("seesaw32 lazy8", 96, 32, 1, 96LL * 100);
-    CHECK_FORM("v2 mma.sync x2", 64, 32, 1, 64LL * 16384); /* not the seesaw: the batch rule */
+    CHECK_FORM("v2 mma.sync", 64, 16, 1, 64LL * 16384); /* 16 rows: the mma.sync form */
+    CHECK_FORM("other", 64, 32, 1, 64LL * 16384); /* the batch rule: version 1's M = 32 kernel */
 
     for (int i = 0; i < kVars; i++) {
         if (saved[i]) setenv(vars[i], saved[i], 1);
