@@ -46,6 +46,9 @@ typedef struct gdecode_case {
                                 * adjacent cache rows (the TMA loaders' one-box path at page 32) */
     int grow_scores;           /* oracle_plant_growing_scores: a row's maximum moves inside
                                 * requests (rescales mid-request, jumps below and above 2^8) */
+    int index_check;           /* the host check of index contents on (off by default, so that
+                                * bad pages reach the kernels): the hopper backend then knows
+                                * the call's total keys, which picks the 17..32-row fp8 kernel */
 } gdecode_case;
 
 static void *xmalloc(size_t n)
@@ -82,7 +85,7 @@ static void config_for(mla_config *cfg, const gdecode_case *c, mla_device_type d
     cfg->page_size = c->page;
     cfg->kv_cache_dtype = c->kv_dtype;
     cfg->max_q_len = 8;
-    cfg->skip_index_check = 1; /* bad pages must reach the kernels */
+    cfg->skip_index_check = !c->index_check; /* bad pages must reach the kernels */
     cfg->scales.k_scale = c->kv_dtype == MLA_DTYPE_FP8_E4M3 ? 0.375f : 1.0f;
     cfg->scales.q_scale = c->q_dtype == MLA_DTYPE_FP8_E4M3 ? 0.5f : 1.0f;
     cfg->scales.o_scale = 1.25f;
@@ -543,8 +546,8 @@ TEST(gpu_decode_uneven_batches)
         }
         gdecode_case c = base_case(B, rep ? 1 : 2, 16, 64, MLA_DTYPE_FP8_E4M3, lens);
         run_gpu_decode_case(&c, rep == 2 ? "uneven batch 1100" : rep ? "uneven batch 300" : "uneven batch 40 q_len 2");
-        if (rep == 1) { /* 32 rows, 300 requests of ~230k keys in all: by default two swap head
-                         * blocks (the key rule; the seesaw where the host knows no total) */
+        if (rep == 1) { /* 32 rows from 96 requests, no host index check: the fp8 32-row
+                         * seesaw by the batch rule */
             c = base_case(B, 1, 32, 32, MLA_DTYPE_FP8_E4M3, lens);
             run_gpu_decode_case(&c, "uneven batch 300 fp8 H32");
         }
@@ -672,10 +675,10 @@ TEST(gpu_decode_growing_scores)
                  mla_dtype_name(c.q_dtype), c.heads, c.q_len, c.fp8_math ? " fp8 math" : "");
         run_gpu_decode_case(&c, label);
     }
-    /* 32 rows with an fp8 cache, 330k-360k keys in all (>= 320k): the seesaw by default
-     * (decode_fp8_seesaw32.cuh) */
+    /* 32 rows with an fp8 cache from 96 requests, no host index check: the seesaw
+     * (decode_fp8_seesaw32.cuh) by the batch rule */
     int many[100];
-    for (int b = 0; b < 100; b++) many[b] = mla_test_rand_int(3300, 3600);
+    for (int b = 0; b < 100; b++) many[b] = mla_test_rand_int(100, 1600);
     gdecode_case c = base_case(100, 1, 32, 64, MLA_DTYPE_FP8_E4M3, many);
     c.grow_scores = 1;
     run_gpu_decode_case(&c, "growing scores fp8 cache H 32 batch 100");
@@ -684,18 +687,22 @@ TEST(gpu_decode_growing_scores)
 TEST(gpu_decode_rows32_by_total_keys)
 {
     /* fp8-cache rows 17..32 pick their kernel by the keys of the whole call when the host
-     * knows them (decode.cu fp8_seesaw32_auto): 40 requests of 8.2k-8.4k keys (>= 320k in
-     * all) take the 32-row seesaw with its lazy softmax, with a bf16 and an fp8 query (S^T in
-     * e4m3 wgmma); 120 short requests take two 16-row head blocks of the swap kernel. */
+     * knows them (decode.cu fp8_seesaw32_auto; the index check on, so the backend sums
+     * seq_lens): 40 requests of 8.2k-8.4k keys (>= 320k in all) take the 32-row seesaw with its
+     * lazy softmax, with a bf16 and an fp8 query (S^T in e4m3 wgmma), where the batch rule
+     * would take head blocks; 120 short requests take two 16-row head blocks of the swap
+     * kernel, where the batch rule would take the seesaw. */
     int lens[120];
     for (int b = 0; b < 40; b++) lens[b] = mla_test_rand_int(8200, 8400);
     for (int q8 = 0; q8 < 2; q8++) {
         gdecode_case c = base_case(40, 1, 32, 64, MLA_DTYPE_FP8_E4M3, lens);
+        c.index_check = 1;
         if (q8) c.q_dtype = MLA_DTYPE_FP8_E4M3;
         run_gpu_decode_case(&c, q8 ? "320k+ keys H32 fp8 q" : "320k+ keys H32 bf16 q");
     }
     for (int b = 0; b < 120; b++) lens[b] = mla_test_rand_int(1, 1500);
     gdecode_case c = base_case(120, 1, 32, 32, MLA_DTYPE_FP8_E4M3, lens);
+    c.index_check = 1;
     c.q_dtype = MLA_DTYPE_FP8_E4M3;
     run_gpu_decode_case(&c, "120 short requests H32 fp8 q");
 }
