@@ -79,13 +79,9 @@ TEST(decode_forms_for_16_and_32_rows)
     /* The defaults (H200 A/Bs, bench/NOTES.md twenty-second session): 16 rows on the swap
      * kernel with the lazy softmax, S^T in e4m3 for an fp8 query; 32 rows on the 32-row seesaw
      * from 320k keys in all when the total is known, else from 96 requests, and on two 16-row
-     * head blocks below. With MLA_DECODE_CLUSTER=auto (opt-in), 16 rows run the lazy forms'
-     * cluster form ("c" and the CTAs per cluster) with the largest of 8, 4, 2 CTAs whose cluster
-     * count covers the batch: without a GPU the count is 2 * 132 / C (33, 66, 132), an upper
-     * bound of what the occupancy query gives. */
+     * head blocks below. */
     static const char *const vars[] = {"MLA_DECODE_VARIANT", "MLA_DECODE_V2_CONV", "MLA_DECODE_V2_BN",
-                                       "MLA_DECODE_V2_LAYOUT", "MLA_DECODE_FP8_ROWS32", "MLA_DECODE_FP8_CONV",
-                                       "MLA_DECODE_CLUSTER"};
+                                       "MLA_DECODE_V2_LAYOUT", "MLA_DECODE_FP8_ROWS32", "MLA_DECODE_FP8_CONV"};
     enum { kVars = (int)(sizeof vars / sizeof vars[0]) };
     char *saved[kVars];
     for (int i = 0; i < kVars; i++) {
@@ -112,28 +108,7 @@ TEST(decode_forms_for_16_and_32_rows)
     setenv("MLA_DECODE_V2_CONV", "swap", 1);
     mla_cuda_decode_reread_switches();
     CHECK_FORM("swap x2", 128, 32, 1, 128LL * 8192);
-    setenv("MLA_DECODE_CLUSTER", "auto", 1);
-    mla_cuda_decode_reread_switches();
-    CHECK_FORM("swap", 64, 16, 1, 0); /* no cluster form */
-    unsetenv("MLA_DECODE_V2_CONV");
-    mla_cuda_decode_reread_switches();
-    CHECK_FORM("lazy c4", 64, 16, 0, 0);
-    CHECK_FORM("lazy8 c4", 64, 16, 1, 64LL * 16384);
-    CHECK_FORM("lazy8 c8", 1, 16, 1, 65536);
-    CHECK_FORM("lazy8 c8", 33, 16, 1, 0);
-    CHECK_FORM("lazy8 c4", 34, 16, 1, 0);
-    CHECK_FORM("lazy c4", 66, 16, 0, 0);
-    CHECK_FORM("lazy c2", 67, 16, 0, 0);
-    CHECK_FORM("lazy8 c2", 132, 16, 1, 0);
-    CHECK_FORM("lazy8", 133, 16, 1, 0);
-    CHECK_FORM("lazy8 c8", 8, 8, 1, 0); /* fewer heads: the same 16-row kernel */
-    CHECK_FORM("lazy8 x2", 64, 32, 1, 64LL * 4096); /* 32 rows: no cluster form */
-    setenv("MLA_DECODE_CLUSTER", "2", 1);
-    mla_cuda_decode_reread_switches();
-    CHECK_FORM("lazy8 c2", 1000, 16, 1, 0); /* forced: any batch */
-    CHECK_FORM("lazy8 x2", 64, 32, 1, 64LL * 4096); /* 32 rows: no cluster form */
-    unsetenv("MLA_DECODE_CLUSTER");
-    setenv("MLA_DECODE_V2_CONV", "swap", 1);
+    CHECK_FORM("swap", 64, 16, 1, 0);
     setenv("MLA_DECODE_FP8_ROWS32", "seesaw", 1);
     mla_cuda_decode_reread_switches();
     CHECK_FORM("seesaw32 seesaw", 4, 32, 1, 4096);

@@ -707,45 +707,6 @@ TEST(gpu_decode_rows32_by_total_keys)
     run_gpu_decode_case(&c, "120 short requests H32 fp8 q");
 }
 
-TEST(gpu_decode_cluster_form)
-{
-    /* The swap kernel's cluster form (decode_v2_swap.cuh kClu: the CTAs of a cluster share a
-     * part, take every C-th block of each piece, and merge the piece through distributed shared
-     * memory). Each case runs in the default form, then with the automatic C, with C forced to
-     * 2, 4 and 8, and with the form off, all against the same reference. Cases: batch 1 long (its pieces go on in other
-     * clusters: the merged partials and the combine); short requests of 1..65 keys (ranks whose
-     * share of a piece is only empty blocks); 40 uneven requests of q_len 2 with 8 heads, fp8
-     * query and LSE (pieces across clusters, clusters over several requests); 150 requests
-     * (plain form by default, 2 and 8 forced); one head. */
-    const char *saved = getenv("MLA_TEST_DECODE_FORMS");
-    char *keep = saved ? strdup(saved) : NULL;
-    setenv("MLA_TEST_DECODE_FORMS", "MLA_DECODE_CLUSTER=auto;MLA_DECODE_CLUSTER=2;MLA_DECODE_CLUSTER=4;MLA_DECODE_CLUSTER=8;MLA_DECODE_CLUSTER=off", 1);
-    int lens[150];
-    lens[0] = 65536;
-    gdecode_case c = base_case(1, 1, 16, 64, MLA_DTYPE_FP8_E4M3, lens);
-    c.with_lse = 1;
-    run_gpu_decode_case(&c, "cluster: batch 1 64k");
-    static const int shorts[] = {1, 63, 64, 65, 2, 0, 129, 4097};
-    c = base_case(8, 1, 16, 32, MLA_DTYPE_FP8_E4M3, shorts);
-    c.with_lse = 1;
-    run_gpu_decode_case(&c, "cluster: short requests page 32");
-    for (int b = 0; b < 40; b++) lens[b] = mla_test_rand_int(0, 9) == 0 ? mla_test_rand_int(0, 40) : mla_test_rand_int(100, 9000);
-    c = base_case(40, 2, 8, 64, MLA_DTYPE_FP8_E4M3, lens);
-    c.q_dtype = MLA_DTYPE_FP8_E4M3;
-    c.with_lse = 1;
-    run_gpu_decode_case(&c, "cluster: 40 uneven q_len 2 H8 fp8 q");
-    for (int b = 0; b < 150; b++) lens[b] = mla_test_rand_int(1, 2500);
-    c = base_case(150, 1, 16, 64, MLA_DTYPE_FP8_E4M3, lens);
-    run_gpu_decode_case(&c, "cluster: 150 requests");
-    for (int b = 0; b < 3; b++) lens[b] = mla_test_rand_int(3000, 20000);
-    c = base_case(3, 1, 1, 64, MLA_DTYPE_FP8_E4M3, lens);
-    c.with_lse = 1;
-    run_gpu_decode_case(&c, "cluster: H1 3 requests");
-    if (keep) setenv("MLA_TEST_DECODE_FORMS", keep, 1);
-    else unsetenv("MLA_TEST_DECODE_FORMS");
-    free(keep);
-}
-
 TEST(gpu_decode_full_range_cache_values)
 {
     /* Cache values over the whole e4m3 range (+-448): the fp8-cache kernels may keep split

@@ -69,7 +69,6 @@ using mla_decode_v1::Params;
 //   so was a "v5" that fed v3's math from a producer warpgroup.)
 struct Plan {
     int rows, m, head_blocks, num_parts, bn, ctas_per_sm;
-    int cluster; // CTAs per part (the swap kernel's cluster form, decode_v2_swap.cuh kClu), else 1
 };
 
 enum Variant {
@@ -268,11 +267,6 @@ bool v2_swap_selected()
 {
     return swap_form(v2_conversion(false, v2_block_n()));
 }
-// Whether they take its lazy forms ("lazy", "lazy8"), the ones with a cluster form.
-bool v2_lazy_selected()
-{
-    return v2_conversion(false, v2_block_n()) == kV2SwapLazy;
-}
 
 // Whether bf16-cache calls with H * q_len <= 32 take decode_bf16_swap.cuh (MLA_DECODE_BF16_SWAP,
 // default 1; read once per process, like the variant, since the plan depends on it).
@@ -342,46 +336,6 @@ bool fp8_seesaw32_takes(int rows, int batch, long long total_keys)
     return mode == 1 || mode >= 3 || (mode == 2 && fp8_seesaw32_auto(batch, total_keys));
 }
 
-// The swap kernel's cluster form (decode_v2_swap.cuh kClu) for H * q_len <= 16 with an fp8
-// cache, in the lazy forms (lazy, lazy8: the defaults): the C CTAs of a thread-block cluster share
-// one part and merge each piece through distributed shared memory, so that a request handled by
-// one cluster needs no combine work. MLA_DECODE_CLUSTER (read once per process; the plan depends
-// on it): "off" (default until measured); "auto" the largest C of 8, 4, 2 whose cluster count
-// still covers the batch (B <= 32: 8, <= 66: 4, <= 132: 2 on a 132-SM part), else off; "2",
-// "4", "8" that C whatever the batch.
-int cluster_mode()
-{
-    static const char *const names[] = {"off", "auto", "2", "4", "8"};
-    static CachedSwitch slot;
-    return cached_env_choice(slot, "MLA_DECODE_CLUSTER", names, 5, 0);
-}
-// Clusters of C (2, 4, 8) two-CTA-per-SM swap CTAs the device holds at once: the occupancy
-// query's answer once the attributes are set (set_all_smem_attrs; clusters stay inside a GPC,
-// so it can be below 2 * SMs / C), before that 2 * SMs / C, an upper bound, so that sizes taken
-// earlier still hold. A plan is built and used after the attributes are set, so both see the
-// same count.
-std::atomic<int> g_cluster_sms{0};
-std::atomic<int> g_cluster_parts[4];
-int cluster_parts(int c, int num_sms)
-{
-    const int idx = c == 2 ? 1 : c == 4 ? 2 : 3;
-    if (g_cluster_sms.load(std::memory_order_acquire) == num_sms) {
-        const int n = g_cluster_parts[idx].load(std::memory_order_relaxed);
-        if (n > 0) return n;
-    }
-    return 2 * num_sms / c;
-}
-// C for a plan of `batch` requests (1: no cluster form).
-int cluster_for(int batch, int num_sms)
-{
-    const int mode = cluster_mode();
-    if (mode == 0) return 1;
-    if (mode >= 2) return 1 << (mode - 1);
-    for (int c = 8; c >= 2; c >>= 1)
-        if (cluster_parts(c, num_sms) >= batch) return c;
-    return 1;
-}
-
 // Rows 17..32 on the bf16 swap kernel: MLA_DECODE_BF16_ROWS32=wg2 (two math warpgroups of 16
 // rows sharing the ring) or n32 (one warpgroup, N = 32).
 int bf16_swap_rows32()
@@ -424,9 +378,6 @@ const V2Form kV2Forms[] = {
      "lazy8"},
 };
 constexpr int kNumV2Forms = (int)(sizeof kV2Forms / sizeof kV2Forms[0]);
-// The cluster forms (kClu) of "lazy" and "lazy8": same shared memory as theirs.
-void (*const kCluLazy)(Params) = mla_decode_v2s::decode_fp8_m16_swap_kernel<true, 3, false, true>;
-void (*const kCluLazyQ8)(Params) = mla_decode_v2s::decode_fp8_m16_swap_kernel<true, 1, true, true>;
 const V2Form *v2_form_of(int conv, int bn)
 {
     for (int i = 0; i < kNumV2Forms; i++)
@@ -441,7 +392,6 @@ Plan make_plan(int num_sms, int batch, int q_len, int heads, Variant variant, bo
 {
     Plan pl;
     pl.rows = q_len * heads;
-    pl.cluster = 1;
     if (variant == kVariantWide) {
         pl.m = pl.rows <= 16 ? 16 : pl.rows <= 32 ? 32 : 64;
         pl.bn = 64;
@@ -459,15 +409,13 @@ Plan make_plan(int num_sms, int batch, int q_len, int heads, Variant variant, bo
         pl.m = pl.rows <= 16 || (fp8 && v2_family(variant) && v2_swap_selected()) ? 16 : 32;
         pl.bn = fp8 && pl.m == 16 && v2_family(variant) ? v2_block_n() : 32;
         pl.ctas_per_sm = 2;
-        if (fp8 && pl.rows <= 16 && pl.bn == 64 && v2_family(variant) && v2_lazy_selected())
-            pl.cluster = cluster_for(batch, num_sms);
     } else {
         pl.m = 64;
         pl.bn = 64;
         pl.ctas_per_sm = 1;
     }
     pl.head_blocks = (pl.rows + pl.m - 1) / pl.m;
-    pl.num_parts = pl.cluster > 1 ? cluster_parts(pl.cluster, num_sms) : num_sms * pl.ctas_per_sm / pl.head_blocks;
+    pl.num_parts = num_sms * pl.ctas_per_sm / pl.head_blocks;
     if (pl.num_parts < 1) pl.num_parts = 1;
     if (pl.num_parts > MLA_DECODE_MAX_PARTS) pl.num_parts = MLA_DECODE_MAX_PARTS;
     return pl;
@@ -536,44 +484,6 @@ cudaError_t set_all_smem_attrs()
                 fprintf(stderr, "libmla decode: v2 kernel %d smem=%d: %d CTAs/SM\n", i, bytes, blocks);
             }
         }
-    }
-    for (int q8 = 0; q8 < 2 && e == cudaSuccess; q8++) {
-        e = cudaFuncSetAttribute(q8 ? kCluLazyQ8 : kCluLazy, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 mla_decode_v2s::SwapCfg::kSmemLazy);
-        if (e == cudaSuccess)
-            e = cudaFuncSetAttribute(q8 ? kCluLazyQ8 : kCluLazy, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                     (int)cudaSharedmemCarveoutMaxShared);
-    }
-    if (e == cudaSuccess) {
-        // How many clusters of each size fit at once (cluster_parts). A failed query leaves the
-        // upper bound, and the cluster form off: a plan with more clusters than fit would
-        // run them in two waves.
-        int dev = 0, sms = 0;
-        bool ok = cudaGetDevice(&dev) == cudaSuccess &&
-                  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess;
-        for (int i = 1; i < 4 && ok; i++) {
-            const int c = 1 << i;
-            cudaLaunchAttribute attr;
-            attr.id = cudaLaunchAttributeClusterDimension;
-            attr.val.clusterDim.x = (unsigned)c;
-            attr.val.clusterDim.y = 1;
-            attr.val.clusterDim.z = 1;
-            cudaLaunchConfig_t cfg = {};
-            cfg.gridDim = dim3((unsigned)(2 * sms / c * c));
-            cfg.blockDim = dim3((unsigned)mla_decode_v2::kNT);
-            cfg.dynamicSmemBytes = mla_decode_v2s::SwapCfg::kSmemLazy;
-            cfg.attrs = &attr;
-            cfg.numAttrs = 1;
-            int n1 = 0, n2 = 0;
-            ok = cudaOccupancyMaxActiveClusters(&n1, kCluLazy, &cfg) == cudaSuccess &&
-                 cudaOccupancyMaxActiveClusters(&n2, kCluLazyQ8, &cfg) == cudaSuccess;
-            const int n = n1 < n2 ? n1 : n2;
-            g_cluster_parts[i].store(ok && n > 0 ? n : 0, std::memory_order_relaxed);
-            if (getenv("MLA_DECODE_DEBUG"))
-                fprintf(stderr, "libmla decode: swap cluster form C=%d: %d clusters at once (%d SMs)\n", c, n, sms);
-        }
-        if (ok) g_cluster_sms.store(sms, std::memory_order_release);
-        else (void)cudaGetLastError(); // a failed query is not the caller's error
     }
     if (e == cudaSuccess)
         e = cudaFuncSetAttribute(mla_decode_bs::decode_bf16_swap_kernel<16, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -724,22 +634,6 @@ cudaError_t launch_v2_fp8_m16(const Params &prm, const Plan &pl, bool *half_part
         Params tp = prm;
         if (encode_kv_maps(tp, prm.page_size == 64 && pl.bn == 64 ? 64 : 32)) {
             const V2Form *f = v2_form_of(conv, pl.bn);
-            // The cluster form's empty blocks start at key 2^30 (kEmptyBlk), past any seq_eff
-            // below that; a longer block table runs the plain form on the cluster plan (same
-            // split layout, fewer CTAs).
-            if (pl.cluster > 1 && (conv == kV2SwapLazy || conv == kV2SwapLazyQ8) &&
-                (long long)prm.max_pages * prm.page_size < (1LL << 30)) {
-                cudaLaunchAttribute attrs[2];
-                cudaLaunchConfig_t cfg = mla_pdl_launch_config(dim3((unsigned)(pl.num_parts * pl.cluster), (unsigned)pl.head_blocks),
-                                                               dim3((unsigned)kNT), (size_t)f->smem, stream, &attrs[0]);
-                attrs[1].id = cudaLaunchAttributeClusterDimension;
-                attrs[1].val.clusterDim.x = (unsigned)pl.cluster;
-                attrs[1].val.clusterDim.y = 1;
-                attrs[1].val.clusterDim.z = 1;
-                cfg.attrs = attrs;
-                cfg.numAttrs = 2;
-                return cudaLaunchKernelEx(&cfg, conv == kV2SwapLazyQ8 ? kCluLazyQ8 : kCluLazy, tp);
-            }
             return launch_split(f->kernel, tp, pl, kNT, f->smem, stream);
         }
         conv = kConvCvt | kV2Pad;
@@ -932,8 +826,6 @@ extern "C" int mla_cuda_decode_plan(const mla_cuda_device_info *dev, const mla_d
     int rc = check_decode_problem(p);
     if (rc != (int)cudaSuccess || p->batch < 1) return rc;
     if (!p->plan) return (int)cudaErrorInvalidValue;
-    const cudaError_t e = ensure_smem_attrs(dev->device); // as in mla_cuda_decode: the cluster count
-    if (e != cudaSuccess) return (int)e;
     const Plan pl = make_plan(dev->num_sms, p->batch, p->q_len, p->num_heads, selected_variant(),
                               p->kv_dtype == MLA_DTYPE_FP8_E4M3);
     const mla_decode_split_layout L =
@@ -951,14 +843,13 @@ extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode
     if (rc != (int)cudaSuccess) return rc;
     if (p->batch < 1) return (int)cudaSuccess;
 
-    // The attributes first: the plan's cluster count comes from their occupancy query.
-    cudaError_t e = ensure_smem_attrs(dev->device);
-    if (e != cudaSuccess) return (int)e;
     const Plan pl = make_plan(dev->num_sms, p->batch, p->q_len, p->num_heads, selected_variant(),
                               p->kv_dtype == MLA_DTYPE_FP8_E4M3, p->total_keys);
     const mla_decode_split_layout L =
         mla_decode_split_layout_make(p->batch, pl.rows, mla_decode_v1::kDv, pl.num_parts);
     if (!p->workspace || p->workspace_bytes < L.total_bytes) return (int)cudaErrorInvalidValue;
+    cudaError_t e = ensure_smem_attrs(dev->device);
+    if (e != cudaSuccess) return (int)e;
 
     cudaStream_t stream = (cudaStream_t)p->stream;
     // With a plan built earlier (same batch, q_len and seq_lens: the base backend checks what
@@ -1019,13 +910,7 @@ extern "C" const char *mla_cuda_decode_form(const mla_cuda_device_info *dev, con
         return q8 ? (lazy ? "seesaw32 lazy8" : "seesaw32 seesaw8") : (lazy ? "seesaw32 lazy" : "seesaw32 seesaw");
     }
     if (runs_v2_fp8_m16(pl, fp8)) {
-        const int conv = v2_conversion(q_fp8, pl.bn);
-        if (pl.cluster > 1 && (conv == kV2SwapLazy || conv == kV2SwapLazyQ8)) {
-            // (the launch runs the plain form instead past 2^30 keys per block table)
-            static const char *const names[2][3] = {{"lazy c2", "lazy c4", "lazy c8"}, {"lazy8 c2", "lazy8 c4", "lazy8 c8"}};
-            return names[conv == kV2SwapLazyQ8][pl.cluster == 2 ? 0 : pl.cluster == 4 ? 1 : 2];
-        }
-        const char *name = v2_form_of(conv, pl.bn)->name;
+        const char *name = v2_form_of(v2_conversion(q_fp8, pl.bn), pl.bn)->name;
         return name ? name : "v2 mma.sync";
     }
     return "other";

@@ -113,163 +113,6 @@ __device__ __forceinline__ void load_qt_t(const Params &p, int b, int row0, uint
 
 template <int N> struct QPasses { static constexpr int value = N; }; // load_qt_t's passes, as a lambda argument
 
-// ---- Cluster form (kClu): the C CTAs of a thread-block cluster share one part ----
-// Rank r of the cluster takes blocks lo + r, lo + r + C, ... of each piece [lo, hi) of the part,
-// ceil((hi - lo) / C) of them, the ones past hi being empty blocks (no loads, every key masked),
-// so that every rank reaches every piece's end in the same iteration; there the ranks merge
-// their (O, m, l) through distributed shared memory, and the piece's output (or its one partial,
-// when the request goes on in another part) is written once, with no combine work for it.
-struct CluCursor : Cursor {
-    int n, nxt; // iterations left in this piece, this rank's next candidate block
-};
-// A block index whose first key (2^30) lies past any seq_eff the cluster form runs with.
-constexpr int kEmptyBlk = 1 << 24;
-__device__ __forceinline__ void clu_piece(CluCursor &c, int r, int csize)
-{
-    const int lo = c.blk;
-    c.n = (c.hi - lo + csize - 1) / csize;
-    c.nxt = lo + r;
-    c.blk = c.nxt < c.hi ? c.nxt : kEmptyBlk;
-}
-__device__ __forceinline__ void clu_next(const Params &p, int part, int tau, int r, int csize, CluCursor &c)
-{
-    if (c.b >= p.batch) return;
-    if (--c.n > 0) {
-        c.nxt += csize;
-        c.blk = c.nxt < c.hi ? c.nxt : kEmptyBlk;
-        return;
-    }
-    const int nb = c.b + 1;
-    if (nb < p.batch && p.s.first_part[nb] <= part) {
-        cursor_range(p, part, tau, nb, c);
-        clu_piece(c, r, csize);
-    } else {
-        c.b = p.batch;
-    }
-}
-__device__ __forceinline__ uint32_t cluster_rank()
-{
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ uint32_t cluster_size()
-{
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(r));
-    return r;
-}
-// Every thread of every CTA of the cluster: writes before it are visible to reads after it.
-__device__ __forceinline__ void cluster_sync_all()
-{
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-// The address of this CTA's shared-memory byte `a` in cluster rank r's shared memory.
-__device__ __forceinline__ uint32_t dsmem_addr(uint32_t a, uint32_t r)
-{
-    uint32_t d;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(d) : "r"(a), "r"(r));
-    return d;
-}
-__device__ __forceinline__ float dsmem_ld(uint32_t a)
-{
-    float v;
-    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(a) : "memory");
-    return v;
-}
-__device__ __forceinline__ void dsmem_st4(uint32_t a, float x, float y, float z, float w)
-{
-    asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(a), "f"(x), "f"(y), "f"(z), "f"(w) : "memory");
-}
-
-// The cluster form's end of a piece (every thread of every rank, in the same iteration): merges
-// the ranks' (O^T, m, l) of the piece's rows and writes its output, or its one partial when the
-// request goes on in another part. sRedSum holds this CTA's row sums per warp (the caller's
-// barrier made them visible); buf is this CTA's stage of the block just finished (its P V
-// retired), which the other ranks fill with their rescaled O^T columns for this rank: [rank][row
-// 16][512 / C] floats, 32 KB. (m, l) go out through sRedMax, read by the other ranks only
-// between the two cluster barriers.
-__device__ __forceinline__ void clu_merge_piece(const Params &p, int b, int nsplit, int slot, int row0, int crank,
-                                             int csize, uint32_t buf, float *sRedMax, const float *sRedSum,
-                                             const float (&m_run)[4], const float (&o)[8][8])
-{
-    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, t = lane & 3;
-    if (w == 0 && g == 0) {
-#pragma unroll
-        for (int r = 0; r < 4; r++) {
-            const int n = 8 * (r >> 1) + 2 * t + (r & 1);
-            float L = 0.f;
-#pragma unroll
-            for (int v = 0; v < 4; v++) L += sRedSum[v * 16 + n];
-            sRedMax[n] = m_run[r];
-            sRedMax[16 + n] = L;
-        }
-    }
-    cluster_sync_all();
-    const uint32_t sML = smem_u32(sRedMax);
-    float wgt[4];
-#pragma unroll
-    for (int r = 0; r < 4; r++) {
-        const int n = 8 * (r >> 1) + 2 * t + (r & 1);
-        float M = -INFINITY, Lt = 0.f;
-        for (int k = 0; k < csize; k++) M = fmaxf(M, dsmem_ld(dsmem_addr(sML + 4u * n, (uint32_t)k)));
-        if (M != -INFINITY)
-            for (int k = 0; k < csize; k++) {
-                const uint32_t a = dsmem_addr(sML, (uint32_t)k);
-                Lt += dsmem_ld(a + 4u * (16 + n)) * fast_exp2(dsmem_ld(a + 4u * n) - M);
-            }
-        wgt[r] = Lt > 0.f ? fast_exp2(m_run[r] - M) / Lt : 0.f;
-        const int gr = row0 + n;
-        if (crank == 0 && w == 0 && g == 0 && gr < p.rows) {
-            const float lse = Lt > 0.f ? (M + log2f(Lt)) * 0.69314718055994531f : -INFINITY;
-            if (nsplit > 1) p.s.part_lse[(size_t)slot * p.rows + gr] = lse;
-            else if (p.lse) p.lse[(size_t)b * p.rows + gr] = lse;
-        }
-    }
-    // This thread's 16 dims [16 c, +16) of its 4 rows, weighted, to the rank that owns them.
-    const int W = kDv / csize, c = 8 * w + g, q = 16 * c / W;
-    const uint32_t dst0 = dsmem_addr(buf, (uint32_t)q) + (uint32_t)((crank * 16 * W + 16 * c - q * W) * 4);
-#pragma unroll
-    for (int r = 0; r < 4; r++) {
-        const int n = 8 * (r >> 1) + 2 * t + (r & 1), kx = 4 * (r >> 1) + (r & 1);
-        const uint32_t dst = dst0 + (uint32_t)(n * W * 4);
-#pragma unroll
-        for (int k = 0; k < 4; k++)
-            dsmem_st4(dst + 16u * k, o[2 * k][kx] * wgt[r], o[2 * k][kx + 2] * wgt[r], o[2 * k + 1][kx] * wgt[r],
-                      o[2 * k + 1][kx + 2] * wgt[r]);
-    }
-    cluster_sync_all();
-    // This rank's W columns: 8 threads per row, W / 8 (>= 8) columns each, summed over the ranks
-    // in rank order.
-    const int n = tid >> 3, per = W >> 3, gr = row0 + n;
-    if (gr < p.rows) {
-        const int cbase = (tid & 7) * per;
-        const size_t orow = (size_t)b * p.rows + gr, prow = (size_t)slot * p.rows + gr;
-        for (int c8 = 0; c8 < per; c8 += 8) {
-            float a[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-            for (int k = 0; k < csize; k++) {
-                const uint32_t src = buf + (uint32_t)(((k * 16 + n) * W + cbase + c8) * 4);
-                const uint4 x = lds128(src), y = lds128(src + 16u);
-                a[0] += __uint_as_float(x.x), a[1] += __uint_as_float(x.y), a[2] += __uint_as_float(x.z), a[3] += __uint_as_float(x.w);
-                a[4] += __uint_as_float(y.x), a[5] += __uint_as_float(y.y), a[6] += __uint_as_float(y.z), a[7] += __uint_as_float(y.w);
-            }
-            const int col = crank * W + cbase + c8;
-            if (nsplit == 1) {
-                const float sc = p.bmm2;
-                *reinterpret_cast<uint4 *>(p.out + orow * kDv + col) =
-                    make_uint4(pack2<false>(a[0] * sc, a[1] * sc), pack2<false>(a[2] * sc, a[3] * sc),
-                               pack2<false>(a[4] * sc, a[5] * sc), pack2<false>(a[6] * sc, a[7] * sc));
-            } else {
-                // float16 partials (decode_split.cuh), as the other pieces'
-                *reinterpret_cast<uint4 *>(reinterpret_cast<uint16_t *>(p.s.part_o) + prow * kDv + col) =
-                    make_uint4(pack2<true>(a[0], a[1]), pack2<true>(a[2], a[3]), pack2<true>(a[4], a[5]), pack2<true>(a[6], a[7]));
-            }
-        }
-    }
-    mla_decode_v3::fence_proxy_async(); // this stage's generic accesses before its next TMA write
-    __syncthreads();
-}
-
 // kLazy: the softmax against a lazy reference (MLA_DECODE_V2_CONV=lazy, and lazy8, the default
 // since 2026-12-05: 2.5-3.5% faster from 16k keys on an H200, bench/NOTES.md): see the branch below.
 // kQLoop: passes of a new request's Q^T load inside the loop (1: all 36 load registers in flight
@@ -282,7 +125,7 @@ __device__ __forceinline__ void clu_merge_piece(const Params &p, int b, int nspl
 // tensor cores keep fewer accumulator bits than float32 (~14, DeepSeek-V3 report), so each of
 // five accumulators takes at most 4 k-steps (128 dims) and they are added in float32. The key
 // rows are then the tile's own (fg = g).
-template <bool kLazy, int kQLoop = kLazy ? 3 : 1, bool kQ8 = false, bool kClu = false>
+template <bool kLazy, int kQLoop = kLazy ? 3 : 1, bool kQ8 = false>
 __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __grid_constant__ Params p)
 {
     using C = SwapCfg;
@@ -302,9 +145,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
 
     // Head block hb (blockIdx.y) takes query rows [16 hb, 16 hb + 16): rows 17..32 run as two
     // head blocks whose CTAs read the same key blocks (the second mostly from L2).
-    // kClu: the part is the cluster's (grid x = parts x cluster size), crank this CTA's rank.
-    const int csize = kClu ? (int)cluster_size() : 1, crank = kClu ? (int)cluster_rank() : 0;
-    const int part = kClu ? (int)blockIdx.x / csize : (int)blockIdx.x, row0 = kM * (int)blockIdx.y;
+    const int part = blockIdx.x, row0 = kM * (int)blockIdx.y;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
     // Timeline stamps (-DMLA_SEESAW_TIMELINE only): lane 0 of warps 0 and 3, per block j.
@@ -333,16 +174,8 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
     const int tau = *p.s.tau;
     const float qk_scale = p.scale_log2;
 
-    CluCursor cons; // (n, nxt: the cluster form only)
+    Cursor cons;
     const int seq0 = part_first_cursor(p, part, cons);
-    if constexpr (kClu) {
-        if (cons.b < p.batch) clu_piece(cons, crank, csize);
-    }
-    // The next piece or block of a cursor (this rank's share in the cluster form).
-    auto advance = [&](CluCursor &c) {
-        if constexpr (kClu) clu_next(p, part, tau, crank, csize, c);
-        else cursor_next(p, part, tau, c);
-    };
     if (cons.b >= p.batch) {
 #ifdef MLA_DECODE_TRACE
         mla_trace_split_end(tr_entry, tr_waited, 0, 0, 0);
@@ -408,12 +241,12 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
                    k8r = smem_desc(sBase + C::offStage + 4 * kBN * 128, 16, 512, 2);
     const uint64_t pdesc1 = smem_desc(sBase + C::offP2, 16, 1024, 1); // kLazy only
 
-    CluCursor prod = cons;
+    Cursor prod = cons;
     Pref pref;
     load_q(cons.b, [&] { pref = prefetch_block_seq<kBN>(p, prod, seq0); }, QPasses<1>{});
     set_limits(seq0);
     issue(0, prod, pref);
-    advance(prod);
+    cursor_next(p, part, tau, prod);
     pref = prefetch_block<kBN>(p, prod);
     int nprod = 1;
     bool new_req = false;
@@ -452,7 +285,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
                     asm volatile("prefetch.global.L1 [%0];\n" ::"l"(q0 + 128u * l));
             }
         }
-        advance(prod);
+        cursor_next(p, part, tau, prod);
         pref = prefetch_block<kBN>(p, prod);
         nprod++;
         MLA_SWAP_TL(2); // next block issued, cursor advanced
@@ -706,8 +539,8 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
 
         // ---- end of this request's piece ----
         const int b = cons.b;
-        const bool last = kClu ? cons.n == 1 : cons.blk + 1 >= cons.hi;
-        advance(cons);
+        const bool last = cons.blk + 1 >= cons.hi;
+        cursor_next(p, part, tau, cons);
         if (last) {
             wgmma_wait<0>();
 #pragma unroll
@@ -728,42 +561,37 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
             __syncthreads();
             const int nsplit = p.s.num_splits[b];
             const int slot = p.s.slot_base[b] + part - p.s.first_part[b];
-            if constexpr (kClu) {
-                clu_merge_piece(p, b, nsplit, slot, row0, crank, csize,
-                                sBase + (uint32_t)(C::offStage + stage * C::kStageBytes), sRedMax, sRedSum, m_run, o);
-            } else {
-                const int c = 8 * w + g; // this thread's 16 output dims [16 c, +16)
-    #pragma unroll
-                for (int r = 0; r < 4; r++) {
-                    const int n = 8 * (r >> 1) + 2 * t + (r & 1), gr = row0 + n;
-                    if (gr >= p.rows) continue;
-                    float L = 0.f;
-    #pragma unroll
-                    for (int v = 0; v < 4; v++) L += sRedSum[v * 16 + n];
-                    const float inv = L > 0.f ? 1.0f / L : 0.f;
-                    const float lse = L > 0.f ? (m_run[r] + log2f(L)) * 0.69314718055994531f : -INFINITY;
-                    const int kx = 4 * (r >> 1) + (r & 1); // o[i][kx] dim 2 i, o[i][kx + 2] dim 2 i + 1
-                    const size_t row = (size_t)b * p.rows + gr;
-                    if (nsplit == 1) {
-                        const float sc = inv * p.bmm2;
-                        uint32_t wv[8];
-    #pragma unroll
-                        for (int i = 0; i < 8; i++) wv[i] = pack2<false>(o[i][kx] * sc, o[i][kx + 2] * sc);
-                        uint4 *dst = reinterpret_cast<uint4 *>(p.out + row * kDv + 16 * c);
-                        dst[0] = make_uint4(wv[0], wv[1], wv[2], wv[3]);
-                        dst[1] = make_uint4(wv[4], wv[5], wv[6], wv[7]);
-                        if (p.lse && c == 0) p.lse[row] = lse;
-                    } else {
-                        // float16 partials (decode_split.cuh): |O / l| <= 448 for an fp8 cache.
-                        const size_t prow = (size_t)slot * p.rows + gr;
-                        uint32_t wv[8];
-    #pragma unroll
-                        for (int i = 0; i < 8; i++) wv[i] = pack2<true>(o[i][kx] * inv, o[i][kx + 2] * inv);
-                        uint4 *dst = reinterpret_cast<uint4 *>(reinterpret_cast<uint16_t *>(p.s.part_o) + prow * kDv + 16 * c);
-                        dst[0] = make_uint4(wv[0], wv[1], wv[2], wv[3]);
-                        dst[1] = make_uint4(wv[4], wv[5], wv[6], wv[7]);
-                        if (c == 0) p.s.part_lse[prow] = lse;
-                    }
+            const int c = 8 * w + g; // this thread's 16 output dims [16 c, +16)
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const int n = 8 * (r >> 1) + 2 * t + (r & 1), gr = row0 + n;
+                if (gr >= p.rows) continue;
+                float L = 0.f;
+#pragma unroll
+                for (int v = 0; v < 4; v++) L += sRedSum[v * 16 + n];
+                const float inv = L > 0.f ? 1.0f / L : 0.f;
+                const float lse = L > 0.f ? (m_run[r] + log2f(L)) * 0.69314718055994531f : -INFINITY;
+                const int kx = 4 * (r >> 1) + (r & 1); // o[i][kx] dim 2 i, o[i][kx + 2] dim 2 i + 1
+                const size_t row = (size_t)b * p.rows + gr;
+                if (nsplit == 1) {
+                    const float sc = inv * p.bmm2;
+                    uint32_t wv[8];
+#pragma unroll
+                    for (int i = 0; i < 8; i++) wv[i] = pack2<false>(o[i][kx] * sc, o[i][kx + 2] * sc);
+                    uint4 *dst = reinterpret_cast<uint4 *>(p.out + row * kDv + 16 * c);
+                    dst[0] = make_uint4(wv[0], wv[1], wv[2], wv[3]);
+                    dst[1] = make_uint4(wv[4], wv[5], wv[6], wv[7]);
+                    if (p.lse && c == 0) p.lse[row] = lse;
+                } else {
+                    // float16 partials (decode_split.cuh): |O / l| <= 448 for an fp8 cache.
+                    const size_t prow = (size_t)slot * p.rows + gr;
+                    uint32_t wv[8];
+#pragma unroll
+                    for (int i = 0; i < 8; i++) wv[i] = pack2<true>(o[i][kx] * inv, o[i][kx + 2] * inv);
+                    uint4 *dst = reinterpret_cast<uint4 *>(reinterpret_cast<uint16_t *>(p.s.part_o) + prow * kDv + 16 * c);
+                    dst[0] = make_uint4(wv[0], wv[1], wv[2], wv[3]);
+                    dst[1] = make_uint4(wv[4], wv[5], wv[6], wv[7]);
+                    if (c == 0) p.s.part_lse[prow] = lse;
                 }
             }
 #pragma unroll
