@@ -25,6 +25,8 @@ ifneq ($(NVCC),)
   LDLIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lstdc++
   # Benchmarks measure the tensor-core ceiling with a cuBLASLt GEMM in the same run.
   BENCH_LDLIBS := -lcublasLt
+  # ... and read the SM clock the load left behind (bench/clock_probe.cu).
+  BENCH_CU_OBJ := $(BUILD)/bench/clock_probe.o
   BUILD_KIND := CPU + CUDA (sm_90a)
   # Kernel forms behind compile-time switches, compiled (not linked) so that they cannot rot:
   # v10's byte-permute V transposition, its V^T handed over per half and its timeline hooks
@@ -42,6 +44,7 @@ else
   BUILD_KIND := CPU only (nvcc not found: the hopper backend reports itself unavailable)
   CU_SWITCH_OBJ :=
   CU_PROBE_OBJ :=
+  BENCH_CU_OBJ :=
 endif
 
 LIB_C_SRC := $(sort $(wildcard src/core/*.c src/cpu/*.c)) src/cuda/hopper_caps.c $(CUDA_C_SRC)
@@ -98,9 +101,13 @@ $(BUILD)/mla: $(CLI_OBJ) $(BUILD)/libmla.a
 $(BUILD)/mla_tests: $(TEST_OBJ) $(BUILD)/libmla.a
 	$(CC) $(CFLAGS) -o $@ $(TEST_OBJ) $(BUILD)/libmla.a $(LDLIBS)
 
-$(BUILD)/bench/%: bench/%.c $(wildcard bench/*.h) $(BUILD)/libmla.a
+$(BUILD)/bench/%: bench/%.c $(wildcard bench/*.h) $(BUILD)/libmla.a $(BENCH_CU_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libmla.a $(LDLIBS) $(BENCH_LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $< $(BENCH_CU_OBJ) $(BUILD)/libmla.a $(LDLIBS) $(BENCH_LDLIBS)
+
+$(BUILD)/bench/clock_probe.o: bench/clock_probe.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
 bench: $(BENCH_BIN)
 

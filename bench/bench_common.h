@@ -15,6 +15,10 @@
 
 #define FILL_CHUNK (64u << 20)
 
+/* bench/clock_probe.cu: one multiprocessor's clock in MHz, read on `stream` behind its queued
+ * work (0 when it cannot be read). */
+double bench_sm_clock_mhz(cudaStream_t stream);
+
 #define CUDA_OK(x)                                                                          \
     do {                                                                                    \
         cudaError_t e_ = (x);                                                               \

@@ -14,11 +14,15 @@
  * same run (cudaMemcpy D2D counting read + write; 8192^3 cuBLASLt GEMMs). "fp8roof" uses the
  * fp8 GEMM peak instead (the floor a kernel with fp8 tensor-core math would have).
  *
- * Usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16[,q8][,fm][,long=N]]...
+ * "MHz": the SM clock right after the case's timed replays (bench/clock_probe.cu), which
+ * sustained load can lower; the decode kernels' per-block cost follows it.
+ *
+ * Usage: decode [--reps N] [--quick | --bars] [--case B,q_len,H,seq,fp8|bf16[,q8][,fm][,long=N]]...
  * (--case, up to 64 times, runs those cases only, page 64: for A/B runs and profilers such as
  * ncu. q8: fp8 query; fm: mla_config.decode_fp8_math = 1 (e4m3 P with an fp8 query and cache);
  * long=N: request 0 has N keys, the others seq: the split-KV balance for one long request
- * among short ones.) */
+ * among short ones. --bars: the cases of issue #3's speed bars, then one verdict line per case
+ * against its bar, for the headline time and for the shared-plan column.) */
 #include "mla.h"
 
 #include <stdio.h>
@@ -48,6 +52,15 @@ typedef struct bench_case {
 
 static double g_copy_gbps, g_bf16_tflops, g_fp8_tflops;
 
+/* What a case measured (per call, ms) and its fractions of the floors, for the bar verdicts. */
+typedef struct case_result {
+    double ms, ms_plan;
+    double t_mem, t_mma; /* floors, seconds: bytes / copy bandwidth, flops / bf16 peak */
+    double flops;
+    double mhz;
+    int flagged; /* the backend's device error flags were set */
+} case_result;
+
 /* Medians of n timed launches of each of k graphs, launched in turn (after one warm-up launch
  * of each), so that clock or power drift over the run reaches all alike; ms[k]; t: k*n floats. */
 static int median_launches_ms(const cudaGraphExec_t *g, int k, cudaStream_t st, float *t, int n,
@@ -73,7 +86,7 @@ static int median_launches_ms(const cudaGraphExec_t *g, int k, cudaStream_t st, 
     return 0;
 }
 
-static int run_case(const bench_case *c, int reps)
+static int run_case(const bench_case *c, int reps, case_result *res)
 {
     const int B = c->batch, L = c->q_len, H = c->heads, P = c->page;
     const size_t esz = mla_dtype_size(c->kv);
@@ -249,6 +262,7 @@ static int run_case(const bench_case *c, int reps)
         return -1;
     ms /= kChain;
     const double ms_pair = pair[0] / kChain, ms_plan = pair[1] / kChain;
+    const double mhz = bench_sm_clock_mhz(st);
     cudaGraphExecDestroy(chain_plan);
     mla_decode_plan_destroy(plan);
     free(tc);
@@ -268,13 +282,14 @@ static int run_case(const bench_case *c, int reps)
     char kv_label[16];
     snprintf(kv_label, sizeof kv_label, "%s%s%s", c->kv == MLA_DTYPE_FP8_E4M3 ? "fp8" : "bf16",
              c->q_fp8 ? "/q8" : "", c->fp8_math ? "/fm" : "");
-    printf("| %-4s | %3d | %d | %3d | %6d | %2d | %8.4f | %8.4f | %8.4f | %8.4f | %6.0f | %6.1f | %5.1f%% | %5.1f%% | %s%s%s |\n",
+    printf("| %-4s | %3d | %d | %3d | %6d | %2d | %8.4f | %8.4f | %8.4f | %8.4f | %6.0f | %6.1f | %5.1f%% | %5.1f%% | %s%s%s | %4.0f |\n",
            kv_label, B, L, H, c->seq, P, ms, ms_single, ms_pair, ms_plan,
            bytes / sec / 1e9, flops / sec / 1e12,
            100.0 * (t_mem > t_mma ? t_mem : t_mma) / sec,
            100.0 * (t_mem > t_fp8 ? t_mem : t_fp8) / sec, t_mem > t_mma ? "mem" : "mma",
-           c->long_seq > 0 ? long_note : "", flags ? " FLAGS!" : "");
+           c->long_seq > 0 ? long_note : "", flags ? " FLAGS!" : "", mhz);
     fflush(stdout);
+    if (res) *res = (case_result){ms, ms_plan, t_mem, t_mma, flops, mhz, flags != 0};
 
     for (int i = 0; i <= reps; i++) cudaEventDestroy(ev[i]);
     for (int s = 0; s < nsets; s++) cudaGraphExecDestroy(exec[s]);
@@ -292,14 +307,124 @@ static int run_case(const bench_case *c, int reps)
     return 0;
 }
 
+/* Issue #3's speed bars, one entry per case (page 64, q_len 1, DeepSeek-V3 dims). The bars are
+ * set on an H100; on another card the verdicts say how this card compares, not the bar's. */
+enum bar_metric {
+    BAR_MEM,   /* t_mem / t: fraction of the copy-bandwidth floor */
+    BAR_ROOF,  /* max(t_mem, t_mma) / t: fraction of the case's own roofline (bf16 cache) */
+    BAR_TFLOPS /* TFLOP/s */
+};
+typedef struct bar_case {
+    bench_case c;
+    enum bar_metric metric;
+    double need; /* fraction, or TFLOP/s */
+    const char *bar;
+} bar_case;
+
+static int bar_cases(bar_case *out)
+{
+    const mla_dtype F = MLA_DTYPE_FP8_E4M3, W = MLA_DTYPE_BF16;
+    const int bs16[] = {32, 64, 128}, seqs16[] = {4096, 16384, 32768};
+    const int bs128[] = {64, 128}, seqs128[] = {4096, 8192, 16384};
+    int n = 0;
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++)
+            out[n++] = (bar_case){{bs16[i], 1, 16, seqs16[j], 64, F, "", 0, 0, 0}, BAR_MEM, 0.85,
+                                  "H16 fp8: 85% of copy"};
+    /* 600 TFLOP/s with the 16-bit math (bf16 query), then with an fp8 query and e4m3 P V */
+    for (int fm = 0; fm < 2; fm++)
+        for (int i = 0; i < 2; i++)
+            for (int j = 0; j < 3; j++)
+                out[n++] = (bar_case){{bs128[i], 1, 128, seqs128[j], 64, F, "", fm, 0, fm}, BAR_TFLOPS, 600,
+                                      fm ? "H128 fp8, fp8 query + fp8 math: 600 TFLOP/s"
+                                         : "H128 fp8: 600 TFLOP/s"};
+    out[n++] = (bar_case){{1, 1, 16, 65536, 64, F, "", 0, 0, 0}, BAR_MEM, 0.70, "batch 1 fp8: 70% of copy"};
+    out[n++] = (bar_case){{1, 1, 128, 65536, 64, F, "", 0, 0, 0}, BAR_MEM, 0.70, "batch 1 fp8: 70% of copy"};
+    /* bf16 cache: "the same cases, same fraction of its own roofline"; for H128 the fraction
+     * the fp8 bar asks, 600 of the H100's 748 bf16 TFLOP/s (KERNEL_NOTES.md) */
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++)
+            out[n++] = (bar_case){{bs16[i], 1, 16, seqs16[j], 64, W, "", 0, 0, 0}, BAR_ROOF, 0.85,
+                                  "H16 bf16: 85% of roofline"};
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 3; j++)
+            out[n++] = (bar_case){{bs128[i], 1, 128, seqs128[j], 64, W, "", 0, 0, 0}, BAR_ROOF, 600.0 / 748.0,
+                                  "H128 bf16: 80% of roofline"};
+    out[n++] = (bar_case){{1, 1, 16, 65536, 64, W, "", 0, 0, 0}, BAR_ROOF, 0.70, "batch 1 bf16: 70% of roofline"};
+    out[n++] = (bar_case){{1, 1, 128, 65536, 64, W, "", 0, 0, 0}, BAR_ROOF, 0.70, "batch 1 bf16: 70% of roofline"};
+    return n;
+}
+
+/* A case's value against its bar for a per-call time of ms. */
+static double bar_value(const bar_case *b, const case_result *r, double ms)
+{
+    const double sec = ms * 1e-3;
+    if (b->metric == BAR_TFLOPS) return r->flops / sec / 1e12;
+    if (b->metric == BAR_MEM) return r->t_mem / sec;
+    return (r->t_mem > r->t_mma ? r->t_mem : r->t_mma) / sec;
+}
+
+static void print_bar_value(const bar_case *b, double v)
+{
+    if (b->metric == BAR_TFLOPS) printf("%6.1f TFLOP/s", v);
+    else printf("%5.1f%%", 100.0 * v);
+}
+
+/* Runs the bar cases and prints one verdict per case: the headline (a scheduling step per
+ * call) decides; the shared-plan column (one plan per forward step, as FlashMLA's published
+ * times leave its metadata step out) is printed beside it. Returns the number of cases that
+ * did not run or set device error flags (a bar not met is a verdict, not a failure). */
+static int run_bars(int reps, const char *device)
+{
+    static bar_case bars[64];
+    static case_result res[64];
+    const int n = bar_cases(bars);
+    int ran[64] = {0};
+    for (int i = 0; i < n; i++) ran[i] = run_case(&bars[i].c, reps, &res[i]) == 0;
+    printf("\nBars of issue #3 on %s (set for an H100; copy %.0f GB/s, bf16 %.0f TFLOP/s measured above)\n\n",
+           device, g_copy_gbps, g_bf16_tflops);
+    printf("| bar | case | headline | shared plan | MHz | verdict |\n|---|---|---|---|---|---|\n");
+    int met = 0, met_plan = 0, broken = 0;
+    double mhz_lo = 1e9, mhz_hi = 0;
+    for (int i = 0; i < n; i++) {
+        const bar_case *b = &bars[i];
+        printf("| %s | B%d H%d %dk%s | ", b->bar, b->c.batch, b->c.heads, b->c.seq / 1024,
+               b->c.fp8_math ? " q8 fm" : "");
+        if (!ran[i]) {
+            printf("- | - | - | FAIL (did not run) |\n");
+            broken++;
+            continue;
+        }
+        const double v = bar_value(b, &res[i], res[i].ms), vp = bar_value(b, &res[i], res[i].ms_plan);
+        const int ok = !res[i].flagged && v >= b->need, ok_plan = !res[i].flagged && vp >= b->need;
+        broken += res[i].flagged;
+        met += ok;
+        met_plan += ok_plan;
+        if (res[i].mhz > 0 && res[i].mhz < mhz_lo) mhz_lo = res[i].mhz;
+        if (res[i].mhz > mhz_hi) mhz_hi = res[i].mhz;
+        print_bar_value(b, v);
+        printf(" | ");
+        print_bar_value(b, vp);
+        printf(" | %4.0f | %s |\n", res[i].mhz,
+               res[i].flagged ? "FAIL (device error flags)"
+               : ok           ? "met"
+               : ok_plan      ? "met with a shared plan only"
+                              : "not met");
+    }
+    printf("\nbars: %d of %d cases met (headline), %d with a shared plan; SM clock after the cases %.0f-%.0f MHz\n",
+           met, n, met_plan, mhz_hi > 0 ? mhz_lo : 0.0, mhz_hi);
+    return broken;
+}
+
 int main(int argc, char **argv)
 {
-    int reps = 50, quick = 0;
+    int reps = 50, quick = 0, bars = 0;
     static bench_case cases[64];
     int n = 0, picked = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick")) quick = 1;
+        else if (!strcmp(argv[i], "--bars")) bars = 1;
         else if (!strcmp(argv[i], "--case") && i + 1 < argc && picked < 64) {
             bench_case one = {0, 0, 0, 0, 64, MLA_DTYPE_FP8_E4M3, "", 0, 0, 0};
             char rest[64] = "";
@@ -321,9 +446,13 @@ int main(int argc, char **argv)
             }
             cases[picked++] = one;
         } else {
-            fprintf(stderr, "usage: decode [--reps N] [--quick] [--case B,q_len,H,seq,fp8|bf16[,q8][,fm][,long=N]]...\n");
+            fprintf(stderr, "usage: decode [--reps N] [--quick | --bars] [--case B,q_len,H,seq,fp8|bf16[,q8][,fm][,long=N]]...\n");
             return 2;
         }
+    }
+    if (bars && (picked || quick)) {
+        fprintf(stderr, "decode bench: --bars runs its own cases; leave out --case and --quick\n");
+        return 2;
     }
     if (reps < 3) reps = 3;
     struct cudaDeviceProp prop;
@@ -349,13 +478,14 @@ int main(int argc, char **argv)
            "(includes the gap between graph launches); pair / plan: the same chain and one whose 16 calls "
            "share a decode plan built at its start (no scheduling step per call), replayed in turn "
            "after ms; rates and roof use ms\n\n", 16);
-    printf("| kv | B | q | H | seq | pg | ms | ms1 | pair | plan | GB/s | TFLOP/s | roof | fp8roof | bound |\n");
-    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("| kv | B | q | H | seq | pg | ms | ms1 | pair | plan | GB/s | TFLOP/s | roof | fp8roof | bound | MHz |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    if (bars) return run_bars(reps, prop.name) ? 1 : 0;
     const mla_dtype F = MLA_DTYPE_FP8_E4M3, W = MLA_DTYPE_BF16;
     if (picked) { // the --case list only, in order
         int rc = 0;
         for (int i = 0; i < picked; i++)
-            if (run_case(&cases[i], reps)) rc = 1;
+            if (run_case(&cases[i], reps, NULL)) rc = 1;
         return rc;
     }
     const int bs16[] = {32, 64, 128}, seqs16[] = {4096, 16384, 32768};
@@ -395,7 +525,7 @@ int main(int argc, char **argv)
     }
     int rc = 0;
     for (int i = 0; i < n; i++)
-        if (run_case(&cases[i], reps)) rc = 1;
+        if (run_case(&cases[i], reps, NULL)) rc = 1;
     return rc;
 }
 #endif
