@@ -35,6 +35,7 @@
 #include "mbarrier.cuh"
 #include "prefill_wgmma.cuh"
 #include "ws_common.cuh"
+#include "wgmma_operands.cuh"
 
 namespace mla_decode_bs {
 
@@ -100,28 +101,26 @@ __device__ __forceinline__ void wgmma_bf16(float (&d)[N / 2], uint64_t da, uint6
     if constexpr (kF16 && N == 16)
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
                      "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
-                     "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, %11, 0;\n}\n"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                     MLA_WG_REGS8 ", %8, %9, p, 1, 1, %11, 0;\n}\n"
+                     : MLA_WG_ACC8(d)
                      : "l"(da), "l"(db), "r"(acc), "n"(kTA));
     else if constexpr (kF16)
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
                      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
-                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %19, 0;\n}\n"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-                       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                     MLA_WG_REGS16 ", %16, %17, p, 1, 1, %19, 0;\n}\n"
+                     : MLA_WG_ACC16(d)
                      : "l"(da), "l"(db), "r"(acc), "n"(kTA));
     else if constexpr (N == 16)
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
                      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
-                     "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, %11, 0;\n}\n"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                     MLA_WG_REGS8 ", %8, %9, p, 1, 1, %11, 0;\n}\n"
+                     : MLA_WG_ACC8(d)
                      : "l"(da), "l"(db), "r"(acc), "n"(kTA));
     else
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
                      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %19, 0;\n}\n"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-                       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                     MLA_WG_REGS16 ", %16, %17, p, 1, 1, %19, 0;\n}\n"
+                     : MLA_WG_ACC16(d)
                      : "l"(da), "l"(db), "r"(acc), "n"(kTA));
 }
 

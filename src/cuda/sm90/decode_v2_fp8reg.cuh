@@ -28,6 +28,7 @@
 #include "decode_v1_mma.cuh"
 #include "ws_common.cuh" // wgmma helpers and e4m3x4_to_f16x4
 #include "../common/decode_trace.cuh"
+#include "wgmma_operands.cuh"
 
 namespace mla_decode_v2 {
 
@@ -341,8 +342,8 @@ __device__ __forceinline__ void wgmma_m64n16k32_e4m3(float (&d)[8], uint64_t da,
 {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3 "
-                 "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                 MLA_WG_REGS8 ", %8, %9, p, 1, 1;\n}\n"
+                 : MLA_WG_ACC8(d)
                  : "l"(da), "l"(db), "r"(accumulate));
 }
 // Descriptor of k-step ks (32 dims) of a tile of R rows in stw_off's layout.

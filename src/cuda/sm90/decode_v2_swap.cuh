@@ -26,6 +26,7 @@
 #pragma once
 #include "decode_v2_fp8reg.cuh"
 #include "timeline.cuh" // MLA_SEESAW_TL: bench/probes/swap_timeline.cu
+#include "wgmma_operands.cuh"
 
 namespace mla_decode_v2s {
 
@@ -57,8 +58,8 @@ __device__ __forceinline__ void wgmma_m64n16k16_rs(float (&d)[8], const uint32_t
 {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
-                 "{%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                 MLA_WG_REGS8 ", {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
+                 : MLA_WG_ACC8(d)
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc));
 }
 __device__ __forceinline__ uint4 lds128(uint32_t addr)

@@ -3,6 +3,7 @@
 // stores, and a wgmma m64n64k16 wrapper.
 #pragma once
 #include "decode_v3_wgmma.cuh"
+#include "wgmma_operands.cuh"
 
 #include <stdint.h>
 
@@ -112,20 +113,14 @@ template <int I0, int N> __device__ __forceinline__ void store_chunks(const uint
 
 // D(64x64) += A(64x16) * B(16x64), both K-major in shared memory (128-byte swizzle), f16
 // (or bf16: wgmma_m64n64k16_bf16).
-#define MLA_WGMMA_M64N64K16(NAME, TYPES)                                                                              \
-    __device__ __forceinline__ void NAME(float (&d)[32], uint64_t da, uint64_t db, int acc)                        \
-    {                                                                                                              \
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                   \
-                     "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPES " "                                       \
-                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
-                     "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "                                \
-                     "%32, %33, p, 1, 1, 0, 0;\n}\n"                                                              \
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),        \
-                       "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),    \
-                       "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), \
-                       "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), \
-                       "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])                                         \
-                     : "l"(da), "l"(db), "r"(acc));                                                                \
+#define MLA_WGMMA_M64N64K16(NAME, TYPES)                                                    \
+    __device__ __forceinline__ void NAME(float (&d)[32], uint64_t da, uint64_t db, int acc) \
+    {                                                                                       \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                           \
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPES " "                \
+                     MLA_WG_REGS32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"                        \
+                     : MLA_WG_ACC32(d)                                                      \
+                     : "l"(da), "l"(db), "r"(acc));                                         \
     }
 MLA_WGMMA_M64N64K16(wgmma_m64n64k16_f16, "f16.f16")
 MLA_WGMMA_M64N64K16(wgmma_m64n64k16_bf16, "bf16.bf16")
