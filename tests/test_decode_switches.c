@@ -116,6 +116,31 @@ TEST(decode_forms_for_16_and_32_rows)
     mla_cuda_decode_reread_switches();
     CHECK_FORM("seesaw32 seesaw8", 4, 32, 1, 4096);
     CHECK_FORM("seesaw32 seesaw", 4, 32, 0, 4096); /* bf16 query: no e4m3 S */
+    /* "pick": where the host does not know the total and batch x the longest possible request
+     * reaches the rule, both launches run and the GPU takes the rule's side; otherwise "auto". */
+    unsetenv("MLA_DECODE_V2_CONV");
+    setenv("MLA_DECODE_FP8_ROWS32", "heads", 1);
+    mla_cuda_decode_reread_switches();
+    const size_t heads_plan = mla_cuda_decode_plan_size(&(mla_cuda_device_info){.num_sms = 132}, 64, 1, 32, 1);
+    setenv("MLA_DECODE_FP8_ROWS32", "pick", 1);
+    mla_cuda_decode_reread_switches();
+    CHECK_FORM("pick lazy8 x2", 64, 32, 1, 0);
+    CHECK_FORM("pick lazy x2", 200, 32, 0, 0);
+    CHECK_FORM("lazy8 x2", 4, 32, 1, 0);                  /* 4 x 64k < 320k: head blocks */
+    CHECK_FORM("seesaw32 lazy8", 64, 32, 1, 64LL * 8192); /* total known: the key rule */
+    CHECK_FORM("lazy8 x2", 64, 32, 1, 64LL * 4096);
+    CHECK_FORM("lazy8", 64, 16, 1, 0);                    /* 16 rows: unaffected */
+    CHECK_MSG(mla_cuda_decode_plan_size(&(mla_cuda_device_info){.num_sms = 132}, 64, 1, 32, 1) == heads_plan,
+              "the pick's plan differs from the head blocks' (same split layout expected)");
+    setenv("MLA_DECODE_V2_CONV", "swap", 1); /* no pick instance: the batch rule, as "auto" */
+    mla_cuda_decode_reread_switches();
+    CHECK_FORM("swap x2", 64, 32, 1, 0);
+    CHECK_FORM("seesaw32 lazy8", 96, 32, 1, 0);
+    unsetenv("MLA_DECODE_V2_CONV");
+    setenv("MLA_DECODE_FP8_ROWS32", "seesaw", 1);
+    mla_cuda_decode_reread_switches();
+    CHECK_MSG(mla_cuda_decode_plan_size(&(mla_cuda_device_info){.num_sms = 132}, 64, 1, 32, 1) == heads_plan,
+              "the seesaw's plan differs from the head blocks'");
     /* Head blocks of 32-key blocks have another split layout than the seesaw's: the key rule
      * must not pick between them (a plan built without the total would not fit). */
     unsetenv("MLA_DECODE_FP8_ROWS32");

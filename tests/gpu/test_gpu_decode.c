@@ -707,6 +707,36 @@ TEST(gpu_decode_rows32_by_total_keys)
     run_gpu_decode_case(&c, "120 short requests H32 fp8 q");
 }
 
+TEST(gpu_decode_rows32_pick_on_device)
+{
+    /* MLA_DECODE_FP8_ROWS32=pick with the total left on the device (index check off): both the
+     * head-block grid and the 32-row seesaw's grid are launched, and each CTA reads the call's
+     * key blocks from the schedule; only the rule's side may write. 40 requests of 8.2k-8.4k
+     * keys (>= 320k: the seesaw's side), with a bf16 and an fp8 query; 120 short requests and
+     * one of 9k (99k keys: the head blocks' side, though batch x 9k passes the rule, so the
+     * host cannot settle it); q_len 2 H16 over 24 requests of 14k-15k (rows 32, causal, the
+     * seesaw's side). Outputs are poisoned before each run: a side that wrote nothing fails. */
+    form_switches fs;
+    CHECK(form_parse_apply("MLA_DECODE_FP8_ROWS32=pick", &fs));
+    int lens[121];
+    for (int b = 0; b < 40; b++) lens[b] = mla_test_rand_int(8200, 8400);
+    for (int q8 = 0; q8 < 2; q8++) {
+        gdecode_case c = base_case(40, 1, 32, 64, MLA_DTYPE_FP8_E4M3, lens);
+        if (q8) c.q_dtype = MLA_DTYPE_FP8_E4M3;
+        run_gpu_decode_case(&c, q8 ? "pick: 320k+ keys H32 fp8 q" : "pick: 320k+ keys H32 bf16 q");
+    }
+    for (int b = 0; b < 120; b++) lens[b] = mla_test_rand_int(1, 1500);
+    lens[120] = 9000;
+    gdecode_case c = base_case(121, 1, 32, 64, MLA_DTYPE_FP8_E4M3, lens);
+    c.q_dtype = MLA_DTYPE_FP8_E4M3;
+    run_gpu_decode_case(&c, "pick: 121 requests, 99k keys H32 fp8 q");
+    for (int b = 0; b < 24; b++) lens[b] = mla_test_rand_int(14000, 15000);
+    c = base_case(24, 2, 16, 32, MLA_DTYPE_FP8_E4M3, lens);
+    c.q_dtype = MLA_DTYPE_FP8_E4M3;
+    run_gpu_decode_case(&c, "pick: 24 requests q_len 2 H16 page 32");
+    form_restore(&fs);
+}
+
 TEST(gpu_decode_full_range_cache_values)
 {
     /* Cache values over the whole e4m3 range (+-448): the fp8-cache kernels may keep split

@@ -310,14 +310,26 @@ bool fp8_conv_takes(int rows) { return fp8_conv_rows() && rows <= 32 && (fp8_con
 // (batch 1 64k, B32 4k, B16 16k, B64 4k), the seesaw from 384k (B96 4k) and 512k (B64 8k 8%,
 // B32 16k 9%, B128 4k) up; hence the rule below on the total when the host knows it (the
 // index check read seq_lens, or a plan holds them), else on the batch.
+// "pick" (opt-in, not yet measured): "auto" where the host knows the total or bounds it below
+// the rule (batch x max_seq_len); otherwise both launches run and the GPU takes the rule's side
+// (launch_rows32_pick), so that calls whose seq_lens stay on the device (CUDA graphs, no index
+// check) get the key rule too, for one more near-empty grid per call.
 constexpr int kSeesaw32MinBatch = 96;
-constexpr long long kSeesaw32MinKeys = 320LL * 1024;
+using mla_decode_v2s::kSeesaw32MinKeys;
+constexpr int kRows32Pick = 6;
 int fp8_rows32_mode()
 {
-    static const char *const names[] = {"heads", "seesaw", "auto", "lazy", "seesaw8", "lazy8"};
+    static const char *const names[] = {"heads", "seesaw", "auto", "lazy", "seesaw8", "lazy8", "pick"};
     static CachedSwitch slot;
-    const int cached = cached_env_choice(slot, "MLA_DECODE_FP8_ROWS32", names, 6, 2);
+    const int cached = cached_env_choice(slot, "MLA_DECODE_FP8_ROWS32", names, 7, 2);
     return cached;
+}
+// Whether "pick" can leave the choice to the GPU: the head blocks run the lazy swap kernel on
+// 64-key blocks (the forms with a pick instance; their plan has the seesaw's split layout).
+bool rows32_pick_possible()
+{
+    return fp8_rows32_mode() == kRows32Pick && v2_block_n() == 64 &&
+           v2_conversion(false, 64) == kV2SwapLazy;
 }
 // "auto"'s choice for a call of `batch` requests holding total_keys keys (0: not known on the
 // host). The key rule only where heads would run the swap kernel on 64-key blocks: that plan
@@ -329,11 +341,15 @@ bool fp8_seesaw32_auto(int batch, long long total_keys)
     return batch >= kSeesaw32MinBatch;
 }
 // Whether an fp8-cache call of this many rows, requests and keys takes decode_fp8_seesaw32.cuh.
+// Under "pick" with the total unknown this says no: the plan is the head blocks' (the seesaw's
+// split layout), and launch_variant decides whether the GPU picks.
 bool fp8_seesaw32_takes(int rows, int batch, long long total_keys)
 {
     if (rows <= 16 || rows > 32 || fp8_conv_takes(rows)) return false;
     const int mode = fp8_rows32_mode();
-    return mode == 1 || mode >= 3 || (mode == 2 && fp8_seesaw32_auto(batch, total_keys));
+    if (mode == kRows32Pick)
+        return total_keys > 0 || !rows32_pick_possible() ? fp8_seesaw32_auto(batch, total_keys) : false;
+    return mode == 1 || (mode >= 3 && mode <= 5) || (mode == 2 && fp8_seesaw32_auto(batch, total_keys));
 }
 
 // Rows 17..32 on the bf16 swap kernel: MLA_DECODE_BF16_ROWS32=wg2 (two math warpgroups of 16
@@ -512,6 +528,20 @@ cudaError_t set_all_smem_attrs()
     if (e == cudaSuccess)
         e = cudaFuncSetAttribute(mla_decode_s32::decode_fp8_m32_seesaw_kernel<true, true>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_s32::S32Cfg::kSmem);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(mla_decode_s32::decode_fp8_m32_seesaw_kernel<true, false, true>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_s32::S32Cfg::kSmem);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(mla_decode_s32::decode_fp8_m32_seesaw_kernel<true, true, true>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_s32::S32Cfg::kSmem);
+    // The pick's head-block instances (not V2 forms of their own: MLA_DECODE_V2_CONV cannot name them).
+    for (int q8 = 0; q8 < 2 && e == cudaSuccess; q8++) {
+        void (*k)(Params) = q8 ? mla_decode_v2s::decode_fp8_m16_swap_kernel<true, 1, true, true>
+                               : mla_decode_v2s::decode_fp8_m16_swap_kernel<true, 3, false, true>;
+        e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, mla_decode_v2s::SwapCfg::kSmemLazy);
+        if (e == cudaSuccess)
+            e = cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout, (int)cudaSharedmemCarveoutMaxShared);
+    }
     if (e == cudaSuccess) e = set_v3_smem_attr<true>();
     if (e == cudaSuccess) e = set_v3_smem_attr<false>();
     for (int bulk = 0; bulk < 2 && e == cudaSuccess; bulk++)
@@ -672,8 +702,44 @@ bool runs_fp8_seesaw32(const Plan &pl, bool fp8, int batch, long long total_keys
 void seesaw32_form(bool q_fp8, bool *lazy, bool *q8)
 {
     const int mode = fp8_rows32_mode();
-    *lazy = mode == 2 || mode == 3 || mode == 5;
+    *lazy = mode == 2 || mode == 3 || mode == 5 || mode == kRows32Pick;
     *q8 = (mode == 2 || mode >= 4) && q_fp8;
+}
+
+// Whether this call leaves the 17..32-row choice to the GPU (MLA_DECODE_FP8_ROWS32=pick): the
+// head-block plan, the total unknown on the host, and max_keys (batch x the longest possible
+// request) not below the rule, which would settle it for the head blocks.
+bool runs_rows32_pick(const Plan &pl, bool fp8, long long total_keys, long long max_keys)
+{
+    return fp8 && pl.rows > 16 && pl.rows <= 32 && pl.m == 16 && pl.bn == 64 && pl.ctas_per_sm == 2 &&
+           v2_family(selected_variant()) && !fp8_conv_takes(pl.rows) && total_keys == 0 &&
+           rows32_pick_possible() && max_keys >= kSeesaw32MinKeys;
+}
+
+// MLA_DECODE_FP8_ROWS32=pick on the GPU: the head-block grid of the lazy swap kernel, then the
+// lazy 32-row seesaw's grid, on the head blocks' plan (num_sms parts of 64-key blocks, the
+// seesaw's too: the schedule, the partials and the combine are the same); each CTA of either
+// reads the call's key blocks after its wait, and only the grid on the rule's side works
+// (decode_v2_swap.cuh rows32_seesaw_side). The seesaw grid waits (PDL) for the head-block
+// grid, so the combine, which waits for the seesaw grid, sees the partials of both.
+cudaError_t launch_rows32_pick(const Params &prm, const Plan &pl, bool *half_partials, cudaStream_t stream)
+{
+    Params tp = prm;
+    if (!encode_kv_maps(tp, prm.page_size == 64 ? 64 : 32)) return launch_v2_fp8_m16(prm, pl, half_partials, stream);
+    *half_partials = true;
+    using mla_decode_v2s::decode_fp8_m16_swap_kernel;
+    using mla_decode_s32::decode_fp8_m32_seesaw_kernel;
+    void (*heads)(Params) = prm.q_fp8 ? decode_fp8_m16_swap_kernel<true, 1, true, true>
+                                      : decode_fp8_m16_swap_kernel<true, 3, false, true>;
+    cudaError_t e = launch_split(heads, tp, pl, mla_decode_v2::kNT, mla_decode_v2s::SwapCfg::kSmemLazy, stream);
+    if (e != cudaSuccess) return e;
+    Plan seesaw_plan = pl;
+    seesaw_plan.m = 32;
+    seesaw_plan.head_blocks = 1;
+    seesaw_plan.ctas_per_sm = 1;
+    void (*seesaw)(Params) = prm.q_fp8 ? decode_fp8_m32_seesaw_kernel<true, true, true>
+                                       : decode_fp8_m32_seesaw_kernel<true, false, true>;
+    return launch_split(seesaw, tp, seesaw_plan, mla_decode_s32::kNT, mla_decode_s32::S32Cfg::kSmem, stream);
 }
 
 // Whether an fp8-query, fp8-cache call with rows >= 64 takes v10: MLA_DECODE_VARIANT=v10, or
@@ -689,11 +755,13 @@ bool takes_v10(bool fp8_math)
 // float16 partials (the H * q_len <= 16 fp8 kernel always; the fp8-cache wgmma kernels, whose
 // rows go through decode_v3_wgmma.cuh's write_rows, when built with -DMLA_WIDE_HALF_PARTIALS),
 // which the combine must know. total_keys: as make_plan's (the same value, so both pick alike).
+// max_keys: batch x the longest request the call can have (runs_rows32_pick).
 template <bool FP8>
 cudaError_t launch_variant(const Params &prm, const Plan &pl, bool fp8_math, long long total_keys,
-                           bool *half_partials, cudaStream_t stream)
+                           long long max_keys, bool *half_partials, cudaStream_t stream)
 {
     *half_partials = false;
+    if (runs_rows32_pick(pl, FP8, total_keys, max_keys)) return launch_rows32_pick(prm, pl, half_partials, stream);
     if (runs_v2_fp8_m16(pl, FP8)) return launch_v2_fp8_m16(prm, pl, half_partials, stream);
     if (runs_fp8_seesaw32(pl, FP8, prm.batch, total_keys)) {
         Params tp = prm;
@@ -805,6 +873,15 @@ extern "C" size_t mla_cuda_decode_plan_size(const mla_cuda_device_info *dev, int
     return mla_decode_split_layout_make(batch, pl.rows, mla_decode_v1::kDv, pl.num_parts).off_lse;
 }
 
+// Keys a call can hold at most: batch x its longest request (max_seq_len, the block-table
+// capacity when the caller gave none).
+static long long call_max_keys(const mla_decode_problem *p)
+{
+    const long long cap = (long long)p->max_pages_per_seq * p->page_size;
+    const long long longest = p->max_seq_len > 0 && p->max_seq_len < cap ? p->max_seq_len : cap;
+    return (long long)p->batch * longest;
+}
+
 static int check_decode_problem(const mla_decode_problem *p)
 {
     if (p->kv_lora_rank != mla_decode_v1::kDv || p->rope_dim != mla_decode_v1::kDqk - mla_decode_v1::kDv)
@@ -887,8 +964,10 @@ extern "C" int mla_cuda_decode(const mla_cuda_device_info *dev, const mla_decode
     prm.bmm2 = p->bmm2_scale;
 
     bool half = false;
-    e = p->kv_dtype == MLA_DTYPE_FP8_E4M3 ? launch_variant<true>(prm, pl, p->fp8_math != 0, p->total_keys, &half, stream)
-                                          : launch_variant<false>(prm, pl, p->fp8_math != 0, p->total_keys, &half, stream);
+    const long long max_keys = call_max_keys(p);
+    e = p->kv_dtype == MLA_DTYPE_FP8_E4M3
+            ? launch_variant<true>(prm, pl, p->fp8_math != 0, p->total_keys, max_keys, &half, stream)
+            : launch_variant<false>(prm, pl, p->fp8_math != 0, p->total_keys, max_keys, &half, stream);
     if (e != cudaSuccess) return (int)e;
     e = mla_launch_decode_combine(&s, p->batch, pl.rows, mla_decode_v1::kDv, pl.num_parts, half,
                                   p->bmm2_scale, p->out, p->lse, stream);
@@ -904,6 +983,7 @@ extern "C" const char *mla_cuda_decode_form(const mla_cuda_device_info *dev, con
     const Plan pl = make_plan(dev->num_sms, p->batch, p->q_len, p->num_heads, selected_variant(), fp8,
                               p->total_keys);
     *head_blocks = pl.head_blocks;
+    if (runs_rows32_pick(pl, fp8, p->total_keys, call_max_keys(p))) return q_fp8 ? "pick lazy8" : "pick lazy";
     if (runs_fp8_seesaw32(pl, fp8, p->batch, p->total_keys)) {
         bool lazy, q8;
         seesaw32_form(q_fp8, &lazy, &q8);

@@ -231,7 +231,9 @@ __device__ __forceinline__ bool named_bar_or(int id, int threads, bool pred)
 // S^T = K Q^T as wgmma m64n32k32 e4m3 from the stage and the fp8 query tile (decode_v2_swap.cuh's
 // swap8 for 32 rows): no K loads or conversions on the owner's chain; four float32-added
 // accumulators of at most 5 k-steps each; the key rows are the tile's own (fg = g).
-template <bool kLazy, bool kQ8 = false>
+// kPick: the seesaw side of MLA_DECODE_FP8_ROWS32=pick (decode_v2_swap.cuh rows32_seesaw_side);
+// launched after the head-block grid, so its wait also covers that grid's partials.
+template <bool kLazy, bool kQ8 = false, bool kPick = false>
 __global__ void __launch_bounds__(kNT, 1) decode_fp8_m32_seesaw_kernel(const __grid_constant__ Params p)
 {
     using C = S32Cfg;
@@ -261,6 +263,7 @@ __global__ void __launch_bounds__(kNT, 1) decode_fp8_m32_seesaw_kernel(const __g
     __syncthreads();
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+    if (kPick && !mla_decode_v2s::rows32_seesaw_side(p)) return; // the head blocks took this call
     const int tau = *p.s.tau;
     Cursor cur;
     const int seq0 = part_first_cursor(p, part, cur);

@@ -53,6 +53,24 @@ struct SwapCfg {
     static_assert(2 * (kSmemLazy + 1024) <= 228 * 1024, "two CTAs per SM");
 };
 
+// Rows 17..32 with an fp8 cache: the 32-row seesaw (decode_fp8_seesaw32.cuh) is the faster
+// kernel from this many keys in the whole call, two 16-row head blocks of this kernel below
+// (H200 A/Bs, bench/NOTES.md nineteenth and twenty-second sessions; decode.cu's key rule).
+constexpr long long kSeesaw32MinKeys = 320LL * 1024;
+
+// MLA_DECODE_FP8_ROWS32=pick, where the host does not know the call's keys: the head-block launch
+// of this kernel and the seesaw's launch both run on the same split layout, and after the
+// scheduler each CTA reads the call's key blocks (units up to the last request, less its
+// overheads, plus its blocks: two loads) to learn which side of the rule the call is on; the
+// other launch's CTAs leave at once. Counting blocks of 64 keys, an empty request counts one.
+__device__ __forceinline__ bool rows32_seesaw_side(const Params &p)
+{
+    const int last = p.batch - 1;
+    const long long blocks = (long long)p.s.req_start[last] - (long long)MLA_DECODE_OVERHEAD * last +
+                             p.s.num_blocks[last];
+    return blocks * kBN >= kSeesaw32MinKeys;
+}
+
 // D(64x16) += A(64x16, registers) * B(16x16, shared memory K-major, 128-byte swizzle), f16.
 __device__ __forceinline__ void wgmma_m64n16k16_rs(float (&d)[8], const uint32_t (&a)[4], uint64_t db, int acc)
 {
@@ -126,7 +144,8 @@ template <int N> struct QPasses { static constexpr int value = N; }; // load_qt_
 // tensor cores keep fewer accumulator bits than float32 (~14, DeepSeek-V3 report), so each of
 // five accumulators takes at most 4 k-steps (128 dims) and they are added in float32. The key
 // rows are then the tile's own (fg = g).
-template <bool kLazy, int kQLoop = kLazy ? 3 : 1, bool kQ8 = false>
+// kPick: the head-block side of MLA_DECODE_FP8_ROWS32=pick (rows32_seesaw_side).
+template <bool kLazy, int kQLoop = kLazy ? 3 : 1, bool kQ8 = false, bool kPick = false>
 __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __grid_constant__ Params p)
 {
     using C = SwapCfg;
@@ -172,6 +191,7 @@ __global__ void __launch_bounds__(kNT, 2) decode_fp8_m16_swap_kernel(const __gri
 #ifdef MLA_DECODE_TRACE
     const unsigned long long tr_waited = mla_trace_now();
 #endif
+    if (kPick && rows32_seesaw_side(p)) return; // the seesaw's launch takes this call
     const int tau = *p.s.tau;
     const float qk_scale = p.scale_log2;
 
