@@ -233,10 +233,51 @@ constexpr int kV2SwapQ8 = kV2Tma | 2048;
 // B32 32k 0.1709 -> 0.1609, B128 4k 0.0966 -> 0.0906 (75.3% -> 80.5%), batch 1 64k 0.0257 ->
 // 0.0244; "swap8" within 1% of it.
 constexpr int kV2SwapLazyQ8 = kV2Tma | 4096;
-// Whether a conversion code is one of decode_v2_swap.cuh's forms (same plan, same TMA stage).
-constexpr bool swap_form(int conv)
+// The instantiated v2 kernels (v2_conversion returns only these) and their shared memory.
+struct V2Form {
+    int conv, bn;
+    void (*kernel)(Params);
+    int smem;
+    const char *name; // the MLA_DECODE_V2_CONV value of a swap form (mla_cuda_decode_form)
+};
+template <int kConv, int kBN> constexpr V2Form v2_form()
 {
-    return conv == kV2Swap || conv == kV2SwapLazy || conv == kV2SwapQ3 || conv == kV2SwapQ8 || conv == kV2SwapLazyQ8;
+    using namespace mla_decode_v2;
+    constexpr bool pad = (kConv & kConvPad) != 0;
+    return {kConv, kBN, decode_fp8_m16_kernel<kConv, kBN>,
+            (kConv & kConvW8)    ? V2Cfg<kBN>::kSmemW8
+            : (kConv & kConvTma) ? V2Cfg<kBN>::kSmemTma
+                                 : V2Cfg<kBN, pad>::kSmem,
+            nullptr};
+}
+const V2Form kV2Forms[] = {
+    v2_form<mla_decode_v2::kConvCvt | kV2Pad, 64>(), v2_form<mla_decode_v2::kConvCvt | kV2Pad, 32>(),
+    v2_form<mla_decode_v2::kConvCvt, 64>(),          v2_form<mla_decode_v2::kConvCvt, 32>(),
+    v2_form<mla_decode_v2::kConvCvt | mla_decode_v2::kConvH1, 64>(),
+    v2_form<mla_decode_v2::kConvAlu, 32>(),          v2_form<kV2Q8, 64>(),
+    v2_form<kV2W8, 64>(),
+    v2_form<kV2Q8 | kV2Pad, 64>(),                   v2_form<kV2Tma, 64>(),
+    {kV2Swap, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<false>, mla_decode_v2s::SwapCfg::kSmem, "swap"},
+    {kV2SwapLazy, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<true>, mla_decode_v2s::SwapCfg::kSmemLazy, "lazy"},
+    {kV2SwapQ3, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<false, 3>, mla_decode_v2s::SwapCfg::kSmem, "swapq3"},
+    {kV2SwapQ8, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<false, 1, true>, mla_decode_v2s::SwapCfg::kSmem, "swap8"},
+    {kV2SwapLazyQ8, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<true, 1, true>, mla_decode_v2s::SwapCfg::kSmemLazy,
+     "lazy8"},
+};
+constexpr int kNumV2Forms = (int)(sizeof kV2Forms / sizeof kV2Forms[0]);
+const V2Form *v2_form_of(int conv, int bn)
+{
+    for (int i = 0; i < kNumV2Forms; i++)
+        if (kV2Forms[i].conv == conv && kV2Forms[i].bn == bn) return &kV2Forms[i];
+    return &kV2Forms[bn == 64 ? 0 : 1]; // not reached: v2_conversion returns listed forms
+}
+// Whether a conversion code is one of decode_v2_swap.cuh's forms (same plan, same TMA stage):
+// the table's entries that carry a form name.
+bool swap_form(int conv)
+{
+    for (int i = 0; i < kNumV2Forms; i++)
+        if (kV2Forms[i].conv == conv) return kV2Forms[i].name != nullptr;
+    return false;
 }
 int v2_conversion(bool q_fp8, int bn)
 {
@@ -362,44 +403,6 @@ int bf16_swap_rows32()
     return cached ? 2 : 1;
 }
 
-// The instantiated v2 kernels (v2_conversion returns only these) and their shared memory.
-struct V2Form {
-    int conv, bn;
-    void (*kernel)(Params);
-    int smem;
-    const char *name; // the MLA_DECODE_V2_CONV value of a swap form (mla_cuda_decode_form)
-};
-template <int kConv, int kBN> constexpr V2Form v2_form()
-{
-    using namespace mla_decode_v2;
-    constexpr bool pad = (kConv & kConvPad) != 0;
-    return {kConv, kBN, decode_fp8_m16_kernel<kConv, kBN>,
-            (kConv & kConvW8)    ? V2Cfg<kBN>::kSmemW8
-            : (kConv & kConvTma) ? V2Cfg<kBN>::kSmemTma
-                                 : V2Cfg<kBN, pad>::kSmem,
-            nullptr};
-}
-const V2Form kV2Forms[] = {
-    v2_form<mla_decode_v2::kConvCvt | kV2Pad, 64>(), v2_form<mla_decode_v2::kConvCvt | kV2Pad, 32>(),
-    v2_form<mla_decode_v2::kConvCvt, 64>(),          v2_form<mla_decode_v2::kConvCvt, 32>(),
-    v2_form<mla_decode_v2::kConvCvt | mla_decode_v2::kConvH1, 64>(),
-    v2_form<mla_decode_v2::kConvAlu, 32>(),          v2_form<kV2Q8, 64>(),
-    v2_form<kV2W8, 64>(),
-    v2_form<kV2Q8 | kV2Pad, 64>(),                   v2_form<kV2Tma, 64>(),
-    {kV2Swap, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<false>, mla_decode_v2s::SwapCfg::kSmem, "swap"},
-    {kV2SwapLazy, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<true>, mla_decode_v2s::SwapCfg::kSmemLazy, "lazy"},
-    {kV2SwapQ3, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<false, 3>, mla_decode_v2s::SwapCfg::kSmem, "swapq3"},
-    {kV2SwapQ8, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<false, 1, true>, mla_decode_v2s::SwapCfg::kSmem, "swap8"},
-    {kV2SwapLazyQ8, 64, mla_decode_v2s::decode_fp8_m16_swap_kernel<true, 1, true>, mla_decode_v2s::SwapCfg::kSmemLazy,
-     "lazy8"},
-};
-constexpr int kNumV2Forms = (int)(sizeof kV2Forms / sizeof kV2Forms[0]);
-const V2Form *v2_form_of(int conv, int bn)
-{
-    for (int i = 0; i < kNumV2Forms; i++)
-        if (kV2Forms[i].conv == conv && kV2Forms[i].bn == bn) return &kV2Forms[i];
-    return &kV2Forms[bn == 64 ? 0 : 1]; // not reached: v2_conversion returns listed forms
-}
 
 // total_keys: the sum of seq_lens, or 0 where the host does not know it (plan sizes, plan
 // builds): it only picks between forms of the same split layout.
