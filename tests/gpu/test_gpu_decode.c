@@ -49,6 +49,9 @@ typedef struct gdecode_case {
     int index_check;           /* the host check of index contents on (off by default, so that
                                 * bad pages reach the kernels): the hopper backend then knows
                                 * the call's total keys, which picks the 17..32-row fp8 kernel */
+    const char *same_as_form;  /* a form (NAME=VALUE[,...]) whose output on the same inputs must
+                                * be bit-identical to this case's: the kernel the case took */
+    const char *differs_from_form; /* one whose output must differ (another kernel's rounding) */
 } gdecode_case;
 
 static void *xmalloc(size_t n)
@@ -223,6 +226,34 @@ static void form_restore(form_switches *fs)
     }
     fs->n = 0;
     mla_cuda_decode_reread_switches();
+}
+
+/* The case's output `out` (its backend's, in d_out's shape) against the same inputs through a
+ * backend made under `form`: bit-identical when want_same, else different. The two outputs of
+ * one kernel on one schedule agree to the bit; two kernels round differently somewhere. */
+static void compare_with_form(const gdecode_case *c, const char *label, const mla_decode_args *a, void *d_out,
+                              const uint16_t *out, int64_t out_elems, const char *form, int want_same)
+{
+    form_switches fs;
+    const int ok = form_parse_apply(form, &fs);
+    CHECK_MSG(ok, "%s: cannot read the form '%s'", label, form);
+    mla_config cfg;
+    config_for(&cfg, c, MLA_DEVICE_CUDA);
+    mla_backend *gpu = NULL;
+    if (ok) CHECK_STATUS(mla_backend_create("hopper", &cfg, &gpu), MLA_OK);
+    uint16_t *out2 = xmalloc((size_t)out_elems * 2);
+    if (gpu) {
+        cudaMemset(d_out, 0xff, (size_t)out_elems * 2);
+        CHECK_STATUS(mla_decode(gpu, a), MLA_OK);
+        CHECK(cudaDeviceSynchronize() == cudaSuccess);
+        cudaMemcpy(out2, d_out, (size_t)out_elems * 2, cudaMemcpyDeviceToHost);
+        const int same = memcmp(out, out2, (size_t)out_elems * 2) == 0;
+        CHECK_MSG(same == want_same, "%s: output under %s is %s, expected %s", label, form,
+                  same ? "bit-identical" : "different", want_same ? "bit-identical (the same kernel)" : "different");
+    }
+    free(out2);
+    mla_backend_destroy(gpu);
+    form_restore(&fs);
 }
 
 static void run_extra_forms(const gdecode_case *c, const char *label, mla_decode_args *a, const gpu_check_buffers *k)
@@ -454,6 +485,8 @@ static void run_gpu_decode_case(const gdecode_case *c, const char *label)
             free(out2);
             mla_backend_destroy(gpu2);
         }
+        if (c->same_as_form) compare_with_form(c, label, &a, d_out, out, out_elems, c->same_as_form, 1);
+        if (c->differs_from_form) compare_with_form(c, label, &a, d_out, out, out_elems, c->differs_from_form, 0);
         run_extra_forms(c, label, &a, &bufs);
         free(ref_wide);
         free(lse_wide);
@@ -715,7 +748,10 @@ TEST(gpu_decode_rows32_pick_on_device)
      * keys (>= 320k: the seesaw's side), with a bf16 and an fp8 query; 120 short requests and
      * one of 9k (99k keys: the head blocks' side, though batch x 9k passes the rule, so the
      * host cannot settle it); q_len 2 H16 over 24 requests of 14k-15k (rows 32, causal, the
-     * seesaw's side). Outputs are poisoned before each run: a side that wrote nothing fails. */
+     * seesaw's side). Outputs are poisoned before each run: a side that wrote nothing fails.
+     * Which side ran: the output is bit-identical to that form forced (same schedule, same
+     * kernel) and differs from the other form forced. */
+    static const char seesaw[] = "MLA_DECODE_FP8_ROWS32=lazy8", heads[] = "MLA_DECODE_FP8_ROWS32=heads";
     form_switches fs;
     CHECK(form_parse_apply("MLA_DECODE_FP8_ROWS32=pick", &fs));
     int lens[121];
@@ -723,16 +759,22 @@ TEST(gpu_decode_rows32_pick_on_device)
     for (int q8 = 0; q8 < 2; q8++) {
         gdecode_case c = base_case(40, 1, 32, 64, MLA_DTYPE_FP8_E4M3, lens);
         if (q8) c.q_dtype = MLA_DTYPE_FP8_E4M3;
+        c.same_as_form = seesaw;
+        c.differs_from_form = heads;
         run_gpu_decode_case(&c, q8 ? "pick: 320k+ keys H32 fp8 q" : "pick: 320k+ keys H32 bf16 q");
     }
     for (int b = 0; b < 120; b++) lens[b] = mla_test_rand_int(1, 1500);
     lens[120] = 9000;
     gdecode_case c = base_case(121, 1, 32, 64, MLA_DTYPE_FP8_E4M3, lens);
     c.q_dtype = MLA_DTYPE_FP8_E4M3;
+    c.same_as_form = heads;
+    c.differs_from_form = seesaw;
     run_gpu_decode_case(&c, "pick: 121 requests, 99k keys H32 fp8 q");
     for (int b = 0; b < 24; b++) lens[b] = mla_test_rand_int(14000, 15000);
     c = base_case(24, 2, 16, 32, MLA_DTYPE_FP8_E4M3, lens);
     c.q_dtype = MLA_DTYPE_FP8_E4M3;
+    c.same_as_form = seesaw;
+    c.differs_from_form = heads;
     run_gpu_decode_case(&c, "pick: 24 requests q_len 2 H16 page 32");
     form_restore(&fs);
 }

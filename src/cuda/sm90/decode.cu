@@ -403,7 +403,6 @@ int bf16_swap_rows32()
     return cached ? 2 : 1;
 }
 
-
 // total_keys: the sum of seq_lens, or 0 where the host does not know it (plan sizes, plan
 // builds): it only picks between forms of the same split layout.
 Plan make_plan(int num_sms, int batch, int q_len, int heads, Variant variant, bool fp8,
