@@ -127,6 +127,7 @@ TEST(decode_forms_for_16_and_32_rows)
     CHECK_FORM("pick lazy8 x2", 64, 32, 1, 0);
     CHECK_FORM("pick lazy x2", 200, 32, 0, 0);
     CHECK_FORM("lazy8 x2", 4, 32, 1, 0);                  /* 4 x 64k < 320k: head blocks */
+    CHECK_FORM("pick lazy8 x2", 5, 32, 1, 0);             /* 5 x 64k = 320k: the edge */
     CHECK_FORM("seesaw32 lazy8", 64, 32, 1, 64LL * 8192); /* total known: the key rule */
     CHECK_FORM("lazy8 x2", 64, 32, 1, 64LL * 4096);
     CHECK_FORM("lazy8", 64, 16, 1, 0);                    /* 16 rows: unaffected */
