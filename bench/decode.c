@@ -321,37 +321,36 @@ typedef struct bar_case {
     const char *bar;
 } bar_case;
 
+/* Appends the cases batches x seqs (q_len 1, page 64) with one bar; returns the new count. */
+static int add_bar_grid(bar_case *out, int n, const int *batches, int nb, const int *seqs, int ns, int heads,
+                        mla_dtype kv, int fp8_q_math, enum bar_metric metric, double need, const char *bar)
+{
+    for (int i = 0; i < nb; i++)
+        for (int j = 0; j < ns; j++)
+            out[n++] = (bar_case){{batches[i], 1, heads, seqs[j], 64, kv, "", fp8_q_math, 0, fp8_q_math},
+                                  metric, need, bar};
+    return n;
+}
+
 static int bar_cases(bar_case *out)
 {
     const mla_dtype F = MLA_DTYPE_FP8_E4M3, W = MLA_DTYPE_BF16;
     const int bs16[] = {32, 64, 128}, seqs16[] = {4096, 16384, 32768};
-    const int bs128[] = {64, 128}, seqs128[] = {4096, 8192, 16384};
+    const int bs128[] = {64, 128}, seqs128[] = {4096, 8192, 16384}, one[] = {1}, long64k[] = {65536};
     int n = 0;
-    for (int i = 0; i < 3; i++)
-        for (int j = 0; j < 3; j++)
-            out[n++] = (bar_case){{bs16[i], 1, 16, seqs16[j], 64, F, "", 0, 0, 0}, BAR_MEM, 0.85,
-                                  "H16 fp8: 85% of copy"};
+    n = add_bar_grid(out, n, bs16, 3, seqs16, 3, 16, F, 0, BAR_MEM, 0.85, "H16 fp8: 85% of copy");
     /* 600 TFLOP/s with the 16-bit math (bf16 query), then with an fp8 query and e4m3 P V */
-    for (int fm = 0; fm < 2; fm++)
-        for (int i = 0; i < 2; i++)
-            for (int j = 0; j < 3; j++)
-                out[n++] = (bar_case){{bs128[i], 1, 128, seqs128[j], 64, F, "", fm, 0, fm}, BAR_TFLOPS, 600,
-                                      fm ? "H128 fp8, fp8 query + fp8 math: 600 TFLOP/s"
-                                         : "H128 fp8: 600 TFLOP/s"};
-    out[n++] = (bar_case){{1, 1, 16, 65536, 64, F, "", 0, 0, 0}, BAR_MEM, 0.70, "batch 1 fp8: 70% of copy"};
-    out[n++] = (bar_case){{1, 1, 128, 65536, 64, F, "", 0, 0, 0}, BAR_MEM, 0.70, "batch 1 fp8: 70% of copy"};
+    n = add_bar_grid(out, n, bs128, 2, seqs128, 3, 128, F, 0, BAR_TFLOPS, 600, "H128 fp8: 600 TFLOP/s");
+    n = add_bar_grid(out, n, bs128, 2, seqs128, 3, 128, F, 1, BAR_TFLOPS, 600,
+                     "H128 fp8, fp8 query + fp8 math: 600 TFLOP/s");
+    n = add_bar_grid(out, n, one, 1, long64k, 1, 16, F, 0, BAR_MEM, 0.70, "batch 1 fp8: 70% of copy");
+    n = add_bar_grid(out, n, one, 1, long64k, 1, 128, F, 0, BAR_MEM, 0.70, "batch 1 fp8: 70% of copy");
     /* bf16 cache: "the same cases, same fraction of its own roofline"; for H128 the fraction
      * the fp8 bar asks, 600 of the H100's 748 bf16 TFLOP/s (KERNEL_NOTES.md) */
-    for (int i = 0; i < 3; i++)
-        for (int j = 0; j < 3; j++)
-            out[n++] = (bar_case){{bs16[i], 1, 16, seqs16[j], 64, W, "", 0, 0, 0}, BAR_ROOF, 0.85,
-                                  "H16 bf16: 85% of roofline"};
-    for (int i = 0; i < 2; i++)
-        for (int j = 0; j < 3; j++)
-            out[n++] = (bar_case){{bs128[i], 1, 128, seqs128[j], 64, W, "", 0, 0, 0}, BAR_ROOF, 600.0 / 748.0,
-                                  "H128 bf16: 80% of roofline"};
-    out[n++] = (bar_case){{1, 1, 16, 65536, 64, W, "", 0, 0, 0}, BAR_ROOF, 0.70, "batch 1 bf16: 70% of roofline"};
-    out[n++] = (bar_case){{1, 1, 128, 65536, 64, W, "", 0, 0, 0}, BAR_ROOF, 0.70, "batch 1 bf16: 70% of roofline"};
+    n = add_bar_grid(out, n, bs16, 3, seqs16, 3, 16, W, 0, BAR_ROOF, 0.85, "H16 bf16: 85% of roofline");
+    n = add_bar_grid(out, n, bs128, 2, seqs128, 3, 128, W, 0, BAR_ROOF, 600.0 / 748.0, "H128 bf16: 80% of roofline");
+    n = add_bar_grid(out, n, one, 1, long64k, 1, 16, W, 0, BAR_ROOF, 0.70, "batch 1 bf16: 70% of roofline");
+    n = add_bar_grid(out, n, one, 1, long64k, 1, 128, W, 0, BAR_ROOF, 0.70, "batch 1 bf16: 70% of roofline");
     return n;
 }
 

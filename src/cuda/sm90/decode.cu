@@ -875,13 +875,11 @@ extern "C" size_t mla_cuda_decode_plan_size(const mla_cuda_device_info *dev, int
     return mla_decode_split_layout_make(batch, pl.rows, mla_decode_v1::kDv, pl.num_parts).off_lse;
 }
 
-// Keys a call can hold at most: batch x its longest request (max_seq_len, the block-table
-// capacity when the caller gave none).
+// Keys a call can hold at most: batch x its longest request (the problem's max_seq_len, which
+// the base backend already bounds by the caller's max_seq_len and the block table's capacity).
 static long long call_max_keys(const mla_decode_problem *p)
 {
-    const long long cap = (long long)p->max_pages_per_seq * p->page_size;
-    const long long longest = p->max_seq_len > 0 && p->max_seq_len < cap ? p->max_seq_len : cap;
-    return (long long)p->batch * longest;
+    return (long long)p->batch * p->max_seq_len;
 }
 
 static int check_decode_problem(const mla_decode_problem *p)
