@@ -22,7 +22,8 @@
  * ncu. q8: fp8 query; fm: mla_config.decode_fp8_math = 1 (e4m3 P with an fp8 query and cache);
  * long=N: request 0 has N keys, the others seq: the split-KV balance for one long request
  * among short ones. --bars: the cases of issue #3's speed bars, then one verdict line per case
- * against its bar, for the headline time and for the shared-plan column.) */
+ * against its bar, for the headline time and for the shared-plan column, and for each H16 grid
+ * the fixed cost per call and the steady state's slowdown fitted from its cases.) */
 #include "mla.h"
 
 #include <stdio.h>
@@ -369,6 +370,67 @@ static void print_bar_value(const bar_case *b, double v)
     else printf("%5.1f%%", 100.0 * v);
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median_of(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* What keeps a memory-bound bar from being met: a line through each grid's headline times
+ * against its copy floor, t = F + k * t_mem. F is the fixed cost of a call (scheduling,
+ * prologue, pipeline fill, tail, combine), k the steady state's slowdown against the copy rate;
+ * a fraction f of copy then needs t_mem >= F / (1 / f - k), and none is reached while
+ * k >= 1 / f. Theil-Sen (k the median of the pairwise slopes, F the median intercept), not
+ * least squares: one case slowed by the clock (B128 32k at 0.684 ms in the twenty-second
+ * session's table, 0.603 as a single graph) would tilt a least-squares line (F 6.8 us instead
+ * of 20.4 there) but not the medians; the case furthest off the line is named. Printed for the
+ * grids with at least three memory-bound cases (the H16 ones). */
+static void print_fixed_cost_fits(const bar_case *bars, const case_result *res, const int *ran, int n)
+{
+    int header = 0;
+    for (int i = 0; i < n; i++) {
+        if (bars[i].metric == BAR_TFLOPS || (i > 0 && bars[i - 1].bar == bars[i].bar)) continue;
+        double xs[16], ys[16], v[16 * 15 / 2];
+        int idx[16], m = 0;
+        for (int j = i; j < n && bars[j].bar == bars[i].bar && m < 16; j++) {
+            if (!ran[j] || res[j].flagged || res[j].t_mem < res[j].t_mma) continue; /* mem-bound cases */
+            xs[m] = res[j].t_mem * 1e6;
+            ys[m] = res[j].ms * 1e3;
+            idx[m++] = j;
+        }
+        if (m < 3) continue;
+        int np = 0;
+        for (int a = 0; a < m; a++)
+            for (int b = a + 1; b < m; b++)
+                if (xs[b] != xs[a]) v[np++] = (ys[b] - ys[a]) / (xs[b] - xs[a]);
+        if (np == 0) continue;
+        const double k = median_of(v, np);
+        for (int a = 0; a < m; a++) v[a] = ys[a] - k * xs[a];
+        const double F = median_of(v, m);
+        int worst = 0;
+        for (int a = 1; a < m; a++)
+            if (fabs(ys[a] - F - k * xs[a]) > fabs(ys[worst] - F - k * xs[worst])) worst = a;
+        if (!header) {
+            printf("\nfixed cost per call, fitted (headline us = F + k x copy floor us, Theil-Sen over the grid's "
+                   "memory-bound cases):\n\n| bar | cases | F (us) | k | furthest off the line | "
+                   "floor the bar needs (us) |\n|---|---|---|---|---|---|\n");
+            header = 1;
+        }
+        const bench_case *wc = &bars[idx[worst]].c;
+        printf("| %s | %d | %.1f | %.3f | B%d %dk %+.1f us | ", bars[i].bar, m, F, k, wc->batch, wc->seq / 1024,
+               ys[worst] - F - k * xs[worst]);
+        const double f = bars[i].need;
+        if (k >= 1.0 / f) printf("none (k >= %.3f) |\n", 1.0 / f);
+        else printf("%.0f |\n", F > 0 ? F / (1.0 / f - k) : 0.0);
+    }
+}
+
 /* Runs the bar cases and prints one verdict per case: the headline (a scheduling step per
  * call) decides; the shared-plan column (one plan per forward step, as FlashMLA's published
  * times leave its metadata step out) is printed beside it. Returns the number of cases that
@@ -412,6 +474,7 @@ static int run_bars(int reps, const char *device)
     }
     printf("\nbars: %d of %d cases met (headline), %d with a shared plan; SM clock after the cases %.0f-%.0f MHz\n",
            met, n, met_plan, mhz_hi > 0 ? mhz_lo : 0.0, mhz_hi);
+    print_fixed_cost_fits(bars, res, ran, n);
     return broken;
 }
 
