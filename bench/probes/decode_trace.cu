@@ -69,12 +69,11 @@ int main(int argc, char **argv)
     CK(cudaEventElapsedTime(&ms, e0, e1));
 
     static unsigned long long split[MLA_TRACE_CALLS][MLA_TRACE_CTAS][6];
-    unsigned long long sched[MLA_TRACE_CALLS][3], comb[MLA_TRACE_CALLS][3];
+    unsigned long long sched[MLA_TRACE_CALLS][3];
     unsigned int calls = 0;
     CK(cudaMemcpyFromSymbol(split, g_mla_trace_split, sizeof split));
     CK(cudaMemcpyFromSymbol(sched, g_mla_trace_sched, sizeof sched));
-    CK(cudaMemcpyFromSymbol(comb, g_mla_trace_comb, sizeof comb));
-    static unsigned long long combc[MLA_TRACE_CALLS][MLA_TRACE_CTAS][3];
+    static unsigned long long combc[MLA_TRACE_CALLS][MLA_TRACE_CTAS][kTrCombFields];
     CK(cudaMemcpyFromSymbol(combc, g_mla_trace_combc, sizeof combc));
     CK(cudaMemcpyFromSymbol(&calls, g_mla_trace_call, sizeof calls));
     unsigned long long *d_res, res = 0;
@@ -89,9 +88,10 @@ int main(int argc, char **argv)
            prop.name, B, H, seq, long_seq, ctas, ms / kChain, res, calls);
     printf("us from the call's scheduler entry. sched: wait done / end. split (min med max over CTAs): "
            "entry, wait done, first block issued, first block ready, end; blocks per CTA (min-max). "
-           "combine (min med max over its CTAs): entry, wait done, end. next: next call's scheduler entry.\n");
-    printf("| call | sched wait | sched end | split entry | split waited | issued | first ready | split end | blocks | comb entry | comb waited | comb end | next |\n");
-    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+           "combine (min med max over its CTAs): entry, wait done, weights ready (LSE max and sum known, latest warp), "
+           "splits summed (latest warp), end. next: next call's scheduler entry.\n");
+    printf("| call | sched wait | sched end | split entry | split waited | issued | first ready | split end | blocks | comb entry | comb waited | weights | summed | comb end | next |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     auto triple = [](std::vector<double> &v, char *cell, size_t n) {
         std::sort(v.begin(), v.end());
         if (v.empty()) snprintf(cell, n, "-");
@@ -110,20 +110,23 @@ int main(int argc, char **argv)
             for (int f = 0; f < 5; f++)
                 if (r[f]) col[f].push_back(us(r[f], t0));
         }
-        char cell[5][64], ccell[3][64];
+        char cell[5][64], ccell[kTrCombFields][64];
         for (int f = 0; f < 5; f++) triple(col[f], cell[f], sizeof cell[f]);
         // Combine CTAs of this call: those whose wait ended after this call's scheduler entry
         // and before the next call's (a CTA that left early keeps an older stamp).
-        std::vector<double> ccol[3];
+        std::vector<double> ccol[kTrCombFields];
         for (int k = 0; k < MLA_TRACE_CTAS; k++) {
             const unsigned long long *r = combc[s][k];
-            if (r[1] < t0 || r[1] > t0 + 10000000ull) continue;
-            for (int f = 0; f < 3; f++) ccol[f].push_back(us(r[f], t0));
+            if (r[kTrWaited] < t0 || r[kTrWaited] > t0 + 10000000ull) continue;
+            for (int f = 0; f < kTrCombFields; f++)
+                if (f == kTrEntry || f == kTrWaited || r[f] >= r[kTrWaited]) // a mark not reached (no split to merge) keeps an older call's stamp
+                    ccol[f].push_back(us(r[f], t0));
         }
-        for (int f = 0; f < 3; f++) triple(ccol[f], ccell[f], sizeof ccell[f]);
-        printf("| %u | %.1f | %.1f | %s | %s | %s | %s | %s | %d-%d | %s | %s | %s | %.1f |\n", c,
+        for (int f = 0; f < kTrCombFields; f++) triple(ccol[f], ccell[f], sizeof ccell[f]);
+        printf("| %u | %.1f | %.1f | %s | %s | %s | %s | %s | %d-%d | %s | %s | %s | %s | %s | %.1f |\n", c,
                us(sched[s][1], t0), us(sched[s][2], t0), cell[0], cell[1], cell[2], cell[3], cell[4], bmin, bmax,
-               ccell[0], ccell[1], ccell[2], us(sched[n][0], t0));
+               ccell[kTrEntry], ccell[kTrWaited], ccell[kTrWeights], ccell[kTrSummed], ccell[kTrEnd],
+               us(sched[n][0], t0));
     }
     return 0;
 }

@@ -168,6 +168,9 @@ __device__ __forceinline__ void merge_splits(const mla_decode_sched &s, int rows
     p = lane < (int)(blockDim.x >> 5) ? sm.pair[lane] : make_float2(-INFINITY, 0.0f);
     p = warp_pair_merge(p);
     const float mx = p.x, inv_sum = 1.0f / p.y; // p.y >= 1 unless mx is -inf
+#ifdef MLA_DECODE_TRACE
+    mla_trace_comb_mark(kTrWeights);
+#endif
 
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
     for (int i0 = 0; i0 < ns; i0 += kLoads * G) {
@@ -179,6 +182,9 @@ __device__ __forceinline__ void merge_splits(const mla_decode_sched &s, int rows
         }
     }
 
+#ifdef MLA_DECODE_TRACE
+    mla_trace_comb_mark(kTrSummed);
+#endif
     // Add the G sums: P = G / 4 threads per column each add 4 groups, then a butterfly.
     const int CW = CL * 4, S = CW + 4; // padded row of red, float4-aligned
     *reinterpret_cast<float4 *>(sm.red + g * S + 4 * c) = acc;
@@ -311,6 +317,9 @@ __device__ __forceinline__ void combine_narrow(const mla_decode_sched &s, int ba
     for (int i = lane; i < ns; i += 32)
         sum += mx == -INFINITY ? 0.0f : expf(__ldg(lse + (size_t)i * rows) - mx);
     sum = warp_sum(sum);
+#ifdef MLA_DECODE_TRACE
+    mla_trace_comb_mark(kTrWeights);
+#endif
 
     float4 acc[NC];
 #pragma unroll
@@ -332,6 +341,9 @@ __device__ __forceinline__ void combine_narrow(const mla_decode_sched &s, int ba
             }
         }
     }
+#ifdef MLA_DECODE_TRACE
+    mla_trace_comb_mark(kTrSummed);
+#endif
     uint16_t *dst = out + ((size_t)b * rows + row) * dv + (size_t)col4 * 4;
 #pragma unroll
     for (int k = 0; k < NC; k++)

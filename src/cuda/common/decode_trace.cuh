@@ -11,11 +11,14 @@
 // Split kernel, per call slot and CTA: entry, after griddepcontrol.wait, first key block
 // issued, first key block ready, end of the walk, (smid << 32) | key blocks walked.
 __device__ unsigned long long g_mla_trace_split[MLA_TRACE_CALLS][MLA_TRACE_CTAS][6];
-// Scheduler: entry, after its wait, end. Combine: min entry, min after wait, max end.
+// Scheduler: entry, after its wait, end.
 __device__ unsigned long long g_mla_trace_sched[MLA_TRACE_CALLS][3];
-__device__ unsigned long long g_mla_trace_comb[MLA_TRACE_CALLS][3];
-// Combine, per call slot and CTA: entry, after its wait (thread 0), latest warp end.
-__device__ unsigned long long g_mla_trace_combc[MLA_TRACE_CALLS][MLA_TRACE_CTAS][3];
+// Combine, per call slot and CTA: entry, after its wait (thread 0), then the latest warp's
+// weights ready (the LSEs' max and sum known), splits summed (before the output stores) and
+// end. Only per-CTA slots: a grid-wide atomicMax from every warp (4096 of them on one address at
+// batch 1) would queue in the L2 beside the loads being timed.
+enum { kTrEntry, kTrWaited, kTrWeights, kTrSummed, kTrEnd, kTrCombFields };
+__device__ unsigned long long g_mla_trace_combc[MLA_TRACE_CALLS][MLA_TRACE_CTAS][kTrCombFields];
 __device__ unsigned int g_mla_trace_call; // calls so far; the scheduler counts after its wait
 
 __device__ __forceinline__ unsigned long long mla_trace_now()
@@ -43,9 +46,6 @@ __device__ __forceinline__ void mla_trace_sched_begin(unsigned long long t_entry
     const unsigned int id = atomicAdd(&g_mla_trace_call, 1u) % MLA_TRACE_CALLS;
     g_mla_trace_sched[id][0] = t_entry;
     g_mla_trace_sched[id][1] = mla_trace_now();
-    g_mla_trace_comb[id][0] = ~0ull;
-    g_mla_trace_comb[id][1] = ~0ull;
-    g_mla_trace_comb[id][2] = 0;
 }
 // Scheduler, every thread at its end (a CTA barrier inside).
 __device__ __forceinline__ void mla_trace_sched_end()
@@ -67,8 +67,8 @@ __device__ __forceinline__ void mla_trace_split_end(unsigned long long t0, unsig
     r[4] = mla_trace_now();
     r[5] = ((unsigned long long)mla_trace_smid() << 32) | (unsigned int)blocks;
 }
-// Combine, thread 0 after its wait; every warp's lane 0 where the warp ends.
-// Per-CTA ends are kept with atomicMax and never reset: %globaltimer only grows, so a slot's
+// Combine, thread 0 after its wait; every warp's lane 0 at the later marks (mla_trace_comb_mark).
+// Per-CTA marks are kept with atomicMax and never reset: %globaltimer only grows, so a slot's
 // stale value from 16 calls earlier is always overtaken.
 __device__ __forceinline__ unsigned int mla_trace_comb_cta()
 {
@@ -76,23 +76,17 @@ __device__ __forceinline__ unsigned int mla_trace_comb_cta()
 }
 __device__ __forceinline__ void mla_trace_comb_waited(unsigned long long t_entry)
 {
-    if (threadIdx.x != 0) return;
-    const unsigned int id = mla_trace_slot();
-    const unsigned long long now = mla_trace_now();
-    atomicMin(&g_mla_trace_comb[id][0], t_entry);
-    atomicMin(&g_mla_trace_comb[id][1], now);
     const unsigned int cta = mla_trace_comb_cta();
-    if (cta < MLA_TRACE_CTAS) {
-        g_mla_trace_combc[id][cta][0] = t_entry;
-        g_mla_trace_combc[id][cta][1] = now;
-    }
+    if (threadIdx.x != 0 || cta >= MLA_TRACE_CTAS) return;
+    unsigned long long *r = g_mla_trace_combc[mla_trace_slot()][cta];
+    r[kTrEntry] = t_entry;
+    r[kTrWaited] = mla_trace_now();
 }
-__device__ __forceinline__ void mla_trace_comb_end()
+__device__ __forceinline__ void mla_trace_comb_mark(int field)
 {
-    if ((threadIdx.x & 31) != 0) return;
-    const unsigned int id = mla_trace_slot(), cta = mla_trace_comb_cta();
-    const unsigned long long now = mla_trace_now();
-    atomicMax(&g_mla_trace_comb[id][2], now);
-    if (cta < MLA_TRACE_CTAS) atomicMax(&g_mla_trace_combc[id][cta][2], now);
+    const unsigned int cta = mla_trace_comb_cta();
+    if ((threadIdx.x & 31) != 0 || cta >= MLA_TRACE_CTAS) return;
+    atomicMax(&g_mla_trace_combc[mla_trace_slot()][cta][field], mla_trace_now());
 }
+__device__ __forceinline__ void mla_trace_comb_end() { mla_trace_comb_mark(kTrEnd); }
 #endif
