@@ -17,9 +17,10 @@
  * "MHz": the SM clock right after the case's timed replays (bench/clock_probe.cu), which
  * sustained load can lower; the decode kernels' per-block cost follows it.
  *
- * Usage: decode [--reps N] [--quick | --bars] [--case B,q_len,H,seq,fp8|bf16[,q8][,fm][,long=N]]...
+ * Usage: decode [--reps N] [--quick | --bars] [--case B,q_len,H,seq,fp8|bf16[,q8|qq][,fm][,long=N]]...
  * (--case, up to 64 times, runs those cases only, page 64: for A/B runs and profilers such as
- * ncu. q8: fp8 query; fm: mla_config.decode_fp8_math = 1 (e4m3 P with an fp8 query and cache);
+ * ncu. q8: fp8 query; qq: a bf16 query quantized to fp8 (mla_quantize_fp8, scale 1) in each
+ * timed call before its decode; fm: mla_config.decode_fp8_math = 1 (e4m3 P with an fp8 query and cache);
  * long=N: request 0 has N keys, the others seq: the split-KV balance for one long request
  * among short ones. --bars: the cases of issue #3's speed bars, then one verdict line per case
  * against its bar, for the headline time and for the shared-plan column, and for each H16 grid
@@ -46,12 +47,36 @@ typedef struct bench_case {
     int batch, q_len, heads, seq, page;
     mla_dtype kv;
     const char *note;
-    int q_fp8; /* fp8 query (q_scale 1) instead of bf16 */
+    /* 0: bf16 query; 1: fp8 query (q_scale 1); Q_QUANT: a bf16 query that each call quantizes
+     * to fp8 with mla_quantize_fp8 (scale 1) before its decode, timed with it: what a caller
+     * with a bf16 query pays for the fp8 kernels (mla_forward_args.quantize_q does the same) */
+    int q_fp8;
     int long_seq; /* > 0: request 0 has this many keys instead of seq */
     int fp8_math; /* mla_config.decode_fp8_math */
 } bench_case;
 
+enum { Q_QUANT = 2 };
+
 static double g_copy_gbps, g_bf16_tflops, g_fp8_tflops;
+
+/* One call of a case: the decode, after the query's quantization for Q_QUANT (q_src: the bf16
+ * query, a->q: the fp8 buffer the decode reads). */
+static mla_status bench_call(mla_backend *be, const bench_case *c, const mla_decode_args *a, void *q_src)
+{
+    if (c->q_fp8 == Q_QUANT) {
+        mla_quantize_fp8_args qa;
+        memset(&qa, 0, sizeof qa);
+        qa.input = a->q;
+        qa.input.data = q_src;
+        qa.input.dtype = MLA_DTYPE_BF16;
+        qa.output = a->q;
+        qa.scale = 1.0f;
+        qa.stream = a->stream;
+        const mla_status st = mla_quantize_fp8(be, &qa);
+        if (st != MLA_OK) return st;
+    }
+    return mla_decode(be, a);
+}
 
 /* What a case measured (per call, ms) and its fractions of the floors, for the bar verdicts. */
 typedef struct case_result {
@@ -117,13 +142,17 @@ static int run_case(const bench_case *c, int reps, case_result *res)
         return -1;
     }
     const size_t total_pages = set_pages * nsets;
-    void *cache = NULL, *q = NULL, *out = NULL, *ws = NULL, *tables = NULL, *seqs = NULL;
+    void *cache = NULL, *q = NULL, *q_src = NULL, *out = NULL, *ws = NULL, *tables = NULL, *seqs = NULL;
     const mla_dtype qdt = c->q_fp8 ? MLA_DTYPE_FP8_E4M3 : MLA_DTYPE_BF16;
     const size_t q_bytes = (size_t)B * L * H * DQK * mla_dtype_size(qdt), out_bytes = (size_t)B * L * H * DV * 2;
     size_t ws_bytes = 0;
     mla_decode_workspace_size(be, B, L, &ws_bytes);
     CUDA_OK(cudaMalloc(&cache, total_pages * P * DQK * esz));
     CUDA_OK(cudaMalloc(&q, q_bytes));
+    if (c->q_fp8 == Q_QUANT) {
+        CUDA_OK(cudaMalloc(&q_src, q_bytes * 2));
+        if (fill_device(q_src, q_bytes * 2, MLA_DTYPE_BF16, 2.0f)) return -1;
+    }
     CUDA_OK(cudaMalloc(&out, out_bytes));
     CUDA_OK(cudaMalloc(&ws, ws_bytes));
     const size_t table_len = (size_t)B * pages_per_seq; /* entries of one set's block table */
@@ -176,14 +205,14 @@ static int run_case(const bench_case *c, int reps, case_result *res)
         a.max_seq_len = max_seq;
         a.stream = st;
         /* one plain call first: surfaces errors outside capture */
-        if (mla_decode(be, &a) != MLA_OK) {
+        if (bench_call(be, c, &a, q_src) != MLA_OK) {
             fprintf(stderr, "decode: %s\n", mla_last_error());
             return -1;
         }
         CUDA_OK(cudaStreamSynchronize(st));
         cudaGraph_t g;
         CUDA_OK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-        mla_status ms = mla_decode(be, &a);
+        mla_status ms = bench_call(be, c, &a, q_src);
         CUDA_OK(cudaStreamEndCapture(st, &g));
         if (ms != MLA_OK) {
             fprintf(stderr, "decode (capture): %s\n", mla_last_error());
@@ -201,7 +230,7 @@ static int run_case(const bench_case *c, int reps, case_result *res)
         cudaGraph_t g;
         CUDA_OK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
         mla_status ms = MLA_OK;
-        for (int i = 0; i < kChain && ms == MLA_OK; i++) ms = mla_decode(be, &args[i % nsets]);
+        for (int i = 0; i < kChain && ms == MLA_OK; i++) ms = bench_call(be, c, &args[i % nsets], q_src);
         CUDA_OK(cudaStreamEndCapture(st, &g));
         if (ms != MLA_OK) {
             fprintf(stderr, "decode (chain capture): %s\n", mla_last_error());
@@ -227,7 +256,7 @@ static int run_case(const bench_case *c, int reps, case_result *res)
         for (int i = 0; i < kChain && ms == MLA_OK; i++) {
             mla_decode_args a = args[i % nsets];
             a.plan = plan;
-            ms = mla_decode(be, &a);
+            ms = bench_call(be, c, &a, q_src);
         }
         CUDA_OK(cudaStreamEndCapture(st, &g));
         if (ms != MLA_OK) {
@@ -273,7 +302,8 @@ static int run_case(const bench_case *c, int reps, case_result *res)
     mla_backend_device_errors(be, &flags);
 
     const double keys = (double)(B - 1) * c->seq + seq0;
-    const double bytes = keys * DQK * esz + (double)q_bytes + (double)out_bytes;
+    /* the query as the caller holds it: bf16 for Q_QUANT */
+    const double bytes = keys * DQK * esz + (double)q_bytes * (c->q_fp8 == Q_QUANT ? 2 : 1) + (double)out_bytes;
     const double flops = 2.0 * H * L * keys * (DQK + DV);
     const double t_mem = bytes / (g_copy_gbps * 1e9);
     const double t_mma = flops / (g_bf16_tflops * 1e12), t_fp8 = flops / (g_fp8_tflops * 1e12);
@@ -282,7 +312,7 @@ static int run_case(const bench_case *c, int reps, case_result *res)
     snprintf(long_note, sizeof long_note, ", request 0: %d keys", seq0);
     char kv_label[16];
     snprintf(kv_label, sizeof kv_label, "%s%s%s", c->kv == MLA_DTYPE_FP8_E4M3 ? "fp8" : "bf16",
-             c->q_fp8 ? "/q8" : "", c->fp8_math ? "/fm" : "");
+             c->q_fp8 == Q_QUANT ? "/qq" : c->q_fp8 ? "/q8" : "", c->fp8_math ? "/fm" : "");
     printf("| %-4s | %3d | %d | %3d | %6d | %2d | %8.4f | %8.4f | %8.4f | %8.4f | %6.0f | %6.1f | %5.1f%% | %5.1f%% | %s%s%s | %4.0f |\n",
            kv_label, B, L, H, c->seq, P, ms, ms_single, ms_pair, ms_plan,
            bytes / sec / 1e9, flops / sec / 1e12,
@@ -300,6 +330,7 @@ static int run_case(const bench_case *c, int reps, case_result *res)
     cudaStreamDestroy(st);
     cudaFree(cache);
     cudaFree(q);
+    cudaFree(q_src);
     cudaFree(out);
     cudaFree(ws);
     cudaFree(tables);
@@ -322,13 +353,14 @@ typedef struct bar_case {
     const char *bar;
 } bar_case;
 
-/* Appends the cases batches x seqs (q_len 1, page 64) with one bar; returns the new count. */
+/* Appends the cases batches x seqs (q_len 1, page 64) with one bar; returns the new count.
+ * q_mode: bench_case.q_fp8; an fp8 query (given or quantized in the call) runs with fp8 math. */
 static int add_bar_grid(bar_case *out, int n, const int *batches, int nb, const int *seqs, int ns, int heads,
-                        mla_dtype kv, int fp8_q_math, enum bar_metric metric, double need, const char *bar)
+                        mla_dtype kv, int q_mode, enum bar_metric metric, double need, const char *bar)
 {
     for (int i = 0; i < nb; i++)
         for (int j = 0; j < ns; j++)
-            out[n++] = (bar_case){{batches[i], 1, heads, seqs[j], 64, kv, "", fp8_q_math, 0, fp8_q_math},
+            out[n++] = (bar_case){{batches[i], 1, heads, seqs[j], 64, kv, "", q_mode, 0, q_mode != 0},
                                   metric, need, bar};
     return n;
 }
@@ -344,6 +376,9 @@ static int bar_cases(bar_case *out)
     n = add_bar_grid(out, n, bs128, 2, seqs128, 3, 128, F, 0, BAR_TFLOPS, 600, "H128 fp8: 600 TFLOP/s");
     n = add_bar_grid(out, n, bs128, 2, seqs128, 3, 128, F, 1, BAR_TFLOPS, 600,
                      "H128 fp8, fp8 query + fp8 math: 600 TFLOP/s");
+    /* a bf16 query quantized by the library inside each timed call, then the same kernels */
+    n = add_bar_grid(out, n, bs128, 2, seqs128, 3, 128, F, Q_QUANT, BAR_TFLOPS, 600,
+                     "H128 fp8, bf16 query quantized in the call + fp8 math: 600 TFLOP/s");
     n = add_bar_grid(out, n, one, 1, long64k, 1, 16, F, 0, BAR_MEM, 0.70, "batch 1 fp8: 70% of copy");
     n = add_bar_grid(out, n, one, 1, long64k, 1, 128, F, 0, BAR_MEM, 0.70, "batch 1 fp8: 70% of copy");
     /* bf16 cache: "the same cases, same fraction of its own roofline"; for H128 the fraction
@@ -498,17 +533,18 @@ int main(int argc, char **argv)
                 if (tok_i == 0 && (!strcmp(tok, "fp8") || !strcmp(tok, "bf16")))
                     one.kv = strcmp(tok, "fp8") ? MLA_DTYPE_BF16 : MLA_DTYPE_FP8_E4M3;
                 else if (tok_i > 0 && !strcmp(tok, "q8")) one.q_fp8 = 1;
+                else if (tok_i > 0 && !strcmp(tok, "qq")) one.q_fp8 = Q_QUANT;
                 else if (tok_i > 0 && !strcmp(tok, "fm")) one.fp8_math = 1;
                 else if (tok_i > 0 && sscanf(tok, "long=%d", &one.long_seq) == 1 && one.long_seq >= 1) continue;
                 else ok = 0;
             }
             if (!ok || tok_i == 0) {
-                fprintf(stderr, "decode bench: --case wants B,q_len,H,seq,fp8|bf16[,q8][,fm][,long=N] (got '%s')\n", argv[i]);
+                fprintf(stderr, "decode bench: --case wants B,q_len,H,seq,fp8|bf16[,q8|qq][,fm][,long=N] (got '%s')\n", argv[i]);
                 return 2;
             }
             cases[picked++] = one;
         } else {
-            fprintf(stderr, "usage: decode [--reps N] [--quick | --bars] [--case B,q_len,H,seq,fp8|bf16[,q8][,fm][,long=N]]...\n");
+            fprintf(stderr, "usage: decode [--reps N] [--quick | --bars] [--case B,q_len,H,seq,fp8|bf16[,q8|qq][,fm][,long=N]]...\n");
             return 2;
         }
     }
