@@ -350,6 +350,10 @@ TEST(serving_graph_replay_bit_identical_to_eager)
                  *kpe = malloc((size_t)T * e.P * 2), *out = malloc((size_t)T * H * R * 2),
                  *eager = malloc((size_t)T * H * R * 2);
         float *lse = malloc((size_t)T * H * 4), *eager_lse = malloc((size_t)T * H * 4);
+        /* the emulated (CPU) capture runs the call once: it reads the inputs then too */
+        oracle_fill_bf16(q, NULL, (int64_t)T * H * D, -1, 1);
+        oracle_fill_bf16(ckv, NULL, (int64_t)T * R, -1, 1);
+        oracle_fill_bf16(kpe, NULL, (int64_t)T * e.P, -1, 1);
         mla_forward_args ga = {
             .q = sv_t3(&e, q, MLA_DTYPE_BF16, T, H, D),
             .out = sv_t3(&e, out, MLA_DTYPE_BF16, T, H, R),
