@@ -134,15 +134,16 @@ test: all lib $(CU_PROBE_OBJ)
 test-c: $(BUILD)/mla_tests
 	./$(BUILD)/mla_tests
 
-# ASan + UBSan build of the library and the C tests in a separate folder.
+# ASan + UBSan build of the library, the C tests and the CLI (scripts/run-tests runs
+# tests/test_cli.sh on it) in a separate folder.
 sanitize:
-	$(MAKE) BUILD=build-san OPT=-O1 NVCC= SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" build-san/mla_tests
+	$(MAKE) BUILD=build-san OPT=-O1 NVCC= SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" build-san/mla_tests build-san/mla
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./build-san/mla_tests
 
 # MemorySanitizer build (clang) of the same: reads of uninitialized memory, which ASan does not
 # see (it found a test that captured a graph over input buffers it had not filled yet).
 msan:
-	$(MAKE) BUILD=build-msan CC=clang OPT=-O1 NVCC= SAN="-fsanitize=memory -fsanitize-memory-track-origins -fno-omit-frame-pointer" build-msan/mla_tests
+	$(MAKE) BUILD=build-msan CC=clang OPT=-O1 NVCC= SAN="-fsanitize=memory -fsanitize-memory-track-origins -fno-omit-frame-pointer" build-msan/mla_tests build-msan/mla
 	./build-msan/mla_tests
 
 install: lib
