@@ -134,10 +134,10 @@ test: all lib $(CU_PROBE_OBJ)
 test-c: $(BUILD)/mla_tests
 	./$(BUILD)/mla_tests
 
-# ASan + UBSan build of the library, the C tests and the CLI (scripts/run-tests runs
-# tests/test_cli.sh on it) in a separate folder.
+# ASan + UBSan build of the library, the C tests and the CLI in a separate folder
+# (scripts/run-tests also runs tests/test_cli.sh and the Python tests on it).
 sanitize:
-	$(MAKE) BUILD=build-san OPT=-O1 NVCC= SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" build-san/mla_tests build-san/mla
+	$(MAKE) BUILD=build-san OPT=-O1 NVCC= SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" build-san/mla_tests build-san/mla build-san/libmla.so
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./build-san/mla_tests
 
 # MemorySanitizer build (clang) of the same: reads of uninitialized memory, which ASan does not
