@@ -118,9 +118,9 @@ int main(int argc, char **argv)
         for (int k = 0; k < MLA_TRACE_CTAS; k++) {
             const unsigned long long *r = combc[s][k];
             if (r[kTrWaited] < t0 || r[kTrWaited] > t0 + 10000000ull) continue;
+            // A mark this call's CTA did not reach (nothing to merge) keeps an older call's stamp.
             for (int f = 0; f < kTrCombFields; f++)
-                if (f == kTrEntry || f == kTrWaited || r[f] >= r[kTrWaited]) // a mark not reached (no split to merge) keeps an older call's stamp
-                    ccol[f].push_back(us(r[f], t0));
+                if (f == kTrEntry || f == kTrWaited || r[f] >= r[kTrWaited]) ccol[f].push_back(us(r[f], t0));
         }
         for (int f = 0; f < kTrCombFields; f++) triple(ccol[f], ccell[f], sizeof ccell[f]);
         printf("| %u | %.1f | %.1f | %s | %s | %s | %s | %s | %d-%d | %s | %s | %s | %s | %s | %.1f |\n", c,
